@@ -1,1 +1,5 @@
-fn main() {}
+//! `defenseclawctl` binary.
+
+fn main() -> std::process::ExitCode {
+    defenseclawctl::main_entry()
+}

@@ -1,1 +1,17 @@
+//! defenseclawd: the DefenseClaw governance daemon as a library. The binary is
+//! a thin wrapper around [`daemon::run`]; tests start it with [`daemon::start`].
 
+pub mod access;
+pub mod audit;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod error;
+pub mod listener;
+pub mod model;
+pub mod paths;
+pub mod scan_input;
+pub mod secrets;
+pub mod state;
+pub mod store;
+pub mod telemetry;

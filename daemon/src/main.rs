@@ -1,1 +1,108 @@
-fn main() {}
+//! `defenseclawd`: parse arguments, load config, start logging, run.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use defenseclawd::config::{ConfigFile, Settings};
+use defenseclawd::daemon::{self, DaemonOptions};
+use defenseclawd::secrets::SecretSources;
+
+/// DefenseClaw governance daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (default: /etc/defenseclaw/defenseclawd.toml when present).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Unix socket to serve on (overrides server.socket).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the effective configuration (secrets redacted) and exit; non-zero if invalid.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Secrets the daemon looks for, reported (never shown) by --check-config.
+const KNOWN_SECRETS: &[(&str, &str)] = &[
+    ("DEFENSECLAW_AUTH_CLIENT_SECRET", "auth-client-secret"),
+    ("OPENCLAW_GATEWAY_TOKEN", "openclaw-gateway-token"),
+];
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config_file = match args.config {
+        Some(path) => ConfigFile::Explicit(path),
+        None => ConfigFile::System,
+    };
+    let mut settings = match Settings::load(&config_file, &env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("defenseclawd: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    if let Some(socket) = args.socket {
+        settings.server.socket = Some(socket);
+    }
+    let opts = match DaemonOptions::new(settings, config_file, env) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("defenseclawd: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    if args.check_config {
+        return check_config(&opts);
+    }
+    let log = defenseclawd::telemetry::init(&opts.settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("defenseclawd")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("defenseclawd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(opts, log)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "defenseclawd stopped with an error");
+            eprintln!("defenseclawd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(opts: &DaemonOptions) -> ExitCode {
+    println!("# effective configuration");
+    println!("# state directory: {}", opts.state_dir.display());
+    println!("# socket: {}", opts.settings.socket_path().display());
+    println!(
+        "# store: {}",
+        opts.settings.store_path(&opts.state_dir).display()
+    );
+    match SecretSources::load(&opts.env, &opts.state_dir) {
+        Ok(secrets) => {
+            for (env_name, credential) in KNOWN_SECRETS {
+                let state = match secrets.get(env_name, credential) {
+                    Ok(Some((_, origin))) => format!("set (from {origin:?}), value redacted"),
+                    Ok(None) => "not set".to_owned(),
+                    Err(e) => format!("unreadable: {e}"),
+                };
+                println!("# secret {env_name} / credential {credential}: {state}");
+            }
+        }
+        Err(e) => {
+            eprintln!("defenseclawd: {e}");
+            return ExitCode::from(78);
+        }
+    }
+    println!("{}", opts.settings);
+    ExitCode::SUCCESS
+}

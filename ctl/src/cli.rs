@@ -1,0 +1,164 @@
+//! Command-line definition.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document (JSON lines for `audit export` and `audit tail`).
+    Json,
+}
+
+/// Command-line client for defenseclawd.
+#[derive(Debug, Parser)]
+#[command(name = "defenseclawctl", version, about, after_help = crate::exit::HELP)]
+pub struct Cli {
+    /// The daemon's Unix socket.
+    #[arg(long, global = true, env = "DEFENSECLAW_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Daemon version, uptime, socket, store, counts and audit head.
+    Status,
+    /// Skills: list, show, block, allow, unblock.
+    Skill {
+        /// What to do.
+        #[command(subcommand)]
+        action: TargetCommand,
+    },
+    /// MCP servers: list, show, block, allow, unblock.
+    Mcp {
+        /// What to do.
+        #[command(subcommand)]
+        action: TargetCommand,
+    },
+    /// Scanner findings.
+    Finding {
+        /// What to do.
+        #[command(subcommand)]
+        action: FindingCommand,
+    },
+    /// Feed scan results to the daemon.
+    Scan {
+        /// What to do.
+        #[command(subcommand)]
+        action: ScanCommand,
+    },
+    /// The tamper-evident audit log.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+/// Target commands (the same for skills and MCP servers).
+#[derive(Debug, Subcommand)]
+pub enum TargetCommand {
+    /// Every target of this kind with its state.
+    List,
+    /// One target with its findings.
+    Show {
+        /// Target name.
+        name: String,
+    },
+    /// Block the target.
+    Block(Decide),
+    /// Allow the target.
+    Allow(Decide),
+    /// Remove a block or allow decision.
+    Unblock(Decide),
+}
+
+/// Arguments of block/allow/unblock.
+#[derive(Debug, Args)]
+pub struct Decide {
+    /// Target name.
+    pub name: String,
+    /// Why (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+/// Finding commands.
+#[derive(Debug, Subcommand)]
+pub enum FindingCommand {
+    /// Open findings.
+    List {
+        /// Only this target, as KIND/NAME (e.g. skill/evil-skill).
+        #[arg(long, value_name = "KIND/NAME")]
+        target: Option<String>,
+        /// Only findings at or above this severity.
+        #[arg(long, value_name = "SEVERITY")]
+        min_severity: Option<String>,
+        /// Include dismissed findings.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Dismiss a finding (audited).
+    Dismiss {
+        /// Finding id.
+        id: u64,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Scan commands.
+#[derive(Debug, Subcommand)]
+pub enum ScanCommand {
+    /// Submit a scan report file: {"scanner", "target": {"kind", "name"}, "findings": [...]}.
+    Report {
+        /// Report file ("-" for stdin).
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+/// Audit commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recent entries, newest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only entries at or after this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only entries by this actor (id or name).
+        #[arg(long, value_name = "ID")]
+        actor: Option<String>,
+        /// Only entries about this target, as KIND/NAME.
+        #[arg(long, value_name = "KIND/NAME")]
+        target: Option<String>,
+    },
+    /// Follow new entries live.
+    Tail {
+        /// Replay the whole log first.
+        #[arg(long)]
+        from_start: bool,
+    },
+    /// Recompute the hash chain; optionally check a head recorded earlier.
+    Verify {
+        /// SEQ:HASH recorded earlier (catches truncation).
+        #[arg(long, value_name = "SEQ:HASH")]
+        head: Option<String>,
+    },
+    /// Every entry as JSON lines, oldest first.
+    Export,
+}

@@ -1,0 +1,499 @@
+//! Each command: build the request, call the daemon, print the answer.
+
+use std::io::Write;
+
+use defenseclaw_proto::v1 as pb;
+use pb::control_client::ControlClient;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::cli::{
+    AuditCommand, Command, Decide, FindingCommand, Output, ScanCommand, TargetCommand,
+};
+use crate::exit::{AUDIT_BROKEN, FAILURE, Failure, USAGE};
+use crate::render;
+
+type Client = ControlClient<Channel>;
+
+/// Runs one command against a connected client.
+pub async fn run(client: &mut Client, command: Command, output: Output) -> Result<(), Failure> {
+    match command {
+        Command::Status => status(client, output).await,
+        Command::Skill { action } => {
+            target_command(client, pb::TargetKind::Skill, action, output).await
+        }
+        Command::Mcp { action } => {
+            target_command(client, pb::TargetKind::Mcp, action, output).await
+        }
+        Command::Finding { action } => finding_command(client, action, output).await,
+        Command::Scan { action } => scan_command(client, action, output).await,
+        Command::Audit { action } => audit_command(client, action, output).await,
+    }
+}
+
+fn print_json(value: &Value) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)
+        .map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))?;
+    writeln!(out).map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
+}
+
+fn print_text(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
+}
+
+/// Parses `KIND/NAME`.
+pub fn parse_target(s: &str) -> Result<pb::TargetRef, Failure> {
+    let (kind, name) = s.split_once('/').ok_or_else(|| {
+        Failure::new(
+            USAGE,
+            format!("--target {s:?}: expected KIND/NAME, e.g. skill/evil-skill"),
+        )
+    })?;
+    Ok(pb::TargetRef {
+        kind: parse_kind(kind)? as i32,
+        name: name.to_owned(),
+    })
+}
+
+fn parse_kind(kind: &str) -> Result<pb::TargetKind, Failure> {
+    match kind.to_ascii_lowercase().as_str() {
+        "skill" => Ok(pb::TargetKind::Skill),
+        "mcp" => Ok(pb::TargetKind::Mcp),
+        other => Err(Failure::new(
+            USAGE,
+            format!("target kind {other:?}: expected skill or mcp"),
+        )),
+    }
+}
+
+/// Parses a severity name, case-insensitively.
+pub fn parse_severity(s: &str) -> Result<pb::Severity, Failure> {
+    match s.to_ascii_uppercase().as_str() {
+        "INFO" => Ok(pb::Severity::Info),
+        "LOW" => Ok(pb::Severity::Low),
+        "MEDIUM" => Ok(pb::Severity::Medium),
+        "HIGH" => Ok(pb::Severity::High),
+        "CRITICAL" => Ok(pb::Severity::Critical),
+        other => Err(Failure::new(
+            USAGE,
+            format!("severity {other:?}: expected INFO, LOW, MEDIUM, HIGH or CRITICAL"),
+        )),
+    }
+}
+
+async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
+    let s = client
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
+    let v = render::status(&s);
+    match output {
+        Output::Json => print_json(&v),
+        Output::Table => {
+            let c = s.counts.unwrap_or_default();
+            let h = s.audit_head.unwrap_or_default();
+            print_text(&format!(
+                "defenseclawd {}  (pid {}, up {}s)\nsocket:   {}\nstore:    {}\ntargets:  {} ({} blocked, {} allowed)\nfindings: {} open\naudit:    {} entries, head {}:{}",
+                s.version,
+                s.daemon_pid,
+                s.uptime_secs,
+                s.socket,
+                s.store_path,
+                c.targets,
+                c.blocked,
+                c.allowed,
+                c.open_findings,
+                c.audit_entries,
+                h.seq,
+                h.hash
+            ))
+        }
+    }
+}
+
+async fn target_command(
+    client: &mut Client,
+    kind: pb::TargetKind,
+    action: TargetCommand,
+    output: Output,
+) -> Result<(), Failure> {
+    let decide = |d: Decide, action: pb::EnforcementAction| pb::SetEnforcementRequest {
+        target: Some(pb::TargetRef {
+            kind: kind as i32,
+            name: d.name,
+        }),
+        action: action as i32,
+        reason: d.reason,
+    };
+    let request = match action {
+        TargetCommand::List => {
+            let reply = client
+                .list_targets(pb::ListTargetsRequest { kind: kind as i32 })
+                .await?
+                .into_inner();
+            let values: Vec<Value> = reply.targets.iter().map(render::summary).collect();
+            return match output {
+                Output::Json => print_json(&Value::Array(values)),
+                Output::Table => print_text(&render::table(
+                    &["NAME", "STATE", "FINDINGS", "MAX", "DECIDED BY", "REASON"],
+                    &values
+                        .iter()
+                        .map(|v| {
+                            vec![
+                                s(&v["name"]),
+                                s(&v["state"]),
+                                v["open_findings"].to_string(),
+                                s(&v["max_severity"]),
+                                s(&v["decided_by"]),
+                                s(&v["reason"]),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                )),
+            };
+        }
+        TargetCommand::Show { name } => {
+            let detail = client
+                .get_target(pb::TargetRef {
+                    kind: kind as i32,
+                    name,
+                })
+                .await?
+                .into_inner();
+            let v = render::detail(&detail);
+            return match output {
+                Output::Json => print_json(&v),
+                Output::Table => {
+                    let mut text = format!(
+                        "{}/{}: {}\nreason:     {}\ndecided by: {}\ndecided at: {}\n",
+                        s(&v["kind"]),
+                        s(&v["name"]),
+                        s(&v["state"]),
+                        s(&v["reason"]),
+                        s(&v["decided_by"]),
+                        s(&v["decided_at"])
+                    );
+                    text.push_str(&findings_table(
+                        v["findings"].as_array().map_or(&[][..], Vec::as_slice),
+                    ));
+                    print_text(&text)
+                }
+            };
+        }
+        TargetCommand::Block(d) => decide(d, pb::EnforcementAction::Block),
+        TargetCommand::Allow(d) => decide(d, pb::EnforcementAction::Allow),
+        TargetCommand::Unblock(d) => decide(d, pb::EnforcementAction::Unblock),
+    };
+    let reply = client.set_enforcement(request).await?.into_inner();
+    let mut v = render::summary(&reply.target.unwrap_or_default());
+    if let Value::Object(map) = &mut v {
+        map.insert("changed".into(), json!(reply.changed));
+        map.insert("audit_seq".into(), json!(reply.audit_seq));
+    }
+    match output {
+        Output::Json => print_json(&v),
+        Output::Table => print_text(&format!(
+            "{}/{}: {}{} (audit #{})",
+            s(&v["kind"]),
+            s(&v["name"]),
+            s(&v["state"]),
+            if reply.changed { "" } else { " (unchanged)" },
+            reply.audit_seq
+        )),
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn findings_table(findings: &[Value]) -> String {
+    if findings.is_empty() {
+        return "no findings".into();
+    }
+    render::table(
+        &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"],
+        &findings
+            .iter()
+            .map(|f| {
+                let line = f["line"].as_u64().unwrap_or(0);
+                vec![
+                    f["id"].to_string(),
+                    s(&f["severity"]),
+                    s(&f["rule_id"]),
+                    if line > 0 {
+                        format!("{}:{line}", s(&f["location"]))
+                    } else {
+                        s(&f["location"])
+                    },
+                    s(&f["title"]),
+                    if f["dismissed"].as_bool() == Some(true) {
+                        "dismissed".into()
+                    } else {
+                        "open".into()
+                    },
+                ]
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn finding_command(
+    client: &mut Client,
+    action: FindingCommand,
+    output: Output,
+) -> Result<(), Failure> {
+    match action {
+        FindingCommand::List {
+            target,
+            min_severity,
+            all,
+        } => {
+            let request = pb::ListFindingsRequest {
+                target: target.as_deref().map(parse_target).transpose()?,
+                min_severity: min_severity
+                    .as_deref()
+                    .map(parse_severity)
+                    .transpose()?
+                    .map_or(0, |s| s as i32),
+                include_dismissed: all,
+            };
+            let reply = client.list_findings(request).await?.into_inner();
+            let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
+            match output {
+                Output::Json => print_json(&Value::Array(values)),
+                Output::Table => print_text(&findings_table(&values)),
+            }
+        }
+        FindingCommand::Dismiss { id, reason } => {
+            let f = client
+                .dismiss_finding(pb::DismissFindingRequest { id, reason })
+                .await?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&render::finding(&f)),
+                Output::Table => print_text(&format!("finding {} dismissed", f.id)),
+            }
+        }
+    }
+}
+
+/// The scan report file (`scan report --file`). Unknown fields are ignored so
+/// producers can add their own.
+#[derive(Debug, Deserialize)]
+struct ReportFile {
+    scanner: String,
+    target: ReportTarget,
+    #[serde(default)]
+    findings: Vec<ReportFinding>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReportTarget {
+    kind: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReportFinding {
+    rule_id: String,
+    severity: String,
+    title: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    location: String,
+    #[serde(default)]
+    line: Option<u32>,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    snippet: String,
+}
+
+/// Parses a scan report document into the wire request.
+pub fn parse_report(text: &str) -> Result<pb::ScanReport, Failure> {
+    let file: ReportFile =
+        serde_json::from_str(text).map_err(|e| Failure::new(USAGE, format!("scan report: {e}")))?;
+    let findings = file
+        .findings
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            Ok(pb::FindingInput {
+                rule_id: f.rule_id,
+                severity: parse_severity(&f.severity).map_err(|e| {
+                    Failure::new(USAGE, format!("scan report: findings[{i}]: {}", e.message))
+                })? as i32,
+                title: f.title,
+                description: f.description,
+                location: f.location,
+                line: f.line.unwrap_or(0),
+                category: f.category,
+                snippet: f.snippet,
+            })
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    Ok(pb::ScanReport {
+        scanner: file.scanner,
+        target: Some(pb::TargetRef {
+            kind: parse_kind(&file.target.kind)? as i32,
+            name: file.target.name,
+        }),
+        findings,
+    })
+}
+
+async fn scan_command(
+    client: &mut Client,
+    action: ScanCommand,
+    output: Output,
+) -> Result<(), Failure> {
+    let ScanCommand::Report { file } = action;
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| Failure::new(FAILURE, format!("reading stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(&file)
+            .map_err(|e| Failure::new(USAGE, format!("reading {}: {e}", file.display())))?
+    };
+    let report = parse_report(&text)?;
+    let reply = client.submit_scan_report(report).await?.into_inner();
+    let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
+    match output {
+        Output::Json => print_json(&json!({"findings": values, "audit_seq": reply.audit_seq})),
+        Output::Table => print_text(&format!(
+            "{} finding(s) recorded (audit #{})\n{}",
+            values.len(),
+            reply.audit_seq,
+            findings_table(&values)
+        )),
+    }
+}
+
+fn entries_table(entries: &[Value]) -> String {
+    render::table(
+        &[
+            "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
+        ],
+        &entries
+            .iter()
+            .map(|e| {
+                let target = match &e["target"] {
+                    Value::Null => String::new(),
+                    t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
+                };
+                vec![
+                    e["seq"].to_string(),
+                    s(&e["ts"]),
+                    s(&e["actor"]["name"]),
+                    s(&e["action"]),
+                    target,
+                    s(&e["outcome"]),
+                    s(&e["reason"]),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn audit_command(
+    client: &mut Client,
+    action: AuditCommand,
+    output: Output,
+) -> Result<(), Failure> {
+    match action {
+        AuditCommand::List {
+            limit,
+            since,
+            actor,
+            target,
+        } => {
+            let request = pb::ListAuditRequest {
+                limit,
+                since: since.unwrap_or_default(),
+                actor: actor.unwrap_or_default(),
+                target: target.as_deref().map(parse_target).transpose()?,
+            };
+            let reply = client.list_audit(request).await?.into_inner();
+            let values: Vec<Value> = reply.entries.iter().map(render::entry).collect();
+            match output {
+                Output::Json => print_json(&Value::Array(values)),
+                Output::Table => print_text(&entries_table(&values)),
+            }
+        }
+        AuditCommand::Tail { from_start } => {
+            let mut stream = client
+                .follow_audit(pb::FollowAuditRequest {
+                    after_seq: 0,
+                    from_start,
+                })
+                .await?
+                .into_inner();
+            while let Some(item) = stream.next().await {
+                let v = render::entry(&item?);
+                match output {
+                    Output::Json => print_json(&v)?,
+                    Output::Table => {
+                        let text = entries_table(std::slice::from_ref(&v));
+                        print_text(text.lines().last().unwrap_or_default())?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Export => {
+            let mut stream = client
+                .export_audit(pb::ExportAuditRequest {})
+                .await?
+                .into_inner();
+            while let Some(item) = stream.next().await {
+                print_json(&render::entry(&item?))?;
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { head } => {
+            let reply = client
+                .verify_audit(pb::VerifyAuditRequest {
+                    head: head.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let h = reply.head.clone().unwrap_or_default();
+            let v = json!({
+                "ok": reply.ok,
+                "entries_checked": reply.entries_checked,
+                "head": format!("{}:{}", h.seq, h.hash),
+                "first_bad_seq": (!reply.ok).then_some(reply.first_bad_seq),
+                "problem": (!reply.ok).then_some(reply.problem.clone()),
+            });
+            match output {
+                Output::Json => print_json(&v)?,
+                Output::Table if reply.ok => print_text(&format!(
+                    "audit chain intact: {} entries, head {}:{}",
+                    reply.entries_checked, h.seq, h.hash
+                ))?,
+                Output::Table => {}
+            }
+            if reply.ok {
+                Ok(())
+            } else {
+                Err(Failure::new(
+                    AUDIT_BROKEN,
+                    format!(
+                        "audit chain broken at entry {}: {}",
+                        reply.first_bad_seq, reply.problem
+                    ),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Exit codes. Scripts rely on these; they are listed in `--help` and the README.
+
+use std::process::ExitCode;
+
+/// Success.
+pub const OK: u8 = 0;
+/// Any other failure.
+pub const FAILURE: u8 = 1;
+/// Bad command line or invalid argument (also clap's code).
+pub const USAGE: u8 = 2;
+/// The target, finding or entry does not exist.
+pub const NOT_FOUND: u8 = 3;
+/// The request is valid but the current state forbids it.
+pub const FAILED_PRECONDITION: u8 = 4;
+/// Not authenticated: log in again (`defenseclawctl auth login`).
+pub const UNAUTHENTICATED: u8 = 5;
+/// `audit verify` found a broken chain.
+pub const AUDIT_BROKEN: u8 = 8;
+/// The daemon could not be reached (sysexits EX_UNAVAILABLE).
+pub const UNREACHABLE: u8 = 69;
+/// The daemon refused: permission denied (sysexits EX_NOPERM).
+pub const PERMISSION_DENIED: u8 = 77;
+
+/// The exit-code table for `--help`.
+pub const HELP: &str = "\
+Exit codes:
+   0  success
+   1  other failure
+   2  usage error or invalid argument
+   3  not found
+   4  failed precondition (the current state forbids the request)
+   5  unauthenticated: log in again with `defenseclawctl auth login`
+   8  audit verify: the chain is broken
+  69  daemon unreachable (is defenseclawd running? check --socket)
+  77  permission denied";
+
+/// A failure with its exit code and message.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// Message for stderr.
+    pub message: String,
+}
+
+impl Failure {
+    /// Builds a failure.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Maps a gRPC status to the exit code table.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        use tonic::Code;
+        let code = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => USAGE,
+            Code::NotFound => NOT_FOUND,
+            Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => FAILED_PRECONDITION,
+            Code::Unauthenticated => UNAUTHENTICATED,
+            Code::PermissionDenied => PERMISSION_DENIED,
+            Code::Unavailable => UNREACHABLE,
+            _ => FAILURE,
+        };
+        Self::new(code, status.message().to_owned())
+    }
+
+    /// As a process exit code.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.code)
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Self::from_status(&status)
+    }
+}

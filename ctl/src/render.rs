@@ -1,0 +1,183 @@
+//! Turning wire types into JSON documents and tables.
+
+use defenseclaw_proto::v1 as pb;
+use serde_json::{Value, json};
+
+/// `skill`/`mcp`/empty.
+pub fn kind_name(kind: i32) -> &'static str {
+    match pb::TargetKind::try_from(kind) {
+        Ok(pb::TargetKind::Skill) => "skill",
+        Ok(pb::TargetKind::Mcp) => "mcp",
+        _ => "",
+    }
+}
+
+/// Severity name or null.
+pub fn severity_name(severity: i32) -> Option<&'static str> {
+    match pb::Severity::try_from(severity) {
+        Ok(pb::Severity::Info) => Some("INFO"),
+        Ok(pb::Severity::Low) => Some("LOW"),
+        Ok(pb::Severity::Medium) => Some("MEDIUM"),
+        Ok(pb::Severity::High) => Some("HIGH"),
+        Ok(pb::Severity::Critical) => Some("CRITICAL"),
+        _ => None,
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::EnforcementState::try_from(state) {
+        Ok(pb::EnforcementState::Blocked) => "blocked",
+        Ok(pb::EnforcementState::Allowed) => "allowed",
+        _ => "none",
+    }
+}
+
+fn target(t: Option<&pb::TargetRef>) -> Value {
+    match t {
+        Some(t) => json!({"kind": kind_name(t.kind), "name": t.name}),
+        None => Value::Null,
+    }
+}
+
+/// A target summary (`skill list` element).
+pub fn summary(s: &pb::TargetSummary) -> Value {
+    let d = s.decision.clone().unwrap_or_default();
+    let t = s.target.clone().unwrap_or_default();
+    json!({
+        "kind": kind_name(t.kind),
+        "name": t.name,
+        "state": state_name(d.state),
+        "reason": d.reason,
+        "decided_by": d.decided_by,
+        "decided_at": d.decided_at,
+        "open_findings": s.open_findings,
+        "max_severity": severity_name(s.max_open_severity),
+    })
+}
+
+/// A target with findings (`skill show`).
+pub fn detail(d: &pb::TargetDetail) -> Value {
+    let mut v = summary(&d.summary.clone().unwrap_or_default());
+    if let Value::Object(map) = &mut v {
+        map.insert(
+            "findings".into(),
+            Value::Array(d.findings.iter().map(finding).collect()),
+        );
+    }
+    v
+}
+
+/// A finding.
+pub fn finding(f: &pb::Finding) -> Value {
+    json!({
+        "id": f.id,
+        "target": target(f.target.as_ref()),
+        "scanner": f.scanner,
+        "rule_id": f.rule_id,
+        "severity": severity_name(f.severity),
+        "category": f.category,
+        "title": f.title,
+        "description": f.description,
+        "location": f.location,
+        "line": f.line,
+        "snippet": f.snippet,
+        "created_at": f.created_at,
+        "dismissed": f.dismissed,
+        "dismissed_by": f.dismissed_by,
+        "dismissed_at": f.dismissed_at,
+        "dismiss_reason": f.dismiss_reason,
+    })
+}
+
+/// An actor.
+pub fn actor(a: &pb::Actor) -> Value {
+    let mut v = json!({
+        "id": a.id,
+        "name": a.name,
+        "auth_method": a.auth_method,
+        "uid": (a.uid != u32::MAX).then_some(a.uid),
+        "gid": (a.gid != u32::MAX).then_some(a.gid),
+        "pid": (a.pid != 0).then_some(a.pid),
+    });
+    if let Value::Object(map) = &mut v {
+        for (key, value) in [
+            ("email", &a.email),
+            ("issuer", &a.issuer),
+            ("client_id", &a.client_id),
+        ] {
+            if !value.is_empty() {
+                map.insert(key.into(), json!(value));
+            }
+        }
+    }
+    v
+}
+
+/// An audit entry.
+pub fn entry(e: &pb::AuditEntry) -> Value {
+    let details: Value =
+        serde_json::from_str(&e.details_json).unwrap_or(Value::String(e.details_json.clone()));
+    json!({
+        "seq": e.seq,
+        "ts": e.ts,
+        "action": e.action,
+        "target": target(e.target.as_ref()),
+        "severity": severity_name(e.severity),
+        "outcome": e.outcome,
+        "reason": e.reason,
+        "details": details,
+        "actor": e.actor.as_ref().map(actor).unwrap_or(Value::Null),
+        "prev_hash": e.prev_hash,
+        "hash": e.hash,
+    })
+}
+
+/// `status`.
+pub fn status(s: &pb::StatusReply) -> Value {
+    let c = s.counts.clone().unwrap_or_default();
+    let h = s.audit_head.clone().unwrap_or_default();
+    json!({
+        "version": s.version,
+        "uptime_secs": s.uptime_secs,
+        "socket": s.socket,
+        "store_path": s.store_path,
+        "daemon_pid": s.daemon_pid,
+        "counts": {
+            "targets": c.targets,
+            "blocked": c.blocked,
+            "allowed": c.allowed,
+            "open_findings": c.open_findings,
+            "audit_entries": c.audit_entries,
+        },
+        "audit_head": {"seq": h.seq, "hash": h.hash},
+        "caller": s.caller.as_ref().map(actor).unwrap_or(Value::Null),
+    })
+}
+
+/// Prints rows as aligned columns.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths.get(i).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.clone()));
+    }
+    out
+}

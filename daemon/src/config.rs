@@ -1,0 +1,366 @@
+//! Typed daemon configuration: built-in defaults < TOML file < `DEFENSECLAW_*` env.
+//!
+//! Unknown keys are rejected. Secrets never live here; see [`crate::secrets`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths;
+
+/// The system-wide config file read when `--config` is not given.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/defenseclaw/defenseclawd.toml";
+/// Prefix of environment overrides; nested keys are joined with `__`, e.g.
+/// `DEFENSECLAW_SERVER__SOCKET`. Variables without `__` (such as
+/// `DEFENSECLAW_HOME`) are not config keys and are left alone.
+pub const ENV_PREFIX: &str = "DEFENSECLAW";
+
+/// Everything the daemon can be configured with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The gRPC control plane.
+    pub server: ServerSettings,
+    /// The SQLite store.
+    pub store: StoreSettings,
+    /// Who may call mutating RPCs.
+    pub access: AccessSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// The tamper-evident audit log.
+    pub audit: AuditSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Unix socket path. Default: `$RUNTIME_DIRECTORY/defenseclawd.sock` under
+    /// systemd, else `$XDG_RUNTIME_DIR/defenseclaw/defenseclawd.sock`.
+    pub socket: Option<PathBuf>,
+    /// Socket file mode, octal (e.g. "0660"). Callers also need access to the directory.
+    pub socket_mode: String,
+    /// How long shutdown waits for in-flight calls and streams before aborting them.
+    pub drain_timeout_secs: u64,
+    /// Largest accepted request message, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            socket_mode: "0660".into(),
+            drain_timeout_secs: 10,
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Database file. Default: `<state dir>/defenseclaw.db`.
+    pub path: Option<PathBuf>,
+}
+
+/// `[access]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessSettings {
+    /// Uids allowed to call mutating RPCs. Unset: the daemon's own uid and root.
+    pub mutate_uids: Option<Vec<u32>>,
+    /// Groups (gids) whose members may call mutating RPCs, primary or supplementary.
+    pub mutate_gids: Vec<u32>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A tracing filter: `info`, `debug`, `defenseclawd=debug,info`, …
+    /// `DEFENSECLAWD_LOG` overrides it. Reloaded on SIGHUP.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (no timestamps under journald).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Log the chain head (`seq:hash`) every this many entries, so it lands in the
+    /// journal or SIEM and truncation can be detected later. 0 disables.
+    pub head_log_every: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            head_log_every: 1000,
+        }
+    }
+}
+
+/// A configuration problem, with the offending source named.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or env could not be read or did not match the schema.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// The configured values are inconsistent.
+    #[error("invalid configuration: {field}: {reason}")]
+    Value {
+        /// Dotted key.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where the file layer comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigFile {
+    /// `--config PATH`: must exist.
+    Explicit(PathBuf),
+    /// The system path: read when present.
+    System,
+    /// No file at all (tests).
+    None,
+}
+
+impl Settings {
+    /// Loads defaults < file < env. `env` is the process environment in
+    /// production and an explicit map in tests.
+    pub fn load(file: &ConfigFile, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        use config::{Config, Environment, File, FileFormat};
+
+        let defaults = Config::try_from(&Settings::default())
+            .map_err(|e| ConfigError::Invalid(format!("built-in defaults: {e}")))?;
+        let mut builder = Config::builder().add_source(defaults);
+        match file {
+            ConfigFile::Explicit(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::Invalid(format!(
+                        "config file {} does not exist or is not a file",
+                        path.display()
+                    )));
+                }
+                builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+            }
+            ConfigFile::System => {
+                builder = builder.add_source(
+                    File::from(Path::new(SYSTEM_CONFIG_PATH))
+                        .format(FileFormat::Toml)
+                        .required(false),
+                );
+            }
+            ConfigFile::None => {}
+        }
+        let overrides = config_env(env);
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("access.mutate_uids")
+                .with_list_parse_key("access.mutate_gids")
+                .source(Some(overrides)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.socket_mode_bits()?;
+        if self.server.max_message_bytes < 1024 {
+            return Err(ConfigError::Value {
+                field: "server.max_message_bytes",
+                reason: "must be at least 1024".into(),
+            });
+        }
+        if let Some(path) = &self.server.socket {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::Value {
+                    field: "server.socket",
+                    reason: "must not be empty".into(),
+                });
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            ConfigError::Value {
+                field: "log.level",
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(())
+    }
+
+    /// The socket path in effect.
+    pub fn socket_path(&self) -> PathBuf {
+        self.server
+            .socket
+            .clone()
+            .unwrap_or_else(defenseclaw_proto::paths::default_socket_path)
+    }
+
+    /// The database path in effect.
+    pub fn store_path(&self, state_dir: &Path) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| state_dir.join(paths::DB_FILE))
+    }
+
+    /// The effective config as TOML, for `--check-config`. Settings hold no
+    /// secrets; the secret sources are reported separately.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+}
+
+impl ServerSettings {
+    /// `socket_mode` as permission bits.
+    pub fn socket_mode_bits(&self) -> Result<u32, ConfigError> {
+        let bits =
+            u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8).map_err(|_| {
+                ConfigError::Value {
+                    field: "server.socket_mode",
+                    reason: format!(
+                        "{:?} is not an octal mode such as \"0660\"",
+                        self.socket_mode
+                    ),
+                }
+            })?;
+        if bits & !0o777 != 0 || bits & 0o007 != 0 {
+            return Err(ConfigError::Value {
+                field: "server.socket_mode",
+                reason: format!("{:o} must not grant access to others", bits),
+            });
+        }
+        Ok(bits)
+    }
+}
+
+/// The env entries that are config keys: `DEFENSECLAW_<SECTION>__<KEY>`.
+fn config_env(env: &HashMap<String, String>) -> HashMap<String, String> {
+    let prefix = format!("{ENV_PREFIX}_");
+    env.iter()
+        .filter(|(k, _)| {
+            k.strip_prefix(&prefix)
+                .is_some_and(|rest| rest.contains("__"))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_toml() {
+            Ok(s) => f.write_str(&s),
+            Err(e) => write!(f, "# unprintable config: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let s = Settings::load(&ConfigFile::None, &env(&[])).unwrap();
+        assert_eq!(s.server.socket_mode_bits().unwrap(), 0o660);
+        assert_eq!(s.log.level, "info");
+    }
+
+    #[test]
+    fn env_overrides_file_and_plain_vars_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.toml");
+        std::fs::write(
+            &file,
+            "[server]\nsocket = \"/tmp/from-file.sock\"\n[log]\nlevel = \"debug\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            &ConfigFile::Explicit(file),
+            &env(&[
+                ("DEFENSECLAW_SERVER__SOCKET", "/tmp/from-env.sock"),
+                ("DEFENSECLAW_HOME", "/somewhere"),
+                ("DEFENSECLAW_ACCESS__MUTATE_UIDS", "5,6"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.server.socket.as_deref(),
+            Some(Path::new("/tmp/from-env.sock"))
+        );
+        assert_eq!(s.log.level, "debug");
+        assert_eq!(s.access.mutate_uids, Some(vec![5, 6]));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.toml");
+        std::fs::write(&file, "[server]\nsockett = \"/tmp/x\"\n").unwrap();
+        let err = Settings::load(&ConfigFile::Explicit(file), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("sockett"), "{err}");
+        let err =
+            Settings::load(&ConfigFile::None, &env(&[("DEFENSECLAW_LOG__LEVL", "x")])).unwrap_err();
+        assert!(err.to_string().contains("levl"), "{err}");
+    }
+
+    #[test]
+    fn bad_mode_is_rejected() {
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_SERVER__SOCKET_MODE", "0666")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("server.socket_mode"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/defenseclawd.toml");
+        Settings::load(&ConfigFile::Explicit(example), &env(&[])).unwrap();
+    }
+}

@@ -1,0 +1,615 @@
+//! The gRPC `Control` service: validates input, identifies and authorises the
+//! caller, calls the store, converts to wire types. Errors become statuses in
+//! one place ([`crate::error`]).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use defenseclaw_proto::v1 as pb;
+use pb::control_server::Control;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::access::{AccessPolicy, Caller, UserNames};
+use crate::audit::{Entry, Head, NewEntry};
+use crate::error::{Error, Result};
+use crate::model::{
+    Actor, Decision, EnforcementAction, EnforcementState, MAX_REASON_BYTES, Severity, Target,
+    TargetKind, validate_name, validate_text,
+};
+use crate::state::{StateCache, Verdict};
+use crate::store::{AuditQuery, FindingRow, Store, TargetRow, WriteEffect, WriteOp};
+
+/// Most findings one scan report may carry.
+pub const MAX_FINDINGS_PER_REPORT: usize = 10_000;
+/// Default and largest page of `ListAudit`.
+const DEFAULT_AUDIT_LIMIT: u32 = 100;
+const MAX_AUDIT_LIMIT: u32 = 10_000;
+
+/// A change of enforcement that committed; runtime enforcers (the OpenClaw
+/// monitor) follow these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnforcementChanged {
+    /// Target.
+    pub target: Target,
+    /// State now in force.
+    pub state: EnforcementState,
+}
+
+/// Shared daemon state the service works on.
+pub struct ControlService {
+    pub(crate) store: Store,
+    pub(crate) cache: Arc<StateCache>,
+    pub(crate) policy: AccessPolicy,
+    pub(crate) names: UserNames,
+    pub(crate) started: Instant,
+    pub(crate) socket: String,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) enforcement: broadcast::Sender<EnforcementChanged>,
+}
+
+impl std::fmt::Debug for ControlService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlService")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEntry, Status>> + Send + 'static>>;
+
+impl ControlService {
+    /// Identifies the caller for an audit entry.
+    fn actor<T>(&self, request: &Request<T>) -> (Caller, Actor) {
+        let caller = Caller::of(request);
+        let actor = self.names.local_actor(&caller);
+        (caller, actor)
+    }
+
+    /// Identifies the caller and checks it may mutate; a refusal is itself audited.
+    async fn authorize_mutation<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+    ) -> Result<Actor> {
+        let (caller, actor) = self.actor(request);
+        if self.policy.may_mutate(&caller, &self.names) {
+            return Ok(actor);
+        }
+        let reason = format!(
+            "uid {} is not allowed to call {rpc} (see [access] mutate_uids / mutate_gids)",
+            caller
+                .uid
+                .map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+        );
+        let refusal = NewEntry {
+            action: "permission-denied".into(),
+            target: None,
+            severity: None,
+            outcome: "refused".into(),
+            reason: reason.clone(),
+            details: serde_json::json!({ "rpc": rpc }),
+            actor,
+        };
+        if let Err(e) = self.store.write(WriteOp::Audit(refusal)).await {
+            tracing::error!(error = %e, "could not audit a refused call");
+        }
+        Err(Error::PermissionDenied(reason))
+    }
+}
+
+fn target_from(field: &'static str, target: Option<pb::TargetRef>) -> Result<Target> {
+    let target = target.ok_or_else(|| Error::invalid(field, "is required"))?;
+    let kind = kind_from(field, target.kind)?
+        .ok_or_else(|| Error::invalid(field, "kind is required (skill or mcp)"))?;
+    validate_name("target.name", &target.name)?;
+    Ok(Target {
+        kind,
+        name: target.name,
+    })
+}
+
+fn kind_from(field: &'static str, kind: i32) -> Result<Option<TargetKind>> {
+    match pb::TargetKind::try_from(kind) {
+        Ok(pb::TargetKind::Unspecified) => Ok(None),
+        Ok(pb::TargetKind::Skill) => Ok(Some(TargetKind::Skill)),
+        Ok(pb::TargetKind::Mcp) => Ok(Some(TargetKind::Mcp)),
+        Err(_) => Err(Error::invalid(field, format!("unknown target kind {kind}"))),
+    }
+}
+
+fn severity_from(field: &'static str, severity: i32) -> Result<Option<Severity>> {
+    match pb::Severity::try_from(severity) {
+        Ok(pb::Severity::Unspecified) => Ok(None),
+        Ok(s) => Ok(Severity::from_rank(s as i64)),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("unknown severity {severity}"),
+        )),
+    }
+}
+
+fn pb_kind(kind: TargetKind) -> i32 {
+    match kind {
+        TargetKind::Skill => pb::TargetKind::Skill as i32,
+        TargetKind::Mcp => pb::TargetKind::Mcp as i32,
+    }
+}
+
+fn pb_target(t: &Target) -> pb::TargetRef {
+    pb::TargetRef {
+        kind: pb_kind(t.kind),
+        name: t.name.clone(),
+    }
+}
+
+fn pb_decision(d: &Decision) -> pb::Decision {
+    pb::Decision {
+        state: match d.state {
+            EnforcementState::None => pb::EnforcementState::None,
+            EnforcementState::Blocked => pb::EnforcementState::Blocked,
+            EnforcementState::Allowed => pb::EnforcementState::Allowed,
+        } as i32,
+        reason: d.reason.clone(),
+        decided_by: d.decided_by.clone(),
+        decided_at: d.decided_at.clone(),
+    }
+}
+
+fn pb_summary(row: &TargetRow) -> pb::TargetSummary {
+    pb::TargetSummary {
+        target: Some(pb_target(&row.target)),
+        decision: Some(pb_decision(&row.decision)),
+        open_findings: row.open_findings,
+        max_open_severity: row.max_open_severity.map_or(0, |s| s as i32),
+    }
+}
+
+fn pb_finding(f: &FindingRow) -> pb::Finding {
+    let (dismissed_by, dismissed_at, dismiss_reason) = f.dismissed.clone().unwrap_or_default();
+    pb::Finding {
+        id: f.id,
+        target: Some(pb_target(&f.target)),
+        scanner: f.scanner.clone(),
+        rule_id: f.rule_id.clone(),
+        severity: f.severity as i32,
+        title: f.title.clone(),
+        description: f.description.clone(),
+        location: f.location.clone(),
+        line: f.line,
+        category: f.category.clone(),
+        snippet: f.snippet.clone(),
+        created_at: f.created_at.clone(),
+        dismissed: f.dismissed.is_some(),
+        dismissed_by,
+        dismissed_at,
+        dismiss_reason,
+    }
+}
+
+/// Wire form of an actor.
+pub fn pb_actor(a: &Actor) -> pb::Actor {
+    pb::Actor {
+        id: a.id.clone(),
+        name: a.name.clone(),
+        auth_method: a.auth_method.clone(),
+        uid: a.uid.unwrap_or(u32::MAX),
+        gid: a.gid.unwrap_or(u32::MAX),
+        pid: a.pid.unwrap_or(0),
+        email: a.email.clone().unwrap_or_default(),
+        issuer: a.issuer.clone().unwrap_or_default(),
+        client_id: a.client_id.clone().unwrap_or_default(),
+    }
+}
+
+/// Wire form of a stored audit entry.
+pub fn pb_entry(e: &Entry) -> pb::AuditEntry {
+    let kind = e.target_kind.parse::<TargetKind>().ok();
+    pb::AuditEntry {
+        seq: e.seq,
+        ts: e.ts.clone(),
+        action: e.action.clone(),
+        target: kind.map(|k| pb::TargetRef {
+            kind: pb_kind(k),
+            name: e.target_name.clone(),
+        }),
+        severity: e.severity.parse::<Severity>().map_or(0, |s| s as i32),
+        outcome: e.outcome.clone(),
+        reason: e.reason.clone(),
+        details_json: e.details.clone(),
+        actor: Some(pb_actor(&e.actor())),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    }
+}
+
+fn pb_head(h: &Head) -> pb::AuditHead {
+    pb::AuditHead {
+        seq: h.seq,
+        hash: h.hash.clone(),
+    }
+}
+
+fn unexpected(effect: &WriteEffect) -> Error {
+    Error::Internal(format!("unexpected write effect {effect:?}"))
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let (_, actor) = self.actor(&request);
+        let counts = self.store.counts().await?;
+        Ok(Response::new(pb::StatusReply {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            socket: self.socket.clone(),
+            store_path: self.store.path().display().to_string(),
+            counts: Some(pb::TargetCounts {
+                targets: counts.targets,
+                blocked: counts.blocked,
+                allowed: counts.allowed,
+                open_findings: counts.open_findings,
+                audit_entries: counts.audit_entries,
+            }),
+            audit_head: Some(pb_head(&self.store.head())),
+            caller: Some(pb_actor(&actor)),
+            daemon_pid: std::process::id(),
+        }))
+    }
+
+    async fn list_targets(
+        &self,
+        request: Request<pb::ListTargetsRequest>,
+    ) -> Result<Response<pb::ListTargetsReply>, Status> {
+        let kind = kind_from("kind", request.get_ref().kind)?;
+        let rows = self.store.list_targets(kind).await?;
+        Ok(Response::new(pb::ListTargetsReply {
+            targets: rows.iter().map(pb_summary).collect(),
+        }))
+    }
+
+    async fn get_target(
+        &self,
+        request: Request<pb::TargetRef>,
+    ) -> Result<Response<pb::TargetDetail>, Status> {
+        let target = target_from("target", Some(request.into_inner()))?;
+        let row = self
+            .store
+            .get_target(target.clone())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{} {:?}", target.kind, target.name)))?;
+        let findings = self.store.list_findings(Some(target), None, true).await?;
+        Ok(Response::new(pb::TargetDetail {
+            summary: Some(pb_summary(&row)),
+            findings: findings.iter().map(pb_finding).collect(),
+        }))
+    }
+
+    async fn set_enforcement(
+        &self,
+        request: Request<pb::SetEnforcementRequest>,
+    ) -> Result<Response<pb::SetEnforcementReply>, Status> {
+        let actor = self.authorize_mutation(&request, "SetEnforcement").await?;
+        let req = request.into_inner();
+        let target = target_from("target", req.target)?;
+        let action = match pb::EnforcementAction::try_from(req.action) {
+            Ok(pb::EnforcementAction::Block) => EnforcementAction::Block,
+            Ok(pb::EnforcementAction::Allow) => EnforcementAction::Allow,
+            Ok(pb::EnforcementAction::Unblock) => EnforcementAction::Unblock,
+            _ => return Err(Error::invalid("action", "must be block, allow or unblock").into()),
+        };
+        validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
+        let effect = self
+            .store
+            .write(WriteOp::SetEnforcement {
+                target: target.clone(),
+                action,
+                reason: req.reason,
+                actor,
+                details: serde_json::Value::Null,
+            })
+            .await?;
+        let WriteEffect::Enforcement {
+            decision,
+            changed,
+            entry,
+        } = effect
+        else {
+            return Err(unexpected(&effect).into());
+        };
+        if changed {
+            // Nobody listening (no runtime enforcer) is fine.
+            let _ = self.enforcement.send(EnforcementChanged {
+                target: target.clone(),
+                state: decision.state,
+            });
+        }
+        let row = self
+            .store
+            .get_target(target.clone())
+            .await?
+            .unwrap_or(TargetRow {
+                target,
+                decision,
+                open_findings: 0,
+                max_open_severity: None,
+            });
+        Ok(Response::new(pb::SetEnforcementReply {
+            target: Some(pb_summary(&row)),
+            changed,
+            audit_seq: entry.seq,
+        }))
+    }
+
+    async fn check_target(
+        &self,
+        request: Request<pb::TargetRef>,
+    ) -> Result<Response<pb::CheckReply>, Status> {
+        let req = request.get_ref();
+        let kind = kind_from("target", req.kind)?
+            .ok_or_else(|| Error::invalid("target", "kind is required"))?;
+        validate_name("target.name", &req.name)?;
+        let reply = match self.cache.check(kind, &req.name) {
+            Verdict::Unknown => pb::CheckReply {
+                verdict: pb::Verdict::Unknown as i32,
+                ..Default::default()
+            },
+            Verdict::Allowed(d) => pb::CheckReply {
+                verdict: pb::Verdict::Allowed as i32,
+                reason: d.reason,
+                decided_by: d.decided_by,
+                decided_at: d.decided_at,
+            },
+            Verdict::Blocked(d) => pb::CheckReply {
+                verdict: pb::Verdict::Blocked as i32,
+                reason: d.reason,
+                decided_by: d.decided_by,
+                decided_at: d.decided_at,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn submit_scan_report(
+        &self,
+        request: Request<pb::ScanReport>,
+    ) -> Result<Response<pb::SubmitScanReportReply>, Status> {
+        let actor = self
+            .authorize_mutation(&request, "SubmitScanReport")
+            .await?;
+        let report = request.into_inner();
+        let target = target_from("target", report.target)?;
+        validate_name("scanner", &report.scanner)?;
+        if report.findings.len() > MAX_FINDINGS_PER_REPORT {
+            return Err(
+                Error::invalid("findings", format!("more than {MAX_FINDINGS_PER_REPORT}")).into(),
+            );
+        }
+        let findings = report
+            .findings
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| crate::scan_input::finding_from_pb(i, f))
+            .collect::<Result<Vec<_>>>()?;
+        let effect = self
+            .store
+            .write(WriteOp::ScanReport {
+                scanner: report.scanner,
+                target,
+                findings,
+                actor,
+            })
+            .await?;
+        let WriteEffect::Findings { findings, entry } = effect else {
+            return Err(unexpected(&effect).into());
+        };
+        Ok(Response::new(pb::SubmitScanReportReply {
+            findings: findings.iter().map(pb_finding).collect(),
+            audit_seq: entry.seq,
+        }))
+    }
+
+    async fn list_findings(
+        &self,
+        request: Request<pb::ListFindingsRequest>,
+    ) -> Result<Response<pb::ListFindingsReply>, Status> {
+        let req = request.into_inner();
+        let target = match req.target {
+            Some(t) if !(t.kind == 0 && t.name.is_empty()) => Some(target_from("target", Some(t))?),
+            _ => None,
+        };
+        let min = severity_from("min_severity", req.min_severity)?;
+        let rows = self
+            .store
+            .list_findings(target, min, req.include_dismissed)
+            .await?;
+        Ok(Response::new(pb::ListFindingsReply {
+            findings: rows.iter().map(pb_finding).collect(),
+        }))
+    }
+
+    async fn dismiss_finding(
+        &self,
+        request: Request<pb::DismissFindingRequest>,
+    ) -> Result<Response<pb::Finding>, Status> {
+        let actor = self.authorize_mutation(&request, "DismissFinding").await?;
+        let req = request.into_inner();
+        if req.id == 0 {
+            return Err(Error::invalid("id", "is required").into());
+        }
+        if req.reason.trim().is_empty() {
+            return Err(Error::invalid("reason", "is required to dismiss a finding").into());
+        }
+        validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
+        let effect = self
+            .store
+            .write(WriteOp::DismissFinding {
+                id: req.id,
+                reason: req.reason,
+                actor,
+            })
+            .await?;
+        let WriteEffect::Dismissed { finding, .. } = effect else {
+            return Err(unexpected(&effect).into());
+        };
+        Ok(Response::new(pb_finding(&finding)))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditReply>, Status> {
+        let req = request.into_inner();
+        let target = match req.target {
+            Some(t) if !(t.kind == 0 && t.name.is_empty()) => Some(target_from("target", Some(t))?),
+            _ => None,
+        };
+        let since = if req.since.is_empty() {
+            None
+        } else {
+            Some(crate::store::normalise_since(&req.since)?)
+        };
+        let actor = (!req.actor.is_empty()).then_some(req.actor);
+        if let Some(a) = &actor {
+            validate_text("actor", a, 512)?;
+        }
+        let limit = match req.limit {
+            0 => DEFAULT_AUDIT_LIMIT,
+            n => n.min(MAX_AUDIT_LIMIT),
+        };
+        let entries = self
+            .store
+            .list_audit(AuditQuery {
+                limit,
+                since,
+                actor,
+                target,
+            })
+            .await?;
+        Ok(Response::new(pb::ListAuditReply {
+            entries: entries.iter().map(pb_entry).collect(),
+        }))
+    }
+
+    type FollowAuditStream = EntryStream;
+
+    async fn follow_audit(
+        &self,
+        request: Request<pb::FollowAuditRequest>,
+    ) -> Result<Response<Self::FollowAuditStream>, Status> {
+        let req = request.into_inner();
+        let store = self.store.clone();
+        let cancel = self.cancel.clone();
+        // Subscribe before reading the backlog so nothing falls in between.
+        let mut live = store.subscribe();
+        let mut last = if req.from_start {
+            0
+        } else if req.after_seq > 0 {
+            req.after_seq
+        } else {
+            store.head().seq
+        };
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            if catch_up(&store, &tx, &mut last, u64::MAX).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tx.closed() => break,
+                    next = live.recv() => match next {
+                        Ok(entry) if entry.seq <= last => {}
+                        Ok(entry) if entry.seq == last + 1 => {
+                            if tx.send(Ok(pb_entry(&entry))).await.is_err() { break; }
+                            last = entry.seq;
+                        }
+                        Ok(entry) => {
+                            // A gap: fill it from the store, then this entry.
+                            if catch_up(&store, &tx, &mut last, entry.seq).await.is_err() { break; }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            if catch_up(&store, &tx, &mut last, u64::MAX).await.is_err() { break; }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ExportAuditStream = EntryStream;
+
+    async fn export_audit(
+        &self,
+        _request: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        let store = self.store.clone();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last = 0;
+            let _ = catch_up(&store, &tx, &mut last, u64::MAX).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditReply>, Status> {
+        let req = request.into_inner();
+        let expected = if req.head.is_empty() {
+            None
+        } else {
+            Some(
+                Head::parse(&req.head)
+                    .ok_or_else(|| Error::invalid("head", "expected SEQ:HASH (64 hex digits)"))?,
+            )
+        };
+        let v = self.store.verify_audit(expected).await?;
+        Ok(Response::new(pb::VerifyAuditReply {
+            ok: v.ok,
+            entries_checked: v.entries_checked,
+            head: Some(pb_head(&v.head)),
+            first_bad_seq: v.first_bad_seq.unwrap_or(0),
+            problem: v.problem.unwrap_or_default(),
+        }))
+    }
+}
+
+/// Sends stored entries with `last < seq <= until` in order, advancing `last`.
+/// Errs when the receiver is gone.
+async fn catch_up(
+    store: &Store,
+    tx: &mpsc::Sender<Result<pb::AuditEntry, Status>>,
+    last: &mut u64,
+    until: u64,
+) -> Result<(), ()> {
+    loop {
+        let page = match store.audit_page(*last, 500).await {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return Err(());
+            }
+        };
+        if page.is_empty() {
+            return Ok(());
+        }
+        for entry in page {
+            if entry.seq > until {
+                return Ok(());
+            }
+            tx.send(Ok(pb_entry(&entry))).await.map_err(|_| ())?;
+            *last = entry.seq;
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Starting, running and stopping the daemon. `main` and the tests use the
+//! same entry points.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use defenseclaw_proto::v1::control_server::ControlServer;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::access::{AccessPolicy, UserNames};
+use crate::config::{ConfigFile, Settings};
+use crate::control::{ControlService, EnforcementChanged};
+use crate::secrets::SecretSources;
+use crate::state::StateCache;
+use crate::store::{Store, WriterContext};
+use crate::telemetry::LogReload;
+use crate::{listener, paths};
+
+/// Everything needed to start a daemon.
+#[derive(Debug)]
+pub struct DaemonOptions {
+    /// Effective settings.
+    pub settings: Settings,
+    /// Where the config file layer came from (re-read on SIGHUP).
+    pub config_file: ConfigFile,
+    /// The environment (the process's in production, a map in tests).
+    pub env: HashMap<String, String>,
+    /// State directory.
+    pub state_dir: PathBuf,
+}
+
+impl DaemonOptions {
+    /// Options for `settings`, resolving the state directory from `env`.
+    pub fn new(
+        settings: Settings,
+        config_file: ConfigFile,
+        env: HashMap<String, String>,
+    ) -> Result<Self, String> {
+        let state_dir = paths::state_dir(&env)?;
+        Ok(Self {
+            settings,
+            config_file,
+            env,
+            state_dir,
+        })
+    }
+}
+
+/// A running daemon.
+pub struct DaemonHandle {
+    /// Socket path clients connect to.
+    pub socket: PathBuf,
+    /// Database path.
+    pub store_path: PathBuf,
+    cancel: CancellationToken,
+    supervisor: JoinHandle<Result<(), String>>,
+    enforcement: broadcast::Sender<EnforcementChanged>,
+    store: Store,
+}
+
+impl std::fmt::Debug for DaemonHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonHandle")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DaemonHandle {
+    /// Asks the daemon to stop (what SIGTERM does).
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    /// The cancellation token that stops everything.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Committed enforcement changes, for runtime enforcers.
+    pub fn enforcement_changes(&self) -> broadcast::Receiver<EnforcementChanged> {
+        self.enforcement.subscribe()
+    }
+
+    /// The store (for in-process integrations and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Waits until the daemon has stopped and its store is closed.
+    pub async fn wait(self) -> Result<(), String> {
+        drop(self.store);
+        self.supervisor
+            .await
+            .map_err(|e| format!("daemon task failed: {e}"))?
+    }
+}
+
+/// Opens the store, binds the socket and starts serving. Returns once the
+/// socket accepts connections.
+pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
+    let DaemonOptions {
+        settings,
+        state_dir,
+        env,
+        ..
+    } = opts;
+    paths::ensure_private_dir(&state_dir)?;
+    // Read now so a bad .env stops the start, not a later request.
+    let _secrets = SecretSources::load(&env, &state_dir)?;
+    // The socket first: a second daemon must stop here, before touching the store.
+    let mode = settings
+        .server
+        .socket_mode_bits()
+        .map_err(|e| e.to_string())?;
+    let bound = listener::bind(&settings.socket_path(), mode)?;
+    let socket = bound.path.clone();
+    let cleanup = listener::BoundSocket::cleanup_token(&bound.path, bound.owned_id());
+    let store_path = settings.store_path(&state_dir);
+    let cache = Arc::new(StateCache::default());
+    let (store, writer_thread) = {
+        let path = store_path.clone();
+        let ctx = WriterContext {
+            cache: cache.clone(),
+            head_log_every: settings.audit.head_log_every,
+        };
+        tokio::task::spawn_blocking(move || Store::open(&path, ctx))
+            .await
+            .map_err(|e| format!("store open task failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .inspect_err(|_| cleanup.run())?
+    };
+
+    let cancel = CancellationToken::new();
+    let (enforcement, _) = broadcast::channel(1024);
+    let service = ControlService {
+        store: store.clone(),
+        cache,
+        policy: AccessPolicy::from_settings(&settings.access),
+        names: UserNames::default(),
+        started: Instant::now(),
+        socket: socket.display().to_string(),
+        cancel: cancel.clone(),
+        enforcement: enforcement.clone(),
+    };
+    let max = settings.server.max_message_bytes;
+    let control = ControlServer::new(service)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ControlServer<ControlService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(defenseclaw_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection service: {e}"))?;
+
+    let incoming = UnixListenerStream::new(bound.listener);
+    let server_cancel = cancel.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(control)
+            .serve_with_incoming_shutdown(incoming, server_cancel.cancelled_owned()),
+    );
+    let drain = Duration::from_secs(settings.server.drain_timeout_secs);
+    let supervisor_cancel = cancel.clone();
+    let supervisor = tokio::spawn(async move {
+        let mut server = server;
+        let served = tokio::select! {
+            r = &mut server => r.map_err(|e| format!("server task: {e}")).and_then(|r| r.map_err(|e| format!("server: {e}"))),
+            () = async { supervisor_cancel.cancelled().await; tokio::time::sleep(drain).await; } => {
+                tracing::warn!(?drain, "drain timeout: closing the remaining connections");
+                server.abort();
+                Ok(())
+            }
+        };
+        cleanup.run();
+        // The writer stops once every store handle is gone; wait for its final checkpoint.
+        let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("the store writer thread did not stop cleanly");
+        }
+        served
+    });
+    tracing::info!(socket = %socket.display(), store = %store_path.display(), version = env!("CARGO_PKG_VERSION"), "defenseclawd ready");
+    Ok(DaemonHandle {
+        socket,
+        store_path,
+        cancel,
+        supervisor,
+        enforcement,
+        store,
+    })
+}
+
+/// Runs until SIGTERM/SIGINT, reloading on SIGHUP, speaking sd_notify.
+pub async fn run(opts: DaemonOptions, log: Option<LogReload>) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Register once, before anything can deliver them.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    let config_file = opts.config_file.clone();
+    let env = opts.env.clone();
+    let handle = start(opts).await?;
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving on {}", handle.socket.display())),
+    ]);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                let stamp = sd_notify::NotifyState::monotonic_usec_now().ok();
+                let mut states = vec![sd_notify::NotifyState::Reloading];
+                states.extend(stamp);
+                notify(&states);
+                match Settings::load(&config_file, &env) {
+                    Ok(settings) => {
+                        if let Some(log) = &log {
+                            match log.apply(&crate::telemetry::reload_filter(&settings.log)) {
+                                Ok(()) => tracing::info!(level = %settings.log.level, "configuration reloaded"),
+                                Err(e) => tracing::warn!(error = %e, "log level not reloaded"),
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            () = handle.cancel.cancelled() => break,
+        }
+    }
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping"),
+    ]);
+    handle.shutdown();
+    handle.wait().await
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}

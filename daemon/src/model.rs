@@ -1,0 +1,339 @@
+//! Domain types shared by the store, the RPC layer and the monitors.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// What a target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// An agent skill.
+    Skill,
+    /// An MCP server.
+    Mcp,
+}
+
+impl TargetKind {
+    /// Stable lowercase name, as stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skill => "skill",
+            Self::Mcp => "mcp",
+        }
+    }
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TargetKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "skill" => Ok(Self::Skill),
+            "mcp" => Ok(Self::Mcp),
+            other => Err(Error::invalid(
+                "target.kind",
+                format!("{other:?} is not skill or mcp"),
+            )),
+        }
+    }
+}
+
+/// A target: kind plus validated name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Target {
+    /// Kind.
+    pub kind: TargetKind,
+    /// Name, validated by [`validate_name`].
+    pub name: String,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+/// Longest accepted target name, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+/// Longest accepted free-text reason, in bytes.
+pub const MAX_REASON_BYTES: usize = 2000;
+
+/// Names: non-empty, bounded, no control characters, no `/`.
+pub fn validate_name(field: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "contains a control character"));
+    }
+    if name.contains('/') {
+        return Err(Error::invalid(field, "contains '/'"));
+    }
+    if name.trim() != name {
+        return Err(Error::invalid(field, "has leading or trailing whitespace"));
+    }
+    Ok(())
+}
+
+/// Free text (reasons, titles): bounded; no control characters except newline and tab.
+pub fn validate_text(field: &'static str, text: &str, max: usize) -> Result<()> {
+    if text.len() > max {
+        return Err(Error::invalid(field, format!("longer than {max} bytes")));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(Error::invalid(field, "contains a control character"));
+    }
+    Ok(())
+}
+
+/// Finding severity, ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Severity {
+    /// Informational.
+    Info = 1,
+    /// Low.
+    Low = 2,
+    /// Medium.
+    Medium = 3,
+    /// High.
+    High = 4,
+    /// Critical.
+    Critical = 5,
+}
+
+impl Severity {
+    /// Uppercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "INFO",
+            Self::Low => "LOW",
+            Self::Medium => "MEDIUM",
+            Self::High => "HIGH",
+            Self::Critical => "CRITICAL",
+        }
+    }
+
+    /// From the stored rank.
+    pub fn from_rank(rank: i64) -> Option<Self> {
+        Some(match rank {
+            1 => Self::Info,
+            2 => Self::Low,
+            3 => Self::Medium,
+            4 => Self::High,
+            5 => Self::Critical,
+            _ => return None,
+        })
+    }
+}
+
+impl FromStr for Severity {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_uppercase().as_str() {
+            "INFO" => Self::Info,
+            "LOW" => Self::Low,
+            "MEDIUM" => Self::Medium,
+            "HIGH" => Self::High,
+            "CRITICAL" => Self::Critical,
+            other => {
+                return Err(Error::invalid(
+                    "severity",
+                    format!("{other:?} is not INFO|LOW|MEDIUM|HIGH|CRITICAL"),
+                ));
+            }
+        })
+    }
+}
+
+/// Enforcement state of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnforcementState {
+    /// No decision.
+    None,
+    /// Blocked.
+    Blocked,
+    /// Allowed.
+    Allowed,
+}
+
+impl EnforcementState {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Blocked => "blocked",
+            Self::Allowed => "allowed",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Self::None,
+            "blocked" => Self::Blocked,
+            "allowed" => Self::Allowed,
+            _ => return None,
+        })
+    }
+}
+
+/// A requested enforcement change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnforcementAction {
+    /// Block.
+    Block,
+    /// Allow.
+    Allow,
+    /// Remove the decision.
+    Unblock,
+}
+
+impl EnforcementAction {
+    /// The state this action leads to.
+    pub fn resulting_state(self) -> EnforcementState {
+        match self {
+            Self::Block => EnforcementState::Blocked,
+            Self::Allow => EnforcementState::Allowed,
+            Self::Unblock => EnforcementState::None,
+        }
+    }
+
+    /// Audit action name.
+    pub fn audit_action(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Allow => "allow",
+            Self::Unblock => "unblock",
+        }
+    }
+}
+
+/// The current decision on a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// State.
+    pub state: EnforcementState,
+    /// Why.
+    pub reason: String,
+    /// Actor id of who decided.
+    pub decided_by: String,
+    /// RFC 3339, empty if never decided.
+    pub decided_at: String,
+}
+
+impl Default for Decision {
+    fn default() -> Self {
+        Self {
+            state: EnforcementState::None,
+            reason: String::new(),
+            decided_by: String::new(),
+            decided_at: String::new(),
+        }
+    }
+}
+
+/// Who did something. Serialised field order is part of the audit hash: append
+/// new fields at the end only.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Actor {
+    /// Stable id: `uid:<n>` for local callers, the token `sub` for oidc, `system` for the daemon.
+    pub id: String,
+    /// Display name: user name or the operator's name.
+    pub name: String,
+    /// `local`, `oidc` or `system`.
+    pub auth_method: String,
+    /// Peer uid.
+    pub uid: Option<u32>,
+    /// Peer gid.
+    pub gid: Option<u32>,
+    /// Peer pid.
+    pub pid: Option<u32>,
+    /// Operator email (oidc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Token issuer (oidc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Client id the token was issued to (oidc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+impl Actor {
+    /// The daemon itself (start-up, monitors).
+    pub fn system() -> Self {
+        Self {
+            id: "system".into(),
+            name: "defenseclawd".into(),
+            auth_method: "system".into(),
+            uid: defenseclaw_proto::paths::current_uid(),
+            gid: None,
+            pid: Some(std::process::id()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Stored timestamp format: RFC 3339, UTC, fixed microsecond precision, so
+/// timestamps sort as strings.
+const TS_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+);
+
+/// Formats a time in the stored format.
+pub fn format_ts(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.format(TS_FORMAT)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Now, in the stored format.
+pub fn now_ts() -> String {
+    format_ts(time::OffsetDateTime::now_utc())
+}
+
+/// Parses an RFC 3339 timestamp given by a caller.
+pub fn parse_rfc3339(field: &'static str, s: &str) -> Result<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| Error::invalid(field, format!("{s:?} is not RFC 3339: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("n", "evil-skill_1.0").is_ok());
+        for bad in ["", "a/b", "a\0b", "a\nb", " a", &"x".repeat(201)] {
+            assert!(validate_name("n", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn severity_parse_is_case_insensitive() {
+        assert_eq!("high".parse::<Severity>().unwrap(), Severity::High);
+        assert!("urgent".parse::<Severity>().is_err());
+        assert!(Severity::Critical > Severity::High);
+    }
+}

@@ -1,0 +1,232 @@
+//! Opening, checking and migrating the database file.
+
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// `PRAGMA application_id` of a DefenseClaw database ("DCLW").
+pub const APPLICATION_ID: i64 = 0x4443_4C57;
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+    CREATE TABLE targets (
+        kind        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'none',
+        reason      TEXT NOT NULL DEFAULT '',
+        decided_by  TEXT NOT NULL DEFAULT '',
+        decided_at  TEXT NOT NULL DEFAULT '',
+        created_at  TEXT NOT NULL,
+        PRIMARY KEY (kind, name)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE findings (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind            TEXT NOT NULL,
+        name            TEXT NOT NULL,
+        scanner         TEXT NOT NULL,
+        rule_id         TEXT NOT NULL,
+        severity        INTEGER NOT NULL,
+        title           TEXT NOT NULL,
+        description     TEXT NOT NULL,
+        location        TEXT NOT NULL,
+        line            INTEGER NOT NULL,
+        category        TEXT NOT NULL,
+        snippet         TEXT NOT NULL,
+        created_at      TEXT NOT NULL,
+        dismissed_by    TEXT,
+        dismissed_at    TEXT,
+        dismiss_reason  TEXT,
+        FOREIGN KEY (kind, name) REFERENCES targets (kind, name)
+    );
+    CREATE INDEX findings_target ON findings (kind, name);
+
+    CREATE TABLE audit (
+        seq          INTEGER PRIMARY KEY,
+        ts           TEXT NOT NULL,
+        action       TEXT NOT NULL,
+        target_kind  TEXT NOT NULL,
+        target_name  TEXT NOT NULL,
+        severity     TEXT NOT NULL,
+        outcome      TEXT NOT NULL,
+        reason       TEXT NOT NULL,
+        details      TEXT NOT NULL,
+        actor        TEXT NOT NULL,
+        actor_id     TEXT NOT NULL,
+        prev_hash    TEXT NOT NULL,
+        hash         TEXT NOT NULL
+    );
+    CREATE INDEX audit_target ON audit (target_kind, target_name, seq);
+    CREATE INDEX audit_actor ON audit (actor_id, seq);
+    CREATE INDEX audit_ts ON audit (ts);
+    "#,
+)];
+
+/// Why the database cannot be used. The file is never modified in these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file is not ours or is damaged.
+    #[error("refusing to use {path}: {reason}; the file was left untouched")]
+    Refused {
+        /// Database path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// SQLite failed.
+    #[error("cannot open {path}: {source}")]
+    Sqlite {
+        /// Database path.
+        path: String,
+        /// The error.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+fn refused(path: &Path, reason: impl Into<String>) -> OpenError {
+    OpenError::Refused {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Opens (creating if absent) the writer connection: checks the file is ours,
+/// intact and private, then migrates it.
+pub fn open_writer(path: &Path) -> Result<Connection, OpenError> {
+    let fresh = prepare_file(path)?;
+    let sql = |source| OpenError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql)?;
+    // A foreign or damaged file fails here, before anything is written.
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| refused(path, format!("not a readable SQLite database ({e})")))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| refused(path, format!("not a readable SQLite database ({e})")))?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| refused(path, format!("not a readable SQLite database ({e})")))?;
+    if !(fresh || (app_id == 0 && version == 0 && tables == 0)) {
+        if app_id != APPLICATION_ID {
+            return Err(refused(
+                path,
+                "it is not a DefenseClaw database (foreign application id)",
+            ));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(refused(
+                path,
+                format!(
+                    "its schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
+                ),
+            ));
+        }
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| refused(path, format!("integrity check failed: {e}")))?;
+        if check != "ok" {
+            return Err(refused(path, format!("integrity check failed: {check}")));
+        }
+    }
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(sql)?;
+    migrate(&conn, version).map_err(sql)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection to an already prepared database.
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > from) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!(
+            "PRAGMA user_version = {version}; PRAGMA application_id = {APPLICATION_ID};"
+        ))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Creates the file 0600 if absent (returns true), or checks an existing one is
+/// a private regular file that starts like SQLite.
+fn prepare_file(path: &Path) -> Result<bool, OpenError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if !meta.file_type().is_file() {
+                return Err(refused(path, "it is not a regular file"));
+            }
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(refused(
+                    path,
+                    format!(
+                        "its mode is {mode:o}; it must be 0600 (run `chmod 600 {}`)",
+                        path.display()
+                    ),
+                ));
+            }
+            if Some(meta.uid()) != defenseclaw_proto::paths::current_uid() {
+                return Err(refused(
+                    path,
+                    format!(
+                        "it is owned by uid {}, not by the daemon's user",
+                        meta.uid()
+                    ),
+                ));
+            }
+            if meta.len() > 0 {
+                let mut header = [0u8; 16];
+                let mut file =
+                    std::fs::File::open(path).map_err(|e| refused(path, e.to_string()))?;
+                let read = file
+                    .read(&mut header)
+                    .map_err(|e| refused(path, e.to_string()))?;
+                if read < 16 || &header != b"SQLite format 3\0" {
+                    return Err(refused(
+                        path,
+                        "it is not a SQLite database (foreign or corrupted file)",
+                    ));
+                }
+            }
+            Ok(meta.len() == 0)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| refused(path, format!("cannot create it: {e}")))?;
+            Ok(true)
+        }
+        Err(e) => Err(refused(path, format!("cannot inspect it: {e}"))),
+    }
+}

@@ -1,0 +1,606 @@
+//! The writer: applies state changes and their audit entries in one
+//! transaction, many callers per commit.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::broadcast;
+
+use super::{FindingRow, WriterContext, finding_row};
+use crate::audit::{Entry, Head, NewEntry};
+use crate::error::{Error, Result};
+use crate::model::{
+    Actor, Decision, EnforcementAction, EnforcementState, Severity, Target, format_ts, now_ts,
+};
+use crate::state::StateCache;
+
+/// One finding as submitted by a scanner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFinding {
+    /// Rule id.
+    pub rule_id: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// File or place.
+    pub location: String,
+    /// Line, 0 if none.
+    pub line: u32,
+    /// Category.
+    pub category: String,
+    /// Redacted excerpt.
+    pub snippet: String,
+}
+
+/// A state change (always with its audit entry) or a bare audit entry.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Block, allow or unblock a target.
+    SetEnforcement {
+        /// Target.
+        target: Target,
+        /// What to do.
+        action: EnforcementAction,
+        /// Why.
+        reason: String,
+        /// Who.
+        actor: Actor,
+        /// Extra audit details (merged into the entry's details).
+        details: serde_json::Value,
+    },
+    /// Record a scanner's findings for a target, replacing that scanner's
+    /// previous open findings for it.
+    ScanReport {
+        /// Scanner name.
+        scanner: String,
+        /// Target.
+        target: Target,
+        /// Findings.
+        findings: Vec<NewFinding>,
+        /// Who submitted it.
+        actor: Actor,
+    },
+    /// Dismiss a finding.
+    DismissFinding {
+        /// Finding id.
+        id: u64,
+        /// Why.
+        reason: String,
+        /// Who.
+        actor: Actor,
+    },
+    /// Record targets seen elsewhere (no decision).
+    RegisterTargets {
+        /// Targets.
+        targets: Vec<Target>,
+        /// Who reported them.
+        actor: Actor,
+        /// Where they were seen.
+        source: String,
+    },
+    /// Only an audit entry (refusals, observations, monitor decisions).
+    Audit(NewEntry),
+}
+
+/// What a committed job did.
+#[derive(Debug, Clone)]
+pub enum WriteEffect {
+    /// Enforcement result.
+    Enforcement {
+        /// Decision now in force.
+        decision: Decision,
+        /// False when the target already was in that state.
+        changed: bool,
+        /// Audit entry written.
+        entry: Arc<Entry>,
+    },
+    /// Findings stored.
+    Findings {
+        /// The stored findings with ids.
+        findings: Vec<FindingRow>,
+        /// Audit entry written.
+        entry: Arc<Entry>,
+    },
+    /// The dismissed finding.
+    Dismissed {
+        /// The finding after dismissal.
+        finding: FindingRow,
+        /// Audit entry written.
+        entry: Arc<Entry>,
+    },
+    /// Targets registered (only new ones are audited).
+    Registered {
+        /// Newly created targets.
+        created: Vec<Target>,
+    },
+    /// Audit entry appended.
+    Audited {
+        /// The entry.
+        entry: Arc<Entry>,
+    },
+}
+
+pub(super) struct Writer {
+    conn: Connection,
+    cache: Arc<StateCache>,
+    head_log_every: u64,
+    head: Arc<Mutex<Head>>,
+    chain: Head,
+    entries: broadcast::Sender<Arc<Entry>>,
+}
+
+/// Staged results of one job inside the open transaction.
+struct Staged {
+    effect: WriteEffect,
+    entries: Vec<Arc<Entry>>,
+    cache_updates: Vec<(Target, Decision)>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        ctx: WriterContext,
+        head: Arc<Mutex<Head>>,
+        entries: broadcast::Sender<Arc<Entry>>,
+    ) -> rusqlite::Result<Self> {
+        let chain = head.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Ok(Self {
+            conn,
+            cache: ctx.cache,
+            head_log_every: ctx.head_log_every,
+            head,
+            chain,
+            entries,
+        })
+    }
+
+    /// Applies every op in one transaction, each in its own savepoint so one
+    /// failing op does not take the others down; then commits once.
+    pub(super) fn commit_group(&mut self, ops: Vec<WriteOp>) -> Vec<Result<WriteEffect>> {
+        let mut chain = self.chain.clone();
+        let mut staged: Vec<Result<Staged>> = Vec::with_capacity(ops.len());
+        let tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot begin a write transaction");
+                return ops
+                    .iter()
+                    .map(|_| Err(Error::store("beginning a transaction")(clone_err(&e))))
+                    .collect();
+            }
+        };
+        let mut tx = tx;
+        for op in ops {
+            let mut job_chain = chain.clone();
+            let result = (|| {
+                let sp = tx
+                    .savepoint()
+                    .map_err(Error::store("opening a savepoint"))?;
+                let out = apply(&sp, op, &mut job_chain)?;
+                sp.commit().map_err(Error::store("releasing a savepoint"))?;
+                Ok(out)
+            })();
+            if result.is_ok() {
+                chain = job_chain;
+            }
+            staged.push(result);
+        }
+        if let Err(e) = commit(tx) {
+            tracing::error!(error = %e, "group commit failed; every change in it was rolled back");
+            return staged
+                .into_iter()
+                .map(|s| s.and_then(|_| Err(Error::store("committing")(clone_err(&e)))))
+                .collect();
+        }
+        // Durable now: publish to memory, followers and the journal.
+        let before = self.chain.seq;
+        self.chain = chain.clone();
+        *self.head.lock().unwrap_or_else(PoisonError::into_inner) = chain.clone();
+        if self.head_log_every > 0
+            && before / self.head_log_every != chain.seq / self.head_log_every
+        {
+            tracing::info!(audit_head = %chain, "audit chain head");
+        }
+        staged
+            .into_iter()
+            .map(|s| {
+                s.map(|s| {
+                    for (target, decision) in s.cache_updates {
+                        self.cache.set(&target, decision);
+                    }
+                    for entry in s.entries {
+                        // No subscribers is fine.
+                        let _ = self.entries.send(entry);
+                    }
+                    s.effect
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn close(self) {
+        tracing::info!(audit_head = %self.chain, "store closing");
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+            tracing::warn!(error = %e, "WAL checkpoint at close failed");
+        }
+        if let Err((_, e)) = self.conn.close() {
+            tracing::warn!(error = %e, "closing the database failed");
+        }
+    }
+}
+
+fn commit(tx: Transaction<'_>) -> rusqlite::Result<()> {
+    tx.commit()
+}
+
+/// rusqlite errors are not Clone; keep the code and message.
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => {
+            rusqlite::Error::SqliteFailure(*code, msg.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+fn append(conn: &Connection, chain: &mut Head, new: &NewEntry) -> Result<Arc<Entry>> {
+    let seq = chain.seq + 1;
+    let entry = Entry::seal(new, seq, now_ts(), &chain.hash)
+        .map_err(|e| Error::Internal(format!("encoding an audit entry: {e}")))?;
+    conn.prepare_cached(
+        "INSERT INTO audit (seq, ts, action, target_kind, target_name, severity, outcome, reason, details,
+                            actor, actor_id, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            entry.seq as i64,
+            entry.ts,
+            entry.action,
+            entry.target_kind,
+            entry.target_name,
+            entry.severity,
+            entry.outcome,
+            entry.reason,
+            entry.details,
+            entry.actor,
+            entry.actor_id,
+            entry.prev_hash,
+            entry.hash,
+        ])
+    })
+    .map_err(Error::store("appending an audit entry"))?;
+    chain.seq = seq;
+    chain.hash.clone_from(&entry.hash);
+    Ok(Arc::new(entry))
+}
+
+fn current_decision(conn: &Connection, target: &Target) -> Result<Option<Decision>> {
+    conn.prepare_cached(
+        "SELECT state, reason, decided_by, decided_at FROM targets WHERE kind = ?1 AND name = ?2",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![target.kind.as_str(), target.name], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+    })
+    .map_err(Error::store("reading a target"))?
+    .map(|(state, reason, decided_by, decided_at)| {
+        Ok(Decision {
+            state: EnforcementState::parse(&state)
+                .ok_or_else(|| Error::Internal(format!("unknown stored state {state:?}")))?,
+            reason,
+            decided_by,
+            decided_at,
+        })
+    })
+    .transpose()
+}
+
+fn ensure_target(conn: &Connection, target: &Target, now: &str) -> Result<bool> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO targets (kind, name, created_at) VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut s| s.execute(params![target.kind.as_str(), target.name, now]))
+    .map(|n| n > 0)
+    .map_err(Error::store("registering a target"))
+}
+
+fn merge_details(base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    match (base, extra) {
+        (serde_json::Value::Object(mut a), serde_json::Value::Object(b)) => {
+            a.extend(b);
+            serde_json::Value::Object(a)
+        }
+        (a, serde_json::Value::Null) => a,
+        (a, b) => serde_json::json!({"base": a, "extra": b}),
+    }
+}
+
+fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
+    match op {
+        WriteOp::SetEnforcement {
+            target,
+            action,
+            reason,
+            actor,
+            details,
+        } => {
+            let now = now_ts();
+            let previous = current_decision(conn, &target)?;
+            let previous_state = previous
+                .as_ref()
+                .map_or(EnforcementState::None, |d| d.state);
+            let wanted = action.resulting_state();
+            let changed = previous_state != wanted;
+            let decision = if changed {
+                let decision = Decision {
+                    state: wanted,
+                    reason: reason.clone(),
+                    decided_by: actor.id.clone(),
+                    decided_at: now.clone(),
+                };
+                ensure_target(conn, &target, &now)?;
+                conn.prepare_cached(
+                    "UPDATE targets SET state = ?3, reason = ?4, decided_by = ?5, decided_at = ?6
+                     WHERE kind = ?1 AND name = ?2",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        target.kind.as_str(),
+                        target.name,
+                        decision.state.as_str(),
+                        decision.reason,
+                        decision.decided_by,
+                        decision.decided_at,
+                    ])
+                })
+                .map_err(Error::store("updating a target"))?;
+                decision
+            } else {
+                previous.unwrap_or_default()
+            };
+            let entry = append(
+                conn,
+                chain,
+                &NewEntry {
+                    action: action.audit_action().to_owned(),
+                    target: Some(target.clone()),
+                    severity: None,
+                    outcome: if changed { "success" } else { "unchanged" }.to_owned(),
+                    reason,
+                    details: merge_details(
+                        serde_json::json!({
+                            "previous_state": previous_state.as_str(),
+                            "state": decision.state.as_str(),
+                        }),
+                        details,
+                    ),
+                    actor,
+                },
+            )?;
+            Ok(Staged {
+                cache_updates: if changed {
+                    vec![(target, decision.clone())]
+                } else {
+                    vec![]
+                },
+                entries: vec![entry.clone()],
+                effect: WriteEffect::Enforcement {
+                    decision,
+                    changed,
+                    entry,
+                },
+            })
+        }
+        WriteOp::ScanReport {
+            scanner,
+            target,
+            findings,
+            actor,
+        } => {
+            let now = now_ts();
+            let created = ensure_target(conn, &target, &now)?;
+            let replaced = conn
+                .prepare_cached(
+                    "DELETE FROM findings WHERE kind = ?1 AND name = ?2 AND scanner = ?3 AND dismissed_at IS NULL",
+                )
+                .and_then(|mut s| s.execute(params![target.kind.as_str(), target.name, scanner]))
+                .map_err(Error::store("replacing findings"))?;
+            let mut ids = Vec::with_capacity(findings.len());
+            for f in &findings {
+                conn.prepare_cached(
+                    "INSERT INTO findings (kind, name, scanner, rule_id, severity, title, description, location,
+                                           line, category, snippet, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        target.kind.as_str(),
+                        target.name,
+                        scanner,
+                        f.rule_id,
+                        f.severity as i64,
+                        f.title,
+                        f.description,
+                        f.location,
+                        i64::from(f.line),
+                        f.category,
+                        f.snippet,
+                        now,
+                    ])
+                })
+                .map_err(Error::store("storing a finding"))?;
+                ids.push(conn.last_insert_rowid());
+            }
+            let stored = findings
+                .into_iter()
+                .zip(ids)
+                .map(|(f, id)| FindingRow {
+                    id: id.max(0) as u64,
+                    target: target.clone(),
+                    scanner: scanner.clone(),
+                    rule_id: f.rule_id,
+                    severity: f.severity,
+                    title: f.title,
+                    description: f.description,
+                    location: f.location,
+                    line: f.line,
+                    category: f.category,
+                    snippet: f.snippet,
+                    created_at: now.clone(),
+                    dismissed: None,
+                })
+                .collect::<Vec<_>>();
+            let max = stored.iter().map(|f| f.severity).max();
+            let mut by_severity = serde_json::Map::new();
+            for f in &stored {
+                let slot = by_severity
+                    .entry(f.severity.as_str())
+                    .or_insert(serde_json::json!(0));
+                *slot = serde_json::json!(slot.as_u64().unwrap_or(0) + 1);
+            }
+            let entry = append(
+                conn,
+                chain,
+                &NewEntry {
+                    action: "scan-report".into(),
+                    target: Some(target.clone()),
+                    severity: max,
+                    outcome: "recorded".into(),
+                    reason: format!("{} finding(s) from {scanner}", stored.len()),
+                    details: serde_json::json!({
+                        "scanner": scanner,
+                        "findings": stored.len(),
+                        "by_severity": by_severity,
+                        "replaced": replaced,
+                        "finding_ids": stored.iter().map(|f| f.id).collect::<Vec<_>>(),
+                        "new_target": created,
+                    }),
+                    actor,
+                },
+            )?;
+            let cache_updates = if created {
+                vec![(target, Decision::default())]
+            } else {
+                vec![]
+            };
+            Ok(Staged {
+                cache_updates,
+                entries: vec![entry.clone()],
+                effect: WriteEffect::Findings {
+                    findings: stored,
+                    entry,
+                },
+            })
+        }
+        WriteOp::DismissFinding { id, reason, actor } => {
+            let now = now_ts();
+            let row = conn
+                .prepare_cached(
+                    "SELECT id, kind, name, scanner, rule_id, severity, title, description, location, line,
+                            category, snippet, created_at, dismissed_by, dismissed_at, dismiss_reason
+                     FROM findings WHERE id = ?1",
+                )
+                .and_then(|mut s| s.query_row(params![id as i64], finding_row).optional())
+                .map_err(Error::store("reading a finding"))?
+                .ok_or_else(|| Error::NotFound(format!("finding {id}")))??;
+            if row.dismissed.is_some() {
+                return Err(Error::FailedPrecondition(format!(
+                    "finding {id} is already dismissed"
+                )));
+            }
+            conn.prepare_cached(
+                "UPDATE findings SET dismissed_by = ?2, dismissed_at = ?3, dismiss_reason = ?4 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id as i64, actor.id, now, reason]))
+            .map_err(Error::store("dismissing a finding"))?;
+            let entry = append(
+                conn,
+                chain,
+                &NewEntry {
+                    action: "dismiss-finding".into(),
+                    target: Some(row.target.clone()),
+                    severity: Some(row.severity),
+                    outcome: "success".into(),
+                    reason: reason.clone(),
+                    details: serde_json::json!({
+                        "finding_id": id,
+                        "rule_id": row.rule_id,
+                        "scanner": row.scanner,
+                        "title": row.title,
+                    }),
+                    actor: actor.clone(),
+                },
+            )?;
+            let finding = FindingRow {
+                dismissed: Some((actor.id, now, reason)),
+                ..row
+            };
+            Ok(Staged {
+                cache_updates: vec![],
+                entries: vec![entry.clone()],
+                effect: WriteEffect::Dismissed { finding, entry },
+            })
+        }
+        WriteOp::RegisterTargets {
+            targets,
+            actor,
+            source,
+        } => {
+            let now = now_ts();
+            let mut created = Vec::new();
+            let mut entries = Vec::new();
+            for target in targets {
+                if ensure_target(conn, &target, &now)? {
+                    entries.push(append(
+                        conn,
+                        chain,
+                        &NewEntry {
+                            action: "target-discovered".into(),
+                            target: Some(target.clone()),
+                            severity: None,
+                            outcome: "recorded".into(),
+                            reason: format!("seen in {source}"),
+                            details: serde_json::json!({"source": source}),
+                            actor: actor.clone(),
+                        },
+                    )?);
+                    created.push(target);
+                }
+            }
+            Ok(Staged {
+                cache_updates: created
+                    .iter()
+                    .map(|t| (t.clone(), Decision::default()))
+                    .collect(),
+                entries,
+                effect: WriteEffect::Registered { created },
+            })
+        }
+        WriteOp::Audit(new) => {
+            let entry = append(conn, chain, &new)?;
+            Ok(Staged {
+                cache_updates: vec![],
+                entries: vec![entry.clone()],
+                effect: WriteEffect::Audited { entry },
+            })
+        }
+    }
+}
+
+/// Normalises a caller's RFC 3339 bound to the stored timestamp format, so
+/// string comparison orders correctly.
+pub fn normalise_since(since: &str) -> Result<String> {
+    Ok(format_ts(crate::model::parse_rfc3339("since", since)?))
+}

@@ -1,0 +1,77 @@
+//! Logging: an `EnvFilter` from config (reloadable on SIGHUP), plain lines
+//! without timestamps under journald.
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Environment variable that overrides `log.level` (outside the config prefix,
+/// so it is never mistaken for a config key).
+pub const LOG_ENV: &str = "DEFENSECLAWD_LOG";
+
+/// Changes the log filter of a running daemon.
+#[derive(Clone)]
+pub struct LogReload(reload::Handle<EnvFilter, Registry>);
+
+impl std::fmt::Debug for LogReload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogReload")
+    }
+}
+
+impl LogReload {
+    /// Applies a new filter string.
+    pub fn apply(&self, level: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        self.0.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+fn filter_string(settings: &LogSettings) -> String {
+    std::env::var(LOG_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| settings.level.clone())
+}
+
+/// Installs the global subscriber. Returns `None` if one is already installed
+/// (tests that start several daemons in one process).
+pub fn init(settings: &LogSettings) -> Option<LogReload> {
+    let filter =
+        EnvFilter::try_new(filter_string(settings)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match settings.format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Text if journald => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .without_time()
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    installed.ok().map(|()| LogReload(handle))
+}
+
+/// The filter to apply on reload.
+pub fn reload_filter(settings: &LogSettings) -> String {
+    filter_string(settings)
+}
