@@ -72,9 +72,116 @@ pub struct StoreSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct AccessSettings {
     /// Uids allowed to call mutating RPCs. Unset: the daemon's own uid and root.
+    #[serde(default, deserialize_with = "opt_one_or_many")]
     pub mutate_uids: Option<Vec<u32>>,
     /// Groups (gids) whose members may call mutating RPCs, primary or supplementary.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub mutate_gids: Vec<u32>,
+}
+
+/// A list of numeric ids from TOML (`[0, 1000]`) or env (`"0,1000"` or `"0"`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    d.deserialize_any(IdListVisitor)
+}
+
+fn opt_one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u32>>, D::Error> {
+    d.deserialize_any(OptIdListVisitor)
+}
+
+struct IdListVisitor;
+
+fn parse_id<E: serde::de::Error>(s: &str) -> Result<u32, E> {
+    s.trim()
+        .parse()
+        .map_err(|_| E::custom(format!("{s:?} is not a numeric id")))
+}
+
+impl<'de> serde::de::Visitor<'de> for IdListVisitor {
+    type Value = Vec<u32>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of numeric ids")
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        u32::try_from(v)
+            .map(|v| vec![v])
+            .map_err(|_| E::custom("id out of range"))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        u32::try_from(v)
+            .map(|v| vec![v])
+            .map_err(|_| E::custom("id out of range"))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        v.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(parse_id)
+            .collect()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(part) = seq.next_element::<IdItem>()? {
+            out.push(part.0);
+        }
+        Ok(out)
+    }
+}
+
+struct OptIdListVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OptIdListVisitor {
+    type Value = Option<Vec<u32>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of numeric ids")
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        one_or_many(d).map(Some)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        IdListVisitor.visit_u64(v).map(Some)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        IdListVisitor.visit_i64(v).map(Some)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        IdListVisitor.visit_str(v).map(Some)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        IdListVisitor.visit_seq(seq).map(Some)
+    }
+}
+
+struct IdItem(u32);
+
+impl<'de> Deserialize<'de> for IdItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = IdItem;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a numeric id")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IdItem, E> {
+                u32::try_from(v)
+                    .map(IdItem)
+                    .map_err(|_| E::custom("id out of range"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IdItem, E> {
+                u32::try_from(v)
+                    .map(IdItem)
+                    .map_err(|_| E::custom("id out of range"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdItem, E> {
+                parse_id(v).map(IdItem)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[log]`
@@ -185,9 +292,6 @@ impl Settings {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("access.mutate_uids")
-                .with_list_parse_key("access.mutate_gids")
                 .source(Some(overrides)),
         );
         let settings: Settings = builder

@@ -161,6 +161,12 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| format!("reflection service: {e}"))?;
+    // Older grpcurl releases only speak v1alpha.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(defenseclaw_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| format!("reflection service: {e}"))?;
 
     let incoming = UnixListenerStream::new(bound.listener);
     let server_cancel = cancel.clone();
@@ -168,6 +174,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(control)
             .serve_with_incoming_shutdown(incoming, server_cancel.cancelled_owned()),
     );

@@ -1,1 +1,56 @@
+//! Shared test support: gRPC clients over Unix sockets, waiting helpers, and
+//! (in submodules) the real protocol peers the integration tests run against.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use defenseclaw_proto::v1::control_client::ControlClient;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+/// Connects a gRPC channel to a Unix socket.
+pub async fn uds_channel(path: &Path) -> anyhow::Result<Channel> {
+    let path: PathBuf = path.to_owned();
+    let channel = Endpoint::from_static("http://defenseclawd.test")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(TokioIo::new)
+            }
+        }))
+        .await?;
+    Ok(channel)
+}
+
+/// A control-plane client on `path`.
+pub async fn control_client(path: &Path) -> anyhow::Result<ControlClient<Channel>> {
+    Ok(ControlClient::new(uds_channel(path).await?))
+}
+
+/// Polls `probe` until it returns `Some`, or fails after `deadline` with `what`
+/// in the message. For readiness, never for asserting speed.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if start.elapsed() > deadline {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The workspace root (for locating test peers and fixtures).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}

@@ -1,0 +1,329 @@
+//! Start-up refusals, sockets, health and reflection, shutdown, crash recovery.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use defenseclaw_proto::v1 as pb;
+use defenseclawd::config::{ConfigFile, Settings};
+use defenseclawd::daemon::{self, DaemonOptions};
+use pb::EnforcementAction::Block;
+
+use crate::support::{DaemonProcess, TestDaemon, env_for, set, skill, verify};
+
+async fn try_start(dir: &std::path::Path) -> Result<defenseclawd::daemon::DaemonHandle, String> {
+    let socket = dir.join("run/defenseclawd.sock");
+    let env = env_for(dir, &socket, &[]);
+    let settings = Settings::load(&ConfigFile::None, &env).unwrap();
+    daemon::start(DaemonOptions::new(settings, ConfigFile::None, env).unwrap()).await
+}
+
+#[tokio::test]
+async fn socket_is_0660_and_a_second_daemon_is_refused_without_touching_the_store() {
+    let d = TestDaemon::start().await;
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let db_mode = std::fs::metadata(d.db_path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(db_mode, 0o600);
+    let home_mode = std::fs::metadata(d.dir.path().join("home"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(home_mode, 0o700);
+    let err = try_start(d.dir.path()).await.unwrap_err();
+    assert!(err.contains("already answering"), "{err}");
+    // The first daemon still serves.
+    d.client()
+        .await
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_a_non_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    let socket = dir.path().join("run/defenseclawd.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists(), "a stale socket file is left behind");
+    let mut d = TestDaemon::start_in(dir, &[]).await;
+    d.client()
+        .await
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap();
+    d.stop().await;
+    assert!(!d.socket.exists(), "the daemon removes its socket at exit");
+
+    std::fs::write(&d.socket, "not a socket").unwrap();
+    let err = try_start(d.dir.path()).await.unwrap_err();
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&d.socket).unwrap(), "not a socket");
+}
+
+#[tokio::test]
+async fn foreign_and_corrupted_databases_are_refused_and_left_untouched() {
+    for (what, content) in [
+        (
+            "corrupted",
+            b"this is not a database at all, just bytes".to_vec(),
+        ),
+        ("truncated sqlite", b"SQLite format 3\0garbage".to_vec()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let db = home.join("defenseclaw.db");
+        std::fs::write(&db, &content).unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = try_start(dir.path()).await.unwrap_err();
+        assert!(err.contains("refusing"), "{what}: {err}");
+        assert_eq!(
+            std::fs::read(&db).unwrap(),
+            content,
+            "{what}: file must be untouched"
+        );
+    }
+    // A real SQLite database of another application.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let db = home.join("defenseclaw.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("CREATE TABLE other (x); INSERT INTO other VALUES (1);")
+            .unwrap();
+    }
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let err = try_start(dir.path()).await.unwrap_err();
+    assert!(err.contains("not a DefenseClaw database"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    // Loose permissions are refused too.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = try_start(dir.path()).await.unwrap_err();
+    assert!(err.contains("0600"), "{err}");
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let d = TestDaemon::start().await;
+    let channel = defenseclaw_testkit::uds_channel(&d.socket).await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "defenseclaw.v1.Control".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"defenseclaw.v1.Control"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+}
+
+#[tokio::test]
+async fn shutdown_ends_follow_streams_and_keeps_every_committed_change() {
+    let mut d = TestDaemon::start().await;
+    let mut c = d.client().await;
+    c.set_enforcement(set(skill("a"), Block, "")).await.unwrap();
+    let mut follow = c
+        .follow_audit(pb::FollowAuditRequest {
+            after_seq: 0,
+            from_start: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(follow.message().await.unwrap().unwrap().seq, 1);
+    let stopping = tokio::spawn(async move {
+        d.stop().await;
+        d
+    });
+    // The stream ends (cleanly or with an error) instead of holding shutdown forever.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match follow.message().await {
+                Ok(Some(_)) => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "follow stream did not end on shutdown");
+    let d = stopping.await.unwrap();
+    let restarted = TestDaemon::start_in(d.dir, &[]).await;
+    let mut c = restarted.client().await;
+    let v = c
+        .check_target(skill("a").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        v.verdict,
+        pb::Verdict::Blocked as i32,
+        "state reloaded from the store"
+    );
+    assert!(verify(&mut c, "").await.ok);
+}
+
+#[tokio::test]
+async fn kill_9_during_mutations_loses_nothing_that_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::spawn(dir.path()).await;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let socket = daemon.socket.clone();
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            let Ok(mut c) = defenseclaw_testkit::control_client(&socket).await else {
+                return;
+            };
+            for i in 0.. {
+                let name = format!("w{w}-{i}");
+                match c
+                    .set_enforcement(set(skill(&name), Block, "crash test"))
+                    .await
+                {
+                    Ok(_) => acked.lock().unwrap().push(name),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Let a good number of mutations through, then pull the plug.
+    let probe = acked.clone();
+    defenseclaw_testkit::wait_for(
+        "200 acknowledged mutations",
+        Duration::from_secs(60),
+        || {
+            let n = probe.lock().unwrap().len();
+            async move { (n >= 200).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    daemon.kill9();
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let daemon = DaemonProcess::spawn(dir.path()).await;
+    let mut c = defenseclaw_testkit::control_client(&daemon.socket)
+        .await
+        .unwrap();
+    for name in &acked {
+        let v = c
+            .check_target(skill(name).unwrap())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            v.verdict,
+            pb::Verdict::Blocked as i32,
+            "{name} was acknowledged but lost"
+        );
+    }
+    let v = verify(&mut c, "").await;
+    assert!(v.ok, "{}", v.problem);
+    assert!(v.entries_checked >= acked.len() as u64);
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_process_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::spawn(dir.path()).await;
+    daemon.signal(15);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = daemon.child.wait().unwrap();
+        (s, daemon)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{:?}", status.0);
+    assert!(!status.1.socket.exists());
+}
+
+#[test]
+fn check_config_prints_redacted_config_and_rejects_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[log]\nlevel = \"debug\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_defenseclawd"))
+        .args(["--check-config", "--config"])
+        .arg(&good)
+        .env("DEFENSECLAW_HOME", dir.path().join("home"))
+        .env("OPENCLAW_GATEWAY_TOKEN", "super-secret-token-value")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("level = \"debug\""), "{text}");
+    assert!(text.contains("OPENCLAW_GATEWAY_TOKEN"), "{text}");
+    assert!(
+        !text.contains("super-secret-token-value"),
+        "secret leaked: {text}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nsokcet = \"/tmp/x\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_defenseclawd"))
+        .args(["--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sokcet"));
+}
+
+#[test]
+fn dotenv_with_process_keys_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dotenv = home.join(".env");
+    std::fs::write(&dotenv, "LD_PRELOAD=/tmp/evil.so\n").unwrap();
+    std::fs::set_permissions(&dotenv, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let env: HashMap<String, String> = env_for(dir.path(), &dir.path().join("s.sock"), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let settings = Settings::load(&ConfigFile::None, &env).unwrap();
+    let err = rt
+        .block_on(daemon::start(
+            DaemonOptions::new(settings, ConfigFile::None, env).unwrap(),
+        ))
+        .unwrap_err();
+    assert!(err.contains("LD_PRELOAD"), "{err}");
+}
