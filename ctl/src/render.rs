@@ -134,7 +134,7 @@ pub fn entry(e: &pb::AuditEntry) -> Value {
 
 /// `status`.
 pub fn status(s: &pb::StatusReply) -> Value {
-    let c = s.counts.clone().unwrap_or_default();
+    let c = s.counts.unwrap_or_default();
     let h = s.audit_head.clone().unwrap_or_default();
     json!({
         "version": s.version,

@@ -285,18 +285,17 @@ impl Verifier {
             hash: self.prev_hash.clone(),
         };
         let mut failure = self.failure;
-        if failure.is_none() {
-            if let Some(expected) = expected_head {
-                if expected.seq > head.seq {
-                    failure = Some((
-                        head.seq + 1,
-                        format!(
-                            "the log was truncated: head {} was recorded, but the log ends at entry {}",
-                            expected.seq, head.seq
-                        ),
-                    ));
-                }
-            }
+        if failure.is_none()
+            && let Some(expected) = expected_head
+            && expected.seq > head.seq
+        {
+            failure = Some((
+                head.seq + 1,
+                format!(
+                    "the log was truncated: head {} was recorded, but the log ends at entry {}",
+                    expected.seq, head.seq
+                ),
+            ));
         }
         Verification {
             ok: failure.is_none(),

@@ -311,13 +311,13 @@ impl Settings {
                 reason: "must be at least 1024".into(),
             });
         }
-        if let Some(path) = &self.server.socket {
-            if path.as_os_str().is_empty() {
-                return Err(ConfigError::Value {
-                    field: "server.socket",
-                    reason: "must not be empty".into(),
-                });
-            }
+        if let Some(path) = &self.server.socket
+            && path.as_os_str().is_empty()
+        {
+            return Err(ConfigError::Value {
+                field: "server.socket",
+                reason: "must not be empty".into(),
+            });
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             ConfigError::Value {

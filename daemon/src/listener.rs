@@ -42,12 +42,12 @@ impl SocketCleanup {
     /// Removes the file if it is still ours.
     pub fn run(&self) {
         let Some((dev, ino)) = self.owned else { return };
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.dev() == dev && meta.ino() == ino {
-                if let Err(e) = std::fs::remove_file(&self.path) {
-                    tracing::warn!(path = %self.path.display(), error = %e, "could not remove the socket");
-                }
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && meta.dev() == dev
+            && meta.ino() == ino
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove the socket");
         }
     }
 }
@@ -92,14 +92,14 @@ pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, String> {
         });
     }
 
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(parent)
-                .map_err(|e| format!("cannot create socket directory {}: {e}", parent.display()))?;
-        }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)
+            .map_err(|e| format!("cannot create socket directory {}: {e}", parent.display()))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {

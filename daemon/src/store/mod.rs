@@ -371,11 +371,12 @@ impl Store {
                     if !verifier.push(entry) {
                         break 'pages;
                     }
-                    if let Some(exp) = &expected {
-                        if entry.seq == exp.seq && entry.hash != exp.hash {
-                            verifier.fail_head(entry.seq, &exp.hash);
-                            break 'pages;
-                        }
+                    if let Some(exp) = &expected
+                        && entry.seq == exp.seq
+                        && entry.hash != exp.hash
+                    {
+                        verifier.fail_head(entry.seq, &exp.hash);
+                        break 'pages;
                     }
                 }
             }

@@ -107,7 +107,7 @@ pub enum WriteEffect {
     /// The dismissed finding.
     Dismissed {
         /// The finding after dismissal.
-        finding: FindingRow,
+        finding: Box<FindingRow>,
         /// Audit entry written.
         entry: Arc<Entry>,
     },
@@ -550,7 +550,10 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
             Ok(Staged {
                 cache_updates: vec![],
                 entries: vec![entry.clone()],
-                effect: WriteEffect::Dismissed { finding, entry },
+                effect: WriteEffect::Dismissed {
+                    finding: Box::new(finding),
+                    entry,
+                },
             })
         }
         WriteOp::RegisterTargets {

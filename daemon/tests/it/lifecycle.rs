@@ -168,12 +168,7 @@ async fn shutdown_ends_follow_streams_and_keeps_every_committed_change() {
     });
     // The stream ends (cleanly or with an error) instead of holding shutdown forever.
     let ended = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match follow.message().await {
-                Ok(Some(_)) => continue,
-                _ => break,
-            }
-        }
+        while let Ok(Some(_)) = follow.message().await {}
     })
     .await;
     assert!(ended.is_ok(), "follow stream did not end on shutdown");
