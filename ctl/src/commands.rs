@@ -78,9 +78,9 @@ pub fn parse_severity(s: &str) -> Result<pb::Severity, Failure> {
         "MEDIUM" => Ok(pb::Severity::Medium),
         "HIGH" => Ok(pb::Severity::High),
         "CRITICAL" => Ok(pb::Severity::Critical),
-        other => Err(Failure::new(
+        _ => Err(Failure::new(
             USAGE,
-            format!("severity {other:?}: expected INFO, LOW, MEDIUM, HIGH or CRITICAL"),
+            format!("severity {s:?}: expected INFO, LOW, MEDIUM, HIGH or CRITICAL"),
         )),
     }
 }

@@ -1,0 +1,6 @@
+//! defenseclawctl integration tests: the real binary against a real daemon.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod commands;
