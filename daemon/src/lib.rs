@@ -1,1 +1,3 @@
+//! DefenseClaw daemon library.
 
+pub mod oidc;
