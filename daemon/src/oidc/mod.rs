@@ -16,7 +16,7 @@ pub use ciba::{
     binding_message, new_request_code, validate_binding_message,
 };
 pub use provider::{Discovery, JwksHealth, OidcError, Provider, http_client};
-pub use secret::{AuthReqId, ClientSecret};
+pub use secret::{AuthReqId, ClientSecret, SecretLoadError, load_client_secret};
 pub use settings::{AuthConfigError, AuthMode, AuthSettings, MAX_LEEWAY_SECS, Role, roles_for};
 pub use userinfo::{UserInfo, UserInfoCache};
 pub use verify::{

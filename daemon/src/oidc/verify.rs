@@ -183,6 +183,7 @@ pub(crate) struct Claims {
 struct JoseHeader {
     alg: String,
     kid: Option<String>,
+    crit: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +261,12 @@ pub(crate) async fn verify_jwt(
                 "algorithm {:?} is not accepted (RS256 only)",
                 truncate(&header.alg)
             ),
+        ));
+    }
+    if header.crit.is_some() {
+        return Err(reject(
+            RejectReason::Malformed,
+            "critical header extensions are not supported".into(),
         ));
     }
     let Some(kid_value) = header.kid.as_deref() else {

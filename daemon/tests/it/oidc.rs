@@ -643,6 +643,26 @@ async fn attack_suite_each_case_rejected_with_its_reason() {
             sign(1, "k1", &with(good.clone(), json!({"exp": null}))),
             RejectReason::Malformed,
         ),
+        (
+            "crit header",
+            format!(
+                "{}.{}.{}",
+                b64(&json!({"alg": "RS256", "kid": "k1", "crit": ["exp"]})),
+                b64(&good),
+                valid.rsplit('.').next().unwrap()
+            ),
+            RejectReason::Malformed,
+        ),
+        (
+            "no kid",
+            format!(
+                "{}.{}.{}",
+                b64(&json!({"alg": "RS256"})),
+                b64(&good),
+                valid.rsplit('.').next().unwrap()
+            ),
+            RejectReason::Malformed,
+        ),
         ("garbage", "garbage".into(), RejectReason::Malformed),
         ("garbage with dots", "a.b.c".into(), RejectReason::Malformed),
         ("four parts", format!("{valid}.x"), RejectReason::Malformed),
@@ -1306,4 +1326,107 @@ async fn ciba_forged_or_foreign_id_tokens_are_rejected() {
         ciba.poll_once(&areq()).await,
         Ok(PollOutcome::Approved(_))
     ));
+}
+
+#[tokio::test]
+async fn keys_past_their_ttl_are_served_while_refreshed_in_the_background() {
+    let idp = MockIdp::start().await;
+    let http = oidc::http_client(&idp.issuer).unwrap();
+    let provider =
+        Provider::new(&idp.issuer, http, Duration::from_secs(1), Duration::ZERO).unwrap();
+    let verifier = TokenVerifier::new(Arc::clone(&provider), AUD, 60);
+    let claims = access_claims(&idp.issuer);
+    verifier.verify(&sign(1, "k1", &claims)).await.unwrap();
+    assert_eq!(idp.hits("/.well-known/jwks.json"), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past the TTL: the cached key answers at once and a refresh starts in the background.
+    verifier
+        .verify(&sign(1, "k1", &with(claims, json!({"jti": "later"}))))
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if idp.hits("/.well-known/jwks.json") >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(idp.hits("/.well-known/jwks.json"), 2);
+}
+
+#[test]
+fn public_types_are_thread_safe_and_futures_are_send() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<TokenVerifier>();
+    send_sync::<Provider>();
+    send_sync::<CibaClient>();
+    send_sync::<UserInfoCache>();
+    let provider = provider_for("http://127.0.0.1:9/", Duration::ZERO);
+    let verifier = TokenVerifier::new(Arc::clone(&provider), AUD, 60);
+    send(&verifier.verify("x"));
+    let ciba = CibaClient::new(Arc::clone(&provider), DAEMON_CLIENT, ClientSecret::new("s"));
+    send(&ciba.start(ALICE, "m", "openid", None));
+    let id = areq();
+    let cancel = CancellationToken::new();
+    send(&ciba.poll_until(&id, SystemTime::now(), Duration::from_secs(1), &cancel));
+    let cache = UserInfoCache::new(provider, Duration::ZERO, Duration::ZERO);
+    send(&cache.get(ALICE, "t"));
+}
+
+#[test]
+fn client_secret_sources_and_redaction() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let secret = ClientSecret::new("hunter2-secret\n");
+    assert_eq!(secret.expose(), "hunter2-secret");
+    assert!(!format!("{secret:?}").contains("hunter2"));
+    assert!(!format!("{:?}", areq()).contains("areq-secret"));
+
+    let home = tempfile::tempdir().unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    let none = |_: &str| None::<String>;
+    assert_eq!(
+        oidc::load_client_secret(none, Some(home.path())).unwrap(),
+        None
+    );
+
+    // ~/.defenseclaw/.env, private.
+    let dir = home.path().join(".defenseclaw");
+    std::fs::create_dir(&dir).unwrap();
+    let env_file = dir.join(".env");
+    std::fs::write(
+        &env_file,
+        "OTHER=1\nDEFENSECLAW_AUTH_CLIENT_SECRET=\"from-dotenv\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let got = oidc::load_client_secret(none, Some(home.path()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.expose(), "from-dotenv");
+    // Readable by others: refused with the reason, without the secret.
+    std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = oidc::load_client_secret(none, Some(home.path())).unwrap_err();
+    assert!(
+        matches!(err, oidc::SecretLoadError::LoosePermissions { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("chmod 600") && !err.to_string().contains("from-dotenv"));
+
+    // systemd credential beats the .env file; the environment beats both.
+    std::fs::write(creds.path().join("auth-client-secret"), "from-credential\n").unwrap();
+    let creds_dir = creds.path().display().to_string();
+    let with_creds = |k: &str| (k == "CREDENTIALS_DIRECTORY").then(|| creds_dir.clone());
+    let got = oidc::load_client_secret(with_creds, Some(home.path()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.expose(), "from-credential");
+    let with_env = |k: &str| match k {
+        "DEFENSECLAW_AUTH_CLIENT_SECRET" => Some("from-env".to_owned()),
+        "CREDENTIALS_DIRECTORY" => Some(creds_dir.clone()),
+        _ => None,
+    };
+    let got = oidc::load_client_secret(with_env, Some(home.path()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.expose(), "from-env");
 }
