@@ -195,7 +195,7 @@ impl CibaStart {
 }
 
 /// The approver, from the validated ID token of an approved request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Approval {
     /// `sub` of the approver.
     pub sub: String,
@@ -313,7 +313,10 @@ fn oauth_error(status: u16, body: OAuthErrorBody) -> CibaError {
     let description = clean_description(body.error_description.or(body.description));
     match error.as_deref() {
         Some("invalid_request") => CibaError::UserNotEnrolled { description },
-        Some("server_error" | "temporarily_unavailable") => CibaError::Unavailable { status },
+        Some("server_error" | "temporarily_unavailable" | "too_many_requests") => {
+            CibaError::Unavailable { status }
+        }
+        Some(_) if status == 429 => CibaError::Unavailable { status },
         Some(code) => CibaError::OAuth {
             error: code.chars().take(64).collect(),
             description,

@@ -242,10 +242,15 @@ impl Provider {
                 message: e.to_string(),
             })?;
         if doc.issuer != self.issuer {
+            let hint = if doc.issuer.trim_end_matches('/') == self.issuer.trim_end_matches('/') {
+                " (they differ only by the trailing slash, which must match exactly)"
+            } else {
+                ""
+            };
             return Err(OidcError::InvalidResponse {
                 what: "discovery document",
                 message: format!(
-                    "its issuer {:?} differs from the configured issuer {:?} (the trailing slash matters)",
+                    "its issuer {:?} differs from the configured issuer {:?}{hint}",
                     doc.issuer, self.issuer
                 ),
             });
@@ -306,18 +311,26 @@ impl Provider {
         }
     }
 
+    /// The cached key for `kid`, without any network wait; starts a background refresh
+    /// when the key set is past its TTL.
+    pub(crate) fn cached_key(self: &Arc<Self>, kid: &str) -> Option<Arc<DecodingKey>> {
+        let store = self.snapshot();
+        let key = store.keys.get(kid)?;
+        if store.fetched_at.is_some_and(|at| at.elapsed() >= self.ttl) {
+            self.spawn_background_refresh();
+        }
+        Some(Arc::clone(key))
+    }
+
     /// The decoding key for `kid`. Never waits on the network when `kid` is cached.
     pub(crate) async fn key_for(
         self: &Arc<Self>,
         kid: &str,
     ) -> Result<Arc<DecodingKey>, KeyLookupError> {
-        let store = self.snapshot();
-        if let Some(key) = store.keys.get(kid) {
-            if store.fetched_at.is_some_and(|at| at.elapsed() >= self.ttl) {
-                self.spawn_background_refresh();
-            }
-            return Ok(Arc::clone(key));
+        if let Some(key) = self.cached_key(kid) {
+            return Ok(key);
         }
+        let store = self.snapshot();
         let generation = self.fetch_generation.load(Ordering::Acquire);
         let empty = store.fetched_at.is_none();
         {

@@ -109,8 +109,8 @@ impl fmt::Display for AuthRejection {
 
 impl std::error::Error for AuthRejection {}
 
-/// The identity carried by a verified access token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The identity carried by a verified access token (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifiedToken {
     /// Subject (the operator's user id).
     pub sub: String,
@@ -351,8 +351,9 @@ struct CacheEntry {
 
 /// Verifies bearer access tokens for the daemon's API.
 ///
-/// A token that verified once is remembered by its SHA-256 until its `exp` (plus leeway),
-/// so repeated calls with the same token cost a hash and a map lookup.
+/// A token that verified once is remembered by its SHA-256 until its `exp` (plus leeway)
+/// while its signing key stays in the key set, so repeated calls with the same token cost
+/// a hash and two map lookups.
 pub struct TokenVerifier {
     provider: Arc<Provider>,
     audience: String,
@@ -403,7 +404,10 @@ impl TokenVerifier {
         if let Ok(cache) = self.cache.read()
             && let Some(entry) = cache.get(&digest)
             && entry.valid_until > now
+            && self.provider.cached_key(&entry.token.kid).is_some()
         {
+            // Still signed by a key the provider publishes (a key dropped from the JWKS
+            // invalidates the tokens it signed at the next refresh).
             return Ok(entry.token.clone());
         }
         let (claims, kid) = verify_jwt(&self.provider, bearer, &self.audience, self.leeway).await?;

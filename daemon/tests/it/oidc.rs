@@ -1430,3 +1430,43 @@ fn client_secret_sources_and_redaction() {
         .unwrap();
     assert_eq!(got.expose(), "from-env");
 }
+
+#[tokio::test]
+async fn a_key_dropped_from_the_jwks_invalidates_cached_tokens() {
+    let idp = MockIdp::start().await;
+    let provider = idp.provider(Duration::ZERO);
+    let verifier = TokenVerifier::new(Arc::clone(&provider), AUD, 60);
+    let token = sign(1, "k1", &access_claims(&idp.issuer));
+    verifier.verify(&token).await.unwrap();
+    verifier.verify(&token).await.unwrap();
+    // The provider retires k1 (e.g. compromised) and publishes k2 only.
+    idp.set(|s| s.jwks = vec![jwk(2, "k2")]);
+    provider.refresh_jwks().await.unwrap();
+    let r = verifier.verify(&token).await.unwrap_err();
+    assert_eq!(r.reason, RejectReason::UnknownKid);
+    assert_eq!(r.unverified_sub.as_deref(), Some(ALICE));
+}
+
+#[tokio::test]
+async fn ciba_start_rate_limited_is_retryable() {
+    let idp = MockIdp::start().await;
+    idp.set(|s| {
+        s.bc_reply = Some(Reply::error(429, "too_many_requests"));
+    });
+    let err = idp
+        .ciba()
+        .start(ALICE, "DC-4F2A block skill x", "openid", None)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    idp.set(|s| {
+        s.bc_reply = Some(Reply::error(401, "invalid_client"));
+    });
+    let err = idp
+        .ciba()
+        .start(ALICE, "DC-4F2A block skill x", "openid", None)
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(!err.to_string().contains(CLIENT_SECRET));
+}
