@@ -1344,7 +1344,7 @@ async fn keys_past_their_ttl_are_served_while_refreshed_in_the_background() {
         .verify(&sign(1, "k1", &with(claims, json!({"jti": "later"}))))
         .await
         .unwrap();
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if idp.hits("/.well-known/jwks.json") >= 2 {
             break;
         }
