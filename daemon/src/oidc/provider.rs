@@ -120,6 +120,28 @@ struct FetchState {
     last_forced: Option<Instant>,
     last_ok_at: Option<SystemTime>,
     last_error: Option<String>,
+    /// Callers that committed to a fetch and have not finished it.
+    in_flight: usize,
+}
+
+/// Marks one committed fetch; finishing (or being cancelled) wakes the waiters.
+struct InFlight<'a>(&'a Provider);
+
+impl<'a> InFlight<'a> {
+    fn enter(provider: &'a Provider, fetch: &mut FetchState) -> Self {
+        fetch.in_flight += 1;
+        Self(provider)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        {
+            let mut fetch = self.0.fetch_state();
+            fetch.in_flight = fetch.in_flight.saturating_sub(1);
+        }
+        self.0.fetch_done.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// Why no key could be found for a `kid`.
@@ -143,6 +165,8 @@ pub struct Provider {
     fetch_lock: tokio::sync::Mutex<()>,
     fetch_generation: AtomicU64,
     background_running: AtomicBool,
+    /// Bumped each time a fetch (or a caller committed to one) finishes; waiters subscribe.
+    fetch_done: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -195,6 +219,7 @@ impl Provider {
             fetch_lock: tokio::sync::Mutex::new(()),
             fetch_generation: AtomicU64::new(0),
             background_running: AtomicBool::new(false),
+            fetch_done: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -280,6 +305,7 @@ impl Provider {
     /// On failure the cached keys stay in service.
     pub async fn refresh_jwks(&self) -> Result<usize, OidcError> {
         let generation = self.fetch_generation.load(Ordering::Acquire);
+        let _in_flight = InFlight::enter(self, &mut self.fetch_state());
         self.fetch_keys(generation, false).await
     }
 
@@ -323,55 +349,79 @@ impl Provider {
     }
 
     /// The decoding key for `kid`. Never waits on the network when `kid` is cached.
+    ///
+    /// An unknown `kid` triggers an immediate fetch, at most once per `min_refetch`;
+    /// callers arriving while that fetch runs wait for it instead of being refused.
     pub(crate) async fn key_for(
         self: &Arc<Self>,
         kid: &str,
     ) -> Result<Arc<DecodingKey>, KeyLookupError> {
-        if let Some(key) = self.cached_key(kid) {
-            return Ok(key);
+        enum Decision<'a> {
+            Fetch(InFlight<'a>),
+            Wait(tokio::sync::watch::Receiver<u64>),
+            Refuse(Option<String>),
         }
-        let store = self.snapshot();
-        let generation = self.fetch_generation.load(Ordering::Acquire);
-        let empty = store.fetched_at.is_none();
-        {
-            let mut fetch = self.fetch_state();
-            let now = Instant::now();
-            let allowed = if empty {
-                // Never loaded: fetch, but do not hammer a provider that just failed.
-                fetch.last_error.is_none()
-                    || fetch
-                        .last_attempt
-                        .is_none_or(|t| now.duration_since(t) >= EMPTY_RETRY.min(self.min_refetch))
-            } else {
-                fetch
-                    .last_forced
-                    .is_none_or(|t| now.duration_since(t) >= self.min_refetch)
-            };
-            if !allowed {
-                return Err(if empty {
-                    KeyLookupError::Unavailable(
-                        fetch
-                            .last_error
-                            .clone()
-                            .unwrap_or_else(|| "signing keys not loaded".into()),
-                    )
+        loop {
+            if let Some(key) = self.cached_key(kid) {
+                return Ok(key);
+            }
+            let generation = self.fetch_generation.load(Ordering::Acquire);
+            let empty = self.snapshot().fetched_at.is_none();
+            let decision = {
+                let mut fetch = self.fetch_state();
+                let now = Instant::now();
+                let allowed = if empty {
+                    // Never loaded: fetch, but do not hammer a provider that just failed.
+                    fetch.last_error.is_none()
+                        || fetch.last_attempt.is_none_or(|t| {
+                            now.duration_since(t) >= EMPTY_RETRY.min(self.min_refetch)
+                        })
                 } else {
-                    KeyLookupError::UnknownKid
-                });
-            }
-            if !empty {
-                fetch.last_forced = Some(now);
+                    fetch
+                        .last_forced
+                        .is_none_or(|t| now.duration_since(t) >= self.min_refetch)
+                };
+                if allowed {
+                    if !empty {
+                        fetch.last_forced = Some(now);
+                    }
+                    Decision::Fetch(InFlight::enter(self, &mut fetch))
+                } else if fetch.in_flight > 0 {
+                    Decision::Wait(self.fetch_done.subscribe())
+                } else {
+                    Decision::Refuse(fetch.last_error.clone())
+                }
+            };
+            match decision {
+                Decision::Fetch(in_flight) => {
+                    let result = self.fetch_keys(generation, true).await;
+                    drop(in_flight);
+                    if let Err(e) = result {
+                        return Err(KeyLookupError::Unavailable(e.to_string()));
+                    }
+                    return self
+                        .snapshot()
+                        .keys
+                        .get(kid)
+                        .cloned()
+                        .ok_or(KeyLookupError::UnknownKid);
+                }
+                Decision::Wait(mut done) => {
+                    if done.changed().await.is_err() {
+                        return Err(KeyLookupError::UnknownKid);
+                    }
+                }
+                Decision::Refuse(last_error) => {
+                    return Err(if self.snapshot().keys.is_empty() {
+                        KeyLookupError::Unavailable(
+                            last_error.unwrap_or_else(|| "signing keys not loaded".into()),
+                        )
+                    } else {
+                        KeyLookupError::UnknownKid
+                    });
+                }
             }
         }
-        match self.fetch_keys(generation, true).await {
-            Ok(_) => {}
-            Err(e) => return Err(KeyLookupError::Unavailable(e.to_string())),
-        }
-        self.snapshot()
-            .keys
-            .get(kid)
-            .cloned()
-            .ok_or(KeyLookupError::UnknownKid)
     }
 
     fn spawn_background_refresh(self: &Arc<Self>) {

@@ -1470,3 +1470,23 @@ async fn ciba_start_rate_limited_is_retryable() {
     assert!(!err.is_retryable(), "{err:?}");
     assert!(!err.to_string().contains(CLIENT_SECRET));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_with_a_new_kid_shares_one_refetch() {
+    let idp = MockIdp::start().await;
+    let verifier = Arc::new(idp.verifier()); // jwks_min_refetch = 1 h
+    let claims = access_claims(&idp.issuer);
+    verifier.verify(&sign(1, "k1", &claims)).await.unwrap();
+    idp.set(|s| s.jwks.push(jwk(2, "k2")));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let verifier = Arc::clone(&verifier);
+        let token = sign(2, "k2", &with(claims.clone(), json!({"jti": i})));
+        tasks.push(tokio::spawn(async move { verifier.verify(&token).await }));
+    }
+    for task in tasks {
+        let v = task.await.unwrap().unwrap();
+        assert_eq!(v.kid, "k2");
+    }
+    assert_eq!(idp.hits("/.well-known/jwks.json"), 2);
+}
