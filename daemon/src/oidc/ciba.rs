@@ -174,7 +174,8 @@ impl CibaError {
 pub struct CibaStart {
     /// Handle to poll with (redacted in `Debug`).
     pub auth_req_id: AuthReqId,
-    /// Seconds until the request expires, from `received_at`.
+    /// Seconds until the request expires, from `received_at` (the provider's
+    /// `expires_in`, capped at the `requested_expiry` sent).
     pub expires_in: u64,
     /// Minimum seconds between polls.
     pub interval: u64,
@@ -448,6 +449,8 @@ impl CibaClient {
                 "backchannel authentication answer has an empty auth_req_id or expires_in".into(),
             ));
         }
+        // Never wait longer than asked for: the hold on the target is bounded by config.
+        let expires_in = requested_expiry.map_or(expires_in, |r| expires_in.min(u64::from(r)));
         tracing::info!(expires_in, binding_message, "CIBA request started");
         Ok(CibaStart {
             auth_req_id: AuthReqId::new(auth_req_id),

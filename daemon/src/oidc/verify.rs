@@ -291,7 +291,9 @@ pub(crate) async fn verify_jwt(
         }
     };
     let message_len = header_b64.len() + 1 + payload_b64.len();
-    let message = &token.as_bytes()[..message_len];
+    let Some(message) = token.as_bytes().get(..message_len) else {
+        return Err(reject(RejectReason::Malformed, "truncated token".into()));
+    };
     match jsonwebtoken::crypto::verify(signature_b64, message, &key, jsonwebtoken::Algorithm::RS256)
     {
         Ok(true) => {}
