@@ -123,6 +123,8 @@ struct Request {
 struct IdpState {
     jwks: Vec<Value>,
     down: bool,
+    /// The JWKS endpoint answers only after a minute (a slow provider).
+    stall_jwks: bool,
     hits: HashMap<String, usize>,
     token_script: VecDeque<Reply>,
     bc_reply: Option<Reply>,
@@ -309,6 +311,10 @@ async fn serve(
             })
         }
     };
+    let stall = path == "/.well-known/jwks.json" && state.lock().unwrap().stall_jwks;
+    if stall {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
     let mut stream = reader.into_inner();
     let Some(reply) = reply else {
         // "Down": close the connection without an answer.
@@ -1491,4 +1497,28 @@ async fn a_burst_with_a_new_kid_shares_one_refetch() {
         assert_eq!(v.kid, "k2");
     }
     assert_eq!(idp.hits("/.well-known/jwks.json"), 2);
+}
+
+#[tokio::test]
+async fn a_slow_provider_never_delays_verification_with_cached_keys() {
+    let idp = MockIdp::start().await;
+    let http = oidc::http_client(&idp.issuer).unwrap();
+    let provider =
+        Provider::new(&idp.issuer, http, Duration::from_secs(1), Duration::ZERO).unwrap();
+    let verifier = TokenVerifier::new(Arc::clone(&provider), AUD, 60);
+    let claims = access_claims(&idp.issuer);
+    verifier.verify(&sign(1, "k1", &claims)).await.unwrap();
+    idp.set(|s| s.stall_jwks = true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past the TTL with a stalled JWKS endpoint: the background refresh hangs, callers don't.
+    for i in 0..5 {
+        let token = sign(1, "k1", &with(claims.clone(), json!({"jti": i})));
+        let verified = tokio::time::timeout(Duration::from_secs(10), verifier.verify(&token))
+            .await
+            .expect("verification must not wait for the provider");
+        verified.unwrap();
+    }
+    let h = provider.health();
+    assert!(h.serving_stale, "{h:?}");
+    assert_eq!(h.keys, 1);
 }
