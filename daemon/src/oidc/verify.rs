@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::provider::{KeyLookupError, Provider};
 use super::settings::MAX_LEEWAY_SECS;
@@ -353,14 +352,15 @@ struct CacheEntry {
 
 /// Verifies bearer access tokens for the daemon's API.
 ///
-/// A token that verified once is remembered by its SHA-256 until its `exp` (plus leeway)
-/// while its signing key stays in the key set, so repeated calls with the same token cost
-/// a hash and two map lookups.
+/// A token that verified once is remembered until its `exp` (plus leeway) while its
+/// signing key stays in the key set, so repeated calls with the same token cost two map
+/// lookups. The map is keyed by the whole token (compared in full on a hit, so no hash
+/// collision can alias two tokens); it lives only in memory and is never logged.
 pub struct TokenVerifier {
     provider: Arc<Provider>,
     audience: String,
     leeway: u64,
-    cache: RwLock<HashMap<[u8; 32], CacheEntry>>,
+    cache: RwLock<HashMap<Box<str>, CacheEntry>>,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -401,10 +401,9 @@ impl TokenVerifier {
                 format!("token is larger than {MAX_TOKEN_BYTES} bytes"),
             ));
         }
-        let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
         let now = now_unix();
         if let Ok(cache) = self.cache.read()
-            && let Some(entry) = cache.get(&digest)
+            && let Some(entry) = cache.get(bearer)
             && entry.valid_until > now
             && self.provider.cached_key(&entry.token.kid).is_some()
         {
@@ -440,7 +439,7 @@ impl TokenVerifier {
                 }
             }
             cache.insert(
-                digest,
+                Box::from(bearer),
                 CacheEntry {
                     token: token.clone(),
                     valid_until: exp.saturating_add(leeway),
