@@ -472,6 +472,10 @@ async fn valid_token_is_verified_and_mapped_to_roles() {
 
     // Same token again: served from the verified-token cache, same answer.
     assert_eq!(verifier.verify(&token).await.unwrap(), v);
+    // Nothing printable holds the token.
+    let shown = format!("{verifier:?} {v:?} {:?}", verifier.provider());
+    assert!(!shown.contains(&token), "{shown}");
+    assert!(!serde_json::to_string(&v).unwrap().contains(&token));
     let header = format!("Bearer {token}");
     assert_eq!(verifier.verify_header(Some(&header)).await.unwrap(), v);
 
