@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod error;
 pub mod listener;
 pub mod model;
+pub mod oidc;
 pub mod paths;
 pub mod scan_input;
 pub mod secrets;

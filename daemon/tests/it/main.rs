@@ -6,3 +6,4 @@ mod support;
 mod audit_chain;
 mod governance;
 mod lifecycle;
+mod oidc;
