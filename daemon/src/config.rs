@@ -31,6 +31,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// The tamper-evident audit log.
     pub audit: AuditSettings,
+    /// Operator identity: local peer credentials or verified OIDC tokens.
+    pub auth: crate::oidc::AuthSettings,
 }
 
 /// `[server]`
@@ -319,6 +321,9 @@ impl Settings {
                 reason: "must not be empty".into(),
             });
         }
+        self.auth
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             ConfigError::Value {
                 field: "log.level",

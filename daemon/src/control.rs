@@ -14,8 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::access::{AccessPolicy, Caller, UserNames};
-use crate::audit::{Entry, Head, NewEntry};
+use crate::audit::{Entry, Head};
+use crate::authn::{Authenticator, Need};
 use crate::error::{Error, Result};
 use crate::model::{
     Actor, Decision, EnforcementAction, EnforcementState, MAX_REASON_BYTES, Severity, Target,
@@ -44,8 +44,7 @@ pub struct EnforcementChanged {
 pub struct ControlService {
     pub(crate) store: Store,
     pub(crate) cache: Arc<StateCache>,
-    pub(crate) policy: AccessPolicy,
-    pub(crate) names: UserNames,
+    pub(crate) authn: Arc<Authenticator>,
     pub(crate) started: Instant,
     pub(crate) socket: String,
     pub(crate) cancel: CancellationToken,
@@ -63,42 +62,23 @@ impl std::fmt::Debug for ControlService {
 type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEntry, Status>> + Send + 'static>>;
 
 impl ControlService {
-    /// Identifies the caller for an audit entry.
-    fn actor<T>(&self, request: &Request<T>) -> (Caller, Actor) {
-        let caller = Caller::of(request);
-        let actor = self.names.local_actor(&caller);
-        (caller, actor)
-    }
-
-    /// Identifies the caller and checks it may mutate; a refusal is itself audited.
-    async fn authorize_mutation<T>(
+    /// Identifies the caller of `rpc` and checks it may do what `need` says; a
+    /// refusal is itself audited before the caller hears of it.
+    async fn authorize<T>(
         &self,
         request: &Request<T>,
         rpc: &'static str,
+        need: Need,
     ) -> Result<Actor> {
-        let (caller, actor) = self.actor(request);
-        if self.policy.may_mutate(&caller, &self.names) {
-            return Ok(actor);
+        match self.authn.identify(request, rpc, need).await {
+            Ok(actor) => Ok(actor),
+            Err(refusal) => {
+                if let Err(e) = self.store.write(WriteOp::Audit(refusal.audit)).await {
+                    tracing::error!(error = %e, "could not audit a refused call");
+                }
+                Err(refusal.error)
+            }
         }
-        let reason = format!(
-            "uid {} is not allowed to call {rpc} (see [access] mutate_uids / mutate_gids)",
-            caller
-                .uid
-                .map_or_else(|| "unknown".to_owned(), |u| u.to_string())
-        );
-        let refusal = NewEntry {
-            action: "permission-denied".into(),
-            target: None,
-            severity: None,
-            outcome: "refused".into(),
-            reason: reason.clone(),
-            details: serde_json::json!({ "rpc": rpc }),
-            actor,
-        };
-        if let Err(e) = self.store.write(WriteOp::Audit(refusal)).await {
-            tracing::error!(error = %e, "could not audit a refused call");
-        }
-        Err(Error::PermissionDenied(reason))
     }
 }
 
@@ -244,8 +224,31 @@ impl Control for ControlService {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
-        let (_, actor) = self.actor(&request);
+        let actor = self.authorize(&request, "GetStatus", Need::Read).await?;
         let counts = self.store.counts().await?;
+        let settings = self.authn.settings();
+        let jwks = self.authn.jwks_health();
+        let auth = pb::AuthStatus {
+            mode: match settings.mode {
+                crate::oidc::AuthMode::Local => "local".into(),
+                crate::oidc::AuthMode::Oidc => "oidc".into(),
+            },
+            issuer: settings.issuer_url().unwrap_or_default(),
+            audience: settings.audience.clone().unwrap_or_default(),
+            jwks_keys: jwks
+                .as_ref()
+                .map_or(0, |h| u32::try_from(h.keys).unwrap_or(u32::MAX)),
+            jwks_serving_stale: jwks.as_ref().is_some_and(|h| h.serving_stale),
+            jwks_last_error: jwks
+                .as_ref()
+                .and_then(|h| h.last_error.clone())
+                .unwrap_or_default(),
+            jwks_last_refresh_ok_at: jwks
+                .as_ref()
+                .and_then(|h| h.last_refresh_ok_at)
+                .map(|t| crate::model::format_ts(time::OffsetDateTime::from(t)))
+                .unwrap_or_default(),
+        };
         Ok(Response::new(pb::StatusReply {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -261,6 +264,24 @@ impl Control for ControlService {
             audit_head: Some(pb_head(&self.store.head())),
             caller: Some(pb_actor(&actor)),
             daemon_pid: std::process::id(),
+            auth: Some(auth),
+        }))
+    }
+
+    async fn get_auth_config(
+        &self,
+        _request: Request<pb::GetAuthConfigRequest>,
+    ) -> Result<Response<pb::AuthConfig>, Status> {
+        let settings = self.authn.settings();
+        Ok(Response::new(pb::AuthConfig {
+            mode: match settings.mode {
+                crate::oidc::AuthMode::Local => "local".into(),
+                crate::oidc::AuthMode::Oidc => "oidc".into(),
+            },
+            issuer: settings.issuer_url().unwrap_or_default(),
+            audience: settings.audience.clone().unwrap_or_default(),
+            cli_client_id: settings.cli_client_id.clone().unwrap_or_default(),
+            scopes: settings.roles.mapping().into_keys().collect(),
         }))
     }
 
@@ -268,6 +289,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::ListTargetsRequest>,
     ) -> Result<Response<pb::ListTargetsReply>, Status> {
+        self.authorize(&request, "ListTargets", Need::Read).await?;
         let kind = kind_from("kind", request.get_ref().kind)?;
         let rows = self.store.list_targets(kind).await?;
         Ok(Response::new(pb::ListTargetsReply {
@@ -279,6 +301,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::TargetRef>,
     ) -> Result<Response<pb::TargetDetail>, Status> {
+        self.authorize(&request, "GetTarget", Need::Read).await?;
         let target = target_from("target", Some(request.into_inner()))?;
         let row = self
             .store
@@ -296,7 +319,9 @@ impl Control for ControlService {
         &self,
         request: Request<pb::SetEnforcementRequest>,
     ) -> Result<Response<pb::SetEnforcementReply>, Status> {
-        let actor = self.authorize_mutation(&request, "SetEnforcement").await?;
+        let actor = self
+            .authorize(&request, "SetEnforcement", Need::Operate)
+            .await?;
         let req = request.into_inner();
         let target = target_from("target", req.target)?;
         let action = match pb::EnforcementAction::try_from(req.action) {
@@ -352,6 +377,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::TargetRef>,
     ) -> Result<Response<pb::CheckReply>, Status> {
+        self.authorize(&request, "CheckTarget", Need::Read).await?;
         let req = request.get_ref();
         let kind = kind_from("target", req.kind)?
             .ok_or_else(|| Error::invalid("target", "kind is required"))?;
@@ -382,7 +408,7 @@ impl Control for ControlService {
         request: Request<pb::ScanReport>,
     ) -> Result<Response<pb::SubmitScanReportReply>, Status> {
         let actor = self
-            .authorize_mutation(&request, "SubmitScanReport")
+            .authorize(&request, "SubmitScanReport", Need::Operate)
             .await?;
         let report = request.into_inner();
         let target = target_from("target", report.target)?;
@@ -420,6 +446,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::ListFindingsRequest>,
     ) -> Result<Response<pb::ListFindingsReply>, Status> {
+        self.authorize(&request, "ListFindings", Need::Read).await?;
         let req = request.into_inner();
         let target = match req.target {
             Some(t) if !(t.kind == 0 && t.name.is_empty()) => Some(target_from("target", Some(t))?),
@@ -439,7 +466,9 @@ impl Control for ControlService {
         &self,
         request: Request<pb::DismissFindingRequest>,
     ) -> Result<Response<pb::Finding>, Status> {
-        let actor = self.authorize_mutation(&request, "DismissFinding").await?;
+        let actor = self
+            .authorize(&request, "DismissFinding", Need::Operate)
+            .await?;
         let req = request.into_inner();
         if req.id == 0 {
             return Err(Error::invalid("id", "is required").into());
@@ -466,6 +495,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditReply>, Status> {
+        self.authorize(&request, "ListAudit", Need::Read).await?;
         let req = request.into_inner();
         let target = match req.target {
             Some(t) if !(t.kind == 0 && t.name.is_empty()) => Some(target_from("target", Some(t))?),
@@ -504,6 +534,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::FollowAuditRequest>,
     ) -> Result<Response<Self::FollowAuditStream>, Status> {
+        self.authorize(&request, "FollowAudit", Need::Read).await?;
         let req = request.into_inner();
         let store = self.store.clone();
         let cancel = self.cancel.clone();
@@ -550,8 +581,9 @@ impl Control for ControlService {
 
     async fn export_audit(
         &self,
-        _request: Request<pb::ExportAuditRequest>,
+        request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        self.authorize(&request, "ExportAudit", Need::Read).await?;
         let store = self.store.clone();
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
@@ -565,6 +597,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditReply>, Status> {
+        self.authorize(&request, "VerifyAudit", Need::Read).await?;
         let req = request.into_inner();
         let expected = if req.head.is_empty() {
             None

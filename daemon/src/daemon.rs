@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{AccessPolicy, UserNames};
+use crate::access::AccessPolicy;
+use crate::authn::Authenticator;
 use crate::config::{ConfigFile, Settings};
 use crate::control::{ControlService, EnforcementChanged};
 use crate::secrets::SecretSources;
@@ -141,8 +142,10 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     let service = ControlService {
         store: store.clone(),
         cache,
-        policy: AccessPolicy::from_settings(&settings.access),
-        names: UserNames::default(),
+        authn: Arc::new(Authenticator::new(
+            settings.auth.clone(),
+            AccessPolicy::from_settings(&settings.access),
+        )?),
         started: Instant::now(),
         socket: socket.display().to_string(),
         cancel: cancel.clone(),

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod authn;
 pub mod config;
 pub mod control;
 pub mod daemon;

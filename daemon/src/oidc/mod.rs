@@ -61,7 +61,9 @@ pub use ciba::{
 };
 pub use provider::{Discovery, JwksHealth, OidcError, Provider, http_client};
 pub use secret::{AuthReqId, ClientSecret, SecretLoadError, load_client_secret};
-pub use settings::{AuthConfigError, AuthMode, AuthSettings, MAX_LEEWAY_SECS, Role, roles_for};
+pub use settings::{
+    AuthConfigError, AuthMode, AuthSettings, MAX_LEEWAY_SECS, Role, RoleScopes, roles_for,
+};
 pub use userinfo::{UserInfo, UserInfoCache};
 pub use verify::{
     AuthRejection, MAX_TOKEN_BYTES, RejectReason, TokenVerifier, VerifiedToken, bearer_from_header,

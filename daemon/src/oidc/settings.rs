@@ -75,8 +75,8 @@ pub struct AuthSettings {
     /// Client id of the daemon's confidential application, used for CIBA step-up.
     /// Its secret never lives in this file.
     pub daemon_client_id: Option<String>,
-    /// Maps a token scope or permission to the role it grants.
-    pub roles: BTreeMap<String, Role>,
+    /// Which token scopes or permissions grant each role.
+    pub roles: RoleScopes,
     /// Clock-skew allowance for `exp`/`nbf`, in seconds (default 60, at most 60).
     pub leeway_secs: u64,
     /// How long fetched signing keys (JWKS) are used before a background refresh, in seconds.
@@ -87,14 +87,7 @@ pub struct AuthSettings {
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        let roles = [
-            ("defenseclaw:read", Role::Viewer),
-            ("defenseclaw:operate", Role::Operator),
-            ("defenseclaw:admin", Role::Admin),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let roles = RoleScopes::default();
         Self {
             mode: AuthMode::Local,
             issuer: None,
@@ -138,7 +131,7 @@ impl AuthSettings {
                 return Err(AuthConfigError(format!("{name} is set but empty")));
             }
         }
-        if self.roles.keys().any(|k| k.trim().is_empty()) {
+        if self.roles.all().any(|(k, _)| k.trim().is_empty()) {
             return Err(AuthConfigError("roles has an empty scope name".into()));
         }
         if self.mode == AuthMode::Oidc {
@@ -166,8 +159,75 @@ impl AuthSettings {
 
     /// The roles granted by a verified token's scopes and permissions.
     pub fn roles_for(&self, token: &VerifiedToken) -> BTreeSet<Role> {
-        roles_for(&self.roles, token)
+        roles_for(&self.roles.mapping(), token)
     }
+}
+
+/// `[auth.roles]`: the scopes or permissions (Auth0 RBAC) that grant each role.
+/// Keyed by role because scope names contain `:`, which config paths cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleScopes {
+    /// Read-only access.
+    #[serde(deserialize_with = "string_list")]
+    pub viewer: Vec<String>,
+    /// Block, allow, unblock, scan reports, dismissals.
+    #[serde(deserialize_with = "string_list")]
+    pub operator: Vec<String>,
+    /// Everything, including administrative actions.
+    #[serde(deserialize_with = "string_list")]
+    pub admin: Vec<String>,
+}
+
+impl Default for RoleScopes {
+    fn default() -> Self {
+        Self {
+            viewer: vec!["defenseclaw:read".into()],
+            operator: vec!["defenseclaw:operate".into()],
+            admin: vec!["defenseclaw:admin".into()],
+        }
+    }
+}
+
+impl RoleScopes {
+    /// Every (scope, role) pair.
+    pub fn all(&self) -> impl Iterator<Item = (&str, Role)> {
+        self.viewer
+            .iter()
+            .map(|s| (s.as_str(), Role::Viewer))
+            .chain(self.operator.iter().map(|s| (s.as_str(), Role::Operator)))
+            .chain(self.admin.iter().map(|s| (s.as_str(), Role::Admin)))
+    }
+
+    /// Scope → highest role it grants.
+    pub fn mapping(&self) -> BTreeMap<String, Role> {
+        let mut map = BTreeMap::new();
+        for (scope, role) in self.all() {
+            let slot = map.entry(scope.to_owned()).or_insert(role);
+            if role > *slot {
+                *slot = role;
+            }
+        }
+        map
+    }
+}
+
+/// A list of strings from TOML (`["a", "b"]`) or env (`"a,b"` or `"a b"`).
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split([',', ' '])
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// The roles granted by `token`'s scopes and permissions under `mapping`.

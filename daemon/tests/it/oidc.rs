@@ -422,13 +422,13 @@ fn settings_from_toml() {
         daemon_client_id = "daemon"
         leeway_secs = 30
         [roles]
-        "read:status" = "viewer"
-        "write:block" = "operator"
+        viewer = ["read:status"]
+        operator = ["write:block"]
         "#,
     )
     .unwrap();
     assert_eq!(s.mode, AuthMode::Oidc);
-    assert_eq!(s.roles.get("write:block"), Some(&Role::Operator));
+    assert_eq!(s.roles.mapping().get("write:block"), Some(&Role::Operator));
     assert_eq!(s.jwks_ttl_secs, AuthSettings::default().jwks_ttl_secs);
     s.validate().unwrap();
     let unknown = toml::from_str::<AuthSettings>("mode = \"oidc\"\nbogus = 1\n");
