@@ -1526,3 +1526,155 @@ async fn a_slow_provider_never_delays_verification_with_cached_keys() {
     assert!(h.serving_stale, "{h:?}");
     assert_eq!(h.keys, 1);
 }
+
+// ---------------------------------------------------------------------------------------
+// The daemon in oidc mode
+
+fn with_bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+#[tokio::test]
+async fn daemon_in_oidc_mode_stamps_the_operator_and_audits_refusals() {
+    use defenseclaw_proto::v1 as pb;
+    let idp = MockIdp::start().await;
+    let d = crate::support::TestDaemon::start_with(&[
+        ("DEFENSECLAW_AUTH__MODE", "oidc"),
+        ("DEFENSECLAW_AUTH__ISSUER", &idp.issuer),
+        ("DEFENSECLAW_AUTH__AUDIENCE", AUD),
+        ("DEFENSECLAW_AUTH__CLI_CLIENT_ID", "cli-client"),
+    ])
+    .await;
+    let mut c = d.client().await;
+
+    let cfg = c
+        .get_auth_config(pb::GetAuthConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (cfg.mode.as_str(), cfg.issuer.as_str()),
+        ("oidc", idp.issuer.as_str())
+    );
+    assert_eq!(
+        (cfg.audience.as_str(), cfg.cli_client_id.as_str()),
+        (AUD, "cli-client")
+    );
+    assert!(cfg.scopes.contains(&"defenseclaw:operate".to_owned()));
+
+    let block = || pb::SetEnforcementRequest {
+        target: crate::support::skill("evil"),
+        action: pb::EnforcementAction::Block as i32,
+        reason: "steals keys".into(),
+    };
+    let operator = sign(
+        1,
+        "k1",
+        &with(
+            access_claims(&idp.issuer),
+            json!({"email": "alice@example.com", "name": "Alice Example", "permissions": []}),
+        ),
+    );
+    let viewer = sign(
+        1,
+        "k1",
+        &with(
+            access_claims(&idp.issuer),
+            json!({"scope": "openid defenseclaw:read", "permissions": []}),
+        ),
+    );
+    let other_issuer = sign(
+        1,
+        "k1",
+        &with(
+            access_claims(&idp.issuer),
+            json!({"iss": idp.issuer.trim_end_matches('/')}),
+        ),
+    );
+
+    // No token: unauthenticated, audited.
+    let err = c.set_enforcement(block()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(err.message().contains("auth login"), "{}", err.message());
+    // Bad token: unauthenticated, audited with the reason, never the token.
+    let err = c
+        .set_enforcement(with_bearer(block(), &other_issuer))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // Valid token without the operator role: permission denied.
+    let err = c
+        .set_enforcement(with_bearer(block(), &viewer))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    // The operator: committed and stamped.
+    let r = c
+        .set_enforcement(with_bearer(block(), &operator))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.changed);
+    // Reads work without a token; a valid token is verified on the hot path too.
+    let v = c
+        .check_target(with_bearer(
+            crate::support::skill("evil").unwrap(),
+            &operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.decided_by, ALICE);
+
+    let entries = c
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let summary: Vec<_> = entries
+        .iter()
+        .rev()
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("auth-refused", "refused"),
+            ("auth-refused", "refused"),
+            ("permission-denied", "refused"),
+            ("block", "success")
+        ]
+    );
+    let stamped = entries[0].actor.clone().unwrap();
+    assert_eq!(stamped.id, ALICE);
+    assert_eq!(stamped.email, "alice@example.com");
+    assert_eq!(stamped.name, "Alice Example");
+    assert_eq!(stamped.auth_method, "oidc");
+    assert_eq!(stamped.issuer, idp.issuer);
+    assert_eq!(stamped.client_id, "cli-client");
+    assert_eq!(
+        stamped.uid, 0,
+        "peer credentials are kept beside the operator"
+    );
+    let bad_issuer: Value = serde_json::from_str(&entries[2].details_json).unwrap();
+    assert_eq!(bad_issuer["token_rejection"], "bad_issuer");
+    assert_eq!(bad_issuer["unverified_sub"], ALICE);
+    for e in &entries {
+        for token in [&operator, &viewer, &other_issuer] {
+            assert!(!e.details_json.contains(token.as_str()) && !e.reason.contains(token.as_str()));
+        }
+    }
+    let status = c
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let auth = status.auth.unwrap();
+    assert_eq!(auth.mode, "oidc");
+    assert!(auth.jwks_keys >= 1);
+    assert!(!auth.jwks_serving_stale);
+}
