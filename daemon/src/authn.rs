@@ -202,10 +202,10 @@ impl Authenticator {
                 ));
             }
             // Name and email from the provider when the token lacks them; never from the client.
-            if token.name.is_none() || token.email.is_none() {
-                if let Err(e) = oidc.userinfo.enrich(&mut token, bearer).await {
-                    tracing::debug!(sub = %token.sub, error = %e, "userinfo lookup failed");
-                }
+            if (token.name.is_none() || token.email.is_none())
+                && let Err(e) = oidc.userinfo.enrich(&mut token, bearer).await
+            {
+                tracing::debug!(sub = %token.sub, error = %e, "userinfo lookup failed");
             }
         }
         Ok(oidc_actor(&token, &caller))
