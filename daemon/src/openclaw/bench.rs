@@ -1,0 +1,1 @@
+//! In-process benchmark against a local fake gateway.
