@@ -1,1 +1,3 @@
+//! Shared test support for the DefenseClaw workspace.
 
+pub mod openclaw;
