@@ -1040,7 +1040,8 @@ async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut f: impl Fn
 }
 
 fn exec_request(command: &str) -> Value {
-    json!({"command": command, "commandArgv": ["sh", "-c", command], "cwd": "/tmp", "host": "gateway",
+    let argv: Vec<&str> = command.split_whitespace().collect();
+    json!({"command": command, "commandArgv": argv, "cwd": "/tmp", "host": "gateway",
         "agentId": "main", "sessionKey": "agent:main:main", "timeoutMs": 60000, "twoPhase": true})
 }
 
