@@ -79,21 +79,15 @@ impl Host for CountingHost {
     fn verdict(&self, _kind: TargetKind, _name: &str) -> HostVerdict {
         HostVerdict::Unknown
     }
-    fn enforced_targets(&self) -> impl Future<Output = Vec<(TargetKind, String, bool)>> + Send {
-        async { Vec::new() }
+    async fn enforced_targets(&self) -> Vec<(TargetKind, String, bool)> {
+        Vec::new()
     }
     fn audit(&self, _entry: MonitorAudit) -> impl Future<Output = Result<(), HostError>> + Send {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.notify.notify_waiters();
         async { Ok(()) }
     }
-    fn observe_targets(
-        &self,
-        _kind: TargetKind,
-        _names: Vec<String>,
-    ) -> impl Future<Output = ()> + Send {
-        async {}
-    }
+    async fn observe_targets(&self, _kind: TargetKind, _names: Vec<String>) {}
 }
 
 type Ws = WebSocketStream<TcpStream>;

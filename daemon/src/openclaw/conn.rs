@@ -612,7 +612,11 @@ async fn handshake(conn: &Conn) -> Result<(Ws, Hello), End> {
     let admin = scopes.iter().any(|s| s == "operator.admin");
     let missing = REQUESTED_SCOPES
         .iter()
-        .filter(|r| !scopes.iter().any(|s| s == *r) && !(admin && **r != "operator.admin"))
+        .filter(|r| {
+            let granted = scopes.iter().any(|s| s == *r);
+            let implied = admin && **r != "operator.admin";
+            !(granted || implied)
+        })
         .map(|s| (*s).to_owned())
         .collect();
     Ok((
@@ -1203,8 +1207,8 @@ async fn refresh_mcp<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
     engine.host.observe_targets(TargetKind::Mcp, names).await;
 }
 
-enum Applied {
-    Applied(Value),
+enum EnforceResult {
+    Done(Value),
     Unchanged,
     Absent,
 }
@@ -1215,7 +1219,7 @@ async fn apply_one<H: Host>(
     kind: TargetKind,
     name: &str,
     blocked: bool,
-) -> Result<Applied, RpcError> {
+) -> Result<EnforceResult, RpcError> {
     match kind {
         TargetKind::Skill => {
             let key = engine.skill_key(name);
@@ -1224,23 +1228,23 @@ async fn apply_one<H: Host>(
                 json!({"skillKey": key, "enabled": !blocked}),
             )
             .await?;
-            Ok(Applied::Applied(
+            Ok(EnforceResult::Done(
                 json!({"method": "skills.update", "skillKey": key, "enabled": !blocked}),
             ))
         }
         TargetKind::Mcp => {
             if name.contains('/') {
                 // A single MCP tool: enforced through plugin approvals only.
-                return Ok(Applied::Unchanged);
+                return Ok(EnforceResult::Unchanged);
             }
             for attempt in 0..2 {
                 let cfg = rpc.call("config.get", json!({})).await?;
                 let servers = mcp_servers_of(&cfg);
                 let Some(enabled) = servers.get(name) else {
-                    return Ok(Applied::Absent);
+                    return Ok(EnforceResult::Absent);
                 };
                 if *enabled != blocked {
-                    return Ok(Applied::Unchanged);
+                    return Ok(EnforceResult::Unchanged);
                 }
                 let raw = json!({"mcp": {"servers": {name: {"enabled": !blocked}}}}).to_string();
                 let mut params = json!({"raw": raw, "note": format!("defenseclawd: MCP server {name} {}", if blocked { "blocked" } else { "allowed" })});
@@ -1249,7 +1253,7 @@ async fn apply_one<H: Host>(
                 }
                 match rpc.call("config.patch", params).await {
                     Ok(_) => {
-                        return Ok(Applied::Applied(
+                        return Ok(EnforceResult::Done(
                             json!({"method": "config.patch", "path": format!("mcp.servers.{name}.enabled"), "enabled": !blocked}),
                         ));
                     }
@@ -1275,13 +1279,13 @@ async fn apply_pending<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
             Ok(applied) => {
                 engine.shared.clear_pending(kind, &name, blocked);
                 let (outcome, reason, details) = match applied {
-                    Applied::Applied(d) => ("applied", format!("{verb} applied in OpenClaw"), d),
-                    Applied::Unchanged => (
+                    EnforceResult::Done(d) => ("applied", format!("{verb} applied in OpenClaw"), d),
+                    EnforceResult::Unchanged => (
                         "unchanged",
                         format!("{verb}: OpenClaw already in that state"),
                         json!({}),
                     ),
-                    Applied::Absent => (
+                    EnforceResult::Absent => (
                         "absent",
                         format!("{verb}: not configured in OpenClaw"),
                         json!({}),

@@ -98,10 +98,10 @@ pub(crate) fn decision_outcome(decision: Option<&str>) -> &'static str {
 
 /// `(server, tool)` of an MCP tool call in a plugin approval request.
 fn mcp_tool(req: &Value) -> Option<(String, String)> {
-    if let Some(m) = req.get("mcpTool") {
-        if let (Some(server), tool) = (s(&m["server"]), s(&m["tool"]).unwrap_or("")) {
-            return Some((server.to_owned(), tool.to_owned()));
-        }
+    if let Some(m) = req.get("mcpTool")
+        && let Some(server) = s(&m["server"])
+    {
+        return Some((server.to_owned(), s(&m["tool"]).unwrap_or("").to_owned()));
     }
     let name = s(&req["toolName"])?;
     if let Some(rest) = name.strip_prefix("mcp__") {
@@ -503,7 +503,6 @@ pub(crate) async fn audit_writer<H: Host>(host: Arc<H>, mut rx: mpsc::Receiver<M
 mod tests {
     use super::*;
     use crate::openclaw::{HostError, OpenClawSettings};
-    use std::future::Future;
 
     struct H;
     impl Host for H {
@@ -517,19 +516,13 @@ mod tests {
                 _ => HostVerdict::Unknown,
             }
         }
-        fn enforced_targets(&self) -> impl Future<Output = Vec<(TargetKind, String, bool)>> + Send {
-            async { Vec::new() }
+        async fn enforced_targets(&self) -> Vec<(TargetKind, String, bool)> {
+            Vec::new()
         }
-        fn audit(&self, _e: MonitorAudit) -> impl Future<Output = Result<(), HostError>> + Send {
-            async { Ok(()) }
+        async fn audit(&self, _e: MonitorAudit) -> Result<(), HostError> {
+            Ok(())
         }
-        fn observe_targets(
-            &self,
-            _k: TargetKind,
-            _n: Vec<String>,
-        ) -> impl Future<Output = ()> + Send {
-            async {}
-        }
+        async fn observe_targets(&self, _k: TargetKind, _n: Vec<String>) {}
     }
 
     fn engine(allow: &[&str]) -> Engine<H> {
