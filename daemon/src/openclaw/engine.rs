@@ -663,7 +663,7 @@ mod tests {
         ) -> impl std::future::Future<Output = Result<(), HostError>> + Send {
             // Every third call fails.
             let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let r = if n % 3 == 0 {
+            let r = if n.is_multiple_of(3) {
                 Err(HostError("disk busy".into()))
             } else {
                 lock(&self.committed).push(e.reason);
