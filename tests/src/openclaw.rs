@@ -571,3 +571,180 @@ impl GatewayClient {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A scripted OpenAI-compatible model server (`/v1/models`,
+/// `/v1/chat/completions`, streaming or not): the first turn answers with one
+/// `exec` tool call running `command`; once a tool result is in the
+/// conversation it answers with plain text and stops.
+#[derive(Debug)]
+pub struct MockModel {
+    /// Loopback port.
+    pub port: u16,
+    /// Completion requests served.
+    pub completions: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockModel {
+    /// Starts the server on a random loopback port.
+    pub async fn start(command: &str) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let completions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = completions.clone();
+        let command = command.to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let count = count.clone();
+                let command = command.clone();
+                tokio::spawn(async move {
+                    let _ = serve_model(sock, &command, &count).await;
+                });
+            }
+        });
+        Ok(Self {
+            port,
+            completions,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>/v1`
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    /// Gateway config (merge into [`OpenClawGateway::start_with`]) making `mock/m1` the default model.
+    pub fn gateway_config(&self) -> Value {
+        json!({
+            "agents": {"defaults": {"model": {"primary": "mock/m1"}}},
+            "models": {"mode": "replace", "providers": {"mock": {
+                "baseUrl": self.base_url(), "apiKey": "sk-mock", "api": "openai-completions",
+                "agentRuntime": {"id": "openclaw"},
+                "models": [{"id": "m1", "name": "Mock", "reasoning": false, "input": ["text"],
+                    "contextWindow": 128000, "maxTokens": 4096,
+                    "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}}]
+            }}}
+        })
+    }
+}
+
+impl Drop for MockModel {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_model(
+    mut sock: tokio::net::TcpStream,
+    command: &str,
+    count: &std::sync::atomic::AtomicUsize,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        // Request head.
+        let mut buf = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 4096];
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = buf[head_end..].to_vec();
+        while body.len() < len {
+            let mut chunk = vec![0u8; len - body.len()];
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let (ctype, payload) = if path.ends_with("/models") {
+            (
+                "application/json",
+                json!({"object": "list", "data": [{"id": "m1", "object": "model"}]}).to_string(),
+            )
+        } else if path.ends_with("/chat/completions") {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            completion(&req, command)
+        } else {
+            (
+                "application/json",
+                json!({"error": "not found"}).to_string(),
+            )
+        };
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: keep-alive\r\n\r\n{payload}",
+            payload.len()
+        );
+        sock.write_all(resp.as_bytes()).await?;
+        sock.flush().await?;
+    }
+}
+
+fn completion(req: &Value, command: &str) -> (&'static str, String) {
+    let messages = req["messages"].as_array().cloned().unwrap_or_default();
+    let has_tool_result = messages.iter().any(|m| m["role"] == "tool");
+    let has_exec = req["tools"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["function"]["name"] == "exec"));
+    let stream = req["stream"] == true;
+    let usage = json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15});
+    let call = !has_tool_result && has_exec;
+    let args = json!({"command": command}).to_string();
+    if !stream {
+        let message = if call {
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_mock_1", "type": "function",
+                "function": {"name": "exec", "arguments": args}}]})
+        } else {
+            json!({"role": "assistant", "content": "Done."})
+        };
+        let body = json!({"id": "cmpl-mock", "object": "chat.completion", "created": 0, "model": "m1",
+            "choices": [{"index": 0, "message": message, "finish_reason": if call { "tool_calls" } else { "stop" }}],
+            "usage": usage});
+        return ("application/json", body.to_string());
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "cmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": "m1",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events = Vec::new();
+    if call {
+        events.push(chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function",
+                "function": {"name": "exec", "arguments": args}}]}),
+            Value::Null,
+        ));
+        events.push(chunk(json!({}), json!("tool_calls")));
+    } else {
+        events.push(chunk(
+            json!({"role": "assistant", "content": "Done."}),
+            Value::Null,
+        ));
+        events.push(chunk(json!({}), json!("stop")));
+    }
+    events.push(
+        json!({"id": "cmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": "m1",
+        "choices": [], "usage": usage}),
+    );
+    let mut sse: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    sse.push_str("data: [DONE]\n\n");
+    ("text/event-stream", sse)
+}
