@@ -11,6 +11,7 @@ pub mod error;
 pub mod listener;
 pub mod model;
 pub mod oidc;
+pub mod openclaw;
 pub mod paths;
 pub mod scan_input;
 pub mod secrets;

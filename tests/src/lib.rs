@@ -1,6 +1,8 @@
 //! Shared test support: gRPC clients over Unix sockets, waiting helpers, and
 //! (in submodules) the real protocol peers the integration tests run against.
 
+pub mod openclaw;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

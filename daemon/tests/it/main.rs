@@ -7,3 +7,4 @@ mod audit_chain;
 mod governance;
 mod lifecycle;
 mod oidc;
+mod openclaw;
