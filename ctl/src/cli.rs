@@ -63,6 +63,19 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditCommand,
     },
+    /// The OpenClaw gateway the daemon monitors.
+    Openclaw {
+        /// What to do.
+        #[command(subcommand)]
+        action: OpenclawCommand,
+    },
+}
+
+/// OpenClaw commands.
+#[derive(Debug, Subcommand)]
+pub enum OpenclawCommand {
+    /// Approvals the daemon has seen (pending and recent) and what it decided.
+    Approvals,
 }
 
 /// Target commands (the same for skills and MCP servers).

@@ -10,7 +10,8 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::cli::{
-    AuditCommand, Command, Decide, FindingCommand, Output, ScanCommand, TargetCommand,
+    AuditCommand, Command, Decide, FindingCommand, OpenclawCommand, Output, ScanCommand,
+    TargetCommand,
 };
 use crate::exit::{AUDIT_BROKEN, FAILURE, Failure, USAGE};
 use crate::render;
@@ -30,6 +31,43 @@ pub async fn run(client: &mut Client, command: Command, output: Output) -> Resul
         Command::Finding { action } => finding_command(client, action, output).await,
         Command::Scan { action } => scan_command(client, action, output).await,
         Command::Audit { action } => audit_command(client, action, output).await,
+        Command::Openclaw { action } => openclaw_command(client, action, output).await,
+    }
+}
+
+async fn openclaw_command(
+    client: &mut Client,
+    action: OpenclawCommand,
+    output: Output,
+) -> Result<(), Failure> {
+    let OpenclawCommand::Approvals = action;
+    let reply = client
+        .list_open_claw_approvals(pb::ListOpenClawApprovalsRequest {})
+        .await?
+        .into_inner();
+    let values: Vec<Value> = reply
+        .approvals
+        .iter()
+        .map(render::openclaw_approval)
+        .collect();
+    match output {
+        Output::Json => print_json(&Value::Array(values)),
+        Output::Table => print_text(&render::table(
+            &["ID", "KIND", "SUBJECT", "DECISION", "RESOLVED", "REASON"],
+            &values
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(&v["id"]),
+                        s(&v["kind"]),
+                        s(&v["subject"]),
+                        s(&v["decision"]),
+                        s(&v["resolved_decision"]),
+                        s(&v["reason"]),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        )),
     }
 }
 
@@ -95,9 +133,45 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
         Output::Json => print_json(&v),
         Output::Table => {
             let c = s.counts.unwrap_or_default();
-            let h = s.audit_head.unwrap_or_default();
+            let h = s.audit_head.clone().unwrap_or_default();
+            let oc = s.openclaw.clone().unwrap_or_default();
+            let auth = s.auth.clone().unwrap_or_default();
+            let auth_line = if auth.mode == "oidc" {
+                format!(
+                    "oidc, issuer {} ({} signing keys{})",
+                    auth.issuer,
+                    auth.jwks_keys,
+                    if auth.jwks_serving_stale {
+                        ", serving cached keys: refresh failing"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                "local (peer credentials)".to_owned()
+            };
+            let oc_line = match oc.state.as_str() {
+                "disabled" | "" => "disabled".to_owned(),
+                state => format!(
+                    "{state} to {}{}{}",
+                    oc.url,
+                    if oc.server_version.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (OpenClaw {}, protocol {})",
+                            oc.server_version, oc.protocol
+                        )
+                    },
+                    if oc.last_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last error: {}", oc.last_error)
+                    }
+                ),
+            };
             print_text(&format!(
-                "defenseclawd {}  (pid {}, up {}s)\nsocket:   {}\nstore:    {}\ntargets:  {} ({} blocked, {} allowed)\nfindings: {} open\naudit:    {} entries, head {}:{}",
+                "defenseclawd {}  (pid {}, up {}s)\nsocket:   {}\nstore:    {}\ntargets:  {} ({} blocked, {} allowed)\nfindings: {} open\naudit:    {} entries, head {}:{}\nauth:     {}\nopenclaw: {}",
                 s.version,
                 s.daemon_pid,
                 s.uptime_secs,
@@ -109,7 +183,9 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
                 c.open_findings,
                 c.audit_entries,
                 h.seq,
-                h.hash
+                h.hash,
+                auth_line,
+                oc_line
             ))
         }
     }

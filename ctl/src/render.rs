@@ -151,6 +151,52 @@ pub fn status(s: &pb::StatusReply) -> Value {
         },
         "audit_head": {"seq": h.seq, "hash": h.hash},
         "caller": s.caller.as_ref().map(actor).unwrap_or(Value::Null),
+        "auth": s.auth.as_ref().map(|a| json!({
+            "mode": a.mode,
+            "issuer": a.issuer,
+            "audience": a.audience,
+            "jwks_keys": a.jwks_keys,
+            "jwks_serving_stale": a.jwks_serving_stale,
+            "jwks_last_error": empty_null(&a.jwks_last_error),
+            "jwks_last_refresh_ok_at": empty_null(&a.jwks_last_refresh_ok_at),
+        })).unwrap_or(Value::Null),
+        "openclaw": s.openclaw.as_ref().map(openclaw_status).unwrap_or(Value::Null),
+    })
+}
+
+fn empty_null(s: &str) -> Value {
+    if s.is_empty() { Value::Null } else { json!(s) }
+}
+
+/// The `openclaw` object of `status -o json`.
+pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
+    json!({
+        "state": o.state,
+        "url": o.url,
+        "server_version": empty_null(&o.server_version),
+        "protocol": (o.protocol != 0).then_some(o.protocol),
+        "scopes": o.scopes,
+        "missing_scopes": o.missing_scopes,
+        "last_event_at": empty_null(&o.last_event_at),
+        "last_error": empty_null(&o.last_error),
+        "pending_enforcements": o.pending_enforcements,
+    })
+}
+
+/// An OpenClaw approval the daemon saw.
+pub fn openclaw_approval(a: &pb::OpenClawApproval) -> Value {
+    json!({
+        "id": a.id,
+        "kind": a.kind,
+        "subject": a.subject,
+        "session_key": empty_null(&a.session_key),
+        "agent_id": empty_null(&a.agent_id),
+        "created_at_ms": (a.created_at_ms != 0).then_some(a.created_at_ms),
+        "expires_at_ms": (a.expires_at_ms != 0).then_some(a.expires_at_ms),
+        "decision": a.decision,
+        "reason": a.reason,
+        "resolved_decision": empty_null(&a.resolved_decision),
+        "resolved_by": empty_null(&a.resolved_by),
     })
 }
 

@@ -33,6 +33,8 @@ pub struct Settings {
     pub audit: AuditSettings,
     /// Operator identity: local peer credentials or verified OIDC tokens.
     pub auth: crate::oidc::AuthSettings,
+    /// The OpenClaw gateway monitor and runtime enforcement.
+    pub openclaw: crate::openclaw::OpenClawSettings,
 }
 
 /// `[server]`

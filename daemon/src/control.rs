@@ -49,6 +49,7 @@ pub struct ControlService {
     pub(crate) socket: String,
     pub(crate) cancel: CancellationToken,
     pub(crate) enforcement: broadcast::Sender<EnforcementChanged>,
+    pub(crate) openclaw: crate::openclaw::MonitorHandle,
 }
 
 impl std::fmt::Debug for ControlService {
@@ -62,6 +63,26 @@ impl std::fmt::Debug for ControlService {
 type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEntry, Status>> + Send + 'static>>;
 
 impl ControlService {
+    fn openclaw_status(&self) -> pb::OpenClawStatus {
+        let s = self.openclaw.status();
+        let state = serde_json::to_value(s.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        pb::OpenClawStatus {
+            state,
+            url: s.url,
+            server_version: s.server_version.unwrap_or_default(),
+            protocol: s.protocol.unwrap_or(0),
+            scopes: s.scopes,
+            missing_scopes: s.missing_scopes,
+            last_event_at: s.last_event_at.unwrap_or_default(),
+            last_error: s.last_error.unwrap_or_default(),
+            pending_enforcements: u32::try_from(self.openclaw.pending_enforcements().len())
+                .unwrap_or(u32::MAX),
+        }
+    }
+
     /// Identifies the caller of `rpc` and checks it may do what `need` says; a
     /// refusal is itself audited before the caller hears of it.
     async fn authorize<T>(
@@ -265,6 +286,7 @@ impl Control for ControlService {
             caller: Some(pb_actor(&actor)),
             daemon_pid: std::process::id(),
             auth: Some(auth),
+            openclaw: Some(self.openclaw_status()),
         }))
     }
 
@@ -593,6 +615,22 @@ impl Control for ControlService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn list_open_claw_approvals(
+        &self,
+        request: Request<pb::ListOpenClawApprovalsRequest>,
+    ) -> Result<Response<pb::ListOpenClawApprovalsReply>, Status> {
+        self.authorize(&request, "ListOpenClawApprovals", Need::Read)
+            .await?;
+        Ok(Response::new(pb::ListOpenClawApprovalsReply {
+            approvals: self
+                .openclaw
+                .approvals()
+                .into_iter()
+                .map(pb_approval)
+                .collect(),
+        }))
+    }
+
     async fn verify_audit(
         &self,
         request: Request<pb::VerifyAuditRequest>,
@@ -615,6 +653,26 @@ impl Control for ControlService {
             first_bad_seq: v.first_bad_seq.unwrap_or(0),
             problem: v.problem.unwrap_or_default(),
         }))
+    }
+}
+
+/// Wire form of an OpenClaw approval the monitor saw.
+fn pb_approval(a: crate::openclaw::ApprovalView) -> pb::OpenClawApproval {
+    pb::OpenClawApproval {
+        id: a.id,
+        kind: match a.kind {
+            crate::openclaw::ApprovalKind::Exec => "exec".into(),
+            crate::openclaw::ApprovalKind::Plugin => "plugin".into(),
+        },
+        subject: a.subject,
+        session_key: a.session_key.unwrap_or_default(),
+        agent_id: a.agent_id.unwrap_or_default(),
+        created_at_ms: a.created_at_ms.unwrap_or(0),
+        expires_at_ms: a.expires_at_ms.unwrap_or(0),
+        decision: a.decision,
+        reason: a.reason,
+        resolved_decision: a.resolved_decision.unwrap_or_default(),
+        resolved_by: a.resolved_by.unwrap_or_default(),
     }
 }
 

@@ -16,6 +16,8 @@ use crate::access::AccessPolicy;
 use crate::authn::Authenticator;
 use crate::config::{ConfigFile, Settings};
 use crate::control::{ControlService, EnforcementChanged};
+use crate::openclaw::{GatewayToken, OpenClawMonitor};
+use crate::openclaw_host::{GovernanceHost, forward_enforcement};
 use crate::secrets::SecretSources;
 use crate::state::StateCache;
 use crate::store::{Store, WriterContext};
@@ -113,7 +115,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     } = opts;
     paths::ensure_private_dir(&state_dir)?;
     // Read now so a bad .env stops the start, not a later request.
-    let _secrets = SecretSources::load(&env, &state_dir)?;
+    let secrets = SecretSources::load(&env, &state_dir)?;
     // The socket first: a second daemon must stop here, before touching the store.
     let mode = settings
         .server
@@ -139,6 +141,25 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
 
     let cancel = CancellationToken::new();
     let (enforcement, _) = broadcast::channel(1024);
+    let gateway_token = secrets
+        .get("OPENCLAW_GATEWAY_TOKEN", "openclaw-gateway-token")?
+        .map(|(token, _)| GatewayToken::new(token.expose()));
+    let monitor = OpenClawMonitor::start(
+        settings.openclaw.clone(),
+        gateway_token,
+        &state_dir,
+        Arc::new(GovernanceHost::new(cache.clone(), store.clone())),
+        cancel.child_token(),
+    )
+    .map_err(|e| e.to_string())
+    .inspect_err(|_| cleanup.run())?;
+    if settings.openclaw.enabled {
+        tokio::spawn(forward_enforcement(
+            monitor.clone(),
+            enforcement.subscribe(),
+            cache.clone(),
+        ));
+    }
     let service = ControlService {
         store: store.clone(),
         cache,
@@ -150,6 +171,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         socket: socket.display().to_string(),
         cancel: cancel.clone(),
         enforcement: enforcement.clone(),
+        openclaw: monitor.clone(),
     };
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
@@ -194,6 +216,8 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
             }
         };
         cleanup.run();
+        // The monitor drains its audit queue into the store before it lets go.
+        monitor.stopped().await;
         // The writer stops once every store handle is gone; wait for its final checkpoint.
         let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
         if !matches!(joined, Ok(Ok(()))) {

@@ -12,6 +12,7 @@ pub mod listener;
 pub mod model;
 pub mod oidc;
 pub mod openclaw;
+pub mod openclaw_host;
 pub mod paths;
 pub mod scan_input;
 pub mod secrets;

@@ -14,6 +14,29 @@ async fn status_reports_the_daemon() {
     assert_eq!(s["counts"]["audit_entries"], 0);
     assert_eq!(s["audit_head"]["seq"], 0);
     assert!(s["uptime_secs"].is_u64());
+    for key in [
+        "state",
+        "url",
+        "server_version",
+        "protocol",
+        "scopes",
+        "missing_scopes",
+        "last_event_at",
+        "last_error",
+    ] {
+        assert!(
+            s["openclaw"].get(key).is_some(),
+            "status.openclaw lacks {key}: {s}"
+        );
+    }
+    assert_eq!(s["openclaw"]["state"], "disabled");
+    assert_eq!(s["auth"]["mode"], "local");
+    let approvals = d
+        .ctl(&["-o", "json", "openclaw", "approvals"])
+        .await
+        .ok()
+        .json();
+    assert!(approvals.as_array().unwrap().is_empty());
     let table = d.ctl(&["status"]).await.ok();
     assert!(table.stdout.contains("defenseclawd"), "{}", table.stdout);
 }

@@ -27,6 +27,10 @@ impl Daemon {
             "DEFENSECLAW_SERVER__SOCKET".to_owned(),
             socket.display().to_string(),
         );
+        env.insert(
+            "DEFENSECLAW_OPENCLAW__ENABLED".to_owned(),
+            "false".to_owned(),
+        );
         for (k, v) in overrides {
             env.insert((*k).to_owned(), (*v).to_owned());
         }

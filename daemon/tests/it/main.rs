@@ -8,3 +8,4 @@ mod governance;
 mod lifecycle;
 mod oidc;
 mod openclaw;
+mod openclaw_e2e;

@@ -1038,7 +1038,10 @@ async fn real_connected(m: &Running) {
 }
 
 /// Polls `f` until it returns `Some`.
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+pub(crate) async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
     let deadline = tokio::time::Instant::now() + REAL_WAIT;
     loop {
         if let Some(v) = f().await {
@@ -1059,7 +1062,7 @@ fn exec_request(command: &str) -> Value {
 }
 
 /// Sends a two-phase exec approval request; returns (approval id, final decision).
-async fn request_exec(client: &GatewayClient, command: &str) -> (String, Value) {
+pub(crate) async fn request_exec(client: &GatewayClient, command: &str) -> (String, Value) {
     let mut rx = client
         .send("exec.approval.request", exec_request(command))
         .unwrap();
@@ -1078,7 +1081,7 @@ async fn request_exec(client: &GatewayClient, command: &str) -> (String, Value) 
     (id, fin["payload"]["decision"].clone())
 }
 
-async fn first_enabled_skill(client: &GatewayClient, skip: &[String]) -> String {
+pub(crate) async fn first_enabled_skill(client: &GatewayClient, skip: &[String]) -> String {
     let st = client.request("skills.status", json!({})).await.unwrap();
     st["skills"]
         .as_array()
@@ -1090,7 +1093,7 @@ async fn first_enabled_skill(client: &GatewayClient, skip: &[String]) -> String 
         .to_owned()
 }
 
-async fn skill_disabled(client: &GatewayClient, key: &str) -> Option<()> {
+pub(crate) async fn skill_disabled(client: &GatewayClient, key: &str) -> Option<()> {
     let st = client.request("skills.status", json!({})).await.ok()?;
     let skill = st["skills"]
         .as_array()?

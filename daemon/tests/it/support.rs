@@ -72,6 +72,11 @@ pub fn env_for(dir: &Path, socket: &Path, overrides: &[(&str, &str)]) -> HashMap
         "DEFENSECLAW_SERVER__SOCKET".to_owned(),
         socket.display().to_string(),
     );
+    // Tests that want the OpenClaw monitor point it at a real or fake gateway.
+    env.insert(
+        "DEFENSECLAW_OPENCLAW__ENABLED".to_owned(),
+        "false".to_owned(),
+    );
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
@@ -91,6 +96,7 @@ impl DaemonProcess {
             .arg("--socket")
             .arg(&socket)
             .env("DEFENSECLAW_HOME", dir.join("home"))
+            .env("DEFENSECLAW_OPENCLAW__ENABLED", "false")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .stdout(Stdio::null())
