@@ -22,7 +22,10 @@ for (const level of ['log', 'info', 'warn', 'debug']) {
   console[level] = (...args) => process.stderr.write(`${args.map(String).join(' ')}\n`);
 }
 
+const started = Date.now();
+const stage = (what) => process.stderr.write(`idp: ${what} (+${Date.now() - started} ms)\n`);
 const { default: Provider, errors } = await import('oidc-provider');
+stage('oidc-provider loaded');
 
 // ---------------------------------------------------------------------------------------
 // Configuration
@@ -130,6 +133,7 @@ for (const u of cfg.users) putUser(u);
 const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
 const kid = cfg.kid ?? `idp-${crypto.randomBytes(6).toString('hex')}`;
 const privateJwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
+stage('signing key generated');
 
 function b64url(input) {
   return Buffer.from(input).toString('base64url');
@@ -763,7 +767,13 @@ async function handle(req, res, callback) {
 
   const entry = { method: req.method, path, at_ms: nowMs(), status: null };
   logRequest(entry);
-  res.on('finish', () => { entry.status = res.statusCode; });
+  // Record the status when the response is handed over (not on 'finish', which can run
+  // after the client has already seen the answer and asked the admin API).
+  const end = res.end;
+  res.end = function endAndRecord(...endArgs) {
+    entry.status = res.statusCode;
+    return end.apply(this, endArgs);
+  };
 
   if (failures.drop_connections) {
     entry.status = 'dropped';
@@ -842,10 +852,16 @@ const server = http.createServer((req, res) => {
     if (!res.headersSent) sendJson(res, 500, { error: 'server_error', error_description: 'internal error' });
   });
 });
-server.keepAliveTimeout = 5000;
+server.keepAliveTimeout = 65000;
+server.headersTimeout = 66000;
 
+server.on('error', (err) => {
+  process.stderr.write(`idp: cannot listen on ${host}:${requestedPort}: ${err.message}\n`);
+  process.exit(1);
+});
 server.listen(requestedPort, host, () => {
   const { port } = server.address();
+  stage(`listening on ${host}:${port}`);
   const issuer = `http://${host.includes(':') ? `[${host}]` : host}:${port}/`;
   provider = buildProvider(issuer);
   callback = provider.callback();

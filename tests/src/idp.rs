@@ -104,10 +104,16 @@ impl Default for IdpOptions {
     fn default() -> Self {
         Self {
             audience: DEFAULT_AUDIENCE.to_owned(),
-            api_scopes: ["read:status", "skills:write", "audit:read", "admin", "block:approve"]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
+            api_scopes: [
+                "read:status",
+                "skills:write",
+                "audit:read",
+                "admin",
+                "block:approve",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
             cli_client_id: DEFAULT_CLI_CLIENT_ID.to_owned(),
             daemon_client_id: DEFAULT_DAEMON_CLIENT_ID.to_owned(),
             daemon_client_secret: DEFAULT_DAEMON_CLIENT_SECRET.to_owned(),
@@ -311,7 +317,12 @@ impl std::fmt::Debug for IdentityProvider {
     }
 }
 
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Node's start-up (loading oidc-provider, generating the RSA key) is CPU-heavy: on a
+/// small machine, many tests starting providers at once slow each other down badly, so
+/// at most two start at a time per process.
+static STARTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 const STDERR_KEEP: usize = 16 * 1024;
 
 /// `tests/idp` in the source tree.
@@ -332,7 +343,10 @@ fn check_tool(tool: &str) -> Result<String> {
             )
         })?;
     if !out.status.success() {
-        bail!("`{tool} --version` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{tool} --version` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -394,6 +408,7 @@ impl IdentityProvider {
             .context("npm install task")??;
         let http = reqwest::Client::builder()
             .no_proxy()
+            .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(30))
             .build()
             .context("building the admin HTTP client")?;
@@ -407,11 +422,23 @@ impl IdentityProvider {
             http,
             created_users: Vec::new(),
         };
-        idp.spawn(0).await?;
+        // One retry: a start that stalls on an overloaded machine gets a second chance.
+        if let Err(first) = idp.spawn(0).await {
+            if !format!("{first:#}").contains("not ready within") {
+                return Err(first);
+            }
+            idp.spawn(0)
+                .await
+                .map_err(|second| second.context(format!("first attempt: {first:#}")))?;
+        }
         Ok(idp)
     }
 
     async fn spawn(&mut self, port: u16) -> Result<()> {
+        let _permit = STARTING
+            .acquire()
+            .await
+            .map_err(|e| anyhow!("start semaphore: {e}"))?;
         let config = self.opts.to_config().to_string();
         let mut cmd = Command::new("node");
         cmd.arg("server.mjs")
@@ -579,10 +606,14 @@ impl IdentityProvider {
             return Err(e.context(format!("restarting the identity provider on port {port}")));
         }
         if self.issuer != issuer {
-            bail!("restarted provider has issuer {} instead of {issuer}", self.issuer);
+            bail!(
+                "restarted provider has issuer {} instead of {issuer}",
+                self.issuer
+            );
         }
         for user in self.created_users.clone() {
-            self.post_admin("users", &serde_json::to_value(&user)?).await?;
+            self.post_admin("users", &serde_json::to_value(&user)?)
+                .await?;
         }
         Ok(())
     }
@@ -709,7 +740,9 @@ impl IdentityProvider {
 
     /// Clears all failure injection.
     pub async fn reset_failures(&self) -> Result<()> {
-        self.post_admin("failures/reset", &json!({})).await.map(|_| ())
+        self.post_admin("failures/reset", &json!({}))
+            .await
+            .map(|_| ())
     }
 
     /// Recent non-admin requests, oldest first.
