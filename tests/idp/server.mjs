@@ -385,10 +385,10 @@ function buildProvider(issuer) {
       };
       deviceCodes.set(body.user_code, record);
       deviceByCode.set(body.device_code, record);
-      pollState.set(body.device_code, { last: nowMs(), interval: cfg.device_interval });
+      pollState.set(body.device_code, { last: null, interval: cfg.device_interval });
     } else if (ctx.path === '/bc-authorize' && ctx.status === 200 && body?.auth_req_id) {
       body.interval = cfg.ciba_interval;
-      pollState.set(body.auth_req_id, { last: nowMs(), interval: cfg.ciba_interval });
+      pollState.set(body.auth_req_id, { last: null, interval: cfg.ciba_interval });
       const rec = cibaRequests.get(body.auth_req_id);
       if (rec) rec.expires_at = epoch() + body.expires_in;
     } else if (ctx.path === '/oauth/token' && body && typeof body === 'object') {
@@ -699,7 +699,9 @@ function checkSlowDown(body) {
   const state = pollState.get(key);
   if (!state) return null;
   const now = nowMs();
-  const tooFast = cfg.enforce_interval && now - state.last < state.interval * 1000 - 50;
+  // The interval counts between polls; the first poll is never too fast.
+  const tooFast = cfg.enforce_interval && state.last !== null
+    && now - state.last < state.interval * 1000 - 50;
   const forced = failures.slow_down > 0;
   const previousInterval = state.interval;
   state.last = now;
