@@ -1,5 +1,6 @@
 //! defenseclawctl: a thin client of defenseclawd's gRPC API on its Unix socket.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod commands;

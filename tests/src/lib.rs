@@ -1,6 +1,7 @@
 //! Shared test support: gRPC clients over Unix sockets, waiting helpers, and
 //! (in submodules) the real protocol peers the integration tests run against.
 
+pub mod idp;
 pub mod openclaw;
 
 use std::path::{Path, PathBuf};

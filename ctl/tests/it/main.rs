@@ -3,4 +3,5 @@
 
 mod support;
 
+mod auth;
 mod commands;
