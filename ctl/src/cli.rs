@@ -63,12 +63,45 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditCommand,
     },
+    /// Operator login (OAuth device flow), session status, logout.
+    Auth {
+        /// What to do.
+        #[command(subcommand)]
+        action: AuthCommand,
+    },
     /// The OpenClaw gateway the daemon monitors.
     Openclaw {
         /// What to do.
         #[command(subcommand)]
         action: OpenclawCommand,
     },
+}
+
+/// Auth commands.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Log in with the device flow; the daemon supplies issuer, audience and client id.
+    Login {
+        /// Issuer URL or Auth0 domain (default: the daemon's).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// API identifier (default: the daemon's).
+        #[arg(long)]
+        audience: Option<String>,
+        /// The CLI's client id (default: the daemon's).
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Extra API scope to request (repeatable; default: the daemon's role scopes).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Do not try to open a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Who is logged in, issuer, expiry, scopes.
+    Status,
+    /// Revoke the refresh token and delete the session.
+    Logout,
 }
 
 /// OpenClaw commands.

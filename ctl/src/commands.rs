@@ -3,11 +3,9 @@
 use std::io::Write;
 
 use defenseclaw_proto::v1 as pb;
-use pb::control_client::ControlClient;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use crate::cli::{
     AuditCommand, Command, Decide, FindingCommand, OpenclawCommand, Output, ScanCommand,
@@ -16,7 +14,7 @@ use crate::cli::{
 use crate::exit::{AUDIT_BROKEN, FAILURE, Failure, USAGE};
 use crate::render;
 
-type Client = ControlClient<Channel>;
+use crate::client::Client;
 
 /// Runs one command against a connected client.
 pub async fn run(client: &mut Client, command: Command, output: Output) -> Result<(), Failure> {
@@ -32,6 +30,10 @@ pub async fn run(client: &mut Client, command: Command, output: Output) -> Resul
         Command::Scan { action } => scan_command(client, action, output).await,
         Command::Audit { action } => audit_command(client, action, output).await,
         Command::Openclaw { action } => openclaw_command(client, action, output).await,
+        Command::Auth { .. } => Err(Failure::new(
+            crate::exit::FAILURE,
+            "auth commands run without a daemon client",
+        )),
     }
 }
 

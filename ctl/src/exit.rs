@@ -31,8 +31,15 @@ Exit codes:
    4  failed precondition (the current state forbids the request)
    5  unauthenticated: log in again with `defenseclawctl auth login`
    8  audit verify: the chain is broken
+  20  auth login: denied at the identity provider
+  21  auth login: the code expired before approval
+  22  auth login: the device code was rejected (invalid_grant)
+  23  identity provider unreachable
+  24  identity provider error or invalid ID token
+  25  session file unsafe (readable by others) or corrupted
   69  daemon unreachable (is defenseclawd running? check --socket)
-  77  permission denied";
+  77  permission denied
+ 130  cancelled (Ctrl-C)";
 
 /// A failure with its exit code and message.
 #[derive(Debug)]
@@ -70,6 +77,15 @@ impl Failure {
     /// As a process exit code.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.code)
+    }
+}
+
+impl From<crate::auth::AuthError> for Failure {
+    fn from(e: crate::auth::AuthError) -> Self {
+        Self::new(
+            u8::try_from(e.exit_code()).unwrap_or(FAILURE),
+            e.to_string(),
+        )
     }
 }
 

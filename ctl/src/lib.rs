@@ -11,6 +11,94 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::exit::Failure;
+
+/// The token for RPCs: `DEFENSECLAW_TOKEN`, else the session (refreshed when
+/// close to expiry). Nothing is loaded when neither exists, so commands stay
+/// cheap for local-mode users.
+async fn bearer_token() -> Result<Option<auth::BearerToken>, Failure> {
+    let env_token = std::env::var_os(auth::TOKEN_ENV).is_some_and(|t| !t.is_empty());
+    let session_exists = auth::default_session_path().is_ok_and(|p| p.exists());
+    if !env_token && !session_exists {
+        return Ok(None);
+    }
+    Ok(auth::bearer_token().await?)
+}
+
+async fn auth_command(
+    socket: &std::path::Path,
+    action: cli::AuthCommand,
+    output: cli::Output,
+) -> Result<(), Failure> {
+    let json = output == cli::Output::Json;
+    match action {
+        cli::AuthCommand::Login {
+            issuer,
+            audience,
+            client_id,
+            scopes,
+            no_browser,
+        } => {
+            // The daemon says where to log in, unless every flag is given.
+            let from_daemon = if issuer.is_none() || audience.is_none() || client_id.is_none() {
+                let mut c = client::connect(socket).await?;
+                Some(
+                    c.get_auth_config(defenseclaw_proto::v1::GetAuthConfigRequest {})
+                        .await?
+                        .into_inner(),
+                )
+            } else {
+                None
+            };
+            let pick = |flag: Option<String>,
+                        daemon: Option<&String>,
+                        what: &str|
+             -> Result<String, Failure> {
+                flag.or_else(|| daemon.filter(|v| !v.is_empty()).cloned())
+                    .ok_or_else(|| {
+                        Failure::new(
+                            exit::USAGE,
+                            format!(
+                                "the daemon has no [auth] {what} configured; pass --{}",
+                                what.replace('_', "-")
+                            ),
+                        )
+                    })
+            };
+            let opts = auth::LoginOptions {
+                issuer: pick(issuer, from_daemon.as_ref().map(|c| &c.issuer), "issuer")?,
+                audience: pick(
+                    audience,
+                    from_daemon.as_ref().map(|c| &c.audience),
+                    "audience",
+                )?,
+                client_id: pick(
+                    client_id,
+                    from_daemon.as_ref().map(|c| &c.cli_client_id),
+                    "client_id",
+                )?,
+                scopes: if scopes.is_empty() {
+                    from_daemon.map(|c| c.scopes).unwrap_or_default()
+                } else {
+                    scopes
+                },
+                no_browser,
+                json,
+            };
+            auth::login(opts).await?;
+            Ok(())
+        }
+        cli::AuthCommand::Status => {
+            auth::status(json).await?;
+            Ok(())
+        }
+        cli::AuthCommand::Logout => {
+            auth::logout(json).await?;
+            Ok(())
+        }
+    }
+}
+
 /// Parses the command line, runs the command, returns the exit code.
 pub fn main_entry() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -26,7 +114,12 @@ pub fn main_entry() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let socket = client::resolve_socket(cli.socket);
-        let mut client = client::connect(&socket).await?;
+        if let cli::Command::Auth { action } = cli.command {
+            return auth_command(&socket, action, cli.output).await;
+        }
+        let bearer =
+            client::Bearer::new(bearer_token().await?.as_ref().map(|t| t.expose_secret()))?;
+        let mut client = client::connect_with(&socket, bearer).await?;
         commands::run(&mut client, cli.command, cli.output).await
     });
     match result {

@@ -4,28 +4,29 @@ use std::path::PathBuf;
 
 /// Process exit codes used by `defenseclawctl` (see [`AuthError::exit_code`]).
 pub mod exit_codes {
+    //! One table for the whole CLI; see `crate::exit` for the RPC codes.
     /// Success.
     pub const OK: i32 = 0;
     /// Any other failure (I/O, configuration).
     pub const FAILURE: i32 = 1;
     /// Command-line usage error (clap).
     pub const USAGE: i32 = 2;
-    /// The identity provider (or daemon) could not be reached.
-    pub const UNAVAILABLE: i32 = 3;
-    /// The identity provider answered with an error or an invalid response/ID token.
-    pub const PROVIDER: i32 = 4;
-    /// The user denied the login (`access_denied`).
-    pub const DENIED: i32 = 5;
-    /// The login code expired before it was approved (`expired_token`).
-    pub const EXPIRED: i32 = 6;
     /// Not authenticated: no session, or it could not be refreshed — log in again.
-    pub const UNAUTHENTICATED: i32 = 7;
+    pub const UNAUTHENTICATED: i32 = 5;
     /// Authenticated but not allowed (RPC `PermissionDenied`).
-    pub const PERMISSION_DENIED: i32 = 8;
-    /// The session file is unsafe (readable by group/others) or corrupted.
-    pub const SESSION_FILE: i32 = 9;
+    pub const PERMISSION_DENIED: i32 = 77;
+    /// The user denied the login (`access_denied`).
+    pub const DENIED: i32 = 20;
+    /// The login code expired before it was approved (`expired_token`).
+    pub const EXPIRED: i32 = 21;
     /// The device code was rejected (`invalid_grant`: unknown, expired or already used).
-    pub const INVALID_GRANT: i32 = 10;
+    pub const INVALID_GRANT: i32 = 22;
+    /// The identity provider could not be reached.
+    pub const UNAVAILABLE: i32 = 23;
+    /// The identity provider answered with an error or an invalid response/ID token.
+    pub const PROVIDER: i32 = 24;
+    /// The session file is unsafe (readable by group/others) or corrupted.
+    pub const SESSION_FILE: i32 = 25;
     /// Cancelled (Ctrl-C).
     pub const CANCELLED: i32 = 130;
 }
