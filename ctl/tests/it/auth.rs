@@ -530,3 +530,32 @@ async fn defenseclaw_token_overrides_the_session() {
     assert!(!out.stdout().contains("ci-token-value"));
     assert!(!out.stderr().contains("ci-token-value"));
 }
+
+#[tokio::test]
+async fn human_login_shows_code_url_and_qr_on_stderr() {
+    let idp = start(IdpOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("session.json");
+    let (console, out) = Console::capture_tty();
+    let auth = Auth::new(&path, console).unwrap();
+    let opts = LoginOptions {
+        json: false,
+        ..login_opts(&idp)
+    };
+    let (res, code) = tokio::join!(auth.login_until(&opts, std::future::pending()), async {
+        let code = idp.wait_for_device_code(WAIT).await.unwrap();
+        idp.approve_device(&code.user_code, OPERATOR).await.unwrap();
+        code
+    });
+    res.unwrap();
+    let err = out.stderr();
+    assert!(err.contains(&code.user_code), "{err}");
+    assert!(err.contains(&format!("{}activate", idp.issuer())), "{err}");
+    assert!(err.contains("QR code") && err.contains('█'), "{err}");
+    let stdout = out.stdout();
+    assert!(
+        stdout.starts_with("Logged in as Operator One <operator1@example.com>"),
+        "{stdout}"
+    );
+    assert!(!stdout.trim_start().starts_with('{'));
+}
