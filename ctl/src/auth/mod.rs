@@ -564,6 +564,34 @@ async fn ctrl_c() {
     }
 }
 
+/// Identity claims of a validated ID token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityClaims {
+    /// Subject.
+    pub sub: String,
+    /// Email, if present.
+    pub email: Option<String>,
+    /// Name, if present.
+    pub name: Option<String>,
+}
+
+/// Validates an ID token the way `auth login` does: discovery and JWKS of `issuer`, RS256
+/// only, `iss` exactly the discovered issuer, `aud` containing `client_id`, `exp` (60 s leeway).
+pub async fn verify_id_token(
+    issuer: &str,
+    client_id: &str,
+    id_token: &str,
+) -> Result<IdentityClaims, AuthError> {
+    let http = provider::http_client()?;
+    let disc = provider::discover(&http, issuer).await?;
+    let c = provider::validate_id_token(&http, &disc, &Secret::new(id_token), client_id).await?;
+    Ok(IdentityClaims {
+        sub: c.sub,
+        email: c.email,
+        name: c.name,
+    })
+}
+
 /// `auth login` with settings from the environment; prints the code and the result.
 pub async fn login(opts: LoginOptions) -> Result<SessionStatus, AuthError> {
     Auth::from_env()?.login(&opts).await

@@ -94,6 +94,14 @@ impl Console {
         (console, cap)
     }
 
+    /// In-memory output that claims to be a terminal (human output, QR code, spinner).
+    pub fn capture_tty() -> (Self, Captured) {
+        let (mut console, cap) = Self::capture();
+        console.out_tty = true;
+        console.err_tty = true;
+        (console, cap)
+    }
+
     /// Whether stdout is a terminal (otherwise `auth login` prints JSON lines).
     pub fn stdout_is_tty(&self) -> bool {
         self.out_tty

@@ -530,3 +530,105 @@ async fn defenseclaw_token_overrides_the_session() {
     assert!(!out.stdout().contains("ci-token-value"));
     assert!(!out.stderr().contains("ci-token-value"));
 }
+
+#[tokio::test]
+async fn human_login_shows_code_url_and_qr_on_stderr() {
+    let idp = start(IdpOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("session.json");
+    let (console, out) = Console::capture_tty();
+    let auth = Auth::new(&path, console).unwrap();
+    let opts = LoginOptions {
+        json: false,
+        ..login_opts(&idp)
+    };
+    let (res, code) = tokio::join!(auth.login_until(&opts, std::future::pending()), async {
+        let code = idp.wait_for_device_code(WAIT).await.unwrap();
+        idp.approve_device(&code.user_code, OPERATOR).await.unwrap();
+        code
+    });
+    res.unwrap();
+    let err = out.stderr();
+    assert!(err.contains(&code.user_code), "{err}");
+    assert!(err.contains(&format!("{}activate", idp.issuer())), "{err}");
+    assert!(err.contains("QR code") && err.contains('█'), "{err}");
+    let stdout = out.stdout();
+    assert!(
+        stdout.starts_with("Logged in as Operator One <operator1@example.com>"),
+        "{stdout}"
+    );
+    assert!(!stdout.trim_start().starts_with('{'));
+}
+
+#[tokio::test]
+async fn id_tokens_are_validated_before_their_claims_are_trusted() {
+    use base64::Engine as _;
+    use defenseclawctl::auth::verify_id_token;
+    use serde_json::json;
+
+    let idp = start(IdpOptions::default()).await;
+    let iss = idp.issuer().to_owned();
+    let cid = idp.cli_client_id().to_owned();
+    let sign = |claims: Value| {
+        let idp = &idp;
+        async move { idp.sign_token(json!({}), claims).await.unwrap() }
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+
+    let good = sign(json!({ "aud": cid, "sub": OPERATOR, "email": "e@x", "name": "N" })).await;
+    let claims = verify_id_token(&iss, &cid, &good).await.unwrap();
+    assert_eq!(claims.sub, OPERATOR);
+    assert_eq!(claims.email.as_deref(), Some("e@x"));
+
+    let cases = [
+        (
+            "wrong aud",
+            sign(json!({ "aud": "other-client", "sub": OPERATOR })).await,
+        ),
+        ("API aud", sign(json!({ "sub": OPERATOR })).await),
+        (
+            "iss without slash",
+            sign(json!({ "aud": cid, "sub": OPERATOR, "iss": iss.trim_end_matches('/') })).await,
+        ),
+        (
+            "expired",
+            sign(json!({ "aud": cid, "sub": OPERATOR, "exp": now - 600, "iat": now - 1200 })).await,
+        ),
+        (
+            "no exp",
+            sign(json!({ "aud": cid, "sub": OPERATOR, "exp": null })).await,
+        ),
+        ("no sub", sign(json!({ "aud": cid })).await),
+        (
+            "unknown kid",
+            idp.sign_token(
+                json!({ "kid": "other" }),
+                json!({ "aud": cid, "sub": OPERATOR }),
+            )
+            .await
+            .unwrap(),
+        ),
+    ];
+    for (what, token) in cases {
+        let err = verify_id_token(&iss, &cid, &token).await.unwrap_err();
+        assert!(
+            matches!(err, AuthError::InvalidIdToken(_)),
+            "{what}: {err:?}"
+        );
+        assert_eq!(err.exit_code(), exit_codes::PROVIDER, "{what}");
+    }
+
+    // alg=none, and a tampered payload with the original signature.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = b64.encode(
+        json!({ "aud": cid, "sub": "auth0|evil", "iss": iss, "exp": now + 300 }).to_string(),
+    );
+    let none = format!("{}.{payload}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#));
+    assert!(verify_id_token(&iss, &cid, &none).await.is_err());
+    let mut parts: Vec<&str> = good.split('.').collect();
+    parts[1] = &payload;
+    let tampered = parts.join(".");
+    let err = verify_id_token(&iss, &cid, &tampered).await.unwrap_err();
+    assert!(matches!(err, AuthError::InvalidIdToken(_)), "{err:?}");
+    assert!(verify_id_token(&iss, &cid, "garbage").await.is_err());
+}
