@@ -261,6 +261,8 @@ impl OpenClawGateway {
             "gateway": {"mode": "local", "bind": "loopback", "port": self.port, "auth": {"mode": "token"}},
             "discovery": {"mdns": {"mode": "off"}},
             "update": {"checkOnStart": false},
+            // Keep the log with the test state instead of /tmp/openclaw.
+            "logging": {"file": self.state.path().join("openclaw.log")},
         });
         merge(&mut cfg, &self.extra_config);
         std::fs::write(

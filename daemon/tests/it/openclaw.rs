@@ -1162,6 +1162,13 @@ async fn real_gateway_handshake_approvals_and_enforcement() {
         })
         .await;
     assert_eq!(r.outcome, "denied");
+    let r = host
+        .wait_audit("allow resolved", |a| {
+            a.action == "openclaw.exec.approval.resolved"
+                && a.details["approval_id"] == allow_id.as_str()
+        })
+        .await;
+    assert_eq!(r.outcome, "allowed");
     assert!(
         m.handle
             .approvals()
