@@ -21,7 +21,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use super::device::{DeviceIdentity, SignInput};
-use super::engine::{Engine, SkillInfo, Verdict, audit_writer};
+use super::engine::{Engine, SkillInfo, ToolFrame, Verdict, audit_writer};
 use super::policy::Policy;
 use super::redact::{redact_text, truncate};
 use super::{
@@ -40,6 +40,26 @@ pub(crate) const MIN_PROTOCOL: u64 = 3;
 pub(crate) const MAX_PROTOCOL: u64 = 4;
 const ALREADY_RESOLVED: &str = "APPROVAL_ALREADY_RESOLVED";
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+/// Events the monitor acts on; others only update `last_event_at`.
+const RELEVANT_EVENTS: [&str; 8] = [
+    "exec.approval.requested",
+    "exec.approval.resolved",
+    "plugin.approval.requested",
+    "plugin.approval.resolved",
+    "session.tool",
+    "skills.changed",
+    "config.changed",
+    "shutdown",
+];
+
+/// Just the kind of a frame.
+#[derive(serde::Deserialize)]
+struct FrameHead<'a> {
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event: Option<std::borrow::Cow<'a, str>>,
+}
 
 /// The validated gateway endpoint.
 #[derive(Clone)]
@@ -851,6 +871,34 @@ impl<H: Host> Serve<'_, H> {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), String> {
+        // Look at the frame kind first: frames the monitor does not act on are
+        // not materialized, and session.tool is read into a lean typed form.
+        let head: FrameHead<'_> = match serde_json::from_str(text) {
+            Ok(h) => h,
+            Err(_) => {
+                tracing::warn!(len = text.len(), "openclaw: ignoring malformed frame");
+                return Ok(());
+            }
+        };
+        if head.ty.as_deref() == Some("event") {
+            let event = head.event.as_deref().unwrap_or("");
+            if !RELEVANT_EVENTS.contains(&event) {
+                self.engine.shared.touch_event();
+                return Ok(());
+            }
+            if event == "session.tool" {
+                self.engine.shared.touch_event();
+                match serde_json::from_str::<ToolFrame>(text) {
+                    Ok(frame) => {
+                        if let Some(a) = self.engine.on_tool(&frame.payload) {
+                            self.engine.audit(a).await;
+                        }
+                    }
+                    Err(_) => tracing::warn!("openclaw: ignoring malformed session.tool event"),
+                }
+                return Ok(());
+            }
+        }
         let v: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(_) => {
@@ -941,11 +989,6 @@ impl<H: Host> Serve<'_, H> {
             }
             "plugin.approval.resolved" => {
                 if let Some(a) = engine.on_resolved(ApprovalKind::Plugin, payload) {
-                    engine.audit(a).await;
-                }
-            }
-            "session.tool" => {
-                if let Some(a) = engine.on_tool(payload) {
                     engine.audit(a).await;
                 }
             }
