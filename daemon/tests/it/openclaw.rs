@@ -1018,6 +1018,108 @@ async fn bench_runs_against_the_fake_gateway() {
     );
 }
 
+/// Self-signed test certificate (P-256, CN/SAN localhost + 127.0.0.1, valid
+/// until 2126) and its key; used only by the TLS pinning test.
+const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBmjCCAUGgAwIBAgIUZlS1snBCDhqPtnXWCNDQCMGcBWkwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyOTA3MTYyMVoYDzIxMjYxMTA1\nMDcxNjIxWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO\nPQMBBwNCAARLtrrRURZmPKs1Qxd3sbDNO1HO/7Xa8wVoh2E+JtFYm5eJV3ekmaG2\npyy5NJ+bGeh+mTLLR61Ek293dS0YTiAyo28wbTAdBgNVHQ4EFgQUU2L0lt17GN+0\nTk4/Lg1w6V8wypwwHwYDVR0jBBgwFoAUU2L0lt17GN+0Tk4/Lg1w6V8wypwwDwYD\nVR0TAQH/BAUwAwEB/zAaBgNVHREEEzARgglsb2NhbGhvc3SHBH8AAAEwCgYIKoZI\nzj0EAwIDRwAwRAIgL5LK70pEhR8wxpZYWvvoUH8SyxutC2QOsIZXLsy7A7ACIDMC\nSlxm+Dj5FduaSUyoioQyoQ9EYS6JT6SNGqfEDh/Z\n-----END CERTIFICATE-----";
+const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgZ/l8azE6B27L5iZc\ntlfXZO0LobDBwyw/o+PjkWZAaLWhRANCAARLtrrRURZmPKs1Qxd3sbDNO1HO/7Xa\n8wVoh2E+JtFYm5eJV3ekmaG2pyy5NJ+bGeh+mTLLR61Ek293dS0YTiAy\n-----END PRIVATE KEY-----";
+/// SHA-256 of `TEST_CERT`'s DER.
+const TEST_CERT_SHA256: &str = "c0a14f109f115719dc687e1aac48e5ea9fcdeef8b5daec7260aded0b0dce80d5";
+
+async fn tls_gateway_once(
+    listener: &TcpListener,
+    acceptor: &tokio_rustls::TlsAcceptor,
+) -> Option<Value> {
+    let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .ok()?
+        .ok()?;
+    let tls = acceptor.accept(tcp).await.ok()?;
+    let mut ws = tokio_tungstenite::accept_async(tls).await.ok()?;
+    let challenge = json!({"type": "event", "event": "connect.challenge", "payload": {"nonce": "tls-nonce", "ts": now_ms()}});
+    ws.send(Message::text(challenge.to_string())).await.ok()?;
+    let req: Value = loop {
+        match ws.next().await? {
+            Ok(Message::Text(t)) => break serde_json::from_str(t.as_str()).ok()?,
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    };
+    let res = json!({"type": "res", "id": req["id"], "ok": true, "payload": hello_ok(30_000, &SCOPES, 4)});
+    ws.send(Message::text(res.to_string())).await.ok()?;
+    // Keep the connection up while the test looks at the status.
+    tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+    Some(req)
+}
+
+#[tokio::test]
+async fn fake_wss_gateway_with_pinned_certificate() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert = CertificateDer::from_pem_slice(TEST_CERT.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(TEST_KEY.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("wss://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+
+    // The pinned certificate (colon-separated, upper case) is accepted.
+    let pin: Vec<String> = TEST_CERT_SHA256
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).to_uppercase())
+        .collect();
+    let m = start(
+        OpenClawSettings {
+            tls_pin_sha256: Some(pin.join(":")),
+            ..settings(&url)
+        },
+        TOKEN,
+        Arc::new(TestHost::default()),
+    );
+    let req = tls_gateway_once(&listener, &acceptor)
+        .await
+        .expect("TLS handshake with the pinned certificate");
+    assert_eq!(req["params"]["auth"]["token"], TOKEN);
+    m.wait_state(GatewayState::Connected).await;
+    m.stop().await;
+
+    // Any other certificate is refused before the token is sent.
+    let wrong = "00".repeat(32);
+    let m = start(
+        OpenClawSettings {
+            tls_pin_sha256: Some(wrong),
+            ..settings(&url)
+        },
+        TOKEN,
+        Arc::new(TestHost::default()),
+    );
+    assert!(
+        tls_gateway_once(&listener, &acceptor).await.is_none(),
+        "a certificate not matching the pin must be refused"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let err = m.handle.status().last_error.unwrap_or_default();
+        if err.contains("tls_pin_sha256") || err.to_lowercase().contains("certificate") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pin error reported: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(m.handle.status().state, GatewayState::Connected);
+    m.stop().await;
+}
+
 // ------------------------------------------------------------ real gateway
 
 use defenseclaw_testkit::openclaw::{GatewayClient, MockModel, OpenClawGateway};
