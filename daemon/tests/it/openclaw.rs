@@ -759,7 +759,7 @@ async fn fake_stalled_handshake_times_out_and_retries() {
     let host = Arc::new(TestHost::default());
     let m = start(
         OpenClawSettings {
-            handshake_timeout_secs: 1,
+            handshake_timeout_secs: 2,
             ..settings(&fake.url)
         },
         TOKEN,
@@ -907,7 +907,7 @@ async fn fake_silence_is_a_dead_link() {
     let fake = Fake::new().await;
     let m = start(settings(&fake.url), TOKEN, Arc::new(TestHost::default()));
     let mut c = fake.accept().await;
-    c.handshake_with(hello_ok(200, &SCOPES, 4)).await;
+    c.handshake_with(hello_ok(500, &SCOPES, 4)).await;
     c.settle().await;
     // Now silent: no ticks, no events.
     let mut c2 = fake.accept().await;
