@@ -952,12 +952,13 @@ impl<H: Host> Serve<'_, H> {
             Some(Pending::Resolve {
                 approval_id, kind, ..
             }) => {
+                self.engine.confirmed(&approval_id);
                 if !ok {
                     let err = RpcError::from_error(&v["error"]);
                     if err.reason_is(ALREADY_RESOLVED) {
                         tracing::debug!(approval = %approval_id, "openclaw: approval already resolved elsewhere");
                     } else {
-                        resolve_failed(self.engine, &approval_id, kind, &err).await;
+                        resolve_failed(self.engine, &approval_id, kind, &err);
                     }
                 }
             }
@@ -1018,6 +1019,7 @@ impl<H: Host> Serve<'_, H> {
     ) -> Result<(), String> {
         let leftover = self.engine.try_audit(audit);
         if let Some(decision) = verdict.wire() {
+            self.engine.expect_confirmation(&id, decision);
             let method = match kind {
                 ApprovalKind::Exec => "exec.approval.resolve",
                 ApprovalKind::Plugin => "plugin.approval.resolve",
@@ -1041,28 +1043,31 @@ impl<H: Host> Serve<'_, H> {
     }
 }
 
-async fn resolve_failed<H: Host>(
+fn resolve_failed<H: Host>(
     engine: &Engine<H>,
     approval_id: &str,
     kind: ApprovalKind,
     err: &RpcError,
 ) {
     tracing::warn!(approval = %approval_id, error = %err, "openclaw: approval resolve failed");
+    if matches!(err, RpcError::Disconnected | RpcError::Timeout) {
+        // Re-sent when the approval is listed as pending after reconnecting.
+        return;
+    }
+    engine.confirmed(approval_id);
     engine.shared.update_approval(approval_id, |v| {
         v.reason = format!("{}; resolve failed: {err}", v.reason);
     });
-    engine
-        .audit(MonitorAudit {
-            action: match kind {
-                ApprovalKind::Exec => "openclaw.exec.approval".into(),
-                ApprovalKind::Plugin => "openclaw.plugin.approval".into(),
-            },
-            target: None,
-            outcome: "error".into(),
-            reason: format!("resolve failed: {err}"),
-            details: json!({ "approval_id": approval_id }),
-        })
-        .await;
+    engine.audit_detached(MonitorAudit {
+        action: match kind {
+            ApprovalKind::Exec => "openclaw.exec.approval".into(),
+            ApprovalKind::Plugin => "openclaw.plugin.approval".into(),
+        },
+        target: None,
+        outcome: "error".into(),
+        reason: format!("resolve failed: {err}"),
+        details: json!({ "approval_id": approval_id }),
+    });
 }
 
 /// Per-connection background work: subscribe, re-list approvals, read
@@ -1153,17 +1158,34 @@ async fn relist_approvals<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
                 ApprovalKind::Exec => engine.eval_exec(&item),
                 ApprovalKind::Plugin => engine.eval_plugin(&item),
             };
-            let Some(ev) = ev else { continue };
-            engine.audit(ev.audit).await;
-            if let Some(decision) = ev.verdict.wire() {
-                match rpc
-                    .call(resolve, json!({"id": ev.id, "decision": decision}))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.reason_is(ALREADY_RESOLVED) => {}
-                    Err(e) => resolve_failed(engine, &ev.id, kind, &e).await,
+            let (id, decision) = match ev {
+                Some(ev) => {
+                    engine.audit_detached(ev.audit);
+                    match ev.verdict.wire() {
+                        Some(d) => {
+                            engine.expect_confirmation(&ev.id, d);
+                            (ev.id, d)
+                        }
+                        None => continue,
+                    }
                 }
+                // Decided before, still pending: the resolve was lost with the
+                // previous connection; send it again.
+                None => match item["id"]
+                    .as_str()
+                    .and_then(|id| Some((id, engine.unconfirmed(id)?)))
+                {
+                    Some((id, d)) => (id.to_owned(), d),
+                    None => continue,
+                },
+            };
+            match rpc
+                .call(resolve, json!({"id": id, "decision": decision}))
+                .await
+            {
+                Ok(_) => engine.confirmed(&id),
+                Err(e) if e.reason_is(ALREADY_RESOLVED) => engine.confirmed(&id),
+                Err(e) => resolve_failed(engine, &id, kind, &e),
             }
         }
     }
@@ -1334,28 +1356,24 @@ async fn apply_pending<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
                         json!({}),
                     ),
                 };
-                engine
-                    .audit(MonitorAudit {
-                        action: "openclaw.enforce".into(),
-                        target: Some((kind, name.clone())),
-                        outcome: outcome.into(),
-                        reason,
-                        details,
-                    })
-                    .await;
+                engine.audit_detached(MonitorAudit {
+                    action: "openclaw.enforce".into(),
+                    target: Some((kind, name.clone())),
+                    outcome: outcome.into(),
+                    reason,
+                    details,
+                });
             }
             Err(RpcError::Disconnected) => return,
             Err(e) => {
                 tracing::warn!(target = %name, error = %e, "openclaw: enforcement not applied; will retry");
-                engine
-                    .audit(MonitorAudit {
-                        action: "openclaw.enforce".into(),
-                        target: Some((kind, name.clone())),
-                        outcome: "error".into(),
-                        reason: format!("{verb} not applied yet (will retry): {e}"),
-                        details: json!({}),
-                    })
-                    .await;
+                engine.audit_detached(MonitorAudit {
+                    action: "openclaw.enforce".into(),
+                    target: Some((kind, name.clone())),
+                    outcome: "error".into(),
+                    reason: format!("{verb} not applied yet (will retry): {e}"),
+                    details: json!({}),
+                });
             }
         }
     }

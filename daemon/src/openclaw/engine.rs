@@ -1,6 +1,6 @@
 //! Decisions on approvals and observations, and the audit queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -72,6 +72,10 @@ pub(crate) struct Engine<H> {
     audit_tx: mpsc::Sender<MonitorAudit>,
     skills: Mutex<Vec<SkillInfo>>,
     mcp: Mutex<BTreeMap<String, bool>>,
+    /// Decisions sent (or about to be) whose delivery is not confirmed yet:
+    /// approval id → wire decision. Re-sent when the approval is still listed
+    /// as pending after a reconnect.
+    unconfirmed: Mutex<HashMap<String, &'static str>>,
 }
 
 fn s(v: &Value) -> Option<&str> {
@@ -133,6 +137,7 @@ impl<H: Host> Engine<H> {
             audit_tx,
             skills: Mutex::new(Vec::new()),
             mcp: Mutex::new(BTreeMap::new()),
+            unconfirmed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -141,6 +146,39 @@ impl<H: Host> Engine<H> {
         if self.audit_tx.send(entry).await.is_err() {
             tracing::error!("openclaw audit queue closed; entry not recorded");
         }
+    }
+
+    /// Queues an audit entry from work that may be cancelled (per-connection
+    /// background tasks): when the queue is full the send continues in its own
+    /// task instead of being dropped with the caller.
+    pub(crate) fn audit_detached(&self, entry: MonitorAudit) {
+        if let Some(entry) = self.try_audit(entry) {
+            let tx = self.audit_tx.clone();
+            tokio::spawn(async move {
+                if tx.send(entry).await.is_err() {
+                    tracing::error!("openclaw audit queue closed; entry not recorded");
+                }
+            });
+        }
+    }
+
+    /// Remembers a decision until the gateway confirms it.
+    pub(crate) fn expect_confirmation(&self, id: &str, decision: &'static str) {
+        let mut u = lock(&self.unconfirmed);
+        if u.len() >= 10_000 {
+            u.clear();
+        }
+        u.insert(id.to_owned(), decision);
+    }
+
+    /// The gateway accepted (or definitively refused) the decision.
+    pub(crate) fn confirmed(&self, id: &str) {
+        lock(&self.unconfirmed).remove(id);
+    }
+
+    /// A decision whose delivery was not confirmed.
+    pub(crate) fn unconfirmed(&self, id: &str) -> Option<&'static str> {
+        lock(&self.unconfirmed).get(id).copied()
     }
 
     /// Queues without waiting; gives the entry back when the queue is full.
@@ -391,6 +429,7 @@ impl<H: Host> Engine<H> {
     /// `*.approval.resolved`: the real outcome.
     pub(crate) fn on_resolved(&self, kind: ApprovalKind, p: &Value) -> Option<MonitorAudit> {
         let id = s(&p["id"])?.to_owned();
+        self.confirmed(&id);
         let decision = s(&p["decision"]);
         let resolved_by = opt_string(&p["resolvedBy"]);
         let view = self.shared.update_approval(&id, |v| {

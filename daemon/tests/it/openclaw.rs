@@ -567,6 +567,43 @@ async fn fake_exec_and_plugin_approvals_are_decided_and_audited() {
 }
 
 #[tokio::test]
+async fn fake_lost_resolve_is_resent_after_reconnect() {
+    let fake = Fake::new().await;
+    let host = Arc::new(TestHost::default());
+    let m = start(settings(&fake.url), TOKEN, host.clone());
+    let mut c = fake.accept().await;
+    c.handshake().await;
+    c.settle().await;
+    c.event(
+        "exec.approval.requested",
+        exec_requested("lost-1", "rm -rf ~"),
+    )
+    .await;
+    let r = c.until(is_req("exec.approval.resolve")).await;
+    assert_eq!(r["params"]["id"], "lost-1");
+    // The link dies before the gateway confirms the decision.
+    drop(c);
+    let mut c2 = fake.accept().await;
+    c2.handshake().await;
+    let list = c2.until(is_req("exec.approval.list")).await;
+    c2.send(json!({"type": "res", "id": list["id"], "ok": true,
+        "payload": [exec_requested("lost-1", "rm -rf ~")]}))
+        .await;
+    let r = c2.until(is_req("exec.approval.resolve")).await;
+    assert_eq!(r["params"], json!({"id": "lost-1", "decision": "deny"}));
+    c2.send(json!({"type": "res", "id": r["id"], "ok": true, "payload": {"ok": true}}))
+        .await;
+    c2.settle().await;
+    let decisions = host
+        .audits()
+        .iter()
+        .filter(|a| a.action == "openclaw.exec.approval" && a.details["approval_id"] == "lost-1")
+        .count();
+    assert_eq!(decisions, 1, "one decision, delivered twice");
+    m.stop().await;
+}
+
+#[tokio::test]
 async fn fake_pending_enforcement_is_applied_on_connect() {
     let fake = Fake::new().await;
     let host = Arc::new(TestHost::default());
