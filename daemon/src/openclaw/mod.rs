@@ -385,6 +385,10 @@ impl MonitorHandle {
     /// `config.patch` on `mcp.servers.<name>.enabled`. When the gateway is not
     /// connected the action stays pending and is applied on reconnect.
     pub fn apply_enforcement(&self, kind: TargetKind, name: &str, blocked: bool) {
+        if self.status().state == GatewayState::Disabled {
+            // Monitor disabled (or stopped before it ever ran): nothing to push to.
+            return;
+        }
         self.shared.push_enforcement(kind, name, blocked);
     }
 

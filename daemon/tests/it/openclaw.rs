@@ -1037,6 +1037,9 @@ async fn insecure_remote_url_is_refused() {
     )
     .unwrap();
     assert_eq!(disabled.status().state, GatewayState::Disabled);
+    disabled.apply_enforcement(TargetKind::Skill, "x", true);
+    assert!(disabled.pending_enforcements().is_empty());
+    assert!(disabled.approvals().is_empty());
 }
 
 #[tokio::test]
