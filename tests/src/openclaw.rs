@@ -320,7 +320,8 @@ impl OpenClawGateway {
     }
 
     async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
+        let started = Instant::now();
+        let deadline = started + limit;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
@@ -333,6 +334,11 @@ impl OpenClawGateway {
             let last = match GatewayClient::connect(&self.url(), Some(&self.token), &[]).await {
                 Ok(c) => {
                     c.close().await;
+                    eprintln!(
+                        "openclaw gateway ready on 127.0.0.1:{} after {:.1}s",
+                        self.port,
+                        started.elapsed().as_secs_f64()
+                    );
                     return Ok(());
                 }
                 Err(e) => format!("{e:#}"),
