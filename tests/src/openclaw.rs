@@ -261,6 +261,8 @@ impl OpenClawGateway {
             "gateway": {"mode": "local", "bind": "loopback", "port": self.port, "auth": {"mode": "token"}},
             "discovery": {"mdns": {"mode": "off"}},
             "update": {"checkOnStart": false},
+            // Keep the log with the test state instead of /tmp/openclaw.
+            "logging": {"file": self.state.path().join("openclaw.log")},
         });
         merge(&mut cfg, &self.extra_config);
         std::fs::write(
@@ -318,7 +320,8 @@ impl OpenClawGateway {
     }
 
     async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
+        let started = Instant::now();
+        let deadline = started + limit;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
@@ -331,6 +334,11 @@ impl OpenClawGateway {
             let last = match GatewayClient::connect(&self.url(), Some(&self.token), &[]).await {
                 Ok(c) => {
                     c.close().await;
+                    eprintln!(
+                        "openclaw gateway ready on 127.0.0.1:{} after {:.1}s",
+                        self.port,
+                        started.elapsed().as_secs_f64()
+                    );
                     return Ok(());
                 }
                 Err(e) => format!("{e:#}"),

@@ -21,7 +21,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use super::device::{DeviceIdentity, SignInput};
-use super::engine::{Engine, SkillInfo, Verdict, audit_writer};
+use super::engine::{Engine, SkillInfo, ToolFrame, Verdict, audit_writer};
 use super::policy::Policy;
 use super::redact::{redact_text, truncate};
 use super::{
@@ -40,6 +40,26 @@ pub(crate) const MIN_PROTOCOL: u64 = 3;
 pub(crate) const MAX_PROTOCOL: u64 = 4;
 const ALREADY_RESOLVED: &str = "APPROVAL_ALREADY_RESOLVED";
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+/// Events the monitor acts on; others only update `last_event_at`.
+const RELEVANT_EVENTS: [&str; 8] = [
+    "exec.approval.requested",
+    "exec.approval.resolved",
+    "plugin.approval.requested",
+    "plugin.approval.resolved",
+    "session.tool",
+    "skills.changed",
+    "config.changed",
+    "shutdown",
+];
+
+/// Just the kind of a frame.
+#[derive(serde::Deserialize)]
+struct FrameHead<'a> {
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event: Option<std::borrow::Cow<'a, str>>,
+}
 
 /// The validated gateway endpoint.
 #[derive(Clone)]
@@ -851,6 +871,34 @@ impl<H: Host> Serve<'_, H> {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), String> {
+        // Look at the frame kind first: frames the monitor does not act on are
+        // not materialized, and session.tool is read into a lean typed form.
+        let head: FrameHead<'_> = match serde_json::from_str(text) {
+            Ok(h) => h,
+            Err(_) => {
+                tracing::warn!(len = text.len(), "openclaw: ignoring malformed frame");
+                return Ok(());
+            }
+        };
+        if head.ty.as_deref() == Some("event") {
+            let event = head.event.as_deref().unwrap_or("");
+            if !RELEVANT_EVENTS.contains(&event) {
+                self.engine.shared.touch_event();
+                return Ok(());
+            }
+            if event == "session.tool" {
+                self.engine.shared.touch_event();
+                match serde_json::from_str::<ToolFrame>(text) {
+                    Ok(frame) => {
+                        if let Some(a) = self.engine.on_tool(&frame.payload) {
+                            self.engine.audit(a).await;
+                        }
+                    }
+                    Err(_) => tracing::warn!("openclaw: ignoring malformed session.tool event"),
+                }
+                return Ok(());
+            }
+        }
         let v: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(_) => {
@@ -904,12 +952,13 @@ impl<H: Host> Serve<'_, H> {
             Some(Pending::Resolve {
                 approval_id, kind, ..
             }) => {
+                self.engine.confirmed(&approval_id);
                 if !ok {
                     let err = RpcError::from_error(&v["error"]);
                     if err.reason_is(ALREADY_RESOLVED) {
                         tracing::debug!(approval = %approval_id, "openclaw: approval already resolved elsewhere");
                     } else {
-                        resolve_failed(self.engine, &approval_id, kind, &err).await;
+                        resolve_failed(self.engine, &approval_id, kind, &err);
                     }
                 }
             }
@@ -944,11 +993,6 @@ impl<H: Host> Serve<'_, H> {
                     engine.audit(a).await;
                 }
             }
-            "session.tool" => {
-                if let Some(a) = engine.on_tool(payload) {
-                    engine.audit(a).await;
-                }
-            }
             "skills.changed" => self.triggers.skills.notify_one(),
             "config.changed" => self.triggers.config.notify_one(),
             "shutdown" => {
@@ -975,6 +1019,7 @@ impl<H: Host> Serve<'_, H> {
     ) -> Result<(), String> {
         let leftover = self.engine.try_audit(audit);
         if let Some(decision) = verdict.wire() {
+            self.engine.expect_confirmation(&id, decision);
             let method = match kind {
                 ApprovalKind::Exec => "exec.approval.resolve",
                 ApprovalKind::Plugin => "plugin.approval.resolve",
@@ -998,28 +1043,31 @@ impl<H: Host> Serve<'_, H> {
     }
 }
 
-async fn resolve_failed<H: Host>(
+fn resolve_failed<H: Host>(
     engine: &Engine<H>,
     approval_id: &str,
     kind: ApprovalKind,
     err: &RpcError,
 ) {
     tracing::warn!(approval = %approval_id, error = %err, "openclaw: approval resolve failed");
+    if matches!(err, RpcError::Disconnected | RpcError::Timeout) {
+        // Re-sent when the approval is listed as pending after reconnecting.
+        return;
+    }
+    engine.confirmed(approval_id);
     engine.shared.update_approval(approval_id, |v| {
         v.reason = format!("{}; resolve failed: {err}", v.reason);
     });
-    engine
-        .audit(MonitorAudit {
-            action: match kind {
-                ApprovalKind::Exec => "openclaw.exec.approval".into(),
-                ApprovalKind::Plugin => "openclaw.plugin.approval".into(),
-            },
-            target: None,
-            outcome: "error".into(),
-            reason: format!("resolve failed: {err}"),
-            details: json!({ "approval_id": approval_id }),
-        })
-        .await;
+    engine.audit_detached(MonitorAudit {
+        action: match kind {
+            ApprovalKind::Exec => "openclaw.exec.approval".into(),
+            ApprovalKind::Plugin => "openclaw.plugin.approval".into(),
+        },
+        target: None,
+        outcome: "error".into(),
+        reason: format!("resolve failed: {err}"),
+        details: json!({ "approval_id": approval_id }),
+    });
 }
 
 /// Per-connection background work: subscribe, re-list approvals, read
@@ -1110,17 +1158,34 @@ async fn relist_approvals<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
                 ApprovalKind::Exec => engine.eval_exec(&item),
                 ApprovalKind::Plugin => engine.eval_plugin(&item),
             };
-            let Some(ev) = ev else { continue };
-            engine.audit(ev.audit).await;
-            if let Some(decision) = ev.verdict.wire() {
-                match rpc
-                    .call(resolve, json!({"id": ev.id, "decision": decision}))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.reason_is(ALREADY_RESOLVED) => {}
-                    Err(e) => resolve_failed(engine, &ev.id, kind, &e).await,
+            let (id, decision) = match ev {
+                Some(ev) => {
+                    engine.audit_detached(ev.audit);
+                    match ev.verdict.wire() {
+                        Some(d) => {
+                            engine.expect_confirmation(&ev.id, d);
+                            (ev.id, d)
+                        }
+                        None => continue,
+                    }
                 }
+                // Decided before, still pending: the resolve was lost with the
+                // previous connection; send it again.
+                None => match item["id"]
+                    .as_str()
+                    .and_then(|id| Some((id, engine.unconfirmed(id)?)))
+                {
+                    Some((id, d)) => (id.to_owned(), d),
+                    None => continue,
+                },
+            };
+            match rpc
+                .call(resolve, json!({"id": id, "decision": decision}))
+                .await
+            {
+                Ok(_) => engine.confirmed(&id),
+                Err(e) if e.reason_is(ALREADY_RESOLVED) => engine.confirmed(&id),
+                Err(e) => resolve_failed(engine, &id, kind, &e),
             }
         }
     }
@@ -1291,28 +1356,24 @@ async fn apply_pending<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
                         json!({}),
                     ),
                 };
-                engine
-                    .audit(MonitorAudit {
-                        action: "openclaw.enforce".into(),
-                        target: Some((kind, name.clone())),
-                        outcome: outcome.into(),
-                        reason,
-                        details,
-                    })
-                    .await;
+                engine.audit_detached(MonitorAudit {
+                    action: "openclaw.enforce".into(),
+                    target: Some((kind, name.clone())),
+                    outcome: outcome.into(),
+                    reason,
+                    details,
+                });
             }
             Err(RpcError::Disconnected) => return,
             Err(e) => {
                 tracing::warn!(target = %name, error = %e, "openclaw: enforcement not applied; will retry");
-                engine
-                    .audit(MonitorAudit {
-                        action: "openclaw.enforce".into(),
-                        target: Some((kind, name.clone())),
-                        outcome: "error".into(),
-                        reason: format!("{verb} not applied yet (will retry): {e}"),
-                        details: json!({}),
-                    })
-                    .await;
+                engine.audit_detached(MonitorAudit {
+                    action: "openclaw.enforce".into(),
+                    target: Some((kind, name.clone())),
+                    outcome: "error".into(),
+                    reason: format!("{verb} not applied yet (will retry): {e}"),
+                    details: json!({}),
+                });
             }
         }
     }

@@ -1,10 +1,12 @@
 //! Decisions on approvals and observations, and the audit queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -70,6 +72,10 @@ pub(crate) struct Engine<H> {
     audit_tx: mpsc::Sender<MonitorAudit>,
     skills: Mutex<Vec<SkillInfo>>,
     mcp: Mutex<BTreeMap<String, bool>>,
+    /// Decisions sent (or about to be) whose delivery is not confirmed yet:
+    /// approval id → wire decision. Re-sent when the approval is still listed
+    /// as pending after a reconnect.
+    unconfirmed: Mutex<HashMap<String, &'static str>>,
 }
 
 fn s(v: &Value) -> Option<&str> {
@@ -131,6 +137,7 @@ impl<H: Host> Engine<H> {
             audit_tx,
             skills: Mutex::new(Vec::new()),
             mcp: Mutex::new(BTreeMap::new()),
+            unconfirmed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -139,6 +146,39 @@ impl<H: Host> Engine<H> {
         if self.audit_tx.send(entry).await.is_err() {
             tracing::error!("openclaw audit queue closed; entry not recorded");
         }
+    }
+
+    /// Queues an audit entry from work that may be cancelled (per-connection
+    /// background tasks): when the queue is full the send continues in its own
+    /// task instead of being dropped with the caller.
+    pub(crate) fn audit_detached(&self, entry: MonitorAudit) {
+        if let Some(entry) = self.try_audit(entry) {
+            let tx = self.audit_tx.clone();
+            tokio::spawn(async move {
+                if tx.send(entry).await.is_err() {
+                    tracing::error!("openclaw audit queue closed; entry not recorded");
+                }
+            });
+        }
+    }
+
+    /// Remembers a decision until the gateway confirms it.
+    pub(crate) fn expect_confirmation(&self, id: &str, decision: &'static str) {
+        let mut u = lock(&self.unconfirmed);
+        if u.len() >= 10_000 {
+            u.clear();
+        }
+        u.insert(id.to_owned(), decision);
+    }
+
+    /// The gateway accepted (or definitively refused) the decision.
+    pub(crate) fn confirmed(&self, id: &str) {
+        lock(&self.unconfirmed).remove(id);
+    }
+
+    /// A decision whose delivery was not confirmed.
+    pub(crate) fn unconfirmed(&self, id: &str) -> Option<&'static str> {
+        lock(&self.unconfirmed).get(id).copied()
     }
 
     /// Queues without waiting; gives the entry back when the queue is full.
@@ -389,6 +429,7 @@ impl<H: Host> Engine<H> {
     /// `*.approval.resolved`: the real outcome.
     pub(crate) fn on_resolved(&self, kind: ApprovalKind, p: &Value) -> Option<MonitorAudit> {
         let id = s(&p["id"])?.to_owned();
+        self.confirmed(&id);
         let decision = s(&p["decision"]);
         let resolved_by = opt_string(&p["resolvedBy"]);
         let view = self.shared.update_approval(&id, |v| {
@@ -433,39 +474,34 @@ impl<H: Host> Engine<H> {
     }
 
     /// `session.tool`: an observation for the start and the result of a tool call.
-    pub(crate) fn on_tool(&self, p: &Value) -> Option<MonitorAudit> {
-        let data = &p["data"];
-        let phase = s(&data["phase"])?;
+    pub(crate) fn on_tool(&self, p: &ToolPayload) -> Option<MonitorAudit> {
+        let data = &p.data;
+        let phase = s(&data.phase)?;
         if phase != "start" && phase != "result" {
             return None;
         }
-        let tool = s(&data["name"]).unwrap_or("");
+        let tool = s(&data.name).unwrap_or("");
         let mut details = json!({
             "tool": tool,
-            "call_id": data["toolCallId"],
-            "session_key": p["sessionKey"],
-            "run_id": p["runId"],
-            "agent_id": p["agentId"],
+            "call_id": data.tool_call_id,
+            "session_key": p.session_key,
+            "run_id": p.run_id,
+            "agent_id": p.agent_id,
             "phase": phase,
         });
         let outcome = if phase == "start" {
-            if let Some(args) = data.get("args") {
+            if let Some(args) = &data.args {
                 let (hash, preview) = hash_and_preview(args);
                 details["args_sha256"] = Value::String(hash);
                 details["args_preview"] = Value::String(preview);
             }
-            "started".to_owned()
+            "started"
         } else {
-            let is_error = data["isError"].as_bool().unwrap_or(false);
+            let is_error = data.is_error.as_bool().unwrap_or(false);
             details["is_error"] = Value::Bool(is_error);
-            let d = &data["result"]["details"];
-            details["status"] = d["status"].clone();
-            details["exit_code"] = d["exitCode"].clone();
-            if is_error {
-                "failed".to_owned()
-            } else {
-                "completed".to_owned()
-            }
+            details["status"] = data.result.details["status"].clone();
+            details["exit_code"] = data.result.details["exitCode"].clone();
+            if is_error { "failed" } else { "completed" }
         };
         Some(MonitorAudit {
             action: "openclaw.tool".to_owned(),
@@ -474,6 +510,96 @@ impl<H: Host> Engine<H> {
             reason: format!("tool {tool} {outcome}"),
             details,
         })
+    }
+}
+
+/// A `session.tool` event frame, deserialized without materializing the
+/// session row or the tool output (only what the audit entry needs).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ToolFrame {
+    #[serde(default)]
+    pub payload: ToolPayload,
+}
+
+/// `session.tool` payload fields used for observations.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub(crate) struct ToolPayload {
+    run_id: Value,
+    session_key: Value,
+    agent_id: Value,
+    data: ToolData,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct ToolData {
+    phase: Value,
+    name: Value,
+    tool_call_id: Value,
+    args: Option<Value>,
+    is_error: Value,
+    result: ToolResult,
+}
+
+/// Keeps only `result.details`; anything else (text output, non-objects) is skipped.
+#[derive(Debug, Default)]
+struct ToolResult {
+    details: Value,
+}
+
+impl<'de> Deserialize<'de> for ToolResult {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ToolResult;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a tool result")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ToolResult, A::Error> {
+                let mut out = ToolResult::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "details" {
+                        out.details = map.next_value()?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(out)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ToolResult, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ToolResult::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<ToolResult, E> {
+                Ok(ToolResult::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<ToolResult, E> {
+                Ok(ToolResult::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<ToolResult, E> {
+                Ok(ToolResult::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<ToolResult, E> {
+                Ok(ToolResult::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<ToolResult, E> {
+                Ok(ToolResult::default())
+            }
+            fn visit_unit<E>(self) -> Result<ToolResult, E> {
+                Ok(ToolResult::default())
+            }
+            fn visit_none<E>(self) -> Result<ToolResult, E> {
+                Ok(ToolResult::default())
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -636,13 +762,28 @@ mod tests {
     #[test]
     fn tool_observation_hashes_args() {
         let e = engine(&[]);
-        let a = e
-            .on_tool(&json!({"sessionKey": "s", "data": {"phase": "start", "name": "exec", "toolCallId": "c1",
-                "args": {"command": "echo", "token": "abc"}}}))
-            .unwrap();
+        let tool = |v: serde_json::Value| {
+            let frame: ToolFrame =
+                serde_json::from_value(json!({"type": "event", "payload": v})).unwrap();
+            e.on_tool(&frame.payload)
+        };
+        let a = tool(
+            json!({"sessionKey": "s", "session": {"big": [1, 2, 3]}, "data": {"phase": "start",
+            "name": "exec", "toolCallId": "c1", "args": {"command": "echo", "token": "abc"}}}),
+        )
+        .unwrap();
         assert_eq!(a.details["call_id"], "c1");
+        assert_eq!(a.details["session_key"], "s");
         assert!(!a.details["args_preview"].as_str().unwrap().contains("abc"));
-        assert!(e.on_tool(&json!({"data": {"phase": "update"}})).is_none());
+        let r = tool(json!({"data": {"phase": "result", "name": "exec", "isError": true,
+            "result": {"content": [{"type": "text", "text": "out"}], "details": {"status": "failed", "exitCode": 2}}}}))
+        .unwrap();
+        assert_eq!(r.details["is_error"], true);
+        assert_eq!(r.details["exit_code"], 2);
+        let r = tool(json!({"data": {"phase": "result", "name": "exec", "result": "plain text"}}))
+            .unwrap();
+        assert_eq!(r.details["is_error"], false);
+        assert!(tool(json!({"data": {"phase": "update"}})).is_none());
     }
 
     #[derive(Default)]

@@ -7,6 +7,35 @@
 //!
 //! The daemon integrates through [`Host`] (enforcement verdicts, audit store,
 //! target registry) and [`MonitorHandle`] (status, approvals, enforcement).
+//!
+//! Configuration (`[openclaw]`, every key optional):
+//!
+//! ```toml
+//! [openclaw]
+//! enabled = true
+//! url = "ws://127.0.0.1:18789/"        # ws:// only for loopback; wss:// otherwise
+//! # tls_pin_sha256 = "ab:cd:..."       # wss:// only
+//! exec_default = "ask"                 # or "deny"
+//! deny_patterns = ['\bterraform\s+destroy\b']
+//! allow_patterns = ['^(ls|pwd|git status)(\s|$)']
+//! builtin_deny_rules = true
+//! request_timeout_secs = 30
+//! handshake_timeout_secs = 15
+//! backoff_initial_ms = 1000
+//! backoff_max_secs = 30
+//! auth_retry_secs = 300
+//! max_frame_bytes = 26214400
+//! audit_queue_capacity = 8192
+//! ```
+//!
+//! Exec approvals: a deny rule (built-in or `deny_patterns`) or a command
+//! touching a blocked skill's directory → `deny`; otherwise every text form of
+//! the command (command line, argv joined) covered by `allow_patterns` and free
+//! of shell control operators → `allow-once`; otherwise `exec_default`
+//! (`ask` leaves it to a human, audited as `deferred`). Empty commands are
+//! denied. `allow-always` is never sent. Plugin approvals for an MCP tool are
+//! denied when the server (target `<server>`) or the tool (target
+//! `<server>/<tool>`) is blocked; others are left to a human.
 
 pub mod bench;
 mod conn;
@@ -356,6 +385,10 @@ impl MonitorHandle {
     /// `config.patch` on `mcp.servers.<name>.enabled`. When the gateway is not
     /// connected the action stays pending and is applied on reconnect.
     pub fn apply_enforcement(&self, kind: TargetKind, name: &str, blocked: bool) {
+        if self.status().state == GatewayState::Disabled {
+            // Monitor disabled (or stopped before it ever ran): nothing to push to.
+            return;
+        }
         self.shared.push_enforcement(kind, name, blocked);
     }
 
