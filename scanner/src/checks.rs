@@ -46,23 +46,25 @@ pub(crate) fn front_matter(text: &str) -> Option<BTreeMap<String, String>> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        if !line.starts_with(' ') && !line.starts_with('\t') && !line.starts_with('-') {
-            if let Some((k, v)) = trimmed.split_once(':') {
-                let key = k.trim().to_string();
-                let value = unquote(v.trim());
-                map.insert(key.clone(), value);
-                current = Some(key);
-                continue;
-            }
+        if !line.starts_with(' ')
+            && !line.starts_with('\t')
+            && !line.starts_with('-')
+            && let Some((k, v)) = trimmed.split_once(':')
+        {
+            let key = k.trim().to_string();
+            let value = unquote(v.trim());
+            map.insert(key.clone(), value);
+            current = Some(key);
+            continue;
         }
         // Continuation lines (lists, folded text) are appended to the key.
-        if let Some(key) = &current {
-            if let Some(v) = map.get_mut(key) {
-                if !v.is_empty() {
-                    v.push(' ');
-                }
-                v.push_str(trimmed.trim_start_matches([' ', '\t', '-']).trim());
+        if let Some(key) = &current
+            && let Some(v) = map.get_mut(key)
+        {
+            if !v.is_empty() {
+                v.push(' ');
             }
+            v.push_str(trimmed.trim_start_matches([' ', '\t', '-']).trim());
         }
     }
     None
@@ -146,7 +148,7 @@ pub(crate) fn decode_base64(s: &str) -> Option<Vec<u8>> {
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits

@@ -238,23 +238,23 @@ impl Engine {
                 Some("SKILL.md has no YAML front matter"),
             ),
             (Some(f), Some(m)) => {
-                if let Some(n) = m.get("name") {
-                    if let Some((part, popular)) = checks::name_typosquat(n) {
-                        let line = f
-                            .text
-                            .lines()
-                            .position(|l| l.trim_start().starts_with("name:"))
-                            .map_or(1, |i| u32::try_from(i + 1).unwrap_or(1));
-                        self.push_check(
-                            &mut report.findings,
-                            "skill_name_typosquat",
-                            TargetKind::Skill,
-                            &f.rel,
-                            line,
-                            &format!("name: {n}"),
-                            Some(&format!("{part:?} looks like a misspelling of {popular:?}")),
-                        );
-                    }
+                if let Some(n) = m.get("name")
+                    && let Some((part, popular)) = checks::name_typosquat(n)
+                {
+                    let line = f
+                        .text
+                        .lines()
+                        .position(|l| l.trim_start().starts_with("name:"))
+                        .map_or(1, |i| u32::try_from(i + 1).unwrap_or(1));
+                    self.push_check(
+                        &mut report.findings,
+                        "skill_name_typosquat",
+                        TargetKind::Skill,
+                        &f.rel,
+                        line,
+                        &format!("name: {n}"),
+                        Some(&format!("{part:?} looks like a misspelling of {popular:?}")),
+                    );
                 }
             }
         }

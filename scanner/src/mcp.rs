@@ -267,10 +267,10 @@ impl Engine {
             path: file.display().to_string(),
             message: "no `mcpServers`, `mcp.servers` or `servers` map".into(),
         })?;
-        if let Some(s) = server {
-            if !servers.contains_key(s) {
-                return Err(ScanError::McpServerNotFound(s.to_string()));
-            }
+        if let Some(s) = server
+            && !servers.contains_key(s)
+        {
+            return Err(ScanError::McpServerNotFound(s.to_string()));
         }
         let origin = file.display().to_string();
         Ok(servers
@@ -391,38 +391,38 @@ impl Engine {
                 );
                 inline_script = Some(script);
             }
-        } else if INTERPRETERS.contains(&base.as_str()) {
-            if let Some(i) = args.iter().position(|a| {
+        } else if INTERPRETERS.contains(&base.as_str())
+            && let Some(i) = args.iter().position(|a| {
                 matches!(
                     a.as_str(),
                     "-c" | "-e" | "-E" | "--eval" | "-p" | "--print" | "-r" | "eval"
                 )
-            }) {
-                let code = args.get(i + 1).cloned().unwrap_or_default();
-                let ft = if base.starts_with("python") {
-                    FileType::Python
-                } else if matches!(base.as_str(), "node" | "nodejs" | "deno" | "bun") {
-                    FileType::Javascript
-                } else {
-                    FileType::Code
-                };
-                self.push_check(
-                    &mut report.findings,
-                    "mcp_inline_code",
-                    kind,
-                    &loc("args"),
-                    line,
-                    &format!("{command} {} {code}", args[i]),
-                    None,
-                );
-                units.push(Unit {
-                    location: loc("args"),
-                    file_type: ft,
-                    text: Cow::Owned(code.clone()),
-                    fixed_line: Some(line),
-                });
-                inline_script = Some(code);
-            }
+            })
+        {
+            let code = args.get(i + 1).cloned().unwrap_or_default();
+            let ft = if base.starts_with("python") {
+                FileType::Python
+            } else if matches!(base.as_str(), "node" | "nodejs" | "deno" | "bun") {
+                FileType::Javascript
+            } else {
+                FileType::Code
+            };
+            self.push_check(
+                &mut report.findings,
+                "mcp_inline_code",
+                kind,
+                &loc("args"),
+                line,
+                &format!("{command} {} {code}", args[i]),
+                None,
+            );
+            units.push(Unit {
+                location: loc("args"),
+                file_type: ft,
+                text: Cow::Owned(code.clone()),
+                fixed_line: Some(line),
+            });
+            inline_script = Some(code);
         }
 
         // Network utilities as the server itself, or inside its inline script.
@@ -595,10 +595,11 @@ impl Engine {
 
         // Remote URLs without TLS.
         let mut http_urls: Vec<String> = Vec::new();
-        if let Some(u) = &url {
-            if u.to_ascii_lowercase().starts_with("http://") && !is_loopback(u) {
-                http_urls.push(u.clone());
-            }
+        if let Some(u) = &url
+            && u.to_ascii_lowercase().starts_with("http://")
+            && !is_loopback(u)
+        {
+            http_urls.push(u.clone());
         }
         for a in &args {
             for w in a.split_whitespace() {
