@@ -1,1 +1,23 @@
+//! Built-in scanner for agent skills and MCP server definitions.
+//!
+//! Rules are data (TOML files under `rules/`, embedded at build time and
+//! loadable from extra directories). Scanning is pure reading: nothing from
+//! the target is executed, symlinks out of the target are not followed, and
+//! file sizes, counts and depth are bounded.
 
+pub mod adapters;
+mod checks;
+mod engine;
+mod mcp;
+mod model;
+mod redact;
+pub mod rules;
+pub mod sarif;
+mod walk;
+
+pub use checks::KNOWN_CHECKS;
+pub use engine::Engine;
+pub use model::{Finding, ScanError, ScanReport, Severity, TargetKind};
+pub use redact::redact;
+pub use rules::{FileType, RULE_FORMAT_VERSION, Rule, validate_rule_file};
+pub use walk::Limits;
