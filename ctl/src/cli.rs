@@ -9,8 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub enum Output {
     /// Aligned columns for people.
     Table,
-    /// One JSON document (JSON lines for `audit export` and `audit tail`).
+    /// One JSON document (JSON lines for `audit export`, `audit tail` and scans).
     Json,
+    /// SARIF 2.1.0 (scan commands only), for code-scanning tools.
+    Sarif,
 }
 
 /// Command-line client for defenseclawd.
@@ -69,6 +71,12 @@ pub enum Command {
         #[command(subcommand)]
         action: AuthCommand,
     },
+    /// Scanner rules: list the built-in and configured rules, validate a rule file.
+    Rule {
+        /// What to do.
+        #[command(subcommand)]
+        action: RuleCommand,
+    },
     /// The OpenClaw gateway the daemon monitors.
     Openclaw {
         /// What to do.
@@ -104,6 +112,22 @@ pub enum AuthCommand {
     Logout,
 }
 
+/// Rule commands.
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Every rule (built-in plus --rules directories).
+    List {
+        /// Extra rule directories.
+        #[arg(long = "rules", value_name = "DIR")]
+        rule_dirs: Vec<PathBuf>,
+    },
+    /// Check a rule file and report how many rules it holds.
+    Validate {
+        /// The rule file (TOML).
+        file: PathBuf,
+    },
+}
+
 /// OpenClaw commands.
 #[derive(Debug, Subcommand)]
 pub enum OpenclawCommand {
@@ -127,6 +151,42 @@ pub enum TargetCommand {
     Allow(Decide),
     /// Remove a block or allow decision.
     Unblock(Decide),
+    /// Scan skill folders (or MCP servers) with the built-in scanner.
+    Scan(ScanArgs),
+    /// Scan a skill folder, then admit it as allowed or blocked per policy (audited).
+    Install(InstallArgs),
+}
+
+/// Arguments of `skill scan` / `mcp scan`.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Skill folders (skill scan), or MCP server names in the config file (mcp scan).
+    pub targets: Vec<String>,
+    /// MCP client config file (`.mcp.json`, `claude_desktop_config.json`, OpenClaw config).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Only this server of the config file.
+    #[arg(long, value_name = "NAME")]
+    pub server: Option<String>,
+    /// Scan in this process with no daemon and no store (CI pipelines, pre-commit hooks).
+    #[arg(long)]
+    pub offline: bool,
+    /// Exit 9 when a finding reaches this severity.
+    #[arg(long, value_name = "SEVERITY")]
+    pub fail_on: Option<String>,
+    /// Extra rule directories (offline scans; the daemon uses its own config).
+    #[arg(long = "rules", value_name = "DIR")]
+    pub rule_dirs: Vec<PathBuf>,
+}
+
+/// Arguments of `skill install`.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The skill folder.
+    pub path: PathBuf,
+    /// Name to register it under (default: from SKILL.md or the folder name).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// Arguments of block/allow/unblock.

@@ -30,9 +30,9 @@ pub async fn run(client: &mut Client, command: Command, output: Output) -> Resul
         Command::Scan { action } => scan_command(client, action, output).await,
         Command::Audit { action } => audit_command(client, action, output).await,
         Command::Openclaw { action } => openclaw_command(client, action, output).await,
-        Command::Auth { .. } => Err(Failure::new(
+        Command::Auth { .. } | Command::Rule { .. } => Err(Failure::new(
             crate::exit::FAILURE,
-            "auth commands run without a daemon client",
+            "this command runs without a daemon client",
         )),
     }
 }
@@ -53,7 +53,7 @@ async fn openclaw_command(
         .map(render::openclaw_approval)
         .collect();
     match output {
-        Output::Json => print_json(&Value::Array(values)),
+        Output::Json | Output::Sarif => print_json(&Value::Array(values)),
         Output::Table => print_text(&render::table(
             &["ID", "KIND", "SUBJECT", "DECISION", "RESOLVED", "REASON"],
             &values
@@ -132,7 +132,7 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
         .into_inner();
     let v = render::status(&s);
     match output {
-        Output::Json => print_json(&v),
+        Output::Json | Output::Sarif => print_json(&v),
         Output::Table => {
             let c = s.counts.unwrap_or_default();
             let h = s.audit_head.clone().unwrap_or_default();
@@ -215,7 +215,7 @@ async fn target_command(
                 .into_inner();
             let values: Vec<Value> = reply.targets.iter().map(render::summary).collect();
             return match output {
-                Output::Json => print_json(&Value::Array(values)),
+                Output::Json | Output::Sarif => print_json(&Value::Array(values)),
                 Output::Table => print_text(&render::table(
                     &["NAME", "STATE", "FINDINGS", "MAX", "DECIDED BY", "REASON"],
                     &values
@@ -244,7 +244,7 @@ async fn target_command(
                 .into_inner();
             let v = render::detail(&detail);
             return match output {
-                Output::Json => print_json(&v),
+                Output::Json | Output::Sarif => print_json(&v),
                 Output::Table => {
                     let mut text = format!(
                         "{}/{}: {}\nreason:     {}\ndecided by: {}\ndecided at: {}\n",
@@ -262,6 +262,18 @@ async fn target_command(
                 }
             };
         }
+        TargetCommand::Scan(args) => {
+            return crate::scan::through_daemon(client, kind, &args, output).await;
+        }
+        TargetCommand::Install(args) => {
+            if kind != pb::TargetKind::Skill {
+                return Err(Failure::new(
+                    USAGE,
+                    "install is for skills; scan an MCP config with `mcp scan --config FILE`",
+                ));
+            }
+            return crate::scan::install(client, &args, output).await;
+        }
         TargetCommand::Block(d) => decide(d, pb::EnforcementAction::Block),
         TargetCommand::Allow(d) => decide(d, pb::EnforcementAction::Allow),
         TargetCommand::Unblock(d) => decide(d, pb::EnforcementAction::Unblock),
@@ -273,7 +285,7 @@ async fn target_command(
         map.insert("audit_seq".into(), json!(reply.audit_seq));
     }
     match output {
-        Output::Json => print_json(&v),
+        Output::Json | Output::Sarif => print_json(&v),
         Output::Table => print_text(&format!(
             "{}/{}: {}{} (audit #{})",
             s(&v["kind"]),
@@ -347,7 +359,7 @@ async fn finding_command(
             let reply = client.list_findings(request).await?.into_inner();
             let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
             match output {
-                Output::Json => print_json(&Value::Array(values)),
+                Output::Json | Output::Sarif => print_json(&Value::Array(values)),
                 Output::Table => print_text(&findings_table(&values)),
             }
         }
@@ -357,7 +369,7 @@ async fn finding_command(
                 .await?
                 .into_inner();
             match output {
-                Output::Json => print_json(&render::finding(&f)),
+                Output::Json | Output::Sarif => print_json(&render::finding(&f)),
                 Output::Table => print_text(&format!("finding {} dismissed", f.id)),
             }
         }
@@ -447,7 +459,9 @@ async fn scan_command(
     let reply = client.submit_scan_report(report).await?.into_inner();
     let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
     match output {
-        Output::Json => print_json(&json!({"findings": values, "audit_seq": reply.audit_seq})),
+        Output::Json | Output::Sarif => {
+            print_json(&json!({"findings": values, "audit_seq": reply.audit_seq}))
+        }
         Output::Table => print_text(&format!(
             "{} finding(s) recorded (audit #{})\n{}",
             values.len(),
@@ -504,7 +518,7 @@ async fn audit_command(
             let reply = client.list_audit(request).await?.into_inner();
             let values: Vec<Value> = reply.entries.iter().map(render::entry).collect();
             match output {
-                Output::Json => print_json(&Value::Array(values)),
+                Output::Json | Output::Sarif => print_json(&Value::Array(values)),
                 Output::Table => print_text(&entries_table(&values)),
             }
         }
@@ -519,7 +533,7 @@ async fn audit_command(
             while let Some(item) = stream.next().await {
                 let v = render::entry(&item?);
                 match output {
-                    Output::Json => print_json(&v)?,
+                    Output::Json | Output::Sarif => print_json(&v)?,
                     Output::Table => {
                         let text = entries_table(std::slice::from_ref(&v));
                         print_text(text.lines().last().unwrap_or_default())?;
@@ -554,7 +568,7 @@ async fn audit_command(
                 "problem": (!reply.ok).then_some(reply.problem.clone()),
             });
             match output {
-                Output::Json => print_json(&v)?,
+                Output::Json | Output::Sarif => print_json(&v)?,
                 Output::Table if reply.ok => print_text(&format!(
                     "audit chain intact: {} entries, head {}:{}",
                     reply.entries_checked, h.seq, h.hash

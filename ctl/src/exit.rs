@@ -16,6 +16,8 @@ pub const FAILED_PRECONDITION: u8 = 4;
 pub const UNAUTHENTICATED: u8 = 5;
 /// `audit verify` found a broken chain.
 pub const AUDIT_BROKEN: u8 = 8;
+/// A scan found something at or above `--fail-on`.
+pub const SCAN_FAIL_ON: u8 = 9;
 /// The daemon could not be reached (sysexits EX_UNAVAILABLE).
 pub const UNREACHABLE: u8 = 69;
 /// The daemon refused: permission denied (sysexits EX_NOPERM).
@@ -31,6 +33,7 @@ Exit codes:
    4  failed precondition (the current state forbids the request)
    5  unauthenticated: log in again with `defenseclawctl auth login`
    8  audit verify: the chain is broken
+   9  scan: a finding reached --fail-on
   20  auth login: denied at the identity provider
   21  auth login: the code expired before approval
   22  auth login: the device code was rejected (invalid_grant)

@@ -6,6 +6,7 @@ pub mod client;
 pub mod commands;
 pub mod exit;
 pub mod render;
+pub mod scan;
 
 use std::process::ExitCode;
 
@@ -116,6 +117,35 @@ pub fn main_entry() -> ExitCode {
         let socket = client::resolve_socket(cli.socket);
         if let cli::Command::Auth { action } = cli.command {
             return auth_command(&socket, action, cli.output).await;
+        }
+        // Offline scans and rule commands need no daemon.
+        match &cli.command {
+            cli::Command::Skill {
+                action: cli::TargetCommand::Scan(args),
+            } if args.offline => {
+                return scan::offline(defenseclaw_proto::v1::TargetKind::Skill, args, cli.output);
+            }
+            cli::Command::Mcp {
+                action: cli::TargetCommand::Scan(args),
+            } if args.offline => {
+                return scan::offline(defenseclaw_proto::v1::TargetKind::Mcp, args, cli.output);
+            }
+            cli::Command::Rule { action } => return scan::rules(action, cli.output),
+            _ => {}
+        }
+        let scan_command = matches!(
+            &cli.command,
+            cli::Command::Skill {
+                action: cli::TargetCommand::Scan(_) | cli::TargetCommand::Install(_)
+            } | cli::Command::Mcp {
+                action: cli::TargetCommand::Scan(_)
+            }
+        );
+        if cli.output == cli::Output::Sarif && !scan_command {
+            return Err(Failure::new(
+                exit::USAGE,
+                "-o sarif is only for scan commands",
+            ));
         }
         let bearer =
             client::Bearer::new(bearer_token().await?.as_ref().map(|t| t.expose_secret()))?;

@@ -35,6 +35,10 @@ pub struct Settings {
     pub auth: crate::oidc::AuthSettings,
     /// The OpenClaw gateway monitor and runtime enforcement.
     pub openclaw: crate::openclaw::OpenClawSettings,
+    /// Scanners: extra rules, watched skill directories, adapters.
+    pub scanner: crate::scanning::ScannerSettings,
+    /// What a scan decides.
+    pub admission: crate::scanning::AdmissionSettings,
 }
 
 /// `[server]`

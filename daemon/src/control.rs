@@ -50,6 +50,7 @@ pub struct ControlService {
     pub(crate) cancel: CancellationToken,
     pub(crate) enforcement: broadcast::Sender<EnforcementChanged>,
     pub(crate) openclaw: crate::openclaw::MonitorHandle,
+    pub(crate) admission: crate::admission::Admission,
 }
 
 impl std::fmt::Debug for ControlService {
@@ -170,7 +171,7 @@ fn pb_summary(row: &TargetRow) -> pb::TargetSummary {
     }
 }
 
-fn pb_finding(f: &FindingRow) -> pb::Finding {
+pub(crate) fn pb_finding(f: &FindingRow) -> pb::Finding {
     let (dismissed_by, dismissed_at, dismiss_reason) = f.dismissed.clone().unwrap_or_default();
     pb::Finding {
         id: f.id,
@@ -613,6 +614,33 @@ impl Control for ControlService {
             let _ = catch_up(&store, &tx, &mut last, u64::MAX).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn scan_target(
+        &self,
+        request: Request<pb::ScanTargetRequest>,
+    ) -> Result<Response<pb::ScanTargetReply>, Status> {
+        let actor = self
+            .authorize(&request, "ScanTarget", Need::Operate)
+            .await?;
+        let req = request.into_inner();
+        let kind = kind_from("kind", req.kind)?
+            .ok_or_else(|| Error::invalid("kind", "is required (skill or mcp)"))?;
+        validate_text("path", &req.path, 4096)?;
+        let results = self
+            .admission
+            .run(
+                actor,
+                crate::admission::ScanRequest {
+                    kind,
+                    path: std::path::PathBuf::from(&req.path),
+                    name: (!req.name.is_empty()).then_some(req.name),
+                    server: (!req.server.is_empty()).then_some(req.server),
+                    install: req.install,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::ScanTargetReply { results }))
     }
 
     async fn list_open_claw_approvals(

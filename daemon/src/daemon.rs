@@ -13,11 +13,13 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::AccessPolicy;
+use crate::admission::{Admission, ScanRequest};
 use crate::authn::Authenticator;
 use crate::config::{ConfigFile, Settings};
 use crate::control::{ControlService, EnforcementChanged};
 use crate::openclaw::{GatewayToken, OpenClawMonitor};
 use crate::openclaw_host::{GovernanceHost, forward_enforcement};
+use crate::scanning::{ScanService, SkillWatcher};
 use crate::secrets::SecretSources;
 use crate::state::StateCache;
 use crate::store::{Store, WriterContext};
@@ -160,6 +162,50 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
             cache.clone(),
         ));
     }
+    let scanners =
+        Arc::new(crate::scanning::Scanners::new(&settings.scanner).inspect_err(|_| cleanup.run())?);
+    let admission = Admission {
+        store: store.clone(),
+        cache: cache.clone(),
+        scan: Arc::new(ScanService {
+            scanners,
+            admission: settings.admission.clone(),
+        }),
+        enforcement: enforcement.clone(),
+    };
+    if !settings.scanner.watch_dirs.is_empty() {
+        let watcher = SkillWatcher::new(
+            &settings.scanner.watch_dirs,
+            Duration::from_millis(settings.scanner.watch_debounce_ms),
+        )
+        .inspect_err(|_| cleanup.run())?;
+        let watch_admission = admission.clone();
+        tokio::spawn(watcher.run(cancel.child_token(), move |skill| {
+            let admission = watch_admission.clone();
+            async move {
+                let actor = crate::model::Actor {
+                    id: "system:watcher".into(),
+                    name: "skill-watcher".into(),
+                    ..crate::model::Actor::system()
+                };
+                let req = ScanRequest {
+                    kind: crate::model::TargetKind::Skill,
+                    path: skill.clone(),
+                    name: None,
+                    server: None,
+                    install: false,
+                };
+                match admission.run(actor, req).await {
+                    Ok(results) => {
+                        for r in results {
+                            tracing::info!(skill = %skill.display(), decision = %r.decision, findings = r.findings.len(), "rescanned a changed skill");
+                        }
+                    }
+                    Err(e) => tracing::warn!(skill = %skill.display(), error = %e, "rescan failed"),
+                }
+            }
+        }));
+    }
     let service = ControlService {
         store: store.clone(),
         cache,
@@ -172,6 +218,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         cancel: cancel.clone(),
         enforcement: enforcement.clone(),
         openclaw: monitor.clone(),
+        admission,
     };
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)

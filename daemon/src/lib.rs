@@ -2,6 +2,7 @@
 //! a thin wrapper around [`daemon::run`]; tests start it with [`daemon::start`].
 
 pub mod access;
+pub mod admission;
 pub mod audit;
 pub mod authn;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod openclaw;
 pub mod openclaw_host;
 pub mod paths;
 pub mod scan_input;
+pub mod scanning;
 pub mod secrets;
 pub mod state;
 pub mod store;

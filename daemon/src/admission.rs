@@ -1,0 +1,246 @@
+//! Scan, record, decide: the path shared by `ScanTarget` (and `skill install`)
+//! and the skill watcher.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use defenseclaw_proto::v1 as pb;
+use tokio::sync::broadcast;
+
+use crate::control::{EnforcementChanged, pb_finding};
+use crate::error::{Error, Result};
+use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind, validate_name};
+use crate::scanning::{ScanService, Scanned};
+use crate::state::{StateCache, Verdict};
+use crate::store::{Store, WriteEffect, WriteOp};
+
+/// What to scan.
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    /// Skill folder or MCP config.
+    pub kind: TargetKind,
+    /// Absolute path the daemon reads.
+    pub path: PathBuf,
+    /// Name override (skills).
+    pub name: Option<String>,
+    /// One MCP server of the config.
+    pub server: Option<String>,
+    /// Decide allowed/blocked even when below the threshold.
+    pub install: bool,
+}
+
+/// Everything the admission path works on.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Store.
+    pub store: Store,
+    /// In-memory state.
+    pub cache: Arc<StateCache>,
+    /// Scanners and policy.
+    pub scan: Arc<ScanService>,
+    /// Committed enforcement changes go here (runtime enforcement follows them).
+    pub enforcement: broadcast::Sender<EnforcementChanged>,
+}
+
+impl Admission {
+    /// Scans, stores each scanner's findings and applies the admission policy.
+    pub async fn run(&self, actor: Actor, req: ScanRequest) -> Result<Vec<pb::ScanResult>> {
+        if !req.path.is_absolute() {
+            return Err(Error::invalid(
+                "path",
+                "must be absolute (the daemon resolves no relative paths)",
+            ));
+        }
+        if let Some(name) = &req.name {
+            validate_name("name", name)?;
+        }
+        let scanners = self.scan.scanners.clone();
+        let (kind, path, server) = (req.kind, req.path.clone(), req.server.clone());
+        let scanned: Vec<Scanned> = tokio::task::spawn_blocking(move || match kind {
+            TargetKind::Skill => scanners.scan_skill(&path).map(|s| vec![s]),
+            TargetKind::Mcp => scanners.scan_mcp(&path, server.as_deref()),
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("scan task failed: {e}")))??;
+        let mut results = Vec::with_capacity(scanned.len());
+        for s in scanned {
+            let name = match (kind, &req.name) {
+                (TargetKind::Skill, Some(n)) => n.clone(),
+                _ => s.report.name.clone(),
+            };
+            validate_name("name", &name).map_err(|_| {
+                Error::invalid(
+                    "name",
+                    format!(
+                        "{name:?} (from the scanned target) is not a valid target name; pass a name"
+                    ),
+                )
+            })?;
+            results.push(
+                self.record_and_decide(&actor, Target { kind, name }, s, req.install)
+                    .await?,
+            );
+        }
+        Ok(results)
+    }
+
+    async fn record_and_decide(
+        &self,
+        actor: &Actor,
+        target: Target,
+        s: Scanned,
+        install: bool,
+    ) -> Result<pb::ScanResult> {
+        let mut result = pb::ScanResult {
+            target: Some(pb::TargetRef {
+                kind: match target.kind {
+                    TargetKind::Skill => pb::TargetKind::Skill as i32,
+                    TargetKind::Mcp => pb::TargetKind::Mcp as i32,
+                },
+                name: target.name.clone(),
+            }),
+            path: s.report.path.clone(),
+            duration_ms: s.report.duration_ms,
+            notes: s.report.notes.clone(),
+            scanner_errors: s.errors.clone(),
+            ..Default::default()
+        };
+        if self.scan.admission.allow_listed(&target) {
+            result.decision = "bypassed".into();
+            result.decision_reason = "on the admission allow list; not scanned".into();
+            if install {
+                let (_, seq) = self
+                    .enforce(
+                        actor,
+                        &target,
+                        EnforcementAction::Allow,
+                        "admission: allow list".into(),
+                        serde_json::json!({"admission": "allow_list"}),
+                    )
+                    .await?;
+                result.audit_seq = seq;
+            }
+            return Ok(result);
+        }
+        let mut max = None;
+        for (scanner, findings) in s.by_scanner {
+            result.scanners.push(scanner.clone());
+            let effect = self
+                .store
+                .write(WriteOp::ScanReport {
+                    scanner,
+                    target: target.clone(),
+                    findings,
+                    actor: actor.clone(),
+                })
+                .await?;
+            if let WriteEffect::Findings { findings, .. } = effect {
+                for f in &findings {
+                    max = max.max(Some(f.severity));
+                }
+                result.findings.extend(findings.iter().map(pb_finding));
+            }
+        }
+        result.max_severity = max.map_or(0, |s| s as i32);
+        let threshold = self.scan.admission.threshold(target.kind);
+        let summary = serde_json::json!({
+            "admission": true,
+            "findings": result.findings.len(),
+            "max_severity": max.map(|m| m.as_str()),
+            "threshold": threshold.as_str(),
+            "scanners": result.scanners,
+            "scanner_errors": result.scanner_errors,
+        });
+        let blocked_now = matches!(
+            self.cache.check(target.kind, &target.name),
+            Verdict::Blocked(_)
+        );
+        if max.is_some_and(|m| m >= threshold) {
+            let reason = format!(
+                "admission: {} finding(s), max {} (blocks at {})",
+                result.findings.len(),
+                max.map_or("", |m| m.as_str()),
+                threshold.as_str()
+            );
+            let (changed, seq) = self
+                .enforce(
+                    actor,
+                    &target,
+                    EnforcementAction::Block,
+                    reason.clone(),
+                    summary,
+                )
+                .await?;
+            result.decision = if changed {
+                "blocked".into()
+            } else {
+                "unchanged".into()
+            };
+            result.decision_reason = reason;
+            result.audit_seq = seq;
+        } else if install && blocked_now {
+            result.decision = "blocked".into();
+            result.decision_reason = "on the block list; an operator must unblock it".into();
+        } else if install {
+            let reason = format!(
+                "admission: {} finding(s) below {}",
+                result.findings.len(),
+                threshold.as_str()
+            );
+            let (_, seq) = self
+                .enforce(
+                    actor,
+                    &target,
+                    EnforcementAction::Allow,
+                    reason.clone(),
+                    summary,
+                )
+                .await?;
+            result.decision = "allowed".into();
+            result.decision_reason = reason;
+            result.audit_seq = seq;
+        } else {
+            result.decision = "unchanged".into();
+            result.decision_reason = format!("below the blocking threshold {}", threshold.as_str());
+        }
+        Ok(result)
+    }
+
+    async fn enforce(
+        &self,
+        actor: &Actor,
+        target: &Target,
+        action: EnforcementAction,
+        reason: String,
+        details: serde_json::Value,
+    ) -> Result<(bool, u64)> {
+        let effect = self
+            .store
+            .write(WriteOp::SetEnforcement {
+                target: target.clone(),
+                action,
+                reason,
+                actor: actor.clone(),
+                details,
+            })
+            .await?;
+        let WriteEffect::Enforcement {
+            decision,
+            changed,
+            entry,
+        } = effect
+        else {
+            return Err(Error::Internal("unexpected write effect".into()));
+        };
+        if changed {
+            let _ = self.enforcement.send(EnforcementChanged {
+                target: target.clone(),
+                state: decision.state,
+            });
+        }
+        debug_assert!(
+            decision.state != EnforcementState::None || action == EnforcementAction::Unblock
+        );
+        Ok((changed, entry.seq))
+    }
+}
