@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use aho_corasick::AhoCorasick;
 use rayon::prelude::*;
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
@@ -33,8 +34,14 @@ struct ContentRule {
 /// The scanner engine. Build it once and share it (it is `Sync`).
 pub struct Engine {
     rules: Vec<Rule>,
-    /// Every distinct pattern, matched in one pass over a file.
-    set: RegexSet,
+    /// Prefilter: the literals some match of each pattern must contain, in
+    /// one case-insensitive automaton; a pattern runs only where one occurs.
+    prefilter: Option<AhoCorasick>,
+    /// Prefilter literal index -> pattern index.
+    literal_owner: Vec<usize>,
+    /// Patterns with no required literal, matched together in one pass.
+    always: Option<RegexSet>,
+    always_ids: Vec<usize>,
     sources: Vec<String>,
     /// Single regexes, compiled on first use: only patterns the set reports
     /// as matching are ever needed to locate matches.
@@ -142,22 +149,58 @@ impl Engine {
                 scope: rule.requires_scope,
             });
         }
-        // One set for all file types: the per-type sets would hold nearly
-        // the same patterns, and compiling them is most of start-up; rules
-        // are still scoped by file type when the set's matches are read.
-        let set = RegexSetBuilder::new(sources.iter().map(String::as_str))
-            .unicode(false)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .dfa_size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .map_err(|e| ScanError::RuleFile {
-                path: "rule set".into(),
-                message: e.to_string(),
-            })?;
+        // Patterns with a required literal go behind one Aho-Corasick
+        // prefilter; the rest are compiled together into one set. Single
+        // regexes are compiled on first use, so start-up stays small.
+        let mut literals: Vec<Vec<u8>> = Vec::new();
+        let mut literal_owner = Vec::new();
+        let mut always_ids = Vec::new();
+        for (i, src) in sources.iter().enumerate() {
+            match crate::literals::required_literals(src) {
+                Some(lits) => {
+                    for l in lits {
+                        literals.push(l);
+                        literal_owner.push(i);
+                    }
+                }
+                None => always_ids.push(i),
+            }
+        }
+        let prefilter = if literals.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .build(&literals)
+                    .map_err(|e| ScanError::RuleFile {
+                        path: "rule set".into(),
+                        message: e.to_string(),
+                    })?,
+            )
+        };
+        let always = if always_ids.is_empty() {
+            None
+        } else {
+            Some(
+                RegexSetBuilder::new(always_ids.iter().map(|i| sources[*i].as_str()))
+                    .unicode(false)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| ScanError::RuleFile {
+                        path: "rule set".into(),
+                        message: e.to_string(),
+                    })?,
+            )
+        };
         let regexes = sources.iter().map(|_| OnceLock::new()).collect();
         Ok(Engine {
             rules,
-            set,
+            prefilter,
+            literal_owner,
+            always,
+            always_ids,
             sources,
             regexes,
             content,
@@ -297,9 +340,23 @@ impl Engine {
     }
 
     fn hits(&self, unit: &Unit<'_>) -> Vec<bool> {
+        let text = unit.text.as_bytes();
         let mut hits = vec![false; self.sources.len()];
-        for i in self.set.matches(unit.text.as_bytes()).into_iter() {
-            hits[i] = true;
+        if let Some(set) = &self.always {
+            for i in set.matches(text).into_iter() {
+                hits[self.always_ids[i]] = true;
+            }
+        }
+        if let Some(ac) = &self.prefilter {
+            let mut candidate = vec![false; self.sources.len()];
+            for m in ac.find_overlapping_iter(text) {
+                candidate[self.literal_owner[m.pattern().as_usize()]] = true;
+            }
+            for (i, c) in candidate.into_iter().enumerate() {
+                if c && !hits[i] {
+                    hits[i] = self.regex(i).is_some_and(|re| re.is_match(text));
+                }
+            }
         }
         hits
     }

@@ -8,6 +8,7 @@
 pub mod adapters;
 mod checks;
 mod engine;
+mod literals;
 mod mcp;
 mod model;
 mod redact;
