@@ -1048,7 +1048,7 @@ async fn bench_runs_against_the_fake_gateway() {
         .await
         .unwrap()
         .unwrap();
-    eprintln!("openclaw bench (debug build, shared CPU): {f:?}");
+    eprintln!("openclaw bench: {f:?}");
     assert_eq!(f.approvals, 200);
     assert!(f.audits_committed >= 5_200, "audit entries lost: {f:?}");
     assert_eq!(f.events, 5_000);
