@@ -250,6 +250,7 @@ impl Bench {
         let t = Instant::now();
         let token_pair = match &self.token {
             Some(token) => {
+                say!("bearer token: set (value not shown)");
                 let conns = TOKEN_LEVEL.div_ceil(INFLIGHT_PER_CONNECTION);
                 let plain_ch = uds::channels(&layout.socket, conns).await?;
                 let token_ch = uds::channels(&layout.socket, conns).await?;
@@ -269,7 +270,9 @@ impl Bench {
             }
             None => None,
         };
-        phase("check_token_vs_plain", t);
+        if token_pair.is_some() {
+            phase("check_token_vs_plain", t);
+        }
 
         // ---- defenseclawctl status vs /bin/true
         let t = Instant::now();
@@ -339,6 +342,18 @@ impl Bench {
             loaded.threads
         );
         let audit_entries = self.audit_entries(&layout.socket).await.ok();
+        // `status` again with the bigger database (it counts rows), as a raw figure only.
+        let t = Instant::now();
+        let ctl_after = {
+            let ctl = self.ctl_bin.clone();
+            let socket = layout.socket.clone();
+            let home = self.dir.join("ctl-home");
+            let runs = (self.args.ctl_runs / 4).max(1);
+            tokio::task::spawn_blocking(move || time_ctl(&ctl, &socket, &home, runs))
+                .await
+                .context("the process timing task failed")??
+        };
+        phase("ctl_status_after_load", t);
 
         let total = started.elapsed().as_secs_f64();
         drop(echo);
@@ -350,6 +365,7 @@ impl Bench {
             token: token_pair.map(|p| (p.base, p.subject)),
             ctl_ms: ctl_times,
             true_ms: true_times,
+            ctl_after_load_ms: ctl_after.0,
             bare_rates,
             mut1,
             mut64,
