@@ -58,7 +58,7 @@ pub struct ControlArgs {
     #[arg(long, value_name = "MS", default_value_t = 250)]
     pub warmup_ms: u64,
     /// Runs of each side per comparison, interleaved (the median is reported).
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub repeats: u32,
     /// Runs of `defenseclawctl status` and of /bin/true each.
     #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10000))]

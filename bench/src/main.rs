@@ -33,8 +33,9 @@ executable (target/release/) unless --daemon-bin / --ctl-bin say otherwise.
 
 The daemon and the echo baseline each run as a separate process on Unix
 sockets in a fresh temporary directory (or under --dir), on the same disk
-as the bare SQLite insert loop. A run takes about a minute. Progress goes to
-stderr; with --json, stdout carries only the JSON document.";
+as the bare SQLite insert loop. A run takes about a minute with the
+defaults. Progress goes to stderr; with --json, stdout carries only the
+JSON document.";
 
 /// Control-plane benchmark: defenseclawd against a bare gRPC echo service,
 /// durable mutations against a bare SQLite insert loop, defenseclawctl start-up
