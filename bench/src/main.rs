@@ -1,1 +1,97 @@
-fn main() {}
+//! `defenseclaw-bench`: measures the control plane against bare baselines on
+//! this machine and prints the figures (one JSON document with `--json`).
+//!
+//! Subcommands:
+//! - none: the control-plane benchmark ([`control::run`]);
+//! - `echo-server` (hidden): the bare tonic echo baseline, run as a separate
+//!   process by the benchmark itself;
+//! - `scan-eval` goes next to them (see the marked spot below).
+
+mod control;
+mod echo;
+mod load;
+mod procs;
+mod report;
+mod sqlite_loop;
+mod uds;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Shown at the end of `--help`: what must exist before the benchmark runs.
+const PREREQUISITES: &str = "\
+Before running, build every binary of the workspace in release mode:
+
+    cargo build --release --workspace
+    cargo run --release -p defenseclaw-bench -- --json
+
+`cargo run -p defenseclaw-bench` builds only this package; the daemon
+(defenseclawd) and the CLI (defenseclawctl) are looked up next to this
+executable (target/release/) unless --daemon-bin / --ctl-bin say otherwise.
+
+The daemon and the echo baseline each run as a separate process on Unix
+sockets in a fresh temporary directory (or under --dir), on the same disk
+as the bare SQLite insert loop. A run takes about a minute with the
+defaults. Progress goes to stderr; with --json, stdout carries only the
+JSON document.";
+
+/// Control-plane benchmark: defenseclawd against a bare gRPC echo service,
+/// durable mutations against a bare SQLite insert loop, defenseclawctl start-up
+/// against /bin/true, and the daemon's resident memory.
+#[derive(Debug, Parser)]
+#[command(
+    name = "defenseclaw-bench",
+    version,
+    about,
+    after_help = PREREQUISITES,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Options of the default command (the control-plane benchmark).
+    #[command(flatten)]
+    control: control::ControlArgs,
+    /// A subcommand instead of the control-plane benchmark.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serves the bare echo baseline on a Unix socket until killed (started by
+    /// the benchmark itself).
+    #[command(hide = true)]
+    EchoServer {
+        /// Socket path to bind (must not exist).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+    },
+    // ---- scan-eval: add the scanner evaluation subcommand here, e.g.
+    //
+    //   /// Evaluates the scanner against a labelled corpus.
+    //   ScanEval {
+    //       /// Corpus directory.
+    //       corpus: PathBuf,
+    //   },
+    //
+    // and dispatch it in `main` below to `scan_eval::run(&corpus)` (module
+    // `scan_eval`, declared next to the others at the top of this file).
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::EchoServer { socket }) => echo::serve(&socket),
+        // Some(Command::ScanEval { corpus }) => scan_eval::run(&corpus)
+        //     .and_then(|v| report::print_json(&v)),
+        None => control::run(&cli.control),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("defenseclaw-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
