@@ -5,13 +5,15 @@
 //! - none: the control-plane benchmark ([`control::run`]);
 //! - `echo-server` (hidden): the bare tonic echo baseline, run as a separate
 //!   process by the benchmark itself;
-//! - `scan-eval` goes next to them (see the marked spot below).
+//! - `scan-eval CORPUS`: the built-in scanner (and `skill-scanner` when
+//!   installed) against a labelled corpus.
 
 mod control;
 mod echo;
 mod load;
 mod procs;
 mod report;
+mod scan_eval;
 mod sqlite_loop;
 mod uds;
 
@@ -67,24 +69,22 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
     },
-    // ---- scan-eval: add the scanner evaluation subcommand here, e.g.
-    //
-    //   /// Evaluates the scanner against a labelled corpus.
-    //   ScanEval {
-    //       /// Corpus directory.
-    //       corpus: PathBuf,
-    //   },
-    //
-    // and dispatch it in `main` below to `scan_eval::run(&corpus)` (module
-    // `scan_eval`, declared next to the others at the top of this file).
+    /// Evaluates the scanner against a labelled corpus (labels.csv): recall,
+    /// false positives and time, side by side with Cisco's skill-scanner when
+    /// it is on PATH (or at $DEFENSECLAW_CISCO_SKILL_SCANNER).
+    ScanEval {
+        /// Corpus directory.
+        corpus: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::EchoServer { socket }) => echo::serve(&socket),
-        // Some(Command::ScanEval { corpus }) => scan_eval::run(&corpus)
-        //     .and_then(|v| report::print_json(&v)),
+        Some(Command::ScanEval { corpus }) => {
+            scan_eval::run(&corpus).and_then(|v| report::print_json(&v))
+        }
         None => control::run(&cli.control),
     };
     match result {
