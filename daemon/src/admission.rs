@@ -228,6 +228,7 @@ impl Admission {
             decision,
             changed,
             entry,
+            ..
         } = effect
         else {
             return Err(Error::Internal("unexpected write effect".into()));

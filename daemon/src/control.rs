@@ -368,6 +368,7 @@ impl Control for ControlService {
             decision,
             changed,
             entry,
+            open_findings,
         } = effect
         else {
             return Err(unexpected(&effect).into());
@@ -379,16 +380,12 @@ impl Control for ControlService {
                 state: decision.state,
             });
         }
-        let row = self
-            .store
-            .get_target(target.clone())
-            .await?
-            .unwrap_or(TargetRow {
-                target,
-                decision,
-                open_findings: 0,
-                max_open_severity: None,
-            });
+        let row = TargetRow {
+            target,
+            decision,
+            open_findings: open_findings.0,
+            max_open_severity: open_findings.1,
+        };
         Ok(Response::new(pb::SetEnforcementReply {
             target: Some(pb_summary(&row)),
             changed,

@@ -61,6 +61,9 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("defenseclawd")
+        // Store reads and scans run on blocking threads; a small pool keeps
+        // memory and contention down on small hosts.
+        .max_blocking_threads(16)
         .build()
     {
         Ok(rt) => rt,

@@ -124,6 +124,9 @@ impl std::fmt::Debug for Store {
 struct ReaderPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Bounds concurrent reads to the pool size, so connections are reused
+    /// rather than opened and dropped under load.
+    permits: tokio::sync::Semaphore,
 }
 
 /// What the writer thread needs besides its connection.
@@ -166,6 +169,7 @@ impl Store {
             readers: Arc::new(ReaderPool {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
+                permits: tokio::sync::Semaphore::new(MAX_IDLE_READERS),
             }),
             head,
             entries,
@@ -209,6 +213,12 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let pool = self.readers.clone();
+        let _permit = pool
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("the store is shutting down".into()))?;
+        let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let conn = pool.take()?;
             let out = f(&conn);
@@ -232,7 +242,8 @@ impl Store {
                 blocked: one("SELECT count(*) FROM targets WHERE state = 'blocked'")?,
                 allowed: one("SELECT count(*) FROM targets WHERE state = 'allowed'")?,
                 open_findings: one("SELECT count(*) FROM findings WHERE dismissed_at IS NULL")?,
-                audit_entries: one("SELECT count(*) FROM audit")?,
+                // The chain has no gaps, so the head's seq is the count.
+                audit_entries: one("SELECT coalesce(max(seq), 0) FROM audit")?,
             })
         })
         .await

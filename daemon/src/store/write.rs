@@ -96,6 +96,8 @@ pub enum WriteEffect {
         changed: bool,
         /// Audit entry written.
         entry: Arc<Entry>,
+        /// Open findings of the target, and their highest severity.
+        open_findings: (u64, Option<Severity>),
     },
     /// Findings stored.
     Findings {
@@ -175,16 +177,34 @@ impl Writer {
                     .collect();
             }
         };
-        let mut tx = tx;
         for op in ops {
             let mut job_chain = chain.clone();
+            // Cached statements: a savepoint per op would cost a parse each otherwise.
             let result = (|| {
-                let sp = tx
-                    .savepoint()
+                tx.prepare_cached("SAVEPOINT op")
+                    .and_then(|mut s| s.execute([]))
                     .map_err(Error::store("opening a savepoint"))?;
-                let out = apply(&sp, op, &mut job_chain)?;
-                sp.commit().map_err(Error::store("releasing a savepoint"))?;
-                Ok(out)
+                match apply(&tx, op, &mut job_chain) {
+                    Ok(out) => {
+                        tx.prepare_cached("RELEASE op")
+                            .and_then(|mut s| s.execute([]))
+                            .map_err(Error::store("releasing a savepoint"))?;
+                        Ok(out)
+                    }
+                    Err(e) => {
+                        let undone = tx
+                            .prepare_cached("ROLLBACK TO op")
+                            .and_then(|mut s| s.execute([]))
+                            .and_then(|_| {
+                                tx.prepare_cached("RELEASE op")
+                                    .and_then(|mut s| s.execute([]))
+                            });
+                        if let Err(undo) = undone {
+                            tracing::error!(error = %undo, "rolling back a failed operation");
+                        }
+                        Err(e)
+                    }
+                }
             })();
             if result.is_ok() {
                 chain = job_chain;
@@ -389,6 +409,18 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
                     actor,
                 },
             )?;
+            let open_findings = conn
+                .prepare_cached(
+                    "SELECT count(*), max(severity) FROM findings
+                     WHERE kind = ?1 AND name = ?2 AND dismissed_at IS NULL",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![target.kind.as_str(), target.name], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+                    })
+                })
+                .map(|(n, max)| (n.max(0) as u64, max.and_then(Severity::from_rank)))
+                .map_err(Error::store("counting findings"))?;
             Ok(Staged {
                 cache_updates: if changed {
                     vec![(target, decision.clone())]
@@ -400,6 +432,7 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
                     decision,
                     changed,
                     entry,
+                    open_findings,
                 },
             })
         }
