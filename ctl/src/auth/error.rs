@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 /// Process exit codes used by `defenseclawctl` (see [`AuthError::exit_code`]).
 pub mod exit_codes {
-    //! One table for the whole CLI; see `crate::exit` for the RPC codes.
     /// Success.
     pub const OK: i32 = 0;
     /// Any other failure (I/O, configuration).

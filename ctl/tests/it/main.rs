@@ -6,3 +6,4 @@ mod support;
 mod auth;
 mod commands;
 mod identity;
+mod scanning;

@@ -9,3 +9,4 @@ mod lifecycle;
 mod oidc;
 mod openclaw;
 mod openclaw_e2e;
+mod scanning;
