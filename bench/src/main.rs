@@ -69,6 +69,17 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
     },
+    /// OpenClaw monitor: exec.approval.requested → exec.approval.resolve latency
+    /// (p50/p99) and session.tool observations per second, in process against a
+    /// local fake gateway.
+    OpenclawApprovals {
+        /// Approvals to time.
+        #[arg(long, default_value_t = 20_000)]
+        approvals: usize,
+        /// session.tool events to send.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+    },
     /// Evaluates the scanner against a labelled corpus (labels.csv): recall,
     /// false positives and time, side by side with Cisco's skill-scanner when
     /// it is on PATH (or at $DEFENSECLAW_CISCO_SKILL_SCANNER).
@@ -82,6 +93,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::EchoServer { socket }) => echo::serve(&socket),
+        Some(Command::OpenclawApprovals { approvals, events }) => {
+            openclaw_approvals(approvals, events)
+        }
         Some(Command::ScanEval { corpus }) => {
             scan_eval::run(&corpus).and_then(|v| report::print_json(&v))
         }
@@ -94,4 +108,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn openclaw_approvals(approvals: usize, events: usize) -> anyhow::Result<()> {
+    let f = defenseclawd::openclaw::bench::run(approvals, events)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let v = serde_json::json!({
+        "benchmark": "openclaw approvals",
+        "approvals": f.approvals,
+        "events": f.events,
+        "approval_p50_us": f.p50_us,
+        "approval_p99_us": f.p99_us,
+        "approval_max_us": f.max_us,
+        "session_tool_events_per_sec": f.events_per_sec,
+        "audits_committed": f.audits_committed,
+        "targets": {
+            "approval_p99_us": {"target": "<= 1000", "met": f.p99_us <= 1000.0},
+            "session_tool_events_per_sec": {"target": ">= 50000", "met": f.events_per_sec >= 50_000.0},
+        },
+    });
+    report::print_json(&v)
 }

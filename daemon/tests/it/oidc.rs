@@ -502,15 +502,11 @@ async fn valid_token_is_verified_and_mapped_to_roles() {
     assert_eq!(idp.hits("/.well-known/jwks.json"), 1);
 }
 
-#[tokio::test]
-async fn attack_suite_each_case_rejected_with_its_reason() {
-    let idp = MockIdp::start().await;
-    let verifier = idp.verifier();
-    let iss = idp.issuer.clone();
-    let good = access_claims(&iss);
+/// Every forged, stale or malformed token the attack suite throws, with the
+/// reason it must be refused for.
+fn attack_tokens(iss: &str) -> Vec<(&'static str, String, RejectReason)> {
+    let good = access_claims(iss);
     let valid = sign(1, "k1", &good);
-    verifier.verify(&valid).await.unwrap();
-
     let pub_pem = fixture("key1.pub.pem");
     let mut hs_header = Header::new(Algorithm::HS256);
     hs_header.kid = Some("k1".into());
@@ -679,6 +675,24 @@ async fn attack_suite_each_case_rejected_with_its_reason() {
         ("empty", String::new(), RejectReason::Missing),
         ("oversized", oversized, RejectReason::TooLarge),
     ];
+    cases
+}
+
+#[tokio::test]
+async fn attack_suite_each_case_rejected_with_its_reason() {
+    let idp = MockIdp::start().await;
+    let verifier = idp.verifier();
+    let iss = idp.issuer.clone();
+    let good = access_claims(&iss);
+    let valid = sign(1, "k1", &good);
+    verifier.verify(&valid).await.unwrap();
+
+    let cases = attack_tokens(&iss);
+    let tampered = {
+        let parts: Vec<&str> = valid.split('.').collect();
+        let evil = with(good.clone(), json!({"sub": "auth0|mallory"}));
+        format!("{}.{}.{}", parts[0], b64(&evil), parts[2])
+    };
     for (name, token, expected) in &cases {
         let rejection = verifier
             .verify(token)
@@ -1677,4 +1691,78 @@ async fn daemon_in_oidc_mode_stamps_the_operator_and_audits_refusals() {
     assert_eq!(auth.mode, "oidc");
     assert!(auth.jwks_keys >= 1);
     assert!(!auth.jwks_serving_stale);
+}
+
+#[tokio::test]
+async fn the_daemon_refuses_every_attack_token_and_audits_each_refusal() {
+    use defenseclaw_proto::v1 as pb;
+    let idp = MockIdp::start().await;
+    let d = crate::support::TestDaemon::start_with(&[
+        ("DEFENSECLAW_AUTH__MODE", "oidc"),
+        ("DEFENSECLAW_AUTH__ISSUER", &idp.issuer),
+        ("DEFENSECLAW_AUTH__AUDIENCE", AUD),
+    ])
+    .await;
+    let mut c = d.client().await;
+    let cases = attack_tokens(&idp.issuer);
+    for (name, token, expected) in &cases {
+        let req = with_bearer(
+            pb::SetEnforcementRequest {
+                target: crate::support::skill("evil"),
+                action: pb::EnforcementAction::Block as i32,
+                reason: String::new(),
+            },
+            token,
+        );
+        let err = c.set_enforcement(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{name}: {err:?}");
+        let leaks = |text: &str| token.len() > 8 && text.contains(token.as_str());
+        assert!(!leaks(err.message()), "{name}: error leaks the token");
+        let last = c
+            .list_audit(pb::ListAuditRequest {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .remove(0);
+        assert_eq!(
+            (last.action.as_str(), last.outcome.as_str()),
+            ("auth-refused", "refused"),
+            "{name}"
+        );
+        let details: Value = serde_json::from_str(&last.details_json).unwrap();
+        // "Bearer " with nothing after it is a malformed header rather than a missing token.
+        let seen = details["token_rejection"].as_str().unwrap_or_default();
+        assert!(
+            seen == expected.as_str()
+                || (*expected == RejectReason::Missing && seen == "malformed"),
+            "{name}: {seen}"
+        );
+        assert!(
+            !leaks(&last.details_json) && !leaks(&last.reason),
+            "{name}: audit leaks the token"
+        );
+    }
+    let v = c
+        .check_target(crate::support::skill("evil").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        v.verdict,
+        pb::Verdict::Unknown as i32,
+        "nothing was blocked"
+    );
+    let count = c
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .counts
+        .unwrap()
+        .audit_entries;
+    assert_eq!(count, cases.len() as u64);
 }
