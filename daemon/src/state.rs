@@ -45,6 +45,21 @@ impl StateCache {
         }
     }
 
+    /// (targets, blocked, allowed), without touching the disk.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let map = self.by_kind.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = (0, 0, 0);
+        for d in map.values().flat_map(|m| m.values()) {
+            out.0 += 1;
+            match d.state {
+                EnforcementState::Blocked => out.1 += 1,
+                EnforcementState::Allowed => out.2 += 1,
+                EnforcementState::None => {}
+            }
+        }
+        out
+    }
+
     /// Every target with a block or allow decision.
     pub fn enforced(&self) -> Vec<(Target, EnforcementState)> {
         let map = self.by_kind.read().unwrap_or_else(PoisonError::into_inner);

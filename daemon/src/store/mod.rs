@@ -71,21 +71,6 @@ pub struct TargetRow {
     pub max_open_severity: Option<Severity>,
 }
 
-/// Counts for `status`.
-#[derive(Debug, Clone, Default)]
-pub struct Counts {
-    /// Targets known.
-    pub targets: u64,
-    /// Blocked.
-    pub blocked: u64,
-    /// Allowed.
-    pub allowed: u64,
-    /// Undismissed findings.
-    pub open_findings: u64,
-    /// Audit entries.
-    pub audit_entries: u64,
-}
-
 /// Audit query filters.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -229,22 +214,16 @@ impl Store {
         .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
     }
 
-    /// Counts for `status`.
-    pub async fn counts(&self) -> Result<Counts> {
+    /// Undismissed findings, for `status`.
+    pub async fn open_findings(&self) -> Result<u64> {
         self.read(|c| {
-            let one = |sql: &str| -> Result<u64> {
-                c.query_row(sql, [], |r| r.get::<_, i64>(0))
-                    .map(|n| n.max(0) as u64)
-                    .map_err(Error::store("counting"))
-            };
-            Ok(Counts {
-                targets: one("SELECT count(*) FROM targets")?,
-                blocked: one("SELECT count(*) FROM targets WHERE state = 'blocked'")?,
-                allowed: one("SELECT count(*) FROM targets WHERE state = 'allowed'")?,
-                open_findings: one("SELECT count(*) FROM findings WHERE dismissed_at IS NULL")?,
-                // The chain has no gaps, so the head's seq is the count.
-                audit_entries: one("SELECT coalesce(max(seq), 0) FROM audit")?,
-            })
+            c.query_row(
+                "SELECT count(*) FROM findings WHERE dismissed_at IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(Error::store("counting findings"))
         })
         .await
     }
