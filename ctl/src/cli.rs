@@ -25,6 +25,9 @@ pub struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     pub output: Output,
+    /// When a change needs a human approval, print the request and return at once.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -71,6 +74,12 @@ pub enum Command {
         #[command(subcommand)]
         action: AuthCommand,
     },
+    /// Step-up approvals: changes held until a human confirms them.
+    Approvals {
+        /// What to do.
+        #[command(subcommand)]
+        action: ApprovalsCommand,
+    },
     /// Scanner rules: list the built-in and configured rules, validate a rule file.
     Rule {
         /// What to do.
@@ -110,6 +119,32 @@ pub enum AuthCommand {
     Status,
     /// Revoke the refresh token and delete the session.
     Logout,
+}
+
+/// Approval commands.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Pending and recent step-up requests.
+    List {
+        /// Only pending ones.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// One request.
+    Show {
+        /// Request id (e.g. DC-4F2A).
+        id: String,
+    },
+    /// Follow a request until it ends; exits with its outcome's code.
+    Watch {
+        /// Request id.
+        id: String,
+    },
+    /// Cancel a pending request (audited).
+    Cancel {
+        /// Request id.
+        id: String,
+    },
 }
 
 /// Rule commands.

@@ -17,16 +17,22 @@ use crate::render;
 use crate::client::Client;
 
 /// Runs one command against a connected client.
-pub async fn run(client: &mut Client, command: Command, output: Output) -> Result<(), Failure> {
+pub async fn run(
+    client: &mut Client,
+    command: Command,
+    output: Output,
+    no_wait: bool,
+) -> Result<(), Failure> {
     match command {
         Command::Status => status(client, output).await,
         Command::Skill { action } => {
-            target_command(client, pb::TargetKind::Skill, action, output).await
+            target_command(client, pb::TargetKind::Skill, action, output, no_wait).await
         }
         Command::Mcp { action } => {
-            target_command(client, pb::TargetKind::Mcp, action, output).await
+            target_command(client, pb::TargetKind::Mcp, action, output, no_wait).await
         }
-        Command::Finding { action } => finding_command(client, action, output).await,
+        Command::Finding { action } => finding_command(client, action, output, no_wait).await,
+        Command::Approvals { action } => crate::approvals::command(client, action, output).await,
         Command::Scan { action } => scan_command(client, action, output).await,
         Command::Audit { action } => audit_command(client, action, output).await,
         Command::Openclaw { action } => openclaw_command(client, action, output).await,
@@ -198,6 +204,7 @@ async fn target_command(
     kind: pb::TargetKind,
     action: TargetCommand,
     output: Output,
+    no_wait: bool,
 ) -> Result<(), Failure> {
     let decide = |d: Decide, action: pb::EnforcementAction| pb::SetEnforcementRequest {
         target: Some(pb::TargetRef {
@@ -279,6 +286,9 @@ async fn target_command(
         TargetCommand::Unblock(d) => decide(d, pb::EnforcementAction::Unblock),
     };
     let reply = client.set_enforcement(request).await?.into_inner();
+    if let Some(pending) = &reply.pending {
+        return crate::approvals::wait(client, pending, output, no_wait).await;
+    }
     let mut v = render::summary(&reply.target.unwrap_or_default());
     if let Value::Object(map) = &mut v {
         map.insert("changed".into(), json!(reply.changed));
@@ -340,6 +350,7 @@ async fn finding_command(
     client: &mut Client,
     action: FindingCommand,
     output: Output,
+    no_wait: bool,
 ) -> Result<(), Failure> {
     match action {
         FindingCommand::List {
@@ -369,8 +380,17 @@ async fn finding_command(
                 .await?
                 .into_inner();
             match output {
-                Output::Json | Output::Sarif => print_json(&render::finding(&f)),
-                Output::Table => print_text(&format!("finding {} dismissed", f.id)),
+                _ if f.pending.is_some() => {
+                    let pending = f.pending.clone().unwrap_or_default();
+                    crate::approvals::wait(client, &pending, output, no_wait).await
+                }
+                Output::Json | Output::Sarif => {
+                    print_json(&render::finding(&f.finding.unwrap_or_default()))
+                }
+                Output::Table => print_text(&format!(
+                    "finding {} dismissed",
+                    f.finding.map_or(0, |f| f.id)
+                )),
             }
         }
     }

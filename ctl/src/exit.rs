@@ -18,6 +18,14 @@ pub const UNAUTHENTICATED: u8 = 5;
 pub const AUDIT_BROKEN: u8 = 8;
 /// A scan found something at or above `--fail-on`.
 pub const SCAN_FAIL_ON: u8 = 9;
+/// Step-up: the approver denied the change.
+pub const STEPUP_DENIED: u8 = 10;
+/// Step-up: nobody answered before the deadline.
+pub const STEPUP_TIMED_OUT: u8 = 11;
+/// Step-up: the identity provider failed or refused the request.
+pub const STEPUP_ERROR: u8 = 12;
+/// Step-up: the request was cancelled.
+pub const STEPUP_CANCELLED: u8 = 13;
 /// The daemon could not be reached (sysexits EX_UNAVAILABLE).
 pub const UNREACHABLE: u8 = 69;
 /// The daemon refused: permission denied (sysexits EX_NOPERM).
@@ -34,6 +42,10 @@ Exit codes:
    5  unauthenticated: log in again with `defenseclawctl auth login`
    8  audit verify: the chain is broken
    9  scan: a finding reached --fail-on
+  10  step-up: the approver denied the change
+  11  step-up: no answer before the deadline (the policy decided)
+  12  step-up: the identity provider failed or refused
+  13  step-up: cancelled
   20  auth login: denied at the identity provider
   21  auth login: the code expired before approval
   22  auth login: the device code was rejected (invalid_grant)

@@ -1,5 +1,6 @@
 //! defenseclawctl: a thin client of defenseclawd's gRPC API on its Unix socket.
 
+pub mod approvals;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -150,7 +151,7 @@ pub fn main_entry() -> ExitCode {
         let bearer =
             client::Bearer::new(bearer_token().await?.as_ref().map(|t| t.expose_secret()))?;
         let mut client = client::connect_with(&socket, bearer).await?;
-        commands::run(&mut client, cli.command, cli.output).await
+        commands::run(&mut client, cli.command, cli.output, cli.no_wait).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind, validate_name};
 use crate::scanning::{ScanService, Scanned};
 use crate::state::{StateCache, Verdict};
+use crate::stepup::StepUps;
+use crate::store::stepup::StepUpAction;
 use crate::store::{Store, WriteEffect, WriteOp};
 
 /// What to scan.
@@ -40,9 +42,60 @@ pub struct Admission {
     pub scan: Arc<ScanService>,
     /// Committed enforcement changes go here (runtime enforcement follows them).
     pub enforcement: broadcast::Sender<EnforcementChanged>,
+    /// Human approval of blocks on CRITICAL findings.
+    pub stepups: Arc<StepUps>,
 }
 
 impl Admission {
+    /// With step-up on, a finding at or above `auto_block_severity` makes the
+    /// daemon propose a block, held for a human. Returns the request id.
+    pub async fn propose_block_if_critical(
+        &self,
+        target: &Target,
+        max: Option<crate::model::Severity>,
+    ) -> Option<String> {
+        if !self.stepups.enabled()
+            || !max.is_some_and(|m| m >= self.stepups.settings().auto_block_severity)
+        {
+            return None;
+        }
+        if matches!(
+            self.cache.check(target.kind, &target.name),
+            Verdict::Blocked(_)
+        ) {
+            return None;
+        }
+        let system = Actor {
+            id: "system:scanner".into(),
+            name: "defenseclawd".into(),
+            ..Actor::system()
+        };
+        let reason = format!("scan found a {} finding", max.map_or("", |m| m.as_str()));
+        match self
+            .stepups
+            .request(system, target.clone(), StepUpAction::Block, reason, None)
+            .await
+        {
+            Ok(row) => Some(row.id),
+            Err(e) => {
+                tracing::warn!(target = %target, error = %e, "could not propose a block for approval");
+                let _ = self
+                    .store
+                    .write(WriteOp::Audit(crate::audit::NewEntry {
+                        action: "stepup-error".into(),
+                        target: Some(target.clone()),
+                        severity: max,
+                        outcome: "error".into(),
+                        reason: format!("could not ask for approval of a block: {e}"),
+                        details: serde_json::json!({}),
+                        actor: Actor::system(),
+                    }))
+                    .await;
+                None
+            }
+        }
+    }
+
     /// Scans, stores each scanner's findings and applies the admission policy.
     pub async fn run(&self, actor: Actor, req: ScanRequest) -> Result<Vec<pb::ScanResult>> {
         if !req.path.is_absolute() {
@@ -155,7 +208,12 @@ impl Admission {
             self.cache.check(target.kind, &target.name),
             Verdict::Blocked(_)
         );
-        if max.is_some_and(|m| m >= threshold) {
+        if max.is_some_and(|m| m >= threshold)
+            && let Some(id) = self.propose_block_if_critical(&target, max).await
+        {
+            result.decision = "pending".into();
+            result.decision_reason = format!("block held for human approval ({id})");
+        } else if max.is_some_and(|m| m >= threshold) {
             let reason = format!(
                 "admission: {} finding(s), max {} (blocks at {})",
                 result.findings.len(),

@@ -108,6 +108,11 @@ impl Authenticator {
         &self.settings
     }
 
+    /// The identity provider (oidc mode).
+    pub fn provider(&self) -> Option<Arc<Provider>> {
+        self.oidc.as_ref().map(|o| o.provider.clone())
+    }
+
     /// JWKS cache state (oidc mode).
     pub fn jwks_health(&self) -> Option<JwksHealth> {
         self.oidc.as_ref().map(|o| o.provider.health())

@@ -39,6 +39,8 @@ pub struct Settings {
     pub scanner: crate::scanning::ScannerSettings,
     /// What a scan decides.
     pub admission: crate::scanning::AdmissionSettings,
+    /// Human approval (CIBA) of changes on HIGH/CRITICAL targets.
+    pub stepup: crate::stepup::StepUpSettings,
 }
 
 /// `[server]`
@@ -330,6 +332,27 @@ impl Settings {
         self.auth
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.stepup.enabled {
+            let auth = &self.auth;
+            if auth.mode != crate::oidc::AuthMode::Oidc || auth.daemon_client_id.is_none() {
+                return Err(ConfigError::Value {
+                    field: "stepup.enabled",
+                    reason: "needs [auth] mode = \"oidc\" and daemon_client_id (the confidential CIBA client)".into(),
+                });
+            }
+            if self.stepup.requested_expiry_secs == 0 || self.stepup.requested_expiry_secs > 3600 {
+                return Err(ConfigError::Value {
+                    field: "stepup.requested_expiry_secs",
+                    reason: "must be between 1 and 3600 (≤ 300 keeps Auth0 on push)".into(),
+                });
+            }
+            if self.stepup.approver.is_empty() {
+                return Err(ConfigError::Value {
+                    field: "stepup.approver",
+                    reason: "must be \"requester\" or a list of approver subs".into(),
+                });
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             ConfigError::Value {
                 field: "log.level",

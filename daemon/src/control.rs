@@ -51,6 +51,7 @@ pub struct ControlService {
     pub(crate) enforcement: broadcast::Sender<EnforcementChanged>,
     pub(crate) openclaw: crate::openclaw::MonitorHandle,
     pub(crate) admission: crate::admission::Admission,
+    pub(crate) stepups: Arc<crate::stepup::StepUps>,
 }
 
 impl std::fmt::Debug for ControlService {
@@ -336,10 +337,21 @@ impl Control for ControlService {
             .get_target(target.clone())
             .await?
             .ok_or_else(|| Error::NotFound(format!("{} {:?}", target.kind, target.name)))?;
+        let (target_kind, target_name) = (target.kind, target.name.clone());
         let findings = self.store.list_findings(Some(target), None, true).await?;
+        let pending = match self.cache.held_by(target_kind, &target_name) {
+            Some(id) => self
+                .store
+                .get_stepup(id)
+                .await?
+                .filter(|r| r.status == "pending")
+                .map(|r| pb_pending(&r)),
+            None => None,
+        };
         Ok(Response::new(pb::TargetDetail {
             summary: Some(pb_summary(&row)),
             findings: findings.iter().map(pb_finding).collect(),
+            pending,
         }))
     }
 
@@ -359,6 +371,28 @@ impl Control for ControlService {
             _ => return Err(Error::invalid("action", "must be block, allow or unblock").into()),
         };
         validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
+        if self.stepups.required_for(&target).await? {
+            let action = match action {
+                EnforcementAction::Block => crate::store::stepup::StepUpAction::Block,
+                EnforcementAction::Allow => crate::store::stepup::StepUpAction::Allow,
+                EnforcementAction::Unblock => crate::store::stepup::StepUpAction::Unblock,
+            };
+            let row = self
+                .stepups
+                .request(actor, target.clone(), action, req.reason, None)
+                .await?;
+            let summary = self
+                .store
+                .get_target(target.clone())
+                .await?
+                .map(|r| pb_summary(&r));
+            return Ok(Response::new(pb::SetEnforcementReply {
+                target: summary,
+                changed: false,
+                audit_seq: 0,
+                pending: Some(pb_pending(&row)),
+            }));
+        }
         let effect = self
             .store
             .write(WriteOp::SetEnforcement {
@@ -395,6 +429,7 @@ impl Control for ControlService {
             target: Some(pb_summary(&row)),
             changed,
             audit_seq: entry.seq,
+            pending: None,
         }))
     }
 
@@ -461,6 +496,10 @@ impl Control for ControlService {
         let WriteEffect::Findings { findings, entry } = effect else {
             return Err(unexpected(&effect).into());
         };
+        if let Some(target) = findings.first().map(|f| f.target.clone()) {
+            let max = findings.iter().map(|f| f.severity).max();
+            self.admission.propose_block_if_critical(&target, max).await;
+        }
         Ok(Response::new(pb::SubmitScanReportReply {
             findings: findings.iter().map(pb_finding).collect(),
             audit_seq: entry.seq,
@@ -490,7 +529,7 @@ impl Control for ControlService {
     async fn dismiss_finding(
         &self,
         request: Request<pb::DismissFindingRequest>,
-    ) -> Result<Response<pb::Finding>, Status> {
+    ) -> Result<Response<pb::DismissFindingReply>, Status> {
         let actor = self
             .authorize(&request, "DismissFinding", Need::Operate)
             .await?;
@@ -502,6 +541,27 @@ impl Control for ControlService {
             return Err(Error::invalid("reason", "is required to dismiss a finding").into());
         }
         validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
+        let existing = self
+            .store
+            .get_finding(req.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("finding {}", req.id)))?;
+        if existing.dismissed.is_none() && self.stepups.required_for(&existing.target).await? {
+            let row = self
+                .stepups
+                .request(
+                    actor,
+                    existing.target.clone(),
+                    crate::store::stepup::StepUpAction::Dismiss,
+                    req.reason,
+                    Some(req.id),
+                )
+                .await?;
+            return Ok(Response::new(pb::DismissFindingReply {
+                finding: Some(pb_finding(&existing)),
+                pending: Some(pb_pending(&row)),
+            }));
+        }
         let effect = self
             .store
             .write(WriteOp::DismissFinding {
@@ -513,7 +573,10 @@ impl Control for ControlService {
         let WriteEffect::Dismissed { finding, .. } = effect else {
             return Err(unexpected(&effect).into());
         };
-        Ok(Response::new(pb_finding(&finding)))
+        Ok(Response::new(pb::DismissFindingReply {
+            finding: Some(pb_finding(&finding)),
+            pending: None,
+        }))
     }
 
     async fn list_audit(
@@ -645,6 +708,100 @@ impl Control for ControlService {
         Ok(Response::new(pb::ScanTargetReply { results }))
     }
 
+    async fn list_step_ups(
+        &self,
+        request: Request<pb::ListStepUpsRequest>,
+    ) -> Result<Response<pb::ListStepUpsReply>, Status> {
+        self.authorize(&request, "ListStepUps", Need::Read).await?;
+        let req = request.into_inner();
+        let limit = if req.limit == 0 {
+            100
+        } else {
+            req.limit.min(10_000)
+        };
+        let rows = self.store.list_stepups(req.pending_only, limit).await?;
+        Ok(Response::new(pb::ListStepUpsReply {
+            stepups: rows.iter().map(pb_stepup).collect(),
+        }))
+    }
+
+    async fn get_step_up(
+        &self,
+        request: Request<pb::StepUpRef>,
+    ) -> Result<Response<pb::StepUp>, Status> {
+        self.authorize(&request, "GetStepUp", Need::Read).await?;
+        let id = request.into_inner().id;
+        validate_name("id", &id)?;
+        let row = self
+            .store
+            .get_stepup(id.clone())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("step-up {id}")))?;
+        Ok(Response::new(pb_stepup(&row)))
+    }
+
+    type WatchStepUpStream =
+        Pin<Box<dyn Stream<Item = Result<pb::StepUp, Status>> + Send + 'static>>;
+
+    async fn watch_step_up(
+        &self,
+        request: Request<pb::StepUpRef>,
+    ) -> Result<Response<Self::WatchStepUpStream>, Status> {
+        self.authorize(&request, "WatchStepUp", Need::Read).await?;
+        let id = request.into_inner().id;
+        validate_name("id", &id)?;
+        // Subscribe first, then read, so the end cannot slip between the two.
+        let mut events = self.stepups.subscribe();
+        let row = self
+            .store
+            .get_stepup(id.clone())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("step-up {id}")))?;
+        let (tx, rx) = mpsc::channel(16);
+        let cancel = self.cancel.clone();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let done = row.status != "pending";
+            if tx.send(Ok(pb_stepup(&row))).await.is_err() || done {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tx.closed() => break,
+                    ev = events.recv() => match ev {
+                        Ok(ev) if ev.row.id == id => {
+                            let end = ev.row.status != "pending";
+                            if tx.send(Ok(pb_stepup(&ev.row))).await.is_err() || end { break; }
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            if let Ok(Some(r)) = store.get_stepup(id.clone()).await && r.status != "pending" {
+                                let _ = tx.send(Ok(pb_stepup(&r))).await;
+                                break;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_step_up(
+        &self,
+        request: Request<pb::StepUpRef>,
+    ) -> Result<Response<pb::StepUp>, Status> {
+        let actor = self
+            .authorize(&request, "CancelStepUp", Need::Operate)
+            .await?;
+        let id = request.into_inner().id;
+        validate_name("id", &id)?;
+        let row = self.stepups.cancel(&id, actor).await?;
+        Ok(Response::new(pb_stepup(&row)))
+    }
+
     async fn list_open_claw_approvals(
         &self,
         request: Request<pb::ListOpenClawApprovalsRequest>,
@@ -683,6 +840,47 @@ impl Control for ControlService {
             first_bad_seq: v.first_bad_seq.unwrap_or(0),
             problem: v.problem.unwrap_or_default(),
         }))
+    }
+}
+
+fn rfc3339_of_unix(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .map(crate::model::format_ts)
+        .unwrap_or_default()
+}
+
+/// The short form of a pending step-up.
+pub(crate) fn pb_pending(r: &crate::store::stepup::StepUpRow) -> pb::StepUpPending {
+    pb::StepUpPending {
+        request_id: r.id.clone(),
+        binding_message: r.binding_message.clone(),
+        approver: r.approver_sub.clone(),
+        expires_at: rfc3339_of_unix(r.deadline),
+        action: r.action.as_str().into(),
+    }
+}
+
+/// Wire form of a step-up request.
+pub(crate) fn pb_stepup(r: &crate::store::stepup::StepUpRow) -> pb::StepUp {
+    pb::StepUp {
+        id: r.id.clone(),
+        target: Some(pb_target(&r.target)),
+        action: r.action.as_str().into(),
+        reason: r.reason.clone(),
+        finding_id: r.finding_id.unwrap_or(0),
+        requester: Some(pb_actor(&r.requester)),
+        approver_sub: r.approver_sub.clone(),
+        binding_message: r.binding_message.clone(),
+        created_at: r.created_at.clone(),
+        expires_at: rfc3339_of_unix(r.deadline),
+        status: r.status.clone(),
+        outcome_reason: r.outcome_reason.clone(),
+        decided_at: r.decided_at.clone().unwrap_or_default(),
+        approver_json: r
+            .approver
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -162,6 +162,43 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
             cache.clone(),
         ));
     }
+    let authn = Arc::new(
+        Authenticator::new(
+            settings.auth.clone(),
+            AccessPolicy::from_settings(&settings.access),
+        )
+        .inspect_err(|_| cleanup.run())?,
+    );
+    let ciba = if settings.stepup.enabled {
+        let secret = secrets
+            .get("DEFENSECLAW_AUTH_CLIENT_SECRET", "auth-client-secret")
+            .and_then(|s| {
+                s.ok_or_else(|| {
+                    "[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env".to_owned()
+                })
+            })
+            .inspect_err(|_| cleanup.run())?;
+        let provider = authn
+            .provider()
+            .ok_or_else(|| "[stepup] needs [auth] mode = \"oidc\"".to_owned())?;
+        let client_id = settings.auth.daemon_client_id.clone().unwrap_or_default();
+        Some(Arc::new(crate::oidc::CibaClient::new(
+            provider,
+            client_id,
+            crate::oidc::ClientSecret::new(secret.0.expose()),
+        )))
+    } else {
+        None
+    };
+    let stepups = crate::stepup::StepUps::new(
+        settings.stepup.clone(),
+        store.clone(),
+        cache.clone(),
+        ciba,
+        enforcement.clone(),
+        cancel.child_token(),
+    );
+    stepups.resume_pending().await.map_err(|e| e.to_string())?;
     let scanners =
         Arc::new(crate::scanning::Scanners::new(&settings.scanner).inspect_err(|_| cleanup.run())?);
     let admission = Admission {
@@ -172,6 +209,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
             admission: settings.admission.clone(),
         }),
         enforcement: enforcement.clone(),
+        stepups: stepups.clone(),
     };
     if !settings.scanner.watch_dirs.is_empty() {
         let watcher = SkillWatcher::new(
@@ -209,16 +247,14 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     let service = ControlService {
         store: store.clone(),
         cache,
-        authn: Arc::new(Authenticator::new(
-            settings.auth.clone(),
-            AccessPolicy::from_settings(&settings.access),
-        )?),
+        authn,
         started: Instant::now(),
         socket: socket.display().to_string(),
         cancel: cancel.clone(),
         enforcement: enforcement.clone(),
         openclaw: monitor.clone(),
         admission,
+        stepups,
     };
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)

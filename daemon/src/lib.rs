@@ -19,5 +19,6 @@ pub mod scan_input;
 pub mod scanning;
 pub mod secrets;
 pub mod state;
+pub mod stepup;
 pub mod store;
 pub mod telemetry;

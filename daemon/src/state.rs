@@ -21,6 +21,8 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct StateCache {
     by_kind: RwLock<HashMap<TargetKind, HashMap<String, Decision>>>,
+    /// Targets held while a step-up is pending: they read as blocked (fail closed).
+    holds: RwLock<HashMap<TargetKind, HashMap<String, String>>>,
 }
 
 impl StateCache {
@@ -32,8 +34,41 @@ impl StateCache {
             .insert(target.name.clone(), decision);
     }
 
+    /// Holds a target while step-up `request_id` is pending.
+    pub fn hold(&self, target: &Target, request_id: &str) {
+        let mut holds = self.holds.write().unwrap_or_else(PoisonError::into_inner);
+        holds
+            .entry(target.kind)
+            .or_default()
+            .insert(target.name.clone(), request_id.to_owned());
+    }
+
+    /// Releases the hold of `request_id` (another request's hold stays).
+    pub fn release(&self, target: &Target, request_id: &str) {
+        let mut holds = self.holds.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(names) = holds.get_mut(&target.kind)
+            && names.get(&target.name).is_some_and(|id| id == request_id)
+        {
+            names.remove(&target.name);
+        }
+    }
+
+    /// The pending step-up holding a target, if any.
+    pub fn held_by(&self, kind: TargetKind, name: &str) -> Option<String> {
+        let holds = self.holds.read().unwrap_or_else(PoisonError::into_inner);
+        holds.get(&kind).and_then(|m| m.get(name)).cloned()
+    }
+
     /// The verdict for a target.
     pub fn check(&self, kind: TargetKind, name: &str) -> Verdict {
+        if let Some(id) = self.held_by(kind, name) {
+            return Verdict::Blocked(Decision {
+                state: EnforcementState::Blocked,
+                reason: format!("pending approval {id}"),
+                decided_by: "stepup".into(),
+                decided_at: String::new(),
+            });
+        }
         let map = self.by_kind.read().unwrap_or_else(PoisonError::into_inner);
         match map.get(&kind).and_then(|m| m.get(name)) {
             None => Verdict::Unknown,

@@ -6,6 +6,7 @@
 //! worker.
 
 mod schema;
+pub mod stepup;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -341,6 +342,36 @@ impl Store {
                 .map_err(Error::store("listing audit entries"))
         })
         .await
+    }
+
+    /// One finding.
+    pub async fn get_finding(&self, id: u64) -> Result<Option<FindingRow>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, kind, name, scanner, rule_id, severity, title, description, location, line,
+                        category, snippet, created_at, dismissed_by, dismissed_at, dismiss_reason
+                 FROM findings WHERE id = ?1",
+            )
+            .and_then(|mut s| s.query_row(params![id as i64], finding_row).optional())
+            .map_err(Error::store("reading a finding"))?
+            .transpose()
+        })
+        .await
+    }
+
+    /// Step-up requests, newest first.
+    pub async fn list_stepups(
+        &self,
+        only_pending: bool,
+        limit: u32,
+    ) -> Result<Vec<stepup::StepUpRow>> {
+        self.read(move |c| stepup::list(c, only_pending, limit))
+            .await
+    }
+
+    /// One step-up request.
+    pub async fn get_stepup(&self, id: String) -> Result<Option<stepup::StepUpRow>> {
+        self.read(move |c| stepup::get(c, &id)).await
     }
 
     /// Up to `limit` entries with seq > `after`, oldest first.

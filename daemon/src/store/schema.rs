@@ -10,11 +10,12 @@ use rusqlite::{Connection, OpenFlags};
 /// `PRAGMA application_id` of a DefenseClaw database ("DCLW").
 pub const APPLICATION_ID: i64 = 0x4443_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE targets (
         kind        TEXT NOT NULL,
         name        TEXT NOT NULL,
@@ -66,7 +67,33 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE INDEX audit_actor ON audit (actor_id, seq);
     CREATE INDEX audit_ts ON audit (ts);
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    CREATE TABLE stepups (
+        id              TEXT PRIMARY KEY,
+        kind            TEXT NOT NULL,
+        name            TEXT NOT NULL,
+        action          TEXT NOT NULL,
+        reason          TEXT NOT NULL,
+        finding_id      INTEGER,
+        requester       TEXT NOT NULL,
+        approver_sub    TEXT NOT NULL,
+        binding_message TEXT NOT NULL,
+        auth_req_id     TEXT,
+        created_at      TEXT NOT NULL,
+        deadline        INTEGER NOT NULL,
+        interval_secs   INTEGER NOT NULL,
+        status          TEXT NOT NULL,
+        outcome_reason  TEXT NOT NULL DEFAULT '',
+        decided_at      TEXT,
+        approver        TEXT
+    );
+    CREATE INDEX stepups_status ON stepups (status);
+    "#,
+    ),
+];
 
 /// Why the database cannot be used. The file is never modified in these cases.
 #[derive(Debug, thiserror::Error)]

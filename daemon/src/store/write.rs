@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::broadcast;
 
+use super::stepup::{self as stepups, StepUpRow};
 use super::{FindingRow, WriterContext, finding_row};
 use crate::audit::{Entry, Head, NewEntry};
 use crate::error::{Error, Result};
@@ -83,6 +84,37 @@ pub enum WriteOp {
     },
     /// Only an audit entry (refusals, observations, monitor decisions).
     Audit(NewEntry),
+    /// Open a step-up request, or join the pending one for the same target and action.
+    StepUpOpen(Box<StepUpRow>),
+    /// Record that the request went to the provider.
+    StepUpSent {
+        /// Request id.
+        id: String,
+        /// The provider's handle.
+        auth_req_id: String,
+        /// Local deadline, seconds since the epoch.
+        deadline: i64,
+        /// Poll interval, seconds.
+        interval_secs: u64,
+    },
+    /// End a pending step-up: its outcome, its audit entry, and the change it
+    /// commits (if any), all in one transaction.
+    StepUpClose {
+        /// Request id.
+        id: String,
+        /// `approved`, `denied`, `timed_out`, `error`, `cancelled`.
+        status: String,
+        /// Why.
+        reason: String,
+        /// Who approved (validated ID token claims), if anyone.
+        approver: Option<serde_json::Value>,
+        /// Who ends it (the daemon, or the operator who cancelled).
+        actor: Actor,
+        /// The change to commit with it.
+        commit: Option<Box<WriteOp>>,
+        /// Extra audit details.
+        details: serde_json::Value,
+    },
 }
 
 /// What a committed job did.
@@ -121,6 +153,24 @@ pub enum WriteEffect {
     /// Audit entry appended.
     Audited {
         /// The entry.
+        entry: Arc<Entry>,
+    },
+    /// A step-up opened (`joined` when an identical one was already pending).
+    StepUpOpened {
+        /// The request (new or existing).
+        row: Box<StepUpRow>,
+        /// True when it joined a pending request.
+        joined: bool,
+    },
+    /// A step-up's provider handle was recorded.
+    StepUpSent,
+    /// A step-up ended.
+    StepUpClosed {
+        /// The request after closing.
+        row: Box<StepUpRow>,
+        /// What its commit did, if it committed something.
+        committed: Option<Box<WriteEffect>>,
+        /// The step-up's audit entry.
         entry: Arc<Entry>,
     },
 }
@@ -622,6 +672,136 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
                     .collect(),
                 entries,
                 effect: WriteEffect::Registered { created },
+            })
+        }
+        WriteOp::StepUpOpen(row) => {
+            if let Some(existing) = stepups::pending_for(conn, &row.target, row.action)? {
+                return Ok(Staged {
+                    cache_updates: vec![],
+                    entries: vec![],
+                    effect: WriteEffect::StepUpOpened {
+                        row: Box::new(existing),
+                        joined: true,
+                    },
+                });
+            }
+            stepups::insert(conn, &row)?;
+            let entry = append(
+                conn,
+                chain,
+                &NewEntry {
+                    action: "stepup-requested".into(),
+                    target: Some(row.target.clone()),
+                    severity: None,
+                    outcome: "pending".into(),
+                    reason: row.reason.clone(),
+                    details: serde_json::json!({
+                        "request_id": row.id,
+                        "action": row.action.as_str(),
+                        "binding_message": row.binding_message,
+                        "approver": {"sub": row.approver_sub},
+                        "finding_id": row.finding_id,
+                    }),
+                    actor: row.requester.clone(),
+                },
+            )?;
+            Ok(Staged {
+                cache_updates: vec![],
+                entries: vec![entry],
+                effect: WriteEffect::StepUpOpened { row, joined: false },
+            })
+        }
+        WriteOp::StepUpSent {
+            id,
+            auth_req_id,
+            deadline,
+            interval_secs,
+        } => {
+            conn.prepare_cached(
+                "UPDATE stepups SET auth_req_id = ?2, deadline = ?3, interval_secs = ?4 WHERE id = ?1 AND status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![id, auth_req_id, deadline, interval_secs as i64]))
+            .map_err(Error::store("updating a step-up"))?;
+            Ok(Staged {
+                cache_updates: vec![],
+                entries: vec![],
+                effect: WriteEffect::StepUpSent,
+            })
+        }
+        WriteOp::StepUpClose {
+            id,
+            status,
+            reason,
+            approver,
+            actor,
+            commit,
+            details,
+        } => {
+            let row =
+                stepups::get(conn, &id)?.ok_or_else(|| Error::NotFound(format!("step-up {id}")))?;
+            if row.status != "pending" {
+                return Err(Error::FailedPrecondition(format!(
+                    "step-up {id} already ended: {}",
+                    row.status
+                )));
+            }
+            let now = now_ts();
+            conn.prepare_cached(
+                "UPDATE stepups SET status = ?2, outcome_reason = ?3, decided_at = ?4, approver = ?5 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, status, reason, now, approver.as_ref().map(|a| a.to_string())]))
+            .map_err(Error::store("closing a step-up"))?;
+            let mut staged_entries = Vec::new();
+            let mut cache_updates = Vec::new();
+            let committed = match commit {
+                Some(op) => {
+                    let inner = apply(conn, *op, chain)?;
+                    staged_entries.extend(inner.entries);
+                    cache_updates.extend(inner.cache_updates);
+                    Some(Box::new(inner.effect))
+                }
+                None => None,
+            };
+            let entry = append(
+                conn,
+                chain,
+                &NewEntry {
+                    action: format!("stepup-{}", status.replace('_', "-")),
+                    target: Some(row.target.clone()),
+                    severity: None,
+                    outcome: status.clone(),
+                    reason: reason.clone(),
+                    details: merge_details(
+                        serde_json::json!({
+                            "request_id": row.id,
+                            "action": row.action.as_str(),
+                            "binding_message": row.binding_message,
+                            "human_confirmed": status == "approved",
+                            "approver": approver.clone().unwrap_or_else(|| serde_json::json!({"sub": row.approver_sub})),
+                            "requester": {"id": row.requester.id, "name": row.requester.name, "email": row.requester.email},
+                            "committed": committed.is_some(),
+                        }),
+                        details,
+                    ),
+                    actor,
+                },
+            )?;
+            staged_entries.push(entry.clone());
+            let row = StepUpRow {
+                status,
+                outcome_reason: reason,
+                decided_at: Some(now),
+                approver,
+                ..row
+            };
+            Ok(Staged {
+                cache_updates,
+                entries: staged_entries,
+                effect: WriteEffect::StepUpClosed {
+                    row: Box::new(row),
+                    committed,
+                    entry,
+                },
             })
         }
         WriteOp::Audit(new) => {

@@ -285,7 +285,9 @@ async fn findings_are_recorded_replaced_listed_and_dismissed_with_audit() {
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .finding
+        .unwrap();
     assert!(dismissed.dismissed);
     assert_eq!(dismissed.dismissed_by, "uid:0");
     let again = c

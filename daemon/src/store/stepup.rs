@@ -1,0 +1,186 @@
+//! Stored step-up requests (CIBA approvals of enforcement changes).
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::{Actor, Target};
+
+/// What a step-up would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepUpAction {
+    /// Block the target.
+    Block,
+    /// Allow the target.
+    Allow,
+    /// Remove the decision.
+    Unblock,
+    /// Dismiss a finding.
+    Dismiss,
+}
+
+impl StepUpAction {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Allow => "allow",
+            Self::Unblock => "unblock",
+            Self::Dismiss => "dismiss",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "block" => Self::Block,
+            "allow" => Self::Allow,
+            "unblock" => Self::Unblock,
+            "dismiss" => Self::Dismiss,
+            _ => return None,
+        })
+    }
+}
+
+/// A step-up request as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepUpRow {
+    /// Short request code, e.g. `DC-4F2A` (also in the binding message).
+    pub id: String,
+    /// Target.
+    pub target: Target,
+    /// Requested change.
+    pub action: StepUpAction,
+    /// The requester's reason.
+    pub reason: String,
+    /// Finding to dismiss (action `dismiss`).
+    pub finding_id: Option<u64>,
+    /// Who asked (the daemon itself for scan-triggered proposals).
+    pub requester: Actor,
+    /// `sub` of the human asked to approve.
+    pub approver_sub: String,
+    /// What the phone and the CLI show.
+    pub binding_message: String,
+    /// The provider's handle, once the request was sent. Never leaves the daemon.
+    #[serde(skip)]
+    pub auth_req_id: Option<String>,
+    /// When asked.
+    pub created_at: String,
+    /// Local deadline, seconds since the epoch.
+    pub deadline: i64,
+    /// Poll interval, seconds.
+    pub interval_secs: u64,
+    /// `pending`, `approved`, `denied`, `timed_out`, `error`, `cancelled`.
+    pub status: String,
+    /// Why it ended so.
+    pub outcome_reason: String,
+    /// When it ended.
+    pub decided_at: Option<String>,
+    /// Who approved (from the validated CIBA ID token), JSON.
+    pub approver: Option<serde_json::Value>,
+}
+
+pub(crate) const COLUMNS: &str = "id, kind, name, action, reason, finding_id, requester, approver_sub, binding_message, \
+     auth_req_id, created_at, deadline, interval_secs, status, outcome_reason, decided_at, approver";
+
+pub(crate) fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<StepUpRow>> {
+    let kind: String = r.get(1)?;
+    let action: String = r.get(3)?;
+    let requester: String = r.get(6)?;
+    let approver: Option<String> = r.get(16)?;
+    let (Ok(kind), Some(action)) = (kind.parse(), StepUpAction::parse(&action)) else {
+        return Ok(None);
+    };
+    Ok(Some(StepUpRow {
+        id: r.get(0)?,
+        target: Target {
+            kind,
+            name: r.get(2)?,
+        },
+        action,
+        reason: r.get(4)?,
+        finding_id: r.get::<_, Option<i64>>(5)?.map(|v| v.max(0) as u64),
+        requester: serde_json::from_str(&requester).unwrap_or_default(),
+        approver_sub: r.get(7)?,
+        binding_message: r.get(8)?,
+        auth_req_id: r.get(9)?,
+        created_at: r.get(10)?,
+        deadline: r.get(11)?,
+        interval_secs: r.get::<_, i64>(12)?.max(1) as u64,
+        status: r.get(13)?,
+        outcome_reason: r.get(14)?,
+        decided_at: r.get(15)?,
+        approver: approver.and_then(|a| serde_json::from_str(&a).ok()),
+    }))
+}
+
+pub(crate) fn get(conn: &Connection, id: &str) -> Result<Option<StepUpRow>> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM stepups WHERE id = ?1"))
+        .and_then(|mut s| s.query_row(params![id], row).optional())
+        .map(Option::flatten)
+        .map_err(Error::store("reading a step-up"))
+}
+
+pub(crate) fn pending_for(
+    conn: &Connection,
+    target: &Target,
+    action: StepUpAction,
+) -> Result<Option<StepUpRow>> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM stepups WHERE kind = ?1 AND name = ?2 AND action = ?3 AND status = 'pending'"
+    ))
+    .and_then(|mut s| s.query_row(params![target.kind.as_str(), target.name, action.as_str()], row).optional())
+    .map(Option::flatten)
+    .map_err(Error::store("reading a step-up"))
+}
+
+pub(crate) fn insert(conn: &Connection, r: &StepUpRow) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO stepups ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            r.id,
+            r.target.kind.as_str(),
+            r.target.name,
+            r.action.as_str(),
+            r.reason,
+            r.finding_id.map(|v| v as i64),
+            serde_json::to_string(&r.requester).unwrap_or_default(),
+            r.approver_sub,
+            r.binding_message,
+            r.auth_req_id,
+            r.created_at,
+            r.deadline,
+            r.interval_secs as i64,
+            r.status,
+            r.outcome_reason,
+            r.decided_at,
+            r.approver.as_ref().map(|a| a.to_string()),
+        ])
+    })
+    .map(|_| ())
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Error::FailedPrecondition(format!("step-up request id {} already exists; retry", r.id))
+        }
+        other => Error::store("recording a step-up")(other),
+    })
+}
+
+pub(crate) fn list(conn: &Connection, only_pending: bool, limit: u32) -> Result<Vec<StepUpRow>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM stepups WHERE (?1 = 0 OR status = 'pending') ORDER BY created_at DESC LIMIT ?2"
+        ))
+        .map_err(Error::store("listing step-ups"))?;
+    let rows = stmt
+        .query_map(params![i64::from(only_pending), i64::from(limit)], row)
+        .map_err(Error::store("listing step-ups"))?;
+    Ok(rows
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(Error::store("listing step-ups"))?
+        .into_iter()
+        .flatten()
+        .collect())
+}
