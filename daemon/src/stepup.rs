@@ -294,7 +294,8 @@ impl StepUps {
             .start(
                 &row.approver_sub,
                 &row.binding_message,
-                "openid",
+                // profile and email put the approver's name and email in the ID token.
+                "openid profile email",
                 Some(self.settings.requested_expiry_secs),
             )
             .await;

@@ -10,3 +10,4 @@ mod oidc;
 mod openclaw;
 mod openclaw_e2e;
 mod scanning;
+mod stepup;

@@ -1,0 +1,406 @@
+//! Step-up against the real local identity provider (CIBA in poll mode): a
+//! change on a HIGH target waits for a human; approve, deny, timeout, the
+//! daemon's own proposal on a CRITICAL scan, coalescing, and a restart while
+//! a request is pending.
+
+use std::time::Duration;
+
+use defenseclaw_proto::v1 as pb;
+use defenseclaw_testkit::idp::{CibaSelector, IdentityProvider, IdpOptions};
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+
+use crate::support::{TestDaemon, skill};
+
+const OPERATOR: &str = "auth0|operator1";
+const SECOND: &str = "auth0|operator2";
+
+async fn provider() -> IdentityProvider {
+    IdentityProvider::start(IdpOptions::default())
+        .await
+        .expect("starting the local identity provider (needs node and npm)")
+}
+
+fn env(idp: &IdentityProvider, expiry: &str) -> Vec<(String, String)> {
+    [
+        ("DEFENSECLAW_AUTH__MODE", "oidc"),
+        ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
+        ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
+        ("DEFENSECLAW_AUTH__DAEMON_CLIENT_ID", idp.daemon_client_id()),
+        ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
+        ("DEFENSECLAW_AUTH_CLIENT_SECRET", idp.daemon_client_secret()),
+        ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+        (
+            "DEFENSECLAW_STEPUP__APPROVER",
+            &format!("requester,{SECOND}"),
+        ),
+        ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", expiry),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect()
+}
+
+async fn start(dir: Option<tempfile::TempDir>, env: &[(String, String)]) -> TestDaemon {
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    match dir {
+        Some(d) => TestDaemon::start_in(d, &pairs).await,
+        None => TestDaemon::start_with(&pairs).await,
+    }
+}
+
+async fn operator_token(idp: &IdentityProvider) -> String {
+    idp.sign_token(
+        json!({}),
+        json!({"sub": OPERATOR, "scope": "openid skills:write", "email": "operator1@example.com",
+               "name": "Operator One", "azp": idp.cli_client_id(), "exp": (time::OffsetDateTime::now_utc().unix_timestamp() + 3600)}),
+    )
+    .await
+    .unwrap()
+}
+
+fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+fn report(name: &str, severity: pb::Severity) -> pb::ScanReport {
+    pb::ScanReport {
+        scanner: "test".into(),
+        target: skill(name),
+        findings: vec![pb::FindingInput {
+            rule_id: "T-1".into(),
+            severity: severity as i32,
+            title: "reads ~/.ssh and posts it".into(),
+            ..Default::default()
+        }],
+    }
+}
+
+fn set(name: &str, action: pb::EnforcementAction) -> pb::SetEnforcementRequest {
+    pb::SetEnforcementRequest {
+        target: skill(name),
+        action: action as i32,
+        reason: "operator request".into(),
+    }
+}
+
+async fn outcome(
+    c: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
+    id: &str,
+) -> pb::StepUp {
+    let mut stream = c
+        .watch_step_up(pb::StepUpRef { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let waited = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(s) = stream.next().await {
+            let s = s.unwrap();
+            if s.status != "pending" {
+                return s;
+            }
+        }
+        panic!("watch ended without an outcome");
+    })
+    .await;
+    waited.expect("no outcome in time")
+}
+
+fn verdict(c: &pb::CheckReply) -> pb::Verdict {
+    pb::Verdict::try_from(c.verdict).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approve_deny_coalesce_and_auto_proposal() {
+    let idp = provider().await;
+    let d = start(None, &env(&idp, "120")).await;
+    let mut c = d.client().await;
+    let token = operator_token(&idp).await;
+
+    // A HIGH finding makes the skill need a human for changes.
+    c.submit_scan_report(bearer(report("risky", pb::Severity::High), &token))
+        .await
+        .unwrap();
+    let reply = c
+        .set_enforcement(bearer(set("risky", pb::EnforcementAction::Block), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let pending = reply.pending.expect("the block waits for approval");
+    assert!(
+        pending.binding_message.contains(&pending.request_id),
+        "{pending:?}"
+    );
+    assert!(pending.binding_message.contains("block"));
+    assert_eq!(
+        pending.approver, OPERATOR,
+        "a true step-up asks the requester"
+    );
+    // Held: the check fails closed while pending.
+    let v = c
+        .check_target(skill("risky").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict(&v), pb::Verdict::Blocked);
+    assert!(v.reason.contains("pending approval"), "{}", v.reason);
+    let shown = c
+        .get_target(skill("risky").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.pending.unwrap().request_id, pending.request_id);
+
+    // The same request again joins the first.
+    let again = c
+        .set_enforcement(bearer(set("risky", pb::EnforcementAction::Block), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.pending.unwrap().request_id, pending.request_id);
+
+    // The "phone" shows the binding message; the human approves.
+    let asked = idp
+        .wait_for_ciba(Duration::from_secs(60), |p| {
+            p.binding_message.as_deref() == Some(pending.binding_message.as_str())
+        })
+        .await
+        .unwrap();
+    assert_eq!(asked.sub, OPERATOR);
+    idp.approve_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
+        .await
+        .unwrap();
+    let done = outcome(&mut c, &pending.request_id).await;
+    assert_eq!(done.status, "approved");
+    let approver: Value = serde_json::from_str(&done.approver_json).unwrap();
+    assert_eq!(approver["sub"], OPERATOR);
+    let v = c
+        .check_target(skill("risky").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict(&v), pb::Verdict::Blocked);
+    assert_eq!(v.decided_by, OPERATOR);
+
+    let entries = c
+        .list_audit(pb::ListAuditRequest {
+            target: skill("risky"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let approved = entries
+        .iter()
+        .find(|e| e.action == "stepup-approved")
+        .expect("approval audited");
+    let details: Value = serde_json::from_str(&approved.details_json).unwrap();
+    assert_eq!(details["human_confirmed"], true);
+    assert_eq!(details["request_id"], pending.request_id);
+    assert_eq!(details["approver"]["sub"], OPERATOR);
+    assert_eq!(details["approver"]["email"], "operator1@example.com");
+    assert_eq!(details["requester"]["id"], OPERATOR);
+    let block = entries
+        .iter()
+        .find(|e| e.action == "block")
+        .expect("the block committed");
+    assert!(
+        block.details_json.contains("\"human_confirmed\":true"),
+        "{}",
+        block.details_json
+    );
+
+    // Deny: a requested unblock does not happen.
+    let reply = c
+        .set_enforcement(bearer(set("risky", pb::EnforcementAction::Unblock), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let pending = reply.pending.unwrap();
+    let asked = idp
+        .wait_for_ciba(Duration::from_secs(60), |p| {
+            p.binding_message.as_deref() == Some(pending.binding_message.as_str())
+        })
+        .await
+        .unwrap();
+    idp.deny_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&mut c, &pending.request_id).await.status, "denied");
+    let v = c
+        .check_target(skill("risky").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        verdict(&v),
+        pb::Verdict::Blocked,
+        "the denied unblock did not happen"
+    );
+
+    // A CRITICAL scan report: the daemon proposes a block itself, asking the listed approver.
+    c.submit_scan_report(bearer(report("worse", pb::Severity::Critical), &token))
+        .await
+        .unwrap();
+    let proposals = c
+        .list_step_ups(pb::ListStepUpsRequest {
+            pending_only: true,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stepups;
+    let proposal = proposals
+        .iter()
+        .find(|s| s.target.as_ref().unwrap().name == "worse")
+        .expect("a proposed block");
+    assert_eq!(proposal.approver_sub, SECOND);
+    let v = c
+        .check_target(skill("worse").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict(&v), pb::Verdict::Blocked, "held while pending");
+    let asked = idp
+        .wait_for_ciba(Duration::from_secs(60), |p| p.sub == SECOND)
+        .await
+        .unwrap();
+    // The approver overrides the proposal: denied → the target is allowed, named override.
+    idp.deny_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&mut c, &proposal.id).await.status, "denied");
+    let v = c
+        .check_target(skill("worse").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict(&v), pb::Verdict::Allowed);
+    assert!(v.reason.contains("override"), "{}", v.reason);
+    assert!(
+        c.verify_audit(pb::VerifyAuditRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .ok
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_is_distinct_from_deny_and_restart_resumes_or_times_out() {
+    let idp = provider().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start(Some(dir), &env(&idp, "3")).await;
+    let mut c = d.client().await;
+    let token = operator_token(&idp).await;
+    c.submit_scan_report(bearer(report("slow", pb::Severity::High), &token))
+        .await
+        .unwrap();
+    let pending = c
+        .set_enforcement(bearer(set("slow", pb::EnforcementAction::Block), &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .pending
+        .unwrap();
+    // Nobody answers: timed out, and the policy (keep_blocked) commits the block unconfirmed.
+    let done = outcome(&mut c, &pending.request_id).await;
+    assert_eq!(done.status, "timed_out");
+    let v = c
+        .check_target(skill("slow").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict(&v), pb::Verdict::Blocked);
+    let entries = c
+        .list_audit(pb::ListAuditRequest {
+            target: skill("slow"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let timed = entries
+        .iter()
+        .find(|e| e.action == "stepup-timed-out")
+        .expect("timeout audited");
+    assert!(
+        timed.details_json.contains("\"human_confirmed\":false"),
+        "{}",
+        timed.details_json
+    );
+
+    // A request pending while the daemon stops: after its deadline it becomes timed_out at start.
+    c.submit_scan_report(bearer(report("later", pb::Severity::High), &token))
+        .await
+        .unwrap();
+    let pending = c
+        .set_enforcement(bearer(set("later", pb::EnforcementAction::Allow), &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .pending
+        .unwrap();
+    d.stop().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let dir = d.dir;
+    let d = start(Some(dir), &env(&idp, "120")).await;
+    let mut c = d.client().await;
+    let s = c
+        .get_step_up(pb::StepUpRef {
+            id: pending.request_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.status, "timed_out", "{s:?}");
+    let v = c
+        .check_target(skill("later").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        verdict(&v),
+        pb::Verdict::Allowed,
+        "an unconfirmed allow does not happen"
+    );
+
+    // Pending across a restart within its deadline: polling resumes and the approval lands.
+    let pending = c
+        .set_enforcement(bearer(set("later", pb::EnforcementAction::Block), &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .pending
+        .unwrap();
+    let asked = idp
+        .wait_for_ciba(Duration::from_secs(60), |p| {
+            p.binding_message.as_deref() == Some(pending.binding_message.as_str())
+        })
+        .await
+        .unwrap();
+    let mut d = d;
+    d.stop().await;
+    idp.approve_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
+        .await
+        .unwrap();
+    let dir = d.dir;
+    let d = start(Some(dir), &env(&idp, "120")).await;
+    let mut c = d.client().await;
+    assert_eq!(
+        outcome(&mut c, &pending.request_id).await.status,
+        "approved"
+    );
+    let v = c
+        .check_target(skill("later").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict(&v), pb::Verdict::Blocked);
+}
