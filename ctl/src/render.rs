@@ -63,6 +63,12 @@ pub fn detail(d: &pb::TargetDetail) -> Value {
             "findings".into(),
             Value::Array(d.findings.iter().map(finding).collect()),
         );
+        if let Some(p) = &d.pending {
+            map.insert(
+                "pending".into(),
+                json!({"request_id": p.request_id, "action": p.action, "expires_at": p.expires_at}),
+            );
+        }
     }
     v
 }

@@ -55,7 +55,7 @@ impl Admission {
         max: Option<crate::model::Severity>,
     ) -> Option<String> {
         if !self.stepups.enabled()
-            || !max.is_some_and(|m| m >= self.stepups.settings().auto_block_severity)
+            || max.is_none_or(|m| m < self.stepups.settings().auto_block_severity)
         {
             return None;
         }

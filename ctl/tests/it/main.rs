@@ -7,3 +7,4 @@ mod auth;
 mod commands;
 mod identity;
 mod scanning;
+mod stepup;
