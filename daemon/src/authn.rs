@@ -123,6 +123,33 @@ impl Authenticator {
         self.names.local_actor(&Caller::of(request))
     }
 
+    /// The hot read path: reads need no identity, but a token that is sent must
+    /// be valid. Verifies it (a cache hit allocates nothing) without building an actor.
+    pub async fn check_read<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+    ) -> Result<(), Refusal> {
+        let Some(oidc) = &self.oidc else {
+            return Ok(());
+        };
+        let Some(header) = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Ok(());
+        };
+        let verified = match bearer_from_header(Some(header)) {
+            Ok(bearer) => oidc.verifier.verify_shared(bearer).await.map(|_| ()),
+            Err(rejection) => Err(rejection),
+        };
+        match verified {
+            Ok(()) => Ok(()),
+            Err(_) => self.identify(request, rpc, Need::Read).await.map(|_| ()),
+        }
+    }
+
     /// Identifies the caller of `rpc` and checks it may do what `need` says.
     pub async fn identify<T>(
         &self,
@@ -159,7 +186,11 @@ impl Authenticator {
             return Ok(local);
         }
         let token = match bearer_from_header(header) {
-            Ok(bearer) => oidc.verifier.verify(bearer).await.map(|t| (t, bearer)),
+            Ok(bearer) => oidc
+                .verifier
+                .verify_shared(bearer)
+                .await
+                .map(|t| (t, bearer)),
             Err(rejection) => Err(rejection),
         };
         let (mut token, bearer) = match token {
@@ -208,7 +239,10 @@ impl Authenticator {
             }
             // Name and email from the provider when the token lacks them; never from the client.
             if (token.name.is_none() || token.email.is_none())
-                && let Err(e) = oidc.userinfo.enrich(&mut token, bearer).await
+                && let Err(e) = oidc
+                    .userinfo
+                    .enrich(Arc::make_mut(&mut token), bearer)
+                    .await
             {
                 tracing::debug!(sub = %token.sub, error = %e, "userinfo lookup failed");
             }

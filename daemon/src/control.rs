@@ -437,7 +437,12 @@ impl Control for ControlService {
         &self,
         request: Request<pb::TargetRef>,
     ) -> Result<Response<pb::CheckReply>, Status> {
-        self.authorize(&request, "CheckTarget", Need::Read).await?;
+        if let Err(refusal) = self.authn.check_read(&request, "CheckTarget").await {
+            if let Err(e) = self.store.write(WriteOp::Audit(refusal.audit)).await {
+                tracing::error!(error = %e, "could not audit a refused call");
+            }
+            return Err(refusal.error.into());
+        }
         let req = request.get_ref();
         let kind = kind_from("target", req.kind)?
             .ok_or_else(|| Error::invalid("target", "kind is required"))?;
