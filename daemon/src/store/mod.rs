@@ -23,6 +23,15 @@ use crate::error::{Error, Result};
 use crate::model::{Decision, EnforcementState, Severity, Target, TargetKind};
 use crate::state::StateCache;
 
+/// Columns of a finding, in the order [`finding_row`] reads them.
+pub(crate) const FINDING_COLUMNS: &str = "id, kind, name, scanner, rule_id, severity, title, description, \
+     location, line, category, snippet, created_at, dismissed_by, dismissed_at, dismiss_reason";
+
+/// A target with its open-findings summary, in the order [`target_row`] reads it.
+const TARGET_SUMMARY: &str = "SELECT t.kind, t.name, t.state, t.reason, t.decided_by, t.decided_at, \
+     count(f.id), max(f.severity) FROM targets t LEFT JOIN findings f \
+     ON f.kind = t.kind AND f.name = t.name AND f.dismissed_at IS NULL";
+
 /// Jobs the writer may fold into one transaction.
 const MAX_GROUP: usize = 512;
 /// Read connections kept open.
@@ -233,14 +242,10 @@ impl Store {
     pub async fn list_targets(&self, kind: Option<TargetKind>) -> Result<Vec<TargetRow>> {
         self.read(move |c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT t.kind, t.name, t.state, t.reason, t.decided_by, t.decided_at,
-                            count(f.id), max(f.severity)
-                     FROM targets t LEFT JOIN findings f
-                       ON f.kind = t.kind AND f.name = t.name AND f.dismissed_at IS NULL
-                     WHERE (?1 IS NULL OR t.kind = ?1)
-                     GROUP BY t.kind, t.name ORDER BY t.kind, t.name",
-                )
+                .prepare_cached(&format!(
+                    "{TARGET_SUMMARY} WHERE (?1 IS NULL OR t.kind = ?1)
+                     GROUP BY t.kind, t.name ORDER BY t.kind, t.name"
+                ))
                 .map_err(Error::store("listing targets"))?;
             let rows = stmt
                 .query_map(params![kind.map(TargetKind::as_str)], target_row)
@@ -257,14 +262,9 @@ impl Store {
     pub async fn get_target(&self, target: Target) -> Result<Option<TargetRow>> {
         self.read(move |c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT t.kind, t.name, t.state, t.reason, t.decided_by, t.decided_at,
-                            count(f.id), max(f.severity)
-                     FROM targets t LEFT JOIN findings f
-                       ON f.kind = t.kind AND f.name = t.name AND f.dismissed_at IS NULL
-                     WHERE t.kind = ?1 AND t.name = ?2
-                     GROUP BY t.kind, t.name",
-                )
+                .prepare_cached(&format!(
+                    "{TARGET_SUMMARY} WHERE t.kind = ?1 AND t.name = ?2 GROUP BY t.kind, t.name"
+                ))
                 .map_err(Error::store("reading a target"))?;
             stmt.query_row(params![target.kind.as_str(), target.name], target_row)
                 .optional()
@@ -283,15 +283,13 @@ impl Store {
     ) -> Result<Vec<FindingRow>> {
         self.read(move |c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT id, kind, name, scanner, rule_id, severity, title, description, location, line,
-                            category, snippet, created_at, dismissed_by, dismissed_at, dismiss_reason
-                     FROM findings
+                .prepare_cached(&format!(
+                    "SELECT {FINDING_COLUMNS} FROM findings
                      WHERE (?1 IS NULL OR (kind = ?1 AND name = ?2))
                        AND severity >= ?3
                        AND (?4 OR dismissed_at IS NULL)
-                     ORDER BY severity DESC, id",
-                )
+                     ORDER BY severity DESC, id"
+                ))
                 .map_err(Error::store("listing findings"))?;
             let rows = stmt
                 .query_map(
@@ -347,11 +345,9 @@ impl Store {
     /// One finding.
     pub async fn get_finding(&self, id: u64) -> Result<Option<FindingRow>> {
         self.read(move |c| {
-            c.prepare_cached(
-                "SELECT id, kind, name, scanner, rule_id, severity, title, description, location, line,
-                        category, snippet, created_at, dismissed_by, dismissed_at, dismiss_reason
-                 FROM findings WHERE id = ?1",
-            )
+            c.prepare_cached(&format!(
+                "SELECT {FINDING_COLUMNS} FROM findings WHERE id = ?1"
+            ))
             .and_then(|mut s| s.query_row(params![id as i64], finding_row).optional())
             .map_err(Error::store("reading a finding"))?
             .transpose()

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::broadcast;
 
 use super::stepup::{self as stepups, StepUpRow};
-use super::{FindingRow, WriterContext, finding_row};
+use super::{FINDING_COLUMNS, FindingRow, WriterContext, finding_row};
 use crate::audit::{Entry, Head, NewEntry};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -590,11 +590,9 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
         WriteOp::DismissFinding { id, reason, actor } => {
             let now = now_ts();
             let row = conn
-                .prepare_cached(
-                    "SELECT id, kind, name, scanner, rule_id, severity, title, description, location, line,
-                            category, snippet, created_at, dismissed_by, dismissed_at, dismiss_reason
-                     FROM findings WHERE id = ?1",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {FINDING_COLUMNS} FROM findings WHERE id = ?1"
+                ))
                 .and_then(|mut s| s.query_row(params![id as i64], finding_row).optional())
                 .map_err(Error::store("reading a finding"))?
                 .ok_or_else(|| Error::NotFound(format!("finding {id}")))??;
