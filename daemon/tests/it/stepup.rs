@@ -404,3 +404,100 @@ async fn timeout_is_distinct_from_deny_and_restart_resumes_or_times_out() {
         .into_inner();
     assert_eq!(verdict(&v), pb::Verdict::Blocked);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_down_and_user_without_push_end_as_error_under_policy() {
+    let mut idp = provider().await;
+    let mut vars = env(&idp, "60");
+    // The daemon's own proposals go to a user who never enrolled a push device.
+    vars.retain(|(k, _)| k != "DEFENSECLAW_STEPUP__APPROVER");
+    vars.push((
+        "DEFENSECLAW_STEPUP__APPROVER".into(),
+        "requester,auth0|nopush".into(),
+    ));
+    let d = start(None, &vars).await;
+    let mut c = d.client().await;
+    let token = operator_token(&idp).await;
+
+    // CRITICAL scan → proposed block → the approver has no push: error, and the
+    // default policy (keep_blocked) commits the block without human confirmation.
+    c.submit_scan_report(bearer(report("nopush", pb::Severity::Critical), &token))
+        .await
+        .unwrap();
+    let proposal = c
+        .list_step_ups(pb::ListStepUpsRequest {
+            pending_only: false,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stepups
+        .into_iter()
+        .find(|s| s.target.as_ref().unwrap().name == "nopush")
+        .expect("a proposal");
+    let done = outcome(&mut c, &proposal.id).await;
+    assert_eq!(done.status, "error", "{done:?}");
+    assert!(
+        done.outcome_reason.to_lowercase().contains("push")
+            || done.outcome_reason.contains("enrol"),
+        "{}",
+        done.outcome_reason
+    );
+    let v = c
+        .check_target(skill("nopush").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict(&v), pb::Verdict::Blocked);
+
+    // The provider goes down while an operator's block is requested: error, recorded with the reason.
+    c.submit_scan_report(bearer(report("down", pb::Severity::High), &token))
+        .await
+        .unwrap();
+    idp.stop().await.unwrap();
+    let pending = c
+        .set_enforcement(bearer(set("down", pb::EnforcementAction::Block), &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .pending
+        .expect("held for approval");
+    let v = c
+        .check_target(skill("down").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        verdict(&v),
+        pb::Verdict::Blocked,
+        "held while the request is open"
+    );
+    let done = outcome(&mut c, &pending.request_id).await;
+    assert_eq!(done.status, "error");
+    let entries = c
+        .list_audit(pb::ListAuditRequest {
+            target: skill("down"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let err = entries
+        .iter()
+        .find(|e| e.action == "stepup-error")
+        .expect("the error is audited");
+    assert!(
+        err.details_json.contains("\"human_confirmed\":false"),
+        "{}",
+        err.details_json
+    );
+    assert!(!err.reason.is_empty());
+    let v = c
+        .check_target(skill("down").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict(&v), pb::Verdict::Blocked, "fail closed");
+}
