@@ -89,6 +89,44 @@ pub struct AccessSettings {
     pub mutate_gids: Vec<u32>,
 }
 
+/// A list from TOML (`["a", "b"]`), or one string from the environment split
+/// on `separators` (`"a,b"`).
+fn split_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    separators: &[char],
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(separators)
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// A list of strings; from the environment, comma-separated.
+pub(crate) fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    split_list(d, &[','])
+}
+
+/// A list of words (scope names); from the environment, separated by commas or spaces.
+pub(crate) fn word_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    split_list(d, &[',', ' '])
+}
+
+/// A list of paths; from the environment, comma-separated.
+pub(crate) fn path_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    string_list(d).map(|v| v.into_iter().map(PathBuf::from).collect())
+}
+
 /// A list of numeric ids from TOML (`[0, 1000]`) or env (`"0,1000"` or `"0"`).
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
     d.deserialize_any(IdListVisitor)

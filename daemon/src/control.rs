@@ -95,13 +95,16 @@ impl ControlService {
     ) -> Result<Actor> {
         match self.authn.identify(request, rpc, need).await {
             Ok(actor) => Ok(actor),
-            Err(refusal) => {
-                if let Err(e) = self.store.write(WriteOp::Audit(refusal.audit)).await {
-                    tracing::error!(error = %e, "could not audit a refused call");
-                }
-                Err(refusal.error)
-            }
+            Err(refusal) => Err(self.refuse(refusal).await),
         }
+    }
+
+    /// Audits a refused call, then hands back the error for the caller.
+    async fn refuse(&self, refusal: crate::authn::Refusal) -> Error {
+        if let Err(e) = self.store.write(WriteOp::Audit(refusal.audit)).await {
+            tracing::error!(error = %e, "could not audit a refused call");
+        }
+        refusal.error
     }
 }
 
@@ -438,10 +441,7 @@ impl Control for ControlService {
         request: Request<pb::TargetRef>,
     ) -> Result<Response<pb::CheckReply>, Status> {
         if let Err(refusal) = self.authn.check_read(&request, "CheckTarget").await {
-            if let Err(e) = self.store.write(WriteOp::Audit(refusal.audit)).await {
-                tracing::error!(error = %e, "could not audit a refused call");
-            }
-            return Err(refusal.error.into());
+            return Err(self.refuse(refusal).await.into());
         }
         let req = request.get_ref();
         let kind = kind_from("target", req.kind)?

@@ -144,7 +144,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     let cancel = CancellationToken::new();
     let (enforcement, _) = broadcast::channel(1024);
     let gateway_token = secrets
-        .get("OPENCLAW_GATEWAY_TOKEN", "openclaw-gateway-token")?
+        .get(crate::secrets::OPENCLAW_GATEWAY_TOKEN)?
         .map(|(token, _)| GatewayToken::new(token.expose()));
     let monitor = OpenClawMonitor::start(
         settings.openclaw.clone(),
@@ -171,7 +171,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     );
     let ciba = if settings.stepup.enabled {
         let secret = secrets
-            .get("DEFENSECLAW_AUTH_CLIENT_SECRET", "auth-client-secret")
+            .get(crate::secrets::AUTH_CLIENT_SECRET)
             .and_then(|s| {
                 s.ok_or_else(|| {
                     "[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env".to_owned()

@@ -24,12 +24,6 @@ struct Args {
     check_config: bool,
 }
 
-/// Secrets the daemon looks for, reported (never shown) by --check-config.
-const KNOWN_SECRETS: &[(&str, &str)] = &[
-    ("DEFENSECLAW_AUTH_CLIENT_SECRET", "auth-client-secret"),
-    ("OPENCLAW_GATEWAY_TOKEN", "openclaw-gateway-token"),
-];
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
@@ -92,13 +86,16 @@ fn check_config(opts: &DaemonOptions) -> ExitCode {
     );
     match SecretSources::load(&opts.env, &opts.state_dir) {
         Ok(secrets) => {
-            for (env_name, credential) in KNOWN_SECRETS {
-                let state = match secrets.get(env_name, credential) {
+            for name in defenseclawd::secrets::KNOWN_SECRETS {
+                let state = match secrets.get(*name) {
                     Ok(Some((_, origin))) => format!("set (from {origin:?}), value redacted"),
                     Ok(None) => "not set".to_owned(),
                     Err(e) => format!("unreadable: {e}"),
                 };
-                println!("# secret {env_name} / credential {credential}: {state}");
+                println!(
+                    "# secret {} / credential {}: {state}",
+                    name.env, name.credential
+                );
             }
         }
         Err(e) => {

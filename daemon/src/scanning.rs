@@ -25,10 +25,10 @@ pub const CISCO_SKILL_SCANNER: &str = "cisco-ai-skill-scanner";
 #[serde(deny_unknown_fields, default)]
 pub struct ScannerSettings {
     /// Extra rule directories (TOML rule files) added to the built-in rules.
-    #[serde(deserialize_with = "path_list")]
+    #[serde(deserialize_with = "crate::config::path_list")]
     pub rule_dirs: Vec<PathBuf>,
     /// Skill directories to watch: each subfolder is a skill, rescanned when it changes.
-    #[serde(deserialize_with = "path_list")]
+    #[serde(deserialize_with = "crate::config::path_list")]
     pub watch_dirs: Vec<PathBuf>,
     /// Quiet time after the last change before a rescan, in milliseconds.
     pub watch_debounce_ms: u64,
@@ -78,7 +78,7 @@ pub struct AdmissionSettings {
     /// MCP servers with a finding at or above this are blocked (stricter by default).
     pub mcp_block_at: Severity,
     /// Targets (`skill/NAME`, `mcp/NAME`) admitted without scanning.
-    #[serde(deserialize_with = "string_list")]
+    #[serde(deserialize_with = "crate::config::string_list")]
     pub allow_list: Vec<String>,
 }
 
@@ -105,34 +105,6 @@ impl AdmissionSettings {
     pub fn allow_listed(&self, target: &Target) -> bool {
         self.allow_list.iter().any(|e| *e == target.to_string())
     }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-/// A list from TOML, or a comma-separated string from the environment.
-fn string_list<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Vec<String>, D::Error> {
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        OneOrMany::Many(v) => v,
-    })
-}
-
-fn path_list<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Vec<PathBuf>, D::Error> {
-    string_list(d).map(|v| v.into_iter().map(PathBuf::from).collect())
 }
 
 /// One scanned target with what each scanner found.

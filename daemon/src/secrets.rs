@@ -34,6 +34,32 @@ impl fmt::Display for SecretString {
     }
 }
 
+/// A secret the daemon reads: its environment variable and its systemd
+/// credential name (`LoadCredential=<credential>:…`). The `.env` key is the
+/// variable's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretName {
+    /// Environment variable (and `.env` key).
+    pub env: &'static str,
+    /// File name under `$CREDENTIALS_DIRECTORY`.
+    pub credential: &'static str,
+}
+
+/// The daemon's confidential client secret (CIBA step-up).
+pub const AUTH_CLIENT_SECRET: SecretName = SecretName {
+    env: "DEFENSECLAW_AUTH_CLIENT_SECRET",
+    credential: "auth-client-secret",
+};
+
+/// The OpenClaw gateway token (OpenClaw's own variable).
+pub const OPENCLAW_GATEWAY_TOKEN: SecretName = SecretName {
+    env: "OPENCLAW_GATEWAY_TOKEN",
+    credential: "openclaw-gateway-token",
+};
+
+/// Every secret the daemon reads, for `--check-config`.
+pub const KNOWN_SECRETS: &[SecretName] = &[AUTH_CLIENT_SECRET, OPENCLAW_GATEWAY_TOKEN];
+
 /// Where a secret was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,12 +147,9 @@ impl SecretSources {
         })
     }
 
-    /// Looks a secret up by env variable name, then credential name, then `.env` key.
-    pub fn get(
-        &self,
-        env_name: &str,
-        credential_name: &str,
-    ) -> Result<Option<(SecretString, SecretOrigin)>, String> {
+    /// Looks a secret up by env variable, then systemd credential, then `.env` key.
+    pub fn get(&self, name: SecretName) -> Result<Option<(SecretString, SecretOrigin)>, String> {
+        let (env_name, credential_name) = (name.env, name.credential);
         if let Some(v) = self.env.get(env_name).filter(|v| !v.is_empty()) {
             return Ok(Some((SecretString::new(v.clone()), SecretOrigin::Env)));
         }
@@ -216,13 +239,25 @@ mod tests {
             creds.display().to_string(),
         );
         let s = SecretSources::load(&env, dir.path()).unwrap();
-        let (v, origin) = s.get("TOK", "tok").unwrap().unwrap();
+        let (v, origin) = s
+            .get(SecretName {
+                env: "TOK",
+                credential: "tok",
+            })
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (v.expose(), origin),
             ("from-cred", SecretOrigin::Credential)
         );
         assert_eq!(format!("{v:?} {v}"), "SecretString(***) ***");
-        let (v, origin) = s.get("OTHER", "other").unwrap().unwrap();
+        let (v, origin) = s
+            .get(SecretName {
+                env: "OTHER",
+                credential: "other",
+            })
+            .unwrap()
+            .unwrap();
         assert_eq!((v.expose(), origin), ("o", SecretOrigin::DotEnv));
         std::fs::set_permissions(&dotenv, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(

@@ -44,7 +44,7 @@ pub struct StepUpSettings {
     pub auto_block_severity: Severity,
     /// `"requester"` (the operator who asked) or a list of approver `sub`s
     /// (used for the daemon's own proposals, which have no requester).
-    #[serde(deserialize_with = "approvers")]
+    #[serde(deserialize_with = "crate::config::string_list")]
     pub approver: Vec<String>,
     /// How long the approver has, in seconds (≤ 300 keeps Auth0 on push).
     pub requested_expiry_secs: u32,
@@ -66,24 +66,6 @@ impl Default for StepUpSettings {
             on_error: Unconfirmed::KeepBlocked,
         }
     }
-}
-
-fn approvers<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        OneOrMany::Many(v) => v,
-    })
 }
 
 impl StepUpSettings {

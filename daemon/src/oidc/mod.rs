@@ -34,8 +34,8 @@
 //!     Err(rejection) => eprintln!("{rejection}"),
 //! }
 //!
-//! // Step-up (the secret comes from the environment, a credential or ~/.defenseclaw/.env).
-//! let secret = oidc::load_client_secret(|k| std::env::var(k).ok(), None)?.ok_or("no secret")?;
+//! // Step-up (the daemon reads the secret through `crate::secrets`).
+//! let secret = oidc::ClientSecret::new(std::env::var("DEFENSECLAW_AUTH_CLIENT_SECRET")?);
 //! let ciba = CibaClient::new(Arc::clone(&provider), "daemon-client-id", secret);
 //! let code = oidc::new_request_code();
 //! let message = oidc::binding_message(&code, "block", "skill", "evil-skill");
@@ -60,7 +60,7 @@ pub use ciba::{
     binding_message, new_request_code, validate_binding_message,
 };
 pub use provider::{Discovery, JwksHealth, OidcError, Provider, http_client};
-pub use secret::{AuthReqId, ClientSecret, SecretLoadError, load_client_secret};
+pub use secret::{AuthReqId, ClientSecret};
 pub use settings::{
     AuthConfigError, AuthMode, AuthSettings, MAX_LEEWAY_SECS, Role, RoleScopes, roles_for,
 };

@@ -169,13 +169,13 @@ impl AuthSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct RoleScopes {
     /// Read-only access.
-    #[serde(deserialize_with = "string_list")]
+    #[serde(deserialize_with = "crate::config::word_list")]
     pub viewer: Vec<String>,
     /// Block, allow, unblock, scan reports, dismissals.
-    #[serde(deserialize_with = "string_list")]
+    #[serde(deserialize_with = "crate::config::word_list")]
     pub operator: Vec<String>,
     /// Everything, including administrative actions.
-    #[serde(deserialize_with = "string_list")]
+    #[serde(deserialize_with = "crate::config::word_list")]
     pub admin: Vec<String>,
 }
 
@@ -210,24 +210,6 @@ impl RoleScopes {
         }
         map
     }
-}
-
-/// A list of strings from TOML (`["a", "b"]`) or env (`"a,b"` or `"a b"`).
-fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split([',', ' '])
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        OneOrMany::Many(v) => v,
-    })
 }
 
 /// The roles granted by `token`'s scopes and permissions under `mapping`.

@@ -32,6 +32,9 @@ const TARGET_SUMMARY: &str = "SELECT t.kind, t.name, t.state, t.reason, t.decide
      count(f.id), max(f.severity) FROM targets t LEFT JOIN findings f \
      ON f.kind = t.kind AND f.name = t.name AND f.dismissed_at IS NULL";
 
+/// Columns of an audit entry, in the order [`entry_row`] reads them.
+const ENTRY_COLUMNS: &str = "seq, ts, action, target_kind, target_name, severity, outcome, reason, details, actor, actor_id, prev_hash, hash";
+
 /// Jobs the writer may fold into one transaction.
 const MAX_GROUP: usize = 512;
 /// Read connections kept open.
@@ -314,15 +317,13 @@ impl Store {
     pub async fn list_audit(&self, q: AuditQuery) -> Result<Vec<Entry>> {
         self.read(move |c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT seq, ts, action, target_kind, target_name, severity, outcome, reason, details,
-                            actor, actor_id, prev_hash, hash
-                     FROM audit
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS} FROM audit
                      WHERE (?1 IS NULL OR ts >= ?1)
                        AND (?2 IS NULL OR actor_id = ?2 OR json_extract(actor, '$.name') = ?2)
                        AND (?3 IS NULL OR (target_kind = ?3 AND target_name = ?4))
-                     ORDER BY seq DESC LIMIT ?5",
-                )
+                     ORDER BY seq DESC LIMIT ?5"
+                ))
                 .map_err(Error::store("listing audit entries"))?;
             let rows = stmt
                 .query_map(
@@ -405,11 +406,9 @@ impl Store {
 
 fn read_page(c: &Connection, after: u64, limit: u32) -> Result<Vec<Entry>> {
     let mut stmt = c
-        .prepare_cached(
-            "SELECT seq, ts, action, target_kind, target_name, severity, outcome, reason, details,
-                    actor, actor_id, prev_hash, hash
-             FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))
         .map_err(Error::store("reading audit entries"))?;
     let rows = stmt
         .query_map(params![after as i64, i64::from(limit)], entry_row)
