@@ -125,8 +125,14 @@ async fn exit_codes_are_distinct() {
     let usage = d.ctl(&["skill", "explode"]).await;
     assert_eq!(usage.code, 2);
 
-    d.ctl(&["-o", "json", "scan", "report", "--file", "/dev/stdin"])
-        .await; // no input: usage error, no crash
+    let empty = d
+        .ctl(&["-o", "json", "scan", "report", "--file", "/dev/null"])
+        .await;
+    assert_eq!(
+        empty.code, 2,
+        "an empty report is a usage error: {}",
+        empty.stderr
+    );
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nothing.sock");
     let down = ctl_at(&socket, &["status"]).await;

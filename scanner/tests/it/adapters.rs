@@ -1,7 +1,7 @@
 //! Adapters against a fake scanner executable: recorded JSON, failure, hang.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use defenseclaw_scanner::adapters::{
     AdapterConfig, McpScannerAdapter, SkillScannerAdapter, parse_skill_scanner_json,
@@ -103,13 +103,24 @@ fn failing_scanner_is_an_error() {
 fn hanging_scanner_is_killed_on_timeout() {
     let tools = tree(&[]);
     // A child process keeps the pipes open too: the whole group must die.
-    let exe = fake(tools.path(), "sleep 30 &\nsleep 30");
+    let pid_file = tools.path().join("child.pid");
+    let exe = fake(
+        tools.path(),
+        &format!("sleep 300 &\necho $! > {}\nsleep 300", pid_file.display()),
+    );
     let adapter = SkillScannerAdapter::new(AdapterConfig::new(&exe, Duration::from_secs(1)));
     let skill = tree(&[("SKILL.md", b"x")]);
-    let started = Instant::now();
     let err = adapter.scan_skill(skill.path()).unwrap_err();
     assert!(matches!(err, ScanError::AdapterTimeout { .. }), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(25), "not killed");
+    // The background child died with the group (gone, or a zombie awaiting its reaper).
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+    let alive = status
+        .lines()
+        .find(|l| l.starts_with("State:"))
+        .is_some_and(|l| !l.contains('Z'));
+    assert!(!alive, "the scanner's child process survived the timeout");
 }
 
 #[test]
