@@ -444,6 +444,7 @@ impl Bench {
                 }),
                 action: pb::EnforcementAction::Block as i32,
                 reason: "defenseclaw-bench check target".into(),
+                connections: Vec::new(),
             });
             if let Some(t) = &self.token {
                 req.metadata_mut().insert("authorization", t.clone());

@@ -123,6 +123,7 @@ async fn call(client: &mut Client, work: &Workload, i: u64) -> Result<(), tonic:
                 }),
                 action: pb::EnforcementAction::Block as i32,
                 reason: "defenseclaw-bench durable mutation".to_owned(),
+                connections: Vec::new(),
             };
             let reply = c.set_enforcement(with_token(req, token)).await?;
             if reply.get_ref().changed {

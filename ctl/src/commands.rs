@@ -213,6 +213,7 @@ async fn target_command(
         }),
         action: action as i32,
         reason: d.reason,
+        connections: Vec::new(),
     };
     let request = match action {
         TargetCommand::List => {

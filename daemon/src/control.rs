@@ -823,6 +823,34 @@ impl Control for ControlService {
         }))
     }
 
+    async fn get_connection_token(
+        &self,
+        _request: Request<pb::GetConnectionTokenRequest>,
+    ) -> Result<Response<pb::ConnectionToken>, Status> {
+        Err(Status::unimplemented("GetConnectionToken"))
+    }
+
+    async fn list_connections(
+        &self,
+        _request: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsReply>, Status> {
+        Err(Status::unimplemented("ListConnections"))
+    }
+
+    async fn revoke_connection(
+        &self,
+        _request: Request<pb::RevokeConnectionRequest>,
+    ) -> Result<Response<pb::RevokeConnectionReply>, Status> {
+        Err(Status::unimplemented("RevokeConnection"))
+    }
+
+    async fn record_connected_account(
+        &self,
+        _request: Request<pb::RecordConnectedAccountRequest>,
+    ) -> Result<Response<pb::RecordConnectedAccountReply>, Status> {
+        Err(Status::unimplemented("RecordConnectedAccount"))
+    }
+
     async fn verify_audit(
         &self,
         request: Request<pb::VerifyAuditRequest>,

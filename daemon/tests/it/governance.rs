@@ -159,6 +159,7 @@ async fn invalid_input_is_rejected_naming_the_field_and_writes_nothing() {
                 target: skill("x"),
                 action: 0,
                 reason: String::new(),
+                connections: Vec::new(),
             },
             "action",
         ),

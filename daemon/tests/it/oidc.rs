@@ -1533,6 +1533,7 @@ async fn daemon_in_oidc_mode_stamps_the_operator_and_audits_refusals() {
         target: crate::support::skill("evil"),
         action: pb::EnforcementAction::Block as i32,
         reason: "steals keys".into(),
+        connections: Vec::new(),
     };
     let operator = sign(
         1,
@@ -1661,6 +1662,7 @@ async fn the_daemon_refuses_every_attack_token_and_audits_each_refusal() {
                 target: crate::support::skill("evil"),
                 action: pb::EnforcementAction::Block as i32,
                 reason: String::new(),
+                connections: Vec::new(),
             },
             token,
         );

@@ -84,6 +84,7 @@ fn set(name: &str, action: pb::EnforcementAction) -> pb::SetEnforcementRequest {
         target: skill(name),
         action: action as i32,
         reason: "operator request".into(),
+        connections: Vec::new(),
     }
 }
 

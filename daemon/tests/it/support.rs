@@ -161,6 +161,7 @@ pub fn set(
         target,
         action: action as i32,
         reason: reason.to_owned(),
+        connections: Vec::new(),
     }
 }
 
