@@ -92,6 +92,48 @@ pub enum Command {
         #[command(subcommand)]
         action: OpenclawCommand,
     },
+    /// Token Vault connections: link your accounts, the auth inventory, revoke grants.
+    Connections {
+        /// What to do.
+        #[command(subcommand)]
+        action: ConnectionsCommand,
+    },
+}
+
+/// Connection commands.
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// Link your account for CONNECTION (Auth0 Connected Accounts) in the browser.
+    Connect(ConnectArgs),
+    /// Every grant: server, connection, scopes, approver, last use, status.
+    List {
+        /// Only this MCP server.
+        #[arg(long, value_name = "NAME")]
+        server: Option<String>,
+    },
+    /// Revoke SERVER's grant for CONNECTION and drop its stored credential (audited).
+    Revoke {
+        /// MCP server name.
+        server: String,
+        /// Connection name.
+        connection: String,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// Arguments of `connections connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// The Auth0 connection name (e.g. github).
+    pub connection: String,
+    /// Provider scopes to request, space-separated (default: the connection's).
+    #[arg(long, value_name = "SCOPES")]
+    pub scopes: Option<String>,
+    /// Do not try to open a browser.
+    #[arg(long)]
+    pub no_browser: bool,
 }
 
 /// Auth commands.
@@ -182,14 +224,45 @@ pub enum TargetCommand {
     },
     /// Block the target.
     Block(Decide),
-    /// Allow the target.
-    Allow(Decide),
+    /// Allow the target (MCP servers: with the connections it may use).
+    Allow(AllowArgs),
     /// Remove a block or allow decision.
     Unblock(Decide),
     /// Scan skill folders (or MCP servers) with the built-in scanner.
     Scan(ScanArgs),
     /// Scan a skill folder, then admit it as allowed or blocked per policy (audited).
     Install(InstallArgs),
+    /// MCP servers: run the server with its connection tokens in its environment
+    /// (put this in OpenClaw's `mcp.servers.NAME.command`).
+    Exec(ExecArgs),
+}
+
+/// Arguments of allow.
+#[derive(Debug, Args)]
+pub struct AllowArgs {
+    /// Target name and reason.
+    #[command(flatten)]
+    pub decide: Decide,
+    /// MCP servers: an Auth0 connection the server may use (repeatable).
+    #[arg(long = "connection", value_name = "NAME")]
+    pub connections: Vec<String>,
+    /// MCP servers: provider scopes requested for the connections, space-separated.
+    #[arg(long, value_name = "SCOPES")]
+    pub scopes: Option<String>,
+}
+
+/// Arguments of `mcp exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The MCP server's name (as allowed in the daemon).
+    pub name: String,
+    /// VAR=CONNECTION: put CONNECTION's token in VAR (repeatable; default: each
+    /// declared connection as `<CONNECTION>_TOKEN`, upper-cased).
+    #[arg(long = "env", value_name = "VAR=CONNECTION")]
+    pub env: Vec<String>,
+    /// The real server command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// Arguments of `skill scan` / `mcp scan`.

@@ -36,6 +36,9 @@ pub async fn run(
         Command::Scan { action } => scan_command(client, action, output).await,
         Command::Audit { action } => audit_command(client, action, output).await,
         Command::Openclaw { action } => openclaw_command(client, action, output).await,
+        Command::Connections { action } => {
+            crate::connections::command(client, action, output).await
+        }
         Command::Auth { .. } | Command::Rule { .. } => Err(Failure::new(
             crate::exit::FAILURE,
             "this command runs without a daemon client",
@@ -283,7 +286,37 @@ async fn target_command(
             return crate::scan::install(client, &args, output).await;
         }
         TargetCommand::Block(d) => decide(d, pb::EnforcementAction::Block),
-        TargetCommand::Allow(d) => decide(d, pb::EnforcementAction::Allow),
+        TargetCommand::Allow(a) => {
+            if kind != pb::TargetKind::Mcp && (!a.connections.is_empty() || a.scopes.is_some()) {
+                return Err(Failure::new(
+                    USAGE,
+                    "--connection and --scopes are for MCP servers (`mcp allow`)",
+                ));
+            }
+            let scopes: Vec<String> = a
+                .scopes
+                .as_deref()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            let mut request = decide(a.decide, pb::EnforcementAction::Allow);
+            request.connections = a
+                .connections
+                .into_iter()
+                .map(|connection| pb::ConnectionDeclaration {
+                    connection,
+                    scopes: scopes.clone(),
+                })
+                .collect();
+            request
+        }
+        TargetCommand::Exec(args) => {
+            if kind != pb::TargetKind::Mcp {
+                return Err(Failure::new(USAGE, "exec is for MCP servers (`mcp exec`)"));
+            }
+            return crate::connections::exec(client, args).await;
+        }
         TargetCommand::Unblock(d) => decide(d, pb::EnforcementAction::Unblock),
     };
     let reply = client.set_enforcement(request).await?.into_inner();

@@ -5,6 +5,8 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod connect;
+pub mod connections;
 pub mod exit;
 pub mod render;
 pub mod scan;
@@ -118,6 +120,12 @@ pub fn main_entry() -> ExitCode {
         let socket = client::resolve_socket(cli.socket);
         if let cli::Command::Auth { action } = cli.command {
             return auth_command(&socket, action, cli.output).await;
+        }
+        if let cli::Command::Connections {
+            action: cli::ConnectionsCommand::Connect(args),
+        } = cli.command
+        {
+            return connect::connect(&socket, args, cli.output).await;
         }
         // Offline scans and rule commands need no daemon.
         match &cli.command {
