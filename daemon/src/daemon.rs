@@ -231,7 +231,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         sealer,
         stepups.clone(),
     );
-    tokio::spawn(forget_blocked(vault.clone(), enforcement.subscribe()));
+    tokio::spawn(forget_blocked(
+        vault.clone(),
+        enforcement.subscribe(),
+        cancel.child_token(),
+    ));
     stepups.resume_pending().await.map_err(|e| e.to_string())?;
     let scanners =
         Arc::new(crate::scanning::Scanners::new(&settings.scanner).inspect_err(|_| cleanup.run())?);
@@ -411,9 +415,15 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 async fn forget_blocked(
     vault: Arc<crate::vault::TokenBroker>,
     mut changes: broadcast::Receiver<crate::control::EnforcementChanged>,
+    cancel: CancellationToken,
 ) {
     loop {
-        match changes.recv().await {
+        // The broker holds a sender itself: stop on shutdown, not on close.
+        let change = tokio::select! {
+            () = cancel.cancelled() => return,
+            change = changes.recv() => change,
+        };
+        match change {
             Ok(change) => {
                 if change.target.kind == crate::model::TargetKind::Mcp
                     && change.state == crate::model::EnforcementState::Blocked

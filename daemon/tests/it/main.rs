@@ -11,3 +11,4 @@ mod openclaw;
 mod openclaw_e2e;
 mod scanning;
 mod stepup;
+mod token_vault;
