@@ -197,13 +197,17 @@ impl Auth {
                 return Ok(Err(RefreshMiss::Refused(format!("HTTP {status}"))));
             }
         };
-        check_token_type(&tokens)?;
+        // A rotated refresh token replaces the spent one, whatever the answer is for.
         if let Some(new_rt) = &tokens.refresh_token
             && new_rt != &rt
         {
             let mut next = s.clone();
             next.refresh_token = Some(new_rt.clone());
             session::save(&self.session_path, &next)?;
+        }
+        check_token_type(&tokens)?;
+        if let Err(why) = answers_for(&tokens, &req.audience, &req.scopes) {
+            return Ok(Err(RefreshMiss::Refused(why)));
         }
         Ok(Ok(AudienceToken {
             token: tokens.access_token,
@@ -279,6 +283,49 @@ impl Auth {
     }
 }
 
+/// Whether a refresh answer is for `audience`. Auth0 ignores an audience outside the
+/// client's refresh-token policies and answers for the original API, with 200: the granted
+/// `scope` then holds none of the requested scopes (or, without `scope`, a JWT's `aud` names
+/// another API).
+fn answers_for(tokens: &TokenResponse, audience: &str, requested: &[String]) -> Result<(), String> {
+    let other = || {
+        format!(
+            "the provider answered with a token for another API: no Multi-Resource Refresh \
+             Token policy for {audience}?"
+        )
+    };
+    if let Some(granted) = tokens.scope.as_deref() {
+        let granted: Vec<&str> = granted.split_whitespace().collect();
+        if !requested.is_empty() && !requested.iter().any(|r| granted.contains(&r.as_str())) {
+            return Err(other());
+        }
+        return Ok(());
+    }
+    match jwt_audiences(tokens.access_token.expose()) {
+        Some(auds) if !auds.iter().any(|a| a == audience) => Err(other()),
+        _ => Ok(()),
+    }
+}
+
+/// The `aud` of an access token that is a JWT (read, not verified: only to choose a path).
+fn jwt_audiences(token: &str) -> Option<Vec<String>> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    match claims.get("aud")? {
+        serde_json::Value::String(a) => Some(vec![a.clone()]),
+        serde_json::Value::Array(v) => Some(
+            v.iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 fn check_token_type(tokens: &TokenResponse) -> Result<(), AuthError> {
     match tokens.token_type.as_deref() {
         Some(tt) if !tt.eq_ignore_ascii_case("bearer") => Err(AuthError::Provider(format!(
@@ -302,6 +349,48 @@ mod tests {
             my_account_audience("http://127.0.0.1:4000"),
             "http://127.0.0.1:4000/me/"
         );
+    }
+
+    fn tokens(access_token: &str, scope: Option<&str>) -> TokenResponse {
+        TokenResponse {
+            access_token: Secret::new(access_token),
+            token_type: Some("Bearer".into()),
+            expires_in: Some(60),
+            refresh_token: None,
+            id_token: None,
+            scope: scope.map(str::to_owned),
+        }
+    }
+
+    fn jwt(claims: &serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.sig",
+            b64(br#"{"alg":"RS256"}"#),
+            b64(claims.to_string().as_bytes())
+        )
+    }
+
+    #[test]
+    fn a_token_for_the_original_api_is_not_taken_for_the_requested_one() {
+        let me = "https://t.auth0.com/me/";
+        let want: Vec<String> = CONNECTED_ACCOUNTS_SCOPES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let ok = tokens(
+            "opaque",
+            Some("create:me:connected_accounts read:me:connected_accounts"),
+        );
+        assert!(answers_for(&ok, me, &want).is_ok());
+        let other = tokens("opaque", Some("openid profile read:status"));
+        assert!(answers_for(&other, me, &want).is_err());
+        let aud_me = tokens(&jwt(&serde_json::json!({ "aud": [me, "x"] })), None);
+        assert!(answers_for(&aud_me, me, &want).is_ok());
+        let aud_api = tokens(&jwt(&serde_json::json!({ "aud": "https://api" })), None);
+        assert!(answers_for(&aud_api, me, &want).is_err());
+        assert!(answers_for(&tokens("opaque", None), me, &want).is_ok());
     }
 
     #[test]
