@@ -5,7 +5,10 @@
 // tokens for the API), the `interval` field, Auth0's 403/429 status codes, `slow_down`
 // with `Retry-After`, CIBA in poll mode with Auth0's `iss_sub` login_hint, and
 // loopback-only admin endpoints under /__admin/ that approve or deny requests without a
-// browser, create users and inject failures.
+// browser, create users and inject failures. Also Auth0's Token Vault grant (exchanging an
+// Auth0 refresh or access token for a fake third-party token of a connected account), a
+// small My Account API for linking accounts (Connected Accounts) with an auto-consenting
+// browser step, and Multi-Resource Refresh Tokens for the My Account audience.
 //
 // Usage: node server.mjs [--port N] [--host 127.0.0.1] [--config FILE_OR_JSON]
 // Env:   IDP_PORT (or PORT), IDP_HOST, IDP_CONFIG (a file path or inline JSON).
@@ -93,6 +96,20 @@ const DEFAULT_CONFIG = {
   enforce_interval: true,
   // Fixed `kid` for the signing key; default: random per start.
   kid: null,
+  // Connections that can be linked ("*": any name matching CONNECTION_NAME).
+  connections: ['github', 'slack', 'google-oauth2'],
+  // Multi-Resource Refresh Tokens: a refresh token may be exchanged for a token for another
+  // configured API (the My Account API included). Off: the audience is ignored like Auth0 does
+  // without a refresh-token policy (a token for the original audience), or, with
+  // mrrt_off_error, refused with 403 access_denied.
+  mrrt: true,
+  mrrt_off_error: false,
+  // The browser step of Connected Accounts puts connect_code/state in the fragment, not the query.
+  connect_code_in_fragment: false,
+  // Lifetime of a Connected Accounts session (s).
+  connect_ttl: 300,
+  // expires_in of fake provider tokens when the linked account sets none (s).
+  provider_token_ttl: 3600,
 };
 
 const args = parseArgs(process.argv.slice(2));
@@ -105,6 +122,18 @@ const OIDC_SCOPES = ['openid', 'offline_access', 'profile', 'email'];
 const CIBA_GRANT = 'urn:openid:params:grant-type:ciba';
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 const BINDING_MESSAGE = /^[A-Za-z0-9 +\-_.,:#]{1,64}$/;
+const TOKEN_VAULT_GRANT = 'urn:auth0:params:oauth:grant-type:token-exchange:federated-connection-access-token';
+const SUBJECT_REFRESH_TOKEN = 'urn:ietf:params:oauth:token-type:refresh_token';
+const SUBJECT_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
+const FEDERATED_TOKEN_TYPE = 'http://auth0.com/oauth/token-type/federated-connection-access-token';
+const MY_ACCOUNT_SCOPES = ['create:me:connected_accounts', 'read:me:connected_accounts', 'delete:me:connected_accounts'];
+const CONNECTION_NAME = /^[A-Za-z0-9_-]{1,128}$/;
+// Scopes a connection grants when the connect request names none (Auth0: the dashboard's).
+const CONNECTION_DEFAULT_SCOPES = {
+  github: ['read:user'],
+  slack: ['channels:read'],
+  'google-oauth2': ['openid', 'email'],
+};
 const AUTH0_CIBA_DENIED = 'The end-user denied the authorization request or it has been expired';
 
 // ---------------------------------------------------------------------------------------
@@ -186,10 +215,12 @@ function clientMetadata(c) {
     client_id: c.client_id,
     client_secret: c.client_secret,
     token_endpoint_auth_method: c.token_endpoint_auth_method ?? 'client_secret_post',
-    grant_types: c.grant_types ?? [CIBA_GRANT, 'refresh_token', 'client_credentials'],
+    grant_types: c.grant_types ?? [CIBA_GRANT, 'refresh_token', 'client_credentials', TOKEN_VAULT_GRANT],
     response_types: [],
     redirect_uris: [],
     backchannel_token_delivery_mode: 'poll',
+    // Auth0's Custom API Client link: access tokens for this API may be exchanged at Token Vault.
+    resource_server_identifier: c.resource_server_identifier ?? cfg.audience,
   };
 }
 
@@ -212,16 +243,41 @@ function defaultFailures() {
     error_paths: ['/oauth/token'], // paths that get injected errors ([] or ["*"]: all)
     delay_ms: 0, // delay every non-admin request
     drop_connections: false, // destroy non-admin connections without an answer
+    hang: false, // read matching requests and never answer them
+    // Non-empty: errors, delay, drop and hang only hit /oauth/token requests with these grant types.
+    grant_types: [],
   };
 }
 
+// Token Vault and Connected Accounts state.
+const linkedAccounts = new Map(); // accountKey(sub, connection) -> account
+const providerTokens = []; // every fake provider token issued, in order
+const connectSessions = new Map(); // auth_session -> Connected Accounts session
+const connectTickets = new Map(); // ticket -> the same session
+const tokenVault = {
+  delay_ms: 0, // wait this long before the grant answers
+  exchanges: 0, // answered 200
+  failures: 0, // answered an error (not counting injected failures)
+  injected: 0, // hit by failure injection before reaching the grant
+  in_flight: 0, // inside the grant handler right now
+};
+
 const nowMs = () => Date.now();
 const epoch = () => Math.floor(Date.now() / 1000);
+const randomHex = (bytes) => crypto.randomBytes(bytes).toString('hex');
 
 // ---------------------------------------------------------------------------------------
 // The provider
 
 let provider;
+let meAudience; // `<issuer>me/`, the My Account API
+
+// Scopes of a resource server (an API identifier), or null for an unknown one.
+function resourceScopes(resource) {
+  if (resource === cfg.audience) return cfg.api_scopes;
+  if (resource === meAudience) return MY_ACCOUNT_SCOPES;
+  return null;
+}
 
 async function findAccount(_ctx, id) {
   const user = users.get(id);
@@ -241,8 +297,10 @@ async function findAccount(_ctx, id) {
 }
 
 function buildProvider(issuer) {
+  meAudience = `${issuer}me/`;
   const p = new Provider(issuer, {
     clients: cfg.clients.map(clientMetadata),
+    extraClientMetadata: { properties: ['resource_server_identifier'] },
     jwks: { keys: [privateJwk] },
     findAccount,
     scopes: OIDC_SCOPES,
@@ -280,7 +338,8 @@ function buildProvider(issuer) {
       && source.scopes.has('offline_access'),
     extraTokenClaims: async (_ctx, token) => {
       if (token.kind !== 'AccessToken' && token.kind !== 'ClientCredentials') return undefined;
-      const scopes = String(token.scope ?? '').split(' ').filter((s) => cfg.api_scopes.includes(s));
+      const defined = resourceScopes(token.resourceServer?.audience ?? token.aud) ?? cfg.api_scopes;
+      const scopes = String(token.scope ?? '').split(' ').filter((s) => defined.includes(s));
       return { azp: token.clientId, permissions: scopes };
     },
     features: {
@@ -294,13 +353,17 @@ function buildProvider(issuer) {
         enabled: true,
         defaultResource: async (_ctx, _client, oneOf) => (oneOf && oneOf.length ? oneOf[0] : undefined),
         useGrantedResource: async () => true,
-        getResourceServerInfo: async (_ctx, resource) => {
-          if (resource !== cfg.audience) {
+        getResourceServerInfo: async (ctx, resource) => {
+          const scopes = resourceScopes(resource);
+          if (!scopes) {
             throw new errors.InvalidTarget(`Service not found: ${resource}`);
           }
+          if (resource === meAudience && ctx?.oidc?.params?.grant_type === 'client_credentials') {
+            throw new errors.InvalidTarget('The My Account API cannot be used with client credentials');
+          }
           return {
-            scope: cfg.api_scopes.join(' '),
-            audience: cfg.audience,
+            scope: scopes.join(' '),
+            audience: resource,
             accessTokenTTL: cfg.access_token_ttl,
             accessTokenFormat: 'jwt',
             jwt: { sign: { alg: 'RS256' } },
@@ -362,6 +425,9 @@ function buildProvider(issuer) {
     },
   });
   p.proxy = false;
+  p.registerGrantType(TOKEN_VAULT_GRANT, tokenVaultGrant, [
+    'subject_token', 'subject_token_type', 'requested_token_type', 'connection', 'login_hint', 'scope',
+  ]);
   p.on('server_error', (_ctx, err) => {
     process.stderr.write(`idp server_error: ${err?.stack ?? err}\n`);
   });
@@ -402,6 +468,10 @@ function shapeTokenResponse(ctx, body) {
   const params = ctx.req.parsedBody ?? {};
   const grant = params.grant_type;
   const auth0 = cfg.auth0_status;
+  if (grant === TOKEN_VAULT_GRANT) {
+    shapeTokenVaultResponse(ctx, body);
+    return;
+  }
   if (ctx.status === 200) {
     if (grant === DEVICE_GRANT) {
       const rec = deviceByCode.get(params.device_code);
@@ -444,6 +514,133 @@ function shapeTokenResponse(ctx, body) {
     if (auth0 && body.error === 'invalid_grant') {
       ctx.status = 403;
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Token Vault: the federated connection access token exchange.
+
+// An OAuth error with Auth0's status for it (oidc-provider's own errors are all 400).
+class Auth0Error extends errors.CustomOIDCProviderError {
+  constructor(status, error, description) {
+    super(error, description);
+    this.status = status;
+    this.statusCode = status;
+  }
+}
+
+const accountKey = (sub, connection) => `${sub}\n${connection}`;
+
+function shapeTokenVaultResponse(ctx, body) {
+  if (ctx.status === 200) {
+    tokenVault.exchanges += 1;
+    return;
+  }
+  tokenVault.failures += 1;
+  // Auth0 refuses a client without the grant with unauthorized_client: 401 for a public client,
+  // 403 for a confidential one. oidc-provider answers 400 invalid_request before the handler.
+  const client = ctx.oidc?.client;
+  if (body.error === 'invalid_request' && client && !client.grantTypeAllowed(TOKEN_VAULT_GRANT)) {
+    const isPublic = client.tokenEndpointAuthMethod === 'none';
+    ctx.status = isPublic ? 401 : 403;
+    body.error = 'unauthorized_client';
+    body.error_description = isPublic
+      ? 'Token Vault requires a confidential client; public clients cannot exchange tokens.'
+      : `Grant type '${TOKEN_VAULT_GRANT}' not allowed for the client.`;
+  }
+}
+
+// Who the subject token stands for, after the checks Auth0 does for each subject type.
+async function tokenVaultSubject(client, params) {
+  if (params.subject_token_type === SUBJECT_REFRESH_TOKEN) {
+    const rt = await provider.RefreshToken.find(String(params.subject_token), { ignoreExpiration: true });
+    if (!rt || rt.clientId !== client.clientId || rt.isExpired || rt.consumed) {
+      throw new Auth0Error(401, 'invalid_grant', 'Unknown or invalid refresh token.');
+    }
+    return rt.accountId;
+  }
+  if (params.subject_token_type === SUBJECT_ACCESS_TOKEN) {
+    const claims = verifyOwnJwt(params.subject_token);
+    if (!claims || claims.iss !== provider.issuer || typeof claims.sub !== 'string' || !claims.sub) {
+      throw new Auth0Error(401, 'invalid_grant', 'Invalid access token.');
+    }
+    const api = client.resource_server_identifier ?? client.resourceServerIdentifier;
+    const audiences = [].concat(claims.aud ?? []);
+    if (!api || !audiences.includes(api)) {
+      throw new Auth0Error(403, 'unauthorized_client',
+        'The client is not linked to the API the subject token was issued for (resource_server_identifier).');
+    }
+    return claims.sub;
+  }
+  throw new Auth0Error(400, 'invalid_request', `Unsupported subject_token_type: ${params.subject_token_type}`);
+}
+
+// Exchanges waiting out the delay; a new delay wakes them to measure against it.
+const delayWaiters = new Set();
+
+async function tokenVaultDelay() {
+  const start = nowMs();
+  while (tokenVault.delay_ms > 0 && nowMs() - start < tokenVault.delay_ms) {
+    await new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        delayWaiters.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, tokenVault.delay_ms - (nowMs() - start));
+      delayWaiters.add(wake);
+    });
+  }
+}
+
+async function tokenVaultGrant(ctx) {
+  const { client, params } = ctx.oidc;
+  tokenVault.in_flight += 1;
+  try {
+    await tokenVaultDelay();
+    if (client.tokenEndpointAuthMethod === 'none') {
+      throw new Auth0Error(401, 'unauthorized_client',
+        'Token Vault requires a confidential client; public clients cannot exchange tokens.');
+    }
+    for (const name of ['subject_token', 'subject_token_type', 'requested_token_type', 'connection']) {
+      if (!params[name]) throw new Auth0Error(400, 'invalid_request', `Missing required parameter: ${name}`);
+    }
+    if (params.requested_token_type !== FEDERATED_TOKEN_TYPE) {
+      throw new Auth0Error(400, 'invalid_request', `Unsupported requested_token_type: ${params.requested_token_type}`);
+    }
+    if (!CONNECTION_NAME.test(params.connection)) {
+      throw new Auth0Error(400, 'invalid_request', 'Invalid connection name.');
+    }
+    const sub = await tokenVaultSubject(client, params);
+    const account = linkedAccounts.get(accountKey(sub, params.connection));
+    if (!account || (params.login_hint && params.login_hint !== account.login_hint)) {
+      throw new Auth0Error(401, 'federated_connection_refresh_token_not_found',
+        'Federated connection Refresh Token not found.');
+    }
+    if (account.broken) {
+      throw new Auth0Error(401, 'federated_connection_refresh_token_flow_failed',
+        'Failed to obtain a new access token from the federated connection: the refresh token was rejected.');
+    }
+    const token = {
+      access_token: `fake-${account.connection}-${randomHex(16)}`,
+      sub,
+      connection: account.connection,
+      client_id: client.clientId,
+      subject_token_type: params.subject_token_type,
+      scope: account.scopes.join(' '),
+      expires_in: account.expires_in ?? cfg.provider_token_ttl,
+      at: nowMs(),
+    };
+    providerTokens.push(token);
+    ctx.body = {
+      access_token: token.access_token,
+      expires_in: token.expires_in,
+      scope: token.scope,
+      issued_token_type: FEDERATED_TOKEN_TYPE,
+      token_type: 'Bearer',
+    };
+  } finally {
+    tokenVault.in_flight -= 1;
   }
 }
 
@@ -514,8 +711,8 @@ async function approveDevice(body) {
   const oidcScopes = requested.filter((s) => OIDC_SCOPES.includes(s));
   if (oidcScopes.length) grant.addOIDCScope(oidcScopes.join(' '));
   if (resource) {
-    const apiScopes = requested.filter((s) => cfg.api_scopes.includes(s));
-    grant.addResourceScope(resource, apiScopes.join(' '));
+    const defined = resourceScopes(resource) ?? [];
+    grant.addResourceScope(resource, requested.filter((s) => defined.includes(s)).join(' '));
   }
   const grantId = await grant.save();
   Object.assign(code, {
@@ -555,7 +752,8 @@ async function approveCiba(body) {
   if (oidcScopes.length) grant.addOIDCScope(oidcScopes.join(' '));
   const resources = request.resource ? [].concat(request.resource) : [];
   for (const resource of resources) {
-    grant.addResourceScope(resource, requested.filter((s) => cfg.api_scopes.includes(s)).join(' '));
+    const defined = resourceScopes(resource) ?? [];
+    grant.addResourceScope(resource, requested.filter((s) => defined.includes(s)).join(' '));
   }
   await grant.save();
   await provider.backchannelResult(request, grant, { authTime: epoch(), amr: ['mfa', 'pop'] });
@@ -578,8 +776,90 @@ function setFailures(body) {
   for (const key of Object.keys(body)) {
     if (!(key in failures)) throw new AdminError(400, 'invalid_request', `unknown failure knob ${key}`);
   }
+  if (body.grant_types !== undefined && !Array.isArray(body.grant_types)) {
+    throw new AdminError(400, 'invalid_request', 'grant_types must be an array');
+  }
   Object.assign(failures, body);
   return { ok: true, failures };
+}
+
+function connectionEnabled(connection) {
+  return CONNECTION_NAME.test(connection)
+    && (cfg.connections.includes('*') || cfg.connections.includes(connection));
+}
+
+// Scopes from a `scopes` array or a space-separated `scope` string; undefined when neither is given.
+function scopesParam(body) {
+  if (Array.isArray(body.scopes)) return body.scopes.map(String).filter(Boolean);
+  if (body.scope !== undefined && body.scope !== null) return splitScope(body.scope);
+  return undefined;
+}
+
+const truthy = (v) => v === true || v === 'true' || v === '1' || v === 1;
+
+// Creates or updates the (sub, connection) account; fields not given keep their value.
+function putLinkedAccount(sub, connection, fields) {
+  const key = accountKey(sub, connection);
+  const account = linkedAccounts.get(key) ?? {
+    id: `cac_${randomHex(12)}`,
+    sub,
+    connection,
+    scopes: [],
+    login_hint: null,
+    broken: false,
+    expires_in: null,
+    created_at: new Date().toISOString(),
+  };
+  Object.assign(account, fields);
+  linkedAccounts.set(key, account);
+  return account;
+}
+
+function adminAccountTarget(body) {
+  const sub = typeof body.sub === 'string' ? body.sub : '';
+  const connection = typeof body.connection === 'string' ? body.connection : '';
+  if (!sub || !connection) throw new AdminError(400, 'invalid_request', 'sub and connection are required');
+  return { sub, connection };
+}
+
+function linkAccountAdmin(body) {
+  const { sub, connection } = adminAccountTarget(body);
+  if (!connectionEnabled(connection)) {
+    throw new AdminError(400, 'invalid_request',
+      `connection ${connection} is not enabled (enabled: ${cfg.connections.join(', ')})`);
+  }
+  const fields = {};
+  const scopes = scopesParam(body);
+  if (scopes !== undefined) fields.scopes = scopes;
+  if ('login_hint' in body) fields.login_hint = body.login_hint === null ? null : String(body.login_hint);
+  if ('broken' in body) fields.broken = truthy(body.broken);
+  if ('expires_in' in body) {
+    const ttl = body.expires_in === null ? null : Number(body.expires_in);
+    if (ttl !== null && !(Number.isSafeInteger(ttl) && ttl > 0)) {
+      throw new AdminError(400, 'invalid_request', 'expires_in must be a positive integer or null');
+    }
+    fields.expires_in = ttl;
+  }
+  return { ok: true, account: putLinkedAccount(sub, connection, fields) };
+}
+
+function unlinkAccountAdmin(body) {
+  const { sub, connection } = adminAccountTarget(body);
+  const key = accountKey(sub, connection);
+  const account = linkedAccounts.get(key);
+  if (!account) throw new AdminError(404, 'unknown_connected_account', `${sub} has no ${connection} account`);
+  linkedAccounts.delete(key);
+  return { ok: true, account };
+}
+
+function setTokenVault(body) {
+  const delay = Number(body.delay_ms ?? 0);
+  if (!(Number.isSafeInteger(delay) && delay >= 0)) {
+    throw new AdminError(400, 'invalid_request', 'delay_ms must be a non-negative integer');
+  }
+  tokenVault.delay_ms = delay;
+  for (const wake of [...delayWaiters]) wake();
+  return { ok: true, token_vault: tokenVault };
 }
 
 function signArbitrary(body) {
@@ -632,9 +912,265 @@ async function handleAdmin(req, res, path, body) {
       return requestLog;
     case 'POST /__admin/sign':
       return signArbitrary(body);
+    case 'GET /__admin/connections':
+      return [...linkedAccounts.values()];
+    case 'POST /__admin/connections':
+      return linkAccountAdmin(body);
+    case 'DELETE /__admin/connections':
+      return unlinkAccountAdmin(body);
+    case 'GET /__admin/provider-tokens':
+      return providerTokens;
+    case 'GET /__admin/token-vault':
+      return tokenVault;
+    case 'POST /__admin/token-vault':
+      return setTokenVault(body);
     default:
       throw new AdminError(404, 'not_found', `no admin route ${route}`);
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// My Account API (Connected Accounts): bearer JWTs for `<issuer>me/`, RFC 7807 problem JSON.
+
+class Problem extends Error {
+  constructor(status, title, detail, validationErrors = undefined) {
+    super(detail);
+    this.status = status;
+    this.title = title;
+    this.validationErrors = validationErrors;
+  }
+
+  body() {
+    const slug = this.title.toLowerCase().replace(/[^a-z0-9]+/g, '_');
+    const out = { type: `${provider.issuer}problems/${slug}`, title: this.title, status: this.status, detail: this.message };
+    if (this.validationErrors) out.validation_errors = this.validationErrors;
+    return out;
+  }
+}
+
+const invalidField = (field, detail) => new Problem(400, 'Bad Request', detail, [{ field, detail }]);
+
+function sendProblem(res, problem) {
+  const headers = { 'content-type': 'application/problem+json' };
+  if (problem.status === 401) headers['www-authenticate'] = 'Bearer error="invalid_token"';
+  if (problem.status === 403) headers['www-authenticate'] = 'Bearer error="insufficient_scope"';
+  sendJson(res, problem.status, problem.body(), headers);
+}
+
+// The verified claims of the request's bearer token, which must carry `scope`.
+function myAccountClaims(req, scope) {
+  const m = /^Bearer\s+(\S+)$/i.exec(String(req.headers.authorization ?? ''));
+  if (!m) throw new Problem(401, 'Unauthorized', 'A bearer access token for the My Account API is required.');
+  const claims = verifyOwnJwt(m[1]);
+  if (!claims || claims.iss !== provider.issuer || typeof claims.sub !== 'string' || !claims.sub) {
+    throw new Problem(401, 'Unauthorized', 'Invalid or expired access token.');
+  }
+  if (![].concat(claims.aud ?? []).includes(meAudience)) {
+    throw new Problem(401, 'Unauthorized', `The access token's audience is not ${meAudience}.`);
+  }
+  if (!splitScope(claims.scope).includes(scope)) {
+    throw new Problem(403, 'Forbidden', `Insufficient scope; ${scope} is required.`);
+  }
+  return claims;
+}
+
+async function myAccountBody(req) {
+  const cty = String(req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+  if (cty !== 'application/json') {
+    throw new Problem(415, 'Unsupported Media Type', 'The request body must be application/json.');
+  }
+  let body;
+  try {
+    body = JSON.parse(await readRaw(req));
+  } catch {
+    throw new Problem(400, 'Bad Request', 'The request body is not valid JSON.');
+  }
+  if (!body || typeof body !== 'object' || Array.isArray(body)) {
+    throw new Problem(400, 'Bad Request', 'The request body must be a JSON object.');
+  }
+  return body;
+}
+
+const optionalString = (body, field) => {
+  const v = body[field];
+  if (v !== undefined && typeof v !== 'string') throw invalidField(field, `${field} must be a string`);
+  return v;
+};
+
+const requiredString = (body, field) => {
+  const v = optionalString(body, field);
+  if (!v) throw invalidField(field, `${field} is required`);
+  return v;
+};
+
+const accountView = (a) => ({
+  id: a.id, connection: a.connection, access_type: 'offline', scopes: a.scopes, created_at: a.created_at,
+});
+
+function startConnect(claims, body) {
+  const connection = requiredString(body, 'connection');
+  if (!CONNECTION_NAME.test(connection)) {
+    throw invalidField('connection', 'connection must be 1-128 characters from A-Z a-z 0-9 _ -');
+  }
+  if (!connectionEnabled(connection)) {
+    throw new Problem(400, 'Bad Request', `The connection ${connection} is not enabled for Connected Accounts.`);
+  }
+  const redirectUri = requiredString(body, 'redirect_uri');
+  const parsed = URL.parse(redirectUri);
+  if (!parsed || !['http:', 'https:'].includes(parsed.protocol) || parsed.hash) {
+    throw invalidField('redirect_uri', 'redirect_uri must be an absolute http(s) URL without a fragment');
+  }
+  const state = optionalString(body, 'state');
+  let { scopes } = body;
+  if (scopes === undefined) {
+    scopes = CONNECTION_DEFAULT_SCOPES[connection] ?? [];
+  } else if (!Array.isArray(scopes) || !scopes.every((x) => typeof x === 'string' && /^\S+$/.test(x))) {
+    throw invalidField('scopes', 'scopes must be an array of scope strings');
+  }
+  const challenge = optionalString(body, 'code_challenge');
+  const method = optionalString(body, 'code_challenge_method');
+  if (challenge !== undefined && !/^[A-Za-z0-9\-._~]{43,128}$/.test(challenge)) {
+    throw invalidField('code_challenge', 'code_challenge must be 43-128 characters (base64url of a SHA-256)');
+  }
+  if ((challenge !== undefined || method !== undefined) && method !== 'S256') {
+    throw invalidField('code_challenge_method', 'code_challenge_method must be S256');
+  }
+  const params = body.authorization_params;
+  if (params !== undefined && (!params || typeof params !== 'object' || Array.isArray(params))) {
+    throw invalidField('authorization_params', 'authorization_params must be an object');
+  }
+  const session = {
+    auth_session: randomHex(16),
+    ticket: randomHex(16),
+    sub: claims.sub,
+    client_id: claims.client_id ?? claims.azp ?? null,
+    connection,
+    redirect_uri: redirectUri,
+    state: state ?? null,
+    scopes: [...new Set(scopes)],
+    code_challenge: challenge ?? null,
+    authorization_params: params ?? null,
+    expires_at: nowMs() + cfg.connect_ttl * 1000,
+    connect_code: null,
+    status: 'started', // started -> consented | denied -> completed
+  };
+  connectSessions.set(session.auth_session, session);
+  connectTickets.set(session.ticket, session);
+  return {
+    auth_session: session.auth_session,
+    connect_uri: `${provider.issuer}connected-accounts/connect`,
+    connect_params: { ticket: session.ticket },
+    expires_in: cfg.connect_ttl,
+  };
+}
+
+// The browser step: the user consents at the provider at once and is sent back to redirect_uri
+// with connect_code and state (`consent=deny` in the URL makes the user refuse instead).
+function browserConnect(res, url) {
+  const session = connectTickets.get(url.searchParams.get('ticket') ?? '');
+  if (!session || session.status !== 'started' || session.expires_at <= nowMs()) {
+    throw new Problem(400, 'Bad Request', 'Unknown, used or expired connect ticket.');
+  }
+  const answer = new URLSearchParams();
+  if (url.searchParams.get('consent') === 'deny') {
+    session.status = 'denied';
+    answer.set('error', 'access_denied');
+    answer.set('error_description', 'The user did not authorize the connection.');
+  } else {
+    session.status = 'consented';
+    session.connect_code = randomHex(16);
+    answer.set('connect_code', session.connect_code);
+  }
+  if (session.state !== null) answer.set('state', session.state);
+  const location = new URL(session.redirect_uri);
+  if (cfg.connect_code_in_fragment) {
+    location.hash = answer.toString();
+  } else {
+    for (const [k, v] of answer) location.searchParams.set(k, v);
+  }
+  res.writeHead(302, { location: location.href, 'cache-control': 'no-store', 'content-length': 0 });
+  res.end();
+}
+
+function completeConnect(claims, body) {
+  const authSession = requiredString(body, 'auth_session');
+  const connectCode = requiredString(body, 'connect_code');
+  const redirectUri = requiredString(body, 'redirect_uri');
+  const verifier = optionalString(body, 'code_verifier');
+  const session = connectSessions.get(authSession);
+  if (!session) throw new Problem(404, 'Not Found', 'Unknown auth_session.');
+  if (session.sub !== claims.sub) throw new Problem(403, 'Forbidden', 'The connect session belongs to another user.');
+  if (session.status === 'completed') throw new Problem(409, 'Conflict', 'The connect session was already completed.');
+  if (session.expires_at <= nowMs()) throw new Problem(400, 'Bad Request', 'The connect session expired.');
+  if (session.status === 'denied') throw new Problem(400, 'Bad Request', 'The user did not authorize the connection.');
+  if (session.status !== 'consented' || connectCode !== session.connect_code) {
+    throw invalidField('connect_code', 'Invalid connect_code.');
+  }
+  if (redirectUri !== session.redirect_uri) {
+    throw invalidField('redirect_uri', 'redirect_uri does not match the connect request.');
+  }
+  if (session.code_challenge !== null) {
+    if (!verifier) throw invalidField('code_verifier', 'code_verifier is required (PKCE)');
+    const computed = crypto.createHash('sha256').update(verifier).digest('base64url');
+    if (computed !== session.code_challenge) {
+      throw invalidField('code_verifier', 'code_verifier does not match the code_challenge.');
+    }
+  }
+  session.status = 'completed';
+  connectTickets.delete(session.ticket);
+  const account = putLinkedAccount(session.sub, session.connection, { scopes: session.scopes, broken: false });
+  return accountView(account);
+}
+
+const MY_ACCOUNT_BASE = '/me/v1/connected-accounts';
+
+async function handleMyAccount(req, res, url) {
+  const path = url.pathname;
+  const route = `${req.method} ${path}`;
+  if (route === 'GET /connected-accounts/connect') {
+    browserConnect(res, url);
+    return;
+  }
+  if (route === `POST ${MY_ACCOUNT_BASE}/connect`) {
+    const claims = myAccountClaims(req, 'create:me:connected_accounts');
+    sendJson(res, 201, startConnect(claims, await myAccountBody(req)));
+    return;
+  }
+  if (route === `POST ${MY_ACCOUNT_BASE}/complete`) {
+    const claims = myAccountClaims(req, 'create:me:connected_accounts');
+    sendJson(res, 201, completeConnect(claims, await myAccountBody(req)));
+    return;
+  }
+  if (route === `GET ${MY_ACCOUNT_BASE}/accounts`) {
+    const claims = myAccountClaims(req, 'read:me:connected_accounts');
+    const only = url.searchParams.get('connection');
+    const accounts = [...linkedAccounts.values()]
+      .filter((a) => a.sub === claims.sub && (!only || a.connection === only))
+      .map(accountView);
+    sendJson(res, 200, { accounts });
+    return;
+  }
+  if (route === `GET ${MY_ACCOUNT_BASE}/connections`) {
+    myAccountClaims(req, 'read:me:connected_accounts');
+    const names = cfg.connections.includes('*') ? Object.keys(CONNECTION_DEFAULT_SCOPES) : cfg.connections;
+    const connections = names.map((name) => ({
+      name, strategy: name, scopes: CONNECTION_DEFAULT_SCOPES[name] ?? [],
+    }));
+    sendJson(res, 200, { connections });
+    return;
+  }
+  const del = /^\/me\/v1\/connected-accounts\/accounts\/([^/]+)$/.exec(path);
+  if (req.method === 'DELETE' && del) {
+    const claims = myAccountClaims(req, 'delete:me:connected_accounts');
+    const id = decodeURIComponent(del[1]);
+    const account = [...linkedAccounts.values()].find((a) => a.id === id && a.sub === claims.sub);
+    if (!account) throw new Problem(404, 'Not Found', `No connected account ${id}.`);
+    linkedAccounts.delete(accountKey(account.sub, account.connection));
+    res.writeHead(204, { 'cache-control': 'no-store' });
+    res.end();
+    return;
+  }
+  throw new Problem(404, 'Not Found', `No route ${route}.`);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -738,6 +1274,65 @@ function userinfoFromJwt(req) {
 
 const OIDC_POST_PATHS = new Set(['/oauth/token', '/oauth/device/code', '/bc-authorize', '/oauth/revoke', '/oauth/introspect']);
 
+// The client id of a token request: the body's client_id, else HTTP Basic's user name.
+function requestClientId(req, body) {
+  if (typeof body.client_id === 'string') return body.client_id;
+  const m = /^Basic\s+(\S+)$/i.exec(String(req.headers.authorization ?? ''));
+  if (!m) return undefined;
+  const user = Buffer.from(m[1], 'base64').toString('utf8').split(':')[0];
+  try {
+    return decodeURIComponent(user);
+  } catch {
+    return user;
+  }
+}
+
+// Multi-Resource Refresh Token: a refresh token asked for a token for another configured API.
+// oidc-provider only serves the resources the grant was made for (else invalid_target), so with
+// MRRT on the refresh token and its grant are extended to that API first, with the requested
+// scopes the API defines (others are ignored, like a policy that does not list them). With MRRT
+// off, Auth0 ignores the audience and answers for the original one; or, with mrrt_off_error,
+// this answers 403 access_denied. Returns an answer to send, or null to go on.
+async function applyMrrt(req, body) {
+  const resource = body.resource;
+  const defined = typeof resource === 'string' ? resourceScopes(resource) : null;
+  if (!defined || typeof body.refresh_token !== 'string') return null;
+  const rt = await provider.RefreshToken.find(body.refresh_token, { ignoreExpiration: true });
+  if (!rt || rt.isExpired || rt.clientId !== requestClientId(req, body) || rt.resourceIndicators.has(resource)) {
+    return null; // oidc-provider answers (invalid_grant, or the native refresh)
+  }
+  if (!cfg.mrrt) {
+    if (cfg.mrrt_off_error) {
+      return {
+        status: 403,
+        body: {
+          error: 'access_denied',
+          error_description: `Client "${rt.clientId}" has no refresh token policy for "${resource}" (Multi-Resource Refresh Token)`,
+        },
+      };
+    }
+    delete body.resource;
+    delete body.scope;
+    return null;
+  }
+  const grant = await provider.Grant.find(rt.grantId);
+  if (!grant) return null;
+  const requested = body.scope === undefined ? defined : splitScope(body.scope);
+  const granted = requested.filter((s) => defined.includes(s));
+  grant.addResourceScope(resource, granted.join(' '));
+  await grant.save();
+  const held = new Set(splitScope(rt.scope));
+  for (const s of granted) held.add(s);
+  rt.scope = [...held].join(' ');
+  rt.resource = [...(rt.resource === undefined ? [] : [].concat(rt.resource)), resource];
+  await rt.save();
+  if (body.scope !== undefined) {
+    body.scope = requested.filter((s) => held.has(s)).join(' ');
+    if (!body.scope) delete body.scope;
+  }
+  return null;
+}
+
 async function handle(req, res, callback) {
   const url = new URL(req.url, 'http://127.0.0.1');
   const path = url.pathname;
@@ -751,7 +1346,7 @@ async function handle(req, res, callback) {
       const raw = req.method === 'GET' ? '' : await readRaw(req);
       let body;
       try {
-        body = parseBody(req, raw);
+        body = { ...Object.fromEntries(url.searchParams), ...parseBody(req, raw) };
       } catch {
         throw new AdminError(400, 'invalid_request', 'body is not valid JSON or form data');
       }
@@ -777,18 +1372,44 @@ async function handle(req, res, callback) {
     return end.apply(this, endArgs);
   };
 
-  if (failures.drop_connections) {
+  // OIDC POST bodies are read first, so that failure injection can match the grant type.
+  let body = null;
+  let bodyRead = false;
+  if (req.method === 'POST' && OIDC_POST_PATHS.has(path)) {
+    bodyRead = true;
+    try {
+      body = parseBody(req, await readRaw(req));
+    } catch {
+      body = null;
+    }
+    if (body && path === '/oauth/token') entry.grant_type = body.grant_type ?? null;
+  }
+
+  const injected = failures.grant_types.length === 0
+    || (path === '/oauth/token' && failures.grant_types.includes(body?.grant_type));
+  const countInjected = () => {
+    if (body?.grant_type === TOKEN_VAULT_GRANT && path === '/oauth/token') tokenVault.injected += 1;
+  };
+  if (injected && failures.drop_connections) {
+    countInjected();
     entry.status = 'dropped';
     req.socket.destroy();
     return;
   }
-  if (failures.delay_ms > 0) await sleep(failures.delay_ms);
+  if (injected && failures.hang) {
+    countInjected();
+    entry.status = 'hung';
+    if (!bodyRead) req.resume();
+    return; // never answered; the client gives up
+  }
+  if (injected && failures.delay_ms > 0) await sleep(failures.delay_ms);
 
   const pathMatches = failures.error_paths.length === 0 || failures.error_paths.includes('*')
     || failures.error_paths.includes(path);
-  if (failures.error_count !== 0 && pathMatches) {
+  if (injected && failures.error_count !== 0 && pathMatches) {
     if (failures.error_count > 0) failures.error_count -= 1;
-    if (req.method !== 'GET') await readRaw(req).catch(() => '');
+    countInjected();
+    if (req.method !== 'GET' && !bodyRead) await readRaw(req).catch(() => '');
     const status = failures.error_status;
     sendJson(res, status, status >= 500
       ? { error: 'temporarily_unavailable', error_description: 'injected failure' }
@@ -809,11 +1430,18 @@ async function handle(req, res, callback) {
     }
   }
 
-  if (req.method === 'POST' && OIDC_POST_PATHS.has(path)) {
-    let body;
+  if (path.startsWith('/me/') || path === '/connected-accounts/connect') {
     try {
-      body = parseBody(req, await readRaw(req));
-    } catch {
+      await handleMyAccount(req, res, url);
+    } catch (err) {
+      if (!(err instanceof Problem)) throw err;
+      sendProblem(res, err);
+    }
+    return;
+  }
+
+  if (bodyRead) {
+    if (!body) {
       sendJson(res, 400, { error: 'invalid_request', error_description: 'failed to parse the request body' });
       return;
     }
@@ -822,11 +1450,17 @@ async function handle(req, res, callback) {
     }
     delete body.audience;
     if (path === '/oauth/token') {
-      entry.grant_type = body.grant_type ?? null;
       const slow = checkSlowDown(body);
       if (slow) {
         sendJson(res, slow.status, slow.body, slow.headers);
         return;
+      }
+      if (body.grant_type === 'refresh_token') {
+        const refused = await applyMrrt(req, body);
+        if (refused) {
+          sendJson(res, refused.status, refused.body);
+          return;
+        }
       }
     }
     const encoded = querystring.stringify(body);
@@ -875,6 +1509,9 @@ server.listen(requestedPort, host, () => {
       token_endpoint_auth_method: meta.token_endpoint_auth_method,
       grant_types: meta.grant_types,
     };
+    if (meta.resource_server_identifier) {
+      clients[c.client_id].resource_server_identifier = meta.resource_server_identifier;
+    }
   }
   process.stdout.write(`${JSON.stringify({
     issuer,
@@ -883,6 +1520,8 @@ server.listen(requestedPort, host, () => {
     admin: `${issuer}__admin/`,
     audience: cfg.audience,
     api_scopes: cfg.api_scopes,
+    my_account_audience: meAudience,
+    connections: cfg.connections,
     kid,
     clients,
   })}\n`);

@@ -11,6 +11,12 @@
 //! # let _ = issuer; Ok(()) }
 //! ```
 //!
+//! Token Vault (the federated connection access token exchange) and Connected Accounts are
+//! emulated too: link accounts with [`IdentityProvider::link_account`] (or through the My
+//! Account API at [`IdentityProvider::my_account_url`]), then exchange at `oauth/token` with
+//! [`TOKEN_VAULT_GRANT`]; [`IdentityProvider::provider_tokens`] lists the fake third-party
+//! tokens handed out.
+//!
 //! The first start runs `npm ci` in `tests/idp` (once, guarded by a file lock so parallel
 //! test binaries don't race). Without `node`/`npm` on `PATH`, [`IdentityProvider::start`]
 //! returns an error that says so: tests fail loudly instead of skipping.
@@ -35,6 +41,28 @@ pub const DEFAULT_CLI_CLIENT_ID: &str = "defenseclaw-cli";
 pub const DEFAULT_DAEMON_CLIENT_ID: &str = "defenseclawd";
 /// The daemon client's secret in the test provider.
 pub const DEFAULT_DAEMON_CLIENT_SECRET: &str = "defenseclawd-test-secret";
+/// Device authorization grant type (RFC 8628).
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// CIBA grant type.
+pub const CIBA_GRANT: &str = "urn:openid:params:grant-type:ciba";
+/// Auth0's Token Vault grant type (exchange for a connected account's provider token).
+pub const TOKEN_VAULT_GRANT: &str =
+    "urn:auth0:params:oauth:grant-type:token-exchange:federated-connection-access-token";
+/// Token Vault `subject_token_type` for an Auth0 refresh token (of the calling client).
+pub const SUBJECT_TOKEN_TYPE_REFRESH_TOKEN: &str = "urn:ietf:params:oauth:token-type:refresh_token";
+/// Token Vault `subject_token_type` for an Auth0 access token (for the client's API).
+pub const SUBJECT_TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// Token Vault `requested_token_type` and `issued_token_type`.
+pub const FEDERATED_CONNECTION_ACCESS_TOKEN_TYPE: &str =
+    "http://auth0.com/oauth/token-type/federated-connection-access-token";
+/// Scopes of the My Account API (`<issuer>me/`) for Connected Accounts.
+pub const MY_ACCOUNT_SCOPES: [&str; 3] = [
+    "create:me:connected_accounts",
+    "read:me:connected_accounts",
+    "delete:me:connected_accounts",
+];
+/// Connections that can be linked by default.
+pub const DEFAULT_CONNECTIONS: [&str; 3] = ["github", "slack", "google-oauth2"];
 
 /// A user known to the provider.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -96,6 +124,19 @@ pub struct IdpOptions {
     pub slow_down_step: u64,
     /// `access_denied` (Auth0, default) or `expired_token` for an expired CIBA request.
     pub ciba_expired_error: String,
+    /// Connections that can be linked; `"*"` allows any name of 1-128 `[A-Za-z0-9_-]`.
+    /// Default [`DEFAULT_CONNECTIONS`].
+    pub connections: Vec<String>,
+    /// Multi-Resource Refresh Tokens: a refresh token with `audience=<issuer>me/` (or another
+    /// configured API) gets a token for that API. Default true. Off, the provider does what
+    /// Auth0 does for an audience outside the client's refresh-token policies: it ignores the
+    /// audience and scope and answers with a token for the original audience.
+    pub mrrt: bool,
+    /// With `mrrt` off: refuse such a refresh with 403 `access_denied` instead. Default false.
+    pub mrrt_off_error: bool,
+    /// The Connected Accounts browser step returns `connect_code` and `state` in the URL
+    /// fragment (as Auth0's docs say) instead of the query. Default false.
+    pub connect_code_in_fragment: bool,
     /// Extra raw config keys merged last (see `tests/idp/server.mjs`).
     pub extra: serde_json::Map<String, Value>,
 }
@@ -135,6 +176,13 @@ impl Default for IdpOptions {
             enforce_interval: true,
             slow_down_step: 5,
             ciba_expired_error: "access_denied".to_owned(),
+            connections: DEFAULT_CONNECTIONS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            mrrt: true,
+            mrrt_off_error: false,
+            connect_code_in_fragment: false,
             extra: serde_json::Map::new(),
         }
     }
@@ -166,6 +214,10 @@ impl IdpOptions {
             "enforce_interval": self.enforce_interval,
             "slow_down_step": self.slow_down_step,
             "ciba_expired_error": self.ciba_expired_error,
+            "connections": self.connections,
+            "mrrt": self.mrrt,
+            "mrrt_off_error": self.mrrt_off_error,
+            "connect_code_in_fragment": self.connect_code_in_fragment,
         });
         if let Some(obj) = cfg.as_object_mut() {
             for (k, v) in &self.extra {
@@ -265,6 +317,13 @@ pub struct FailureMode {
     /// Destroy non-admin connections without answering.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_connections: Option<bool>,
+    /// Read matching requests and never answer them (the client times out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hang: Option<bool>,
+    /// Non-empty: errors, delay, drop and hang only hit `/oauth/token` requests with these
+    /// `grant_type`s (e.g. `[TOKEN_VAULT_GRANT]`); empty: every matching request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_types: Option<Vec<String>>,
 }
 
 /// One non-admin request the provider saw (no bodies, no secrets).
@@ -281,6 +340,114 @@ pub struct RequestLogEntry {
     /// `grant_type` for `/oauth/token`.
     #[serde(default)]
     pub grant_type: Option<String>,
+}
+
+/// A connected account to create or update (`POST /__admin/connections`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AccountLink {
+    /// The Auth0 user.
+    pub sub: String,
+    /// Connection name, e.g. `github`.
+    pub connection: String,
+    /// Provider scopes the account was linked with (the exchange's `scope`).
+    pub scopes: Vec<String>,
+    /// Provider-side user id; an exchange whose `login_hint` differs finds no account.
+    pub login_hint: Option<String>,
+    /// The provider refresh fails: exchanges answer `federated_connection_refresh_token_flow_failed`.
+    pub broken: bool,
+    /// `expires_in` of the provider tokens (`None`: 3600).
+    pub expires_in: Option<u64>,
+}
+
+impl AccountLink {
+    /// A working link with these scopes.
+    pub fn new(sub: &str, connection: &str, scopes: &[&str]) -> Self {
+        Self {
+            sub: sub.to_owned(),
+            connection: connection.to_owned(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            login_hint: None,
+            broken: false,
+            expires_in: None,
+        }
+    }
+}
+
+/// A connected account in the provider (keyed by `sub` and `connection`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct LinkedAccount {
+    /// `cac_…`, the My Account API id.
+    pub id: String,
+    /// The Auth0 user.
+    pub sub: String,
+    /// Connection name.
+    pub connection: String,
+    /// Provider scopes.
+    pub scopes: Vec<String>,
+    /// Provider-side user id, if set.
+    pub login_hint: Option<String>,
+    /// Whether the provider refresh is made to fail.
+    pub broken: bool,
+    /// `expires_in` of provider tokens, if set (else 3600).
+    pub expires_in: Option<u64>,
+    /// RFC 3339 time of linking.
+    pub created_at: String,
+}
+
+/// A fake third-party token issued by the Token Vault grant.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ProviderToken {
+    /// `fake-<connection>-<hex>`.
+    pub access_token: String,
+    /// The user it was issued for.
+    pub sub: String,
+    /// Connection name.
+    pub connection: String,
+    /// The client that exchanged.
+    pub client_id: String,
+    /// [`SUBJECT_TOKEN_TYPE_REFRESH_TOKEN`] or [`SUBJECT_TOKEN_TYPE_ACCESS_TOKEN`].
+    pub subject_token_type: String,
+    /// Space-separated provider scopes.
+    pub scope: String,
+    /// Lifetime (s).
+    pub expires_in: u64,
+    /// Issue time, epoch milliseconds.
+    pub at: i64,
+}
+
+/// Token Vault counters (`GET /__admin/token-vault`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct TokenVaultStats {
+    /// Exchanges answered 200.
+    pub exchanges: u64,
+    /// Exchanges answered with an error by the provider (not injected failures).
+    pub failures: u64,
+    /// Token Vault requests hit by failure injection.
+    pub injected: u64,
+    /// Exchanges inside the grant handler right now (e.g. held by the delay).
+    pub in_flight: u64,
+    /// Delay before each exchange answers (ms).
+    pub delay_ms: u64,
+}
+
+/// A successful token endpoint answer.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct TokenSet {
+    /// The access token (a JWT when an audience was requested).
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Lifetime (s).
+    pub expires_in: u64,
+    /// Granted scope, if sent.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Refresh token (with `offline_access`).
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// ID token (with `openid`).
+    #[serde(default)]
+    pub id_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -574,6 +741,17 @@ impl IdentityProvider {
         format!("{}{}", self.issuer, path.trim_start_matches('/'))
     }
 
+    /// The My Account API audience, `<issuer>me/`.
+    pub fn my_account_audience(&self) -> String {
+        self.url("me/")
+    }
+
+    /// A My Account API URL, e.g. `my_account_url("connected-accounts/connect")` is
+    /// `<issuer>me/v1/connected-accounts/connect`.
+    pub fn my_account_url(&self, path: &str) -> String {
+        self.url(&format!("me/v1/{}", path.trim_start_matches('/')))
+    }
+
     /// The last part of the provider's stderr (for failure messages).
     pub fn stderr_tail(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
@@ -646,11 +824,32 @@ impl IdentityProvider {
     }
 
     async fn post_admin(&self, path: &str, body: &Value) -> Result<Value> {
+        self.send_admin(reqwest::Method::POST, path, body).await
+    }
+
+    async fn send_admin(&self, method: reqwest::Method, path: &str, body: &Value) -> Result<Value> {
         let url = self.url(&format!("__admin/{path}"));
         let resp = self
             .http
-            .post(&url)
+            .request(method.clone(), &url)
             .json(body)
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("{method} {url}: {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("{method} {url}: bad JSON {text}"))
+    }
+
+    async fn token_request(&self, path: &str, form: &[(&str, &str)]) -> Result<Value> {
+        let url = self.url(path);
+        let resp = self
+            .http
+            .post(&url)
+            .form(form)
             .send()
             .await
             .with_context(|| format!("POST {url}"))?;
@@ -772,6 +971,160 @@ impl IdentityProvider {
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("sign: no token in {v}"))
     }
+
+    /// Links `connection` for `sub` with these space-separated provider scopes (a working link:
+    /// no `login_hint`, not broken, default lifetime). Replaces an existing link's fields.
+    pub async fn link_account(
+        &self,
+        sub: &str,
+        connection: &str,
+        scope: &str,
+    ) -> Result<LinkedAccount> {
+        let scopes: Vec<&str> = scope.split_whitespace().collect();
+        self.link_account_with(&AccountLink::new(sub, connection, &scopes))
+            .await
+    }
+
+    /// Creates or updates a connected account (what a completed Connected Accounts flow
+    /// leaves behind).
+    pub async fn link_account_with(&self, link: &AccountLink) -> Result<LinkedAccount> {
+        let v = self
+            .post_admin("connections", &serde_json::to_value(link)?)
+            .await?;
+        account_of(v)
+    }
+
+    /// Makes the provider refresh of an existing link fail (the user revoked the app at the
+    /// provider): exchanges answer 401 `federated_connection_refresh_token_flow_failed`.
+    /// Linking again repairs it.
+    pub async fn break_account(&self, sub: &str, connection: &str) -> Result<LinkedAccount> {
+        let v = self
+            .post_admin(
+                "connections",
+                &json!({ "sub": sub, "connection": connection, "broken": true }),
+            )
+            .await?;
+        account_of(v)
+    }
+
+    /// Removes a link (the connected account was deleted in Auth0): exchanges answer 401
+    /// `federated_connection_refresh_token_not_found`. Fails if there is no such link.
+    pub async fn unlink_account(&self, sub: &str, connection: &str) -> Result<()> {
+        self.send_admin(
+            reqwest::Method::DELETE,
+            "connections",
+            &json!({ "sub": sub, "connection": connection }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// All connected accounts, of every user.
+    pub async fn linked_accounts(&self) -> Result<Vec<LinkedAccount>> {
+        self.get_admin("connections").await
+    }
+
+    /// Every fake provider token the Token Vault grant issued, oldest first.
+    pub async fn provider_tokens(&self) -> Result<Vec<ProviderToken>> {
+        self.get_admin("provider-tokens").await
+    }
+
+    /// Token Vault counters and the current delay.
+    pub async fn token_vault_stats(&self) -> Result<TokenVaultStats> {
+        self.get_admin("token-vault").await
+    }
+
+    /// Holds every Token Vault exchange for `delay` inside the grant (counted in
+    /// [`TokenVaultStats::in_flight`]) before it answers. Exchanges already held are measured
+    /// against the new delay, so `Duration::ZERO` releases them at once.
+    pub async fn set_token_vault_delay(&self, delay: Duration) -> Result<()> {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.post_admin("token-vault", &json!({ "delay_ms": ms }))
+            .await
+            .map(|_| ())
+    }
+
+    /// A whole device-flow login by the CLI client for `sub`: requests a code with `scope` and
+    /// `audience`, approves it and redeems it once. `offline_access` in `scope` yields a
+    /// refresh token; `audience` may be the API or [`Self::my_account_audience`].
+    pub async fn device_login(&self, sub: &str, scope: &str, audience: &str) -> Result<TokenSet> {
+        let code = self
+            .token_request(
+                "oauth/device/code",
+                &[
+                    ("client_id", self.cli_client_id()),
+                    ("scope", scope),
+                    ("audience", audience),
+                ],
+            )
+            .await?;
+        let field = |name: &str| {
+            code.get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("device code answer without {name}: {code}"))
+        };
+        let (user_code, device_code) = (field("user_code")?, field("device_code")?);
+        self.approve_device(&user_code, sub).await?;
+        let tokens = self
+            .token_request(
+                "oauth/token",
+                &[
+                    ("grant_type", DEVICE_CODE_GRANT),
+                    ("device_code", &device_code),
+                    ("client_id", self.cli_client_id()),
+                ],
+            )
+            .await?;
+        Ok(serde_json::from_value(tokens)?)
+    }
+
+    /// A whole CIBA round by the daemon client for `sub`: `/bc-authorize` with `scope` (which
+    /// must hold `openid`; add `offline_access` for a refresh token) and `audience`, approval
+    /// on the "phone", one poll.
+    pub async fn ciba_login(&self, sub: &str, scope: &str, audience: &str) -> Result<TokenSet> {
+        let hint = json!({ "format": "iss_sub", "iss": self.issuer(), "sub": sub }).to_string();
+        let started = self
+            .token_request(
+                "bc-authorize",
+                &[
+                    ("client_id", self.daemon_client_id()),
+                    ("client_secret", self.daemon_client_secret()),
+                    ("login_hint", &hint),
+                    ("scope", scope),
+                    ("audience", audience),
+                    ("binding_message", "DC-TEST testkit login"),
+                ],
+            )
+            .await?;
+        let id = started
+            .get("auth_req_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("bc-authorize answer without auth_req_id: {started}"))?;
+        self.approve_ciba(&CibaSelector::AuthReqId(id.clone()))
+            .await?;
+        let tokens = self
+            .token_request(
+                "oauth/token",
+                &[
+                    ("grant_type", CIBA_GRANT),
+                    ("auth_req_id", &id),
+                    ("client_id", self.daemon_client_id()),
+                    ("client_secret", self.daemon_client_secret()),
+                ],
+            )
+            .await?;
+        Ok(serde_json::from_value(tokens)?)
+    }
+}
+
+fn account_of(answer: Value) -> Result<LinkedAccount> {
+    let account = answer
+        .get("account")
+        .cloned()
+        .ok_or_else(|| anyhow!("no account in {answer}"))?;
+    Ok(serde_json::from_value(account)?)
 }
 
 /// Result of an admin CIBA approve/deny.
