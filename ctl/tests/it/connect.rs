@@ -372,11 +372,29 @@ async fn mrrt_links_the_account_without_touching_the_session_or_printing_secrets
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_mrrt_a_device_login_for_the_my_account_api_is_used() {
-    let idp = idp(IdpOptions {
+    // Auth0 answers such a refresh for the original API.
+    let stderr = device_fallback(IdpOptions {
         mrrt: false,
         ..IdpOptions::default()
     })
     .await;
+    assert!(stderr.contains("another API"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_refresh_falls_back_to_a_device_login_too() {
+    let stderr = device_fallback(IdpOptions {
+        mrrt: false,
+        mrrt_off_error: true,
+        ..IdpOptions::default()
+    })
+    .await;
+    assert!(stderr.contains("access_denied"), "{stderr}");
+}
+
+/// Links `slack` through the device-flow fallback; returns the CLI's stderr.
+async fn device_fallback(opts: IdpOptions) -> String {
+    let idp = idp(opts).await;
     let d = daemon(&idp, "oidc").await;
     let home = Home::new();
     home.login(&idp, OPERATOR).await;
@@ -424,6 +442,7 @@ async fn without_mrrt_a_device_login_for_the_my_account_api_is_used() {
     known.extend(after["refresh_token"].as_str());
     known.push(after["access_token"].as_str().unwrap());
     assert_no_secrets(&done, &known);
+    done.stderr
 }
 
 #[tokio::test(flavor = "multi_thread")]
