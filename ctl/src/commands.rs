@@ -82,14 +82,14 @@ async fn openclaw_command(
     }
 }
 
-fn print_json(value: &Value) -> Result<(), Failure> {
+pub(crate) fn print_json(value: &Value) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value)
         .map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))?;
     writeln!(out).map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
 }
 
-fn print_text(text: &str) -> Result<(), Failure> {
+pub(crate) fn print_text(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
 }
@@ -341,7 +341,7 @@ async fn target_command(
     }
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

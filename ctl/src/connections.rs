@@ -1,23 +1,286 @@
 //! Token Vault from the CLI: the auth inventory, revoking grants, and `mcp exec`,
 //! which starts an MCP server with its connection tokens in its environment.
 
+use std::os::unix::process::CommandExt;
+
 use defenseclaw_proto::v1 as pb;
+use serde_json::{Value, json};
 
 use crate::cli::{ConnectionsCommand, ExecArgs, Output};
 use crate::client::Client;
-use crate::exit::Failure;
+use crate::commands::{print_json, print_text, s};
+use crate::exit::{FAILURE, Failure, PERMISSION_DENIED, USAGE};
+use crate::render;
 
 /// `connections list|revoke` (`connect` runs before a daemon client exists).
 pub async fn command(
-    _client: &mut Client,
-    _action: ConnectionsCommand,
-    _output: Output,
+    client: &mut Client,
+    action: ConnectionsCommand,
+    output: Output,
 ) -> Result<(), Failure> {
-    let _ = pb::ListConnectionsRequest::default();
-    Err(Failure::new(crate::exit::FAILURE, "not yet implemented"))
+    match action {
+        ConnectionsCommand::Connect(_) => Err(Failure::new(
+            FAILURE,
+            "connections connect runs without a daemon client",
+        )),
+        ConnectionsCommand::List { server } => {
+            let reply = client
+                .list_connections(pb::ListConnectionsRequest {
+                    server: server.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let grants: Vec<Value> = reply.grants.iter().map(grant).collect();
+            let accounts: Vec<Value> = reply.accounts.iter().map(account).collect();
+            match output {
+                Output::Json | Output::Sarif => {
+                    print_json(&json!({"grants": grants, "accounts": accounts}))
+                }
+                Output::Table => {
+                    let mut text = render::table(
+                        &[
+                            "SERVER",
+                            "CONNECTION",
+                            "STATUS",
+                            "DECLARED",
+                            "GRANTED",
+                            "APPROVED BY",
+                            "APPROVED AT",
+                            "LAST USED",
+                            "USES",
+                            "UNATTENDED",
+                        ],
+                        &grants
+                            .iter()
+                            .map(|g| {
+                                vec![
+                                    s(&g["server"]),
+                                    s(&g["connection"]),
+                                    match s(&g["status_reason"]).as_str() {
+                                        "" => s(&g["status"]),
+                                        why => format!("{} ({why})", s(&g["status"])),
+                                    },
+                                    words(&g["declared_scopes"]),
+                                    words(&g["granted_scopes"]),
+                                    s(&g["approved_by"]),
+                                    s(&g["approved_at"]),
+                                    s(&g["last_used"]),
+                                    g["use_count"].to_string(),
+                                    if g["unattended"] == json!(true) {
+                                        "yes"
+                                    } else {
+                                        "no"
+                                    }
+                                    .to_owned(),
+                                ]
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    if !accounts.is_empty() {
+                        text.push_str("\n\nLinked accounts:\n");
+                        text.push_str(&render::table(
+                            &["OPERATOR", "CONNECTION", "ACCOUNT", "LINKED AT"],
+                            &accounts
+                                .iter()
+                                .map(|a| {
+                                    vec![
+                                        s(&a["sub"]),
+                                        s(&a["connection"]),
+                                        s(&a["account_id"]),
+                                        s(&a["linked_at"]),
+                                    ]
+                                })
+                                .collect::<Vec<_>>(),
+                        ));
+                    }
+                    print_text(&text)
+                }
+            }
+        }
+        ConnectionsCommand::Revoke {
+            server,
+            connection,
+            reason,
+        } => {
+            let reply = client
+                .revoke_connection(pb::RevokeConnectionRequest {
+                    server,
+                    connection,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            let mut v = reply.grant.as_ref().map(grant).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut v {
+                map.insert("audit_seq".into(), json!(reply.audit_seq));
+            }
+            match output {
+                Output::Json | Output::Sarif => print_json(&v),
+                Output::Table => print_text(&format!(
+                    "revoked {}'s grant for {} (audit #{}); its stored credential was dropped",
+                    s(&v["server"]),
+                    s(&v["connection"]),
+                    reply.audit_seq
+                )),
+            }
+        }
+    }
 }
 
-/// `mcp exec NAME [--env VAR=CONNECTION] -- COMMAND ARGS…`
-pub async fn exec(_client: &mut Client, _args: ExecArgs) -> Result<(), Failure> {
-    Err(Failure::new(crate::exit::FAILURE, "not yet implemented"))
+fn words(v: &Value) -> String {
+    v.as_array()
+        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// JSON form of a grant (the proto's field names).
+pub fn grant(g: &pb::ConnectionGrant) -> Value {
+    json!({
+        "server": g.server,
+        "connection": g.connection,
+        "declared_scopes": g.declared_scopes,
+        "granted_scopes": g.granted_scopes,
+        "approved_by": g.approved_by,
+        "approved_at": g.approved_at,
+        "last_used": if g.last_used.is_empty() { Value::Null } else { json!(g.last_used) },
+        "use_count": g.use_count,
+        "status": g.status,
+        "status_reason": g.status_reason,
+        "unattended": g.unattended,
+    })
+}
+
+fn account(a: &pb::LinkedAccount) -> Value {
+    json!({
+        "sub": a.sub,
+        "connection": a.connection,
+        "account_id": a.account_id,
+        "linked_at": a.linked_at,
+    })
+}
+
+/// `GITHUB_TOKEN` for `github`, `GOOGLE_OAUTH2_TOKEN` for `google-oauth2`.
+pub fn default_env_var(connection: &str) -> String {
+    let mut var: String = connection
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    var.push_str("_TOKEN");
+    var
+}
+
+fn valid_env_var(var: &str) -> bool {
+    let mut chars = var.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses `VAR=CONNECTION`.
+fn parse_env(spec: &str) -> Result<(String, String), Failure> {
+    let (var, connection) = spec.split_once('=').ok_or_else(|| {
+        Failure::new(
+            USAGE,
+            format!("--env {spec:?}: expected VAR=CONNECTION, e.g. GITHUB_TOKEN=github"),
+        )
+    })?;
+    if !valid_env_var(var) || connection.is_empty() {
+        return Err(Failure::new(
+            USAGE,
+            format!("--env {spec:?}: VAR must be a shell variable name and CONNECTION not empty"),
+        ));
+    }
+    Ok((var.to_owned(), connection.to_owned()))
+}
+
+/// `mcp exec NAME [--env VAR=CONNECTION] -- COMMAND ARGS…`: asks the daemon for
+/// each connection's token, puts them in the child's environment only (never
+/// argv, never disk) and replaces this process with the server.
+pub async fn exec(client: &mut Client, args: ExecArgs) -> Result<(), Failure> {
+    let Some((program, program_args)) = args.command.split_first() else {
+        return Err(Failure::new(USAGE, "give the server command after --"));
+    };
+    let mut wanted = args
+        .env
+        .iter()
+        .map(|e| parse_env(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    if wanted.is_empty() {
+        let reply = client
+            .list_connections(pb::ListConnectionsRequest {
+                server: args.name.clone(),
+            })
+            .await?
+            .into_inner();
+        wanted = reply
+            .grants
+            .iter()
+            .filter(|g| g.status != "revoked")
+            .map(|g| (default_env_var(&g.connection), g.connection.clone()))
+            .collect();
+    }
+    if wanted.is_empty() {
+        // No credentials involved: still only start an allowed server.
+        let reply = client
+            .check_target(pb::TargetRef {
+                kind: pb::TargetKind::Mcp as i32,
+                name: args.name.clone(),
+            })
+            .await?
+            .into_inner();
+        if reply.verdict != pb::Verdict::Allowed as i32 {
+            return Err(Failure::new(
+                PERMISSION_DENIED,
+                format!(
+                    "MCP server {} is not allowed{}",
+                    args.name,
+                    if reply.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", reply.reason)
+                    }
+                ),
+            ));
+        }
+    }
+    let mut command = std::process::Command::new(program);
+    command.args(program_args);
+    // Our own operator token is not the server's business.
+    command.env_remove(crate::auth::TOKEN_ENV);
+    for (var, connection) in &wanted {
+        let token = client
+            .get_connection_token(pb::GetConnectionTokenRequest {
+                server: args.name.clone(),
+                connection: connection.clone(),
+            })
+            .await
+            .map_err(|status| token_failure(&args.name, connection, &status))?
+            .into_inner();
+        command.env(var, token.access_token);
+    }
+    let err = command.exec();
+    let code = if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    Err(Failure::new(code, format!("cannot run {program}: {err}")))
+}
+
+/// A failed token request, saying which server and connection, with the
+/// identity provider's unavailability told apart from the daemon's.
+fn token_failure(server: &str, connection: &str, status: &tonic::Status) -> Failure {
+    let mut failure = Failure::from_status(status);
+    if status.code() == tonic::Code::Unavailable && !status.message().is_empty() {
+        failure.code = u8::try_from(crate::auth::exit_codes::UNAVAILABLE).unwrap_or(FAILURE);
+    }
+    failure.message = format!("no {connection} token for {server}: {}", failure.message);
+    failure
 }

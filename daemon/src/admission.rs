@@ -73,7 +73,14 @@ impl Admission {
         let reason = format!("scan found a {} finding", max.map_or("", |m| m.as_str()));
         match self
             .stepups
-            .request(system, target.clone(), StepUpAction::Block, reason, None)
+            .request(
+                system,
+                target.clone(),
+                StepUpAction::Block,
+                reason,
+                None,
+                Default::default(),
+            )
             .await
         {
             Ok(row) => Some(row.id),

@@ -25,6 +25,9 @@ pub enum Need {
     Operate,
     /// Administrative actions.
     Admin,
+    /// A provider token for an MCP server: an operator token, or (unattended,
+    /// no token) a local peer the access policy lets mutate.
+    Credential,
 }
 
 /// A refused call: the error for the caller and the entry for the audit log.
@@ -182,7 +185,10 @@ impl Authenticator {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        if header.is_none() && need == Need::Read {
+        if header.is_none()
+            && (need == Need::Read
+                || (need == Need::Credential && self.policy.may_mutate(&caller, &self.names)))
+        {
             return Ok(local);
         }
         let token = match bearer_from_header(header) {
@@ -215,7 +221,7 @@ impl Authenticator {
         };
         let required = match need {
             Need::Read => None,
-            Need::Operate => Some(Role::Operator),
+            Need::Operate | Need::Credential => Some(Role::Operator),
             Need::Admin => Some(Role::Admin),
         };
         if let Some(required) = required {

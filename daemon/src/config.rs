@@ -41,6 +41,8 @@ pub struct Settings {
     pub admission: crate::scanning::AdmissionSettings,
     /// Human approval (CIBA) of changes on HIGH/CRITICAL targets.
     pub stepup: crate::stepup::StepUpSettings,
+    /// Token Vault: provider tokens for MCP servers, just in time.
+    pub token_vault: crate::vault::TokenVaultSettings,
 }
 
 /// `[server]`
@@ -390,6 +392,20 @@ impl Settings {
                     reason: "must be \"requester\" or a list of approver subs".into(),
                 });
             }
+        }
+        if self.token_vault.request_timeout_secs == 0 {
+            return Err(ConfigError::Value {
+                field: "token_vault.request_timeout_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(path) = &self.token_vault.key_file
+            && !path.is_absolute()
+        {
+            return Err(ConfigError::Value {
+                field: "token_vault.key_file",
+                reason: "must be an absolute path".into(),
+            });
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             ConfigError::Value {

@@ -52,6 +52,7 @@ pub struct ControlService {
     pub(crate) openclaw: crate::openclaw::MonitorHandle,
     pub(crate) admission: crate::admission::Admission,
     pub(crate) stepups: Arc<crate::stepup::StepUps>,
+    pub(crate) vault: Arc<crate::vault::TokenBroker>,
 }
 
 impl std::fmt::Debug for ControlService {
@@ -117,6 +118,67 @@ fn target_from(field: &'static str, target: Option<pb::TargetRef>) -> Result<Tar
         kind,
         name: target.name,
     })
+}
+
+/// Connection declarations: only on an allow of an MCP server.
+fn connections_from(
+    target: &Target,
+    action: EnforcementAction,
+    declared: Vec<pb::ConnectionDeclaration>,
+) -> Result<Vec<crate::store::connections::ConnectionDecl>> {
+    if declared.is_empty() {
+        return Ok(Vec::new());
+    }
+    if target.kind != TargetKind::Mcp || action != EnforcementAction::Allow {
+        return Err(Error::invalid(
+            "connections",
+            "are only for allowing an MCP server",
+        ));
+    }
+    if declared.len() > 32 {
+        return Err(Error::invalid("connections", "at most 32"));
+    }
+    let mut out: Vec<crate::store::connections::ConnectionDecl> = Vec::new();
+    for d in declared {
+        crate::vault::validate_connection("connections.connection", &d.connection)?;
+        crate::vault::validate_scopes("connections.scopes", &d.scopes)?;
+        if out.iter().any(|o| o.connection == d.connection) {
+            return Err(Error::invalid(
+                "connections",
+                format!("{} is declared twice", d.connection),
+            ));
+        }
+        out.push(crate::store::connections::ConnectionDecl {
+            connection: d.connection,
+            scopes: d.scopes,
+        });
+    }
+    Ok(out)
+}
+
+fn pb_grant(g: &crate::store::connections::GrantRow) -> pb::ConnectionGrant {
+    pb::ConnectionGrant {
+        server: g.server.clone(),
+        connection: g.connection.clone(),
+        declared_scopes: g.declared_scopes.clone(),
+        granted_scopes: g.granted_scopes.clone(),
+        approved_by: g.approved_by.clone(),
+        approved_at: g.approved_at.clone(),
+        last_used: g.last_used.clone().unwrap_or_default(),
+        use_count: g.use_count,
+        status: g.status.as_str().to_owned(),
+        status_reason: g.status_reason.clone(),
+        unattended: g.subject.is_some(),
+    }
+}
+
+fn pb_account(a: &crate::store::connections::LinkedAccountRow) -> pb::LinkedAccount {
+    pb::LinkedAccount {
+        sub: a.sub.clone(),
+        connection: a.connection.clone(),
+        account_id: a.account_id.clone(),
+        linked_at: a.linked_at.clone(),
+    }
 }
 
 fn kind_from(field: &'static str, kind: i32) -> Result<Option<TargetKind>> {
@@ -374,15 +436,23 @@ impl Control for ControlService {
             _ => return Err(Error::invalid("action", "must be block, allow or unblock").into()),
         };
         validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
-        if self.stepups.required_for(&target).await? {
+        let connections = connections_from(&target, action, req.connections)?;
+        // Granting credentials to a server keeps the approver's refresh token
+        // (sealed) when it can: that takes a human approval.
+        let unattended = !connections.is_empty() && self.vault.wants_unattended();
+        if unattended || self.stepups.required_for(&target).await? {
             let action = match action {
                 EnforcementAction::Block => crate::store::stepup::StepUpAction::Block,
                 EnforcementAction::Allow => crate::store::stepup::StepUpAction::Allow,
                 EnforcementAction::Unblock => crate::store::stepup::StepUpAction::Unblock,
             };
+            let payload = crate::store::stepup::StepUpPayload {
+                connections,
+                unattended,
+            };
             let row = self
                 .stepups
-                .request(actor, target.clone(), action, req.reason, None)
+                .request(actor, target.clone(), action, req.reason, None, payload)
                 .await?;
             let summary = self
                 .store
@@ -396,16 +466,32 @@ impl Control for ControlService {
                 pending: Some(pb_pending(&row)),
             }));
         }
-        let effect = self
-            .store
-            .write(WriteOp::SetEnforcement {
-                target: target.clone(),
-                action,
-                reason: req.reason,
+        let enforce = WriteOp::SetEnforcement {
+            target: target.clone(),
+            action,
+            reason: req.reason,
+            actor: actor.clone(),
+            details: serde_json::Value::Null,
+        };
+        let effect = if connections.is_empty() {
+            self.store.write(enforce).await?
+        } else {
+            let grant = WriteOp::GrantConnections {
+                server: target.name.clone(),
+                grants: connections,
+                approved_by: actor.id.clone(),
+                subject: None,
                 actor,
-                details: serde_json::Value::Null,
-            })
-            .await?;
+                details: serde_json::json!({"human_confirmed": false}),
+            };
+            match self.store.write(WriteOp::All(vec![enforce, grant])).await? {
+                WriteEffect::All(effects) => effects
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::Internal("empty write effect".into()))?,
+                other => return Err(unexpected(&other).into()),
+            }
+        };
         let WriteEffect::Enforcement {
             decision,
             changed,
@@ -560,6 +646,7 @@ impl Control for ControlService {
                     crate::store::stepup::StepUpAction::Dismiss,
                     req.reason,
                     Some(req.id),
+                    Default::default(),
                 )
                 .await?;
             return Ok(Response::new(pb::DismissFindingReply {
@@ -825,30 +912,117 @@ impl Control for ControlService {
 
     async fn get_connection_token(
         &self,
-        _request: Request<pb::GetConnectionTokenRequest>,
+        request: Request<pb::GetConnectionTokenRequest>,
     ) -> Result<Response<pb::ConnectionToken>, Status> {
-        Err(Status::unimplemented("GetConnectionToken"))
+        let actor = self
+            .authorize(&request, "GetConnectionToken", Need::Credential)
+            .await?;
+        // The caller's own token is the subject of an access-token exchange;
+        // only a verified one (auth method oidc) is ever used.
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| crate::oidc::bearer_from_header(Some(h)).ok())
+            .map(str::to_owned);
+        let req = request.into_inner();
+        validate_name("server", &req.server)?;
+        crate::vault::validate_connection("connection", &req.connection)?;
+        let issued = self
+            .vault
+            .token(&actor, bearer.as_deref(), &req.server, &req.connection)
+            .await?;
+        Ok(Response::new(pb::ConnectionToken {
+            access_token: issued.token.expose().to_owned(),
+            expires_at: issued.expires_at,
+            scopes: issued.scopes,
+            cached: issued.cached,
+            subject: issued.subject.to_owned(),
+        }))
     }
 
     async fn list_connections(
         &self,
-        _request: Request<pb::ListConnectionsRequest>,
+        request: Request<pb::ListConnectionsRequest>,
     ) -> Result<Response<pb::ListConnectionsReply>, Status> {
-        Err(Status::unimplemented("ListConnections"))
+        self.authorize(&request, "ListConnections", Need::Read)
+            .await?;
+        let req = request.into_inner();
+        let server = if req.server.is_empty() {
+            None
+        } else {
+            validate_name("server", &req.server)?;
+            Some(req.server)
+        };
+        let grants = self.store.list_grants(server).await?;
+        let accounts = self.store.list_linked_accounts().await?;
+        Ok(Response::new(pb::ListConnectionsReply {
+            grants: grants.iter().map(pb_grant).collect(),
+            accounts: accounts.iter().map(pb_account).collect(),
+        }))
     }
 
     async fn revoke_connection(
         &self,
-        _request: Request<pb::RevokeConnectionRequest>,
+        request: Request<pb::RevokeConnectionRequest>,
     ) -> Result<Response<pb::RevokeConnectionReply>, Status> {
-        Err(Status::unimplemented("RevokeConnection"))
+        let actor = self
+            .authorize(&request, "RevokeConnection", Need::Operate)
+            .await?;
+        let req = request.into_inner();
+        validate_name("server", &req.server)?;
+        crate::vault::validate_connection("connection", &req.connection)?;
+        validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
+        // Forget first: no token of a grant being revoked is handed out again.
+        self.vault.forget(&req.server, Some(&req.connection));
+        let effect = self
+            .store
+            .write(WriteOp::RevokeConnection {
+                server: req.server,
+                connection: req.connection,
+                reason: req.reason,
+                actor,
+            })
+            .await?;
+        let WriteEffect::ConnectionRevoked { grant, entry } = effect else {
+            return Err(unexpected(&effect).into());
+        };
+        Ok(Response::new(pb::RevokeConnectionReply {
+            grant: Some(pb_grant(&grant)),
+            audit_seq: entry.seq,
+        }))
     }
 
     async fn record_connected_account(
         &self,
-        _request: Request<pb::RecordConnectedAccountRequest>,
+        request: Request<pb::RecordConnectedAccountRequest>,
     ) -> Result<Response<pb::RecordConnectedAccountReply>, Status> {
-        Err(Status::unimplemented("RecordConnectedAccount"))
+        let actor = self
+            .authorize(&request, "RecordConnectedAccount", Need::Operate)
+            .await?;
+        let req = request.into_inner();
+        crate::vault::validate_connection("connection", &req.connection)?;
+        validate_name("account_id", &req.account_id)?;
+        let account = crate::store::connections::LinkedAccountRow {
+            sub: actor.id.clone(),
+            connection: req.connection,
+            account_id: req.account_id,
+            linked_at: crate::model::now_ts(),
+        };
+        let effect = self
+            .store
+            .write(WriteOp::LinkAccount {
+                account: account.clone(),
+                actor,
+            })
+            .await?;
+        let WriteEffect::AccountLinked { entry } = effect else {
+            return Err(unexpected(&effect).into());
+        };
+        Ok(Response::new(pb::RecordConnectedAccountReply {
+            account: Some(pb_account(&account)),
+            audit_seq: entry.seq,
+        }))
     }
 
     async fn verify_audit(

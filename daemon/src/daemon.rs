@@ -190,14 +190,48 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     } else {
         None
     };
+    let sealer = crate::vault::seal::Sealer::load(
+        env.get("CREDENTIALS_DIRECTORY")
+            .filter(|d| !d.is_empty())
+            .map(std::path::Path::new),
+        settings.token_vault.key_file.as_deref(),
+        &state_dir,
+    )
+    .map_err(|e| e.to_string())
+    .inspect_err(|_| cleanup.run())?
+    .map(Arc::new);
     let stepups = crate::stepup::StepUps::new(
         settings.stepup.clone(),
         store.clone(),
         cache.clone(),
         ciba,
+        sealer.clone(),
         enforcement.clone(),
         cancel.child_token(),
     );
+    let vault_client = match (settings.token_vault.enabled, authn.provider()) {
+        (true, Some(provider)) => match secrets.get(crate::secrets::AUTH_CLIENT_SECRET)? {
+            Some((secret, _)) if settings.auth.daemon_client_id.is_some() => {
+                Some(Arc::new(crate::oidc::token_vault::TokenVaultClient::new(
+                    provider,
+                    settings.auth.daemon_client_id.clone().unwrap_or_default(),
+                    crate::oidc::ClientSecret::new(secret.expose()),
+                    Duration::from_secs(settings.token_vault.request_timeout_secs),
+                )))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    let vault = crate::vault::TokenBroker::new(
+        settings.token_vault.clone(),
+        store.clone(),
+        cache.clone(),
+        vault_client,
+        sealer,
+        stepups.clone(),
+    );
+    tokio::spawn(forget_blocked(vault.clone(), enforcement.subscribe()));
     stepups.resume_pending().await.map_err(|e| e.to_string())?;
     let scanners =
         Arc::new(crate::scanning::Scanners::new(&settings.scanner).inspect_err(|_| cleanup.run())?);
@@ -255,6 +289,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         openclaw: monitor.clone(),
         admission,
         stepups,
+        vault,
     };
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
@@ -369,5 +404,28 @@ pub async fn run(opts: DaemonOptions, log: Option<LogReload>) -> Result<(), Stri
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// A blocked server's cached provider tokens are dropped at once.
+async fn forget_blocked(
+    vault: Arc<crate::vault::TokenBroker>,
+    mut changes: broadcast::Receiver<crate::control::EnforcementChanged>,
+) {
+    loop {
+        match changes.recv().await {
+            Ok(change) => {
+                if change.target.kind == crate::model::TargetKind::Mcp
+                    && change.state == crate::model::EnforcementState::Blocked
+                {
+                    vault.forget(&change.target.name, None);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                tracing::warn!("missed enforcement changes; dropping every cached provider token");
+                vault.forget_all();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }

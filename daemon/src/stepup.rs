@@ -14,10 +14,13 @@ use tokio_util::sync::CancellationToken;
 use crate::control::EnforcementChanged;
 use crate::error::{Error, Result};
 use crate::model::{Actor, EnforcementAction, EnforcementState, Severity, Target, now_ts};
+use crate::oidc::RefreshToken;
 use crate::oidc::{AuthReqId, CibaClient, CibaOutcome, binding_message, new_request_code};
 use crate::state::StateCache;
-use crate::store::stepup::{StepUpAction, StepUpRow};
+use crate::store::connections::{ConnectionDecl, SealedSubject};
+use crate::store::stepup::{StepUpAction, StepUpPayload, StepUpRow};
 use crate::store::{Store, WriteEffect, WriteOp};
+use crate::vault::seal::Sealer;
 
 /// Auth0 accepts 5 CIBA requests per minute per user.
 const PER_APPROVER_PER_MINUTE: usize = 5;
@@ -97,6 +100,7 @@ pub struct StepUps {
     cancel: CancellationToken,
     limiter: Mutex<HashMap<String, VecDeque<Instant>>>,
     system: Actor,
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl std::fmt::Debug for StepUps {
@@ -114,12 +118,14 @@ fn unix_now() -> i64 {
 }
 
 impl StepUps {
-    /// Builds the manager; `ciba` is `None` when step-up is disabled.
+    /// Builds the manager; `ciba` is `None` when step-up is disabled; `sealer`
+    /// (the token vault key) lets approvals keep a refresh token for unattended use.
     pub fn new(
         settings: StepUpSettings,
         store: Store,
         cache: Arc<StateCache>,
         ciba: Option<Arc<CibaClient>>,
+        sealer: Option<Arc<Sealer>>,
         enforcement: broadcast::Sender<EnforcementChanged>,
         cancel: CancellationToken,
     ) -> Arc<Self> {
@@ -138,7 +144,13 @@ impl StepUps {
                 name: "stepup".into(),
                 ..Actor::system()
             },
+            sealer,
         })
+    }
+
+    /// Whether approvals can keep a sealed refresh token (step-up on and a key configured).
+    pub fn can_keep_subject(&self) -> bool {
+        self.enabled() && self.sealer.is_some()
     }
 
     /// Whether step-up is on.
@@ -176,16 +188,25 @@ impl StepUps {
         action: StepUpAction,
         reason: String,
         finding_id: Option<u64>,
+        payload: StepUpPayload,
     ) -> Result<StepUpRow> {
         let approver = self.approver_for(&requester)?;
         let id = new_request_code();
-        let row = StepUpRow {
-            binding_message: binding_message(
-                &id,
-                action.as_str(),
-                target.kind.as_str(),
-                &target.name,
+        // The phone says what is at stake: "DC-4F2A grant mcp github-mcp github".
+        let what = match payload.connections.as_slice() {
+            [] => target.name.clone(),
+            decls => format!(
+                "{} {}",
+                target.name,
+                decls
+                    .iter()
+                    .map(|d| d.connection.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
+        };
+        let row = StepUpRow {
+            binding_message: binding_message(&id, action.as_str(), target.kind.as_str(), &what),
             id,
             target: target.clone(),
             action,
@@ -201,17 +222,20 @@ impl StepUps {
             outcome_reason: String::new(),
             decided_at: None,
             approver: None,
+            payload,
         };
         let effect = self.store.write(WriteOp::StepUpOpen(Box::new(row))).await?;
         let WriteEffect::StepUpOpened { row, joined } = effect else {
             return Err(Error::Internal("unexpected write effect".into()));
         };
-        self.cache.hold(&row.target, &row.id);
-        // Runtime enforcers treat a held target as blocked.
-        let _ = self.enforcement.send(EnforcementChanged {
-            target: row.target.clone(),
-            state: EnforcementState::Blocked,
-        });
+        if holds(row.action) {
+            self.cache.hold(&row.target, &row.id);
+            // Runtime enforcers treat a held target as blocked.
+            let _ = self.enforcement.send(EnforcementChanged {
+                target: row.target.clone(),
+                state: EnforcementState::Blocked,
+            });
+        }
         let _ = self.events.send(StepUpEvent {
             row: (*row).clone(),
         });
@@ -272,12 +296,18 @@ impl StepUps {
             return;
         };
         self.admit(&row.approver_sub).await;
+        // profile and email put the approver's name and email in the ID token;
+        // offline_access brings the refresh token kept for unattended exchanges.
+        let scope = if row.payload.unattended && self.sealer.is_some() {
+            "openid profile email offline_access"
+        } else {
+            "openid profile email"
+        };
         let started = ciba
             .start(
                 &row.approver_sub,
                 &row.binding_message,
-                // profile and email put the approver's name and email in the ID token.
-                "openid profile email",
+                scope,
                 Some(self.settings.requested_expiry_secs),
             )
             .await;
@@ -344,7 +374,9 @@ impl StepUps {
     /// Re-holds and resumes every pending request; expired ones end as `timed_out`.
     pub async fn resume_pending(self: &Arc<Self>) -> Result<()> {
         for row in self.store.list_stepups(true, 10_000).await? {
-            self.cache.hold(&row.target, &row.id);
+            if holds(row.action) {
+                self.cache.hold(&row.target, &row.id);
+            }
             if row.deadline <= unix_now() {
                 self.finish_with(
                     &row,
@@ -368,13 +400,12 @@ impl StepUps {
         match outcome {
             CibaOutcome::Approved(a) if a.sub == row.approver_sub => {
                 let approver = serde_json::json!({"sub": a.sub, "email": a.email, "name": a.name});
-                self.finish_with(
-                    row,
-                    "approved",
-                    "approved on the approver's device",
-                    Some(approver),
-                )
-                .await;
+                if let Err(e) = self
+                    .close_approved(row, approver, a.refresh_token.as_ref())
+                    .await
+                {
+                    tracing::error!(request = %row.id, error = %e, "could not close a step-up");
+                }
             }
             CibaOutcome::Approved(a) => {
                 let reason = format!(
@@ -406,11 +437,46 @@ impl StepUps {
         approver: Option<serde_json::Value>,
     ) {
         if let Err(e) = self
-            .close(row, status, reason, approver, self.system.clone())
+            .close(row, status, reason, approver, None, self.system.clone())
             .await
         {
             tracing::error!(request = %row.id, error = %e, "could not close a step-up");
         }
+    }
+
+    /// Ends a request as approved, sealing the approver's refresh token when
+    /// the grant asked for unattended use.
+    async fn close_approved(
+        &self,
+        row: &StepUpRow,
+        approver: serde_json::Value,
+        refresh_token: Option<&RefreshToken>,
+    ) -> Result<StepUpRow> {
+        let subject = match (row.payload.unattended, refresh_token, &self.sealer) {
+            (true, Some(token), Some(sealer)) => Some(SealedSubject {
+                sub: row.approver_sub.clone(),
+                sealed: sealer
+                    .seal(
+                        token.expose().as_bytes(),
+                        &crate::vault::subject_context(&row.target.name, &row.approver_sub),
+                    )
+                    .map_err(|e| Error::Internal(e.to_string()))?,
+            }),
+            (true, None, Some(_)) => {
+                tracing::warn!(request = %row.id, "the approval brought no refresh token; unattended exchanges will need a live operator token");
+                None
+            }
+            _ => None,
+        };
+        self.close(
+            row,
+            "approved",
+            "approved on the approver's device",
+            Some(approver),
+            subject,
+            self.system.clone(),
+        )
+        .await
     }
 
     /// Cancels a pending request (audited with `actor`).
@@ -420,8 +486,15 @@ impl StepUps {
             .get_stepup(id.to_owned())
             .await?
             .ok_or_else(|| Error::NotFound(format!("step-up {id}")))?;
-        self.close(&row, "cancelled", "cancelled by an operator", None, actor)
-            .await
+        self.close(
+            &row,
+            "cancelled",
+            "cancelled by an operator",
+            None,
+            None,
+            actor,
+        )
+        .await
     }
 
     async fn close(
@@ -430,6 +503,7 @@ impl StepUps {
         status: &str,
         reason: &str,
         approver: Option<serde_json::Value>,
+        subject: Option<SealedSubject>,
         actor: Actor,
     ) -> Result<StepUpRow> {
         let proposed = row.requester.auth_method == "system";
@@ -457,13 +531,34 @@ impl StepUps {
                 }),
             })
         };
+        let grant = |connections: Vec<ConnectionDecl>| {
+            Box::new(WriteOp::GrantConnections {
+                server: row.target.name.clone(),
+                grants: connections,
+                approved_by: row.approver_sub.clone(),
+                subject: subject.clone(),
+                actor: row.requester.clone(),
+                details: serde_json::json!({
+                    "stepup": row.id,
+                    "human_confirmed": human,
+                    "approver": approver.clone(),
+                }),
+            })
+        };
         let commit: Option<Box<WriteOp>> = match (status, row.action) {
             ("approved", StepUpAction::Block) => {
                 Some(enforce(EnforcementAction::Block, row.reason.clone()))
             }
+            ("approved", StepUpAction::Allow) if !row.payload.connections.is_empty() => {
+                Some(Box::new(WriteOp::All(vec![
+                    *enforce(EnforcementAction::Allow, row.reason.clone()),
+                    *grant(row.payload.connections.clone()),
+                ])))
+            }
             ("approved", StepUpAction::Allow) => {
                 Some(enforce(EnforcementAction::Allow, row.reason.clone()))
             }
+            ("approved", StepUpAction::Grant) => Some(grant(row.payload.connections.clone())),
             ("approved", StepUpAction::Unblock) => {
                 Some(enforce(EnforcementAction::Unblock, row.reason.clone()))
             }
@@ -515,13 +610,22 @@ impl StepUps {
         else {
             return Err(Error::Internal("unexpected write effect".into()));
         };
+        if !holds(closed.action) {
+            let _ = self.events.send(StepUpEvent {
+                row: (*closed).clone(),
+            });
+            return Ok(*closed);
+        }
         self.cache.release(&closed.target, &closed.id);
-        if let Some(c) = committed
-            && let WriteEffect::Enforcement {
-                decision,
-                changed: true,
-                ..
-            } = *c
+        let committed = committed.map(|c| match *c {
+            WriteEffect::All(effects) => effects.into_iter().next(),
+            other => Some(other),
+        });
+        if let Some(Some(WriteEffect::Enforcement {
+            decision,
+            changed: true,
+            ..
+        })) = committed
         {
             let _ = self.enforcement.send(EnforcementChanged {
                 target: closed.target.clone(),
@@ -541,4 +645,10 @@ impl StepUps {
         });
         Ok(*closed)
     }
+}
+
+/// Whether a pending request of this kind holds its target (fail closed).
+/// A scope escalation does not: the server keeps what it already has.
+fn holds(action: StepUpAction) -> bool {
+    action != StepUpAction::Grant
 }

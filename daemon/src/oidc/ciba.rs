@@ -208,6 +208,10 @@ pub struct Approval {
     pub issuer: String,
     /// Key id that signed the ID token.
     pub kid: String,
+    /// A refresh token for the approver, when `offline_access` was asked for
+    /// and granted (the subject of unattended Token Vault exchanges).
+    #[serde(skip)]
+    pub refresh_token: Option<super::RefreshToken>,
 }
 
 /// The result of one poll of the token endpoint.
@@ -276,6 +280,7 @@ struct OAuthErrorBody {
 #[derive(Deserialize)]
 struct TokenResponse {
     id_token: Option<String>,
+    refresh_token: Option<String>,
 }
 
 /// The CIBA client (the daemon's confidential application).
@@ -502,7 +507,11 @@ impl CibaClient {
                 "approved CIBA answer has no id_token".into(),
             ));
         };
-        let approval = self.validate_id_token(&id_token).await?;
+        let mut approval = self.validate_id_token(&id_token).await?;
+        approval.refresh_token = tokens
+            .refresh_token
+            .filter(|t| !t.is_empty())
+            .map(super::RefreshToken::new);
         tracing::info!(approver = %approval.sub, "CIBA request approved");
         Ok(PollOutcome::Approved(approval))
     }
@@ -530,6 +539,7 @@ impl CibaClient {
             name: claims.name,
             issuer: claims.iss.unwrap_or_default(),
             kid,
+            refresh_token: None,
         })
     }
 

@@ -52,6 +52,7 @@ pub mod ciba;
 pub mod provider;
 pub mod secret;
 pub mod settings;
+pub mod token_vault;
 pub mod userinfo;
 pub mod verify;
 
@@ -60,7 +61,7 @@ pub use ciba::{
     binding_message, new_request_code, validate_binding_message,
 };
 pub use provider::{Discovery, JwksHealth, OidcError, Provider, http_client};
-pub use secret::{AuthReqId, ClientSecret};
+pub use secret::{AuthReqId, ClientSecret, ProviderToken, RefreshToken};
 pub use settings::{
     AuthConfigError, AuthMode, AuthSettings, MAX_LEEWAY_SECS, Role, RoleScopes, roles_for,
 };

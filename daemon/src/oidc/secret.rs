@@ -53,3 +53,50 @@ impl fmt::Debug for AuthReqId {
         f.write_str("AuthReqId(<redacted>)")
     }
 }
+
+/// An Auth0 refresh token issued to the daemon's client for an approving
+/// operator (the subject of unattended Token Vault exchanges). Stored only
+/// sealed; redacted here.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RefreshToken(String);
+
+impl RefreshToken {
+    /// Wraps a refresh token.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself, for the exchange and for sealing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshToken(<redacted>)")
+    }
+}
+
+/// A third-party provider's access token (GitHub, Slack, …) from Token Vault.
+/// Held in memory only, handed to the one MCP server it is for.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderToken(String);
+
+impl ProviderToken {
+    /// Wraps a provider token.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself, for the one reply that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ProviderToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProviderToken(<redacted>)")
+    }
+}

@@ -5,6 +5,7 @@
 //! read-only connections inside `spawn_blocking`. Nothing here blocks a tokio
 //! worker.
 
+pub mod connections;
 mod schema;
 pub mod stepup;
 mod write;
@@ -367,6 +368,27 @@ impl Store {
     }
 
     /// One step-up request.
+    /// Connection grants, of one server or all.
+    pub async fn list_grants(&self, server: Option<String>) -> Result<Vec<connections::GrantRow>> {
+        self.read(move |c| connections::list(c, server.as_deref()))
+            .await
+    }
+
+    /// One server's grant for one connection.
+    pub async fn get_grant(
+        &self,
+        server: String,
+        connection: String,
+    ) -> Result<Option<connections::GrantRow>> {
+        self.read(move |c| connections::get(c, &server, &connection))
+            .await
+    }
+
+    /// Accounts operators linked.
+    pub async fn list_linked_accounts(&self) -> Result<Vec<connections::LinkedAccountRow>> {
+        self.read(connections::list_accounts).await
+    }
+
     pub async fn get_stepup(&self, id: String) -> Result<Option<stepup::StepUpRow>> {
         self.read(move |c| stepup::get(c, &id)).await
     }

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 /// `PRAGMA application_id` of a DefenseClaw database ("DCLW").
 pub const APPLICATION_ID: i64 = 0x4443_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -91,6 +91,34 @@ const MIGRATIONS: &[(i64, &str)] = &[
         approver        TEXT
     );
     CREATE INDEX stepups_status ON stepups (status);
+    "#,
+    ),
+    (
+        3,
+        r#"
+    CREATE TABLE connection_grants (
+        server          TEXT NOT NULL,
+        connection      TEXT NOT NULL,
+        declared_scopes TEXT NOT NULL,
+        granted_scopes  TEXT NOT NULL DEFAULT '',
+        approved_by     TEXT NOT NULL,
+        approved_at     TEXT NOT NULL,
+        last_used       TEXT,
+        use_count       INTEGER NOT NULL DEFAULT 0,
+        status          TEXT NOT NULL,
+        status_reason   TEXT NOT NULL DEFAULT '',
+        subject_sub     TEXT,
+        subject_sealed  BLOB,
+        PRIMARY KEY (server, connection)
+    );
+    CREATE TABLE linked_accounts (
+        sub        TEXT NOT NULL,
+        connection TEXT NOT NULL,
+        account_id TEXT NOT NULL,
+        linked_at  TEXT NOT NULL,
+        PRIMARY KEY (sub, connection)
+    );
+    ALTER TABLE stepups ADD COLUMN payload TEXT NOT NULL DEFAULT '';
     "#,
     ),
 ];

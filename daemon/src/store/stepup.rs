@@ -1,7 +1,9 @@
 //! Stored step-up requests (CIBA approvals of enforcement changes).
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use super::connections::ConnectionDecl;
 
 use crate::error::{Error, Result};
 use crate::model::{Actor, Target};
@@ -18,6 +20,8 @@ pub enum StepUpAction {
     Unblock,
     /// Dismiss a finding.
     Dismiss,
+    /// Let an MCP server use a connection it did not declare (scope escalation).
+    Grant,
 }
 
 impl StepUpAction {
@@ -28,6 +32,7 @@ impl StepUpAction {
             Self::Allow => "allow",
             Self::Unblock => "unblock",
             Self::Dismiss => "dismiss",
+            Self::Grant => "grant",
         }
     }
 
@@ -37,6 +42,7 @@ impl StepUpAction {
             "allow" => Self::Allow,
             "unblock" => Self::Unblock,
             "dismiss" => Self::Dismiss,
+            "grant" => Self::Grant,
             _ => return None,
         })
     }
@@ -78,16 +84,42 @@ pub struct StepUpRow {
     pub decided_at: Option<String>,
     /// Who approved (from the validated CIBA ID token), JSON.
     pub approver: Option<serde_json::Value>,
+    /// Connections the change declares (allow of an MCP server, grant).
+    pub payload: StepUpPayload,
+}
+
+/// What a step-up carries beyond its action.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepUpPayload {
+    /// Connections to grant when approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<ConnectionDecl>,
+    /// Ask for `offline_access` and keep the approver's refresh token (sealed)
+    /// for unattended Token Vault exchanges.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unattended: bool,
+}
+
+impl StepUpPayload {
+    /// Stored form: empty for the empty payload.
+    fn to_column(&self) -> String {
+        if *self == Self::default() {
+            String::new()
+        } else {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
 }
 
 pub(crate) const COLUMNS: &str = "id, kind, name, action, reason, finding_id, requester, approver_sub, binding_message, \
-     auth_req_id, created_at, deadline, interval_secs, status, outcome_reason, decided_at, approver";
+     auth_req_id, created_at, deadline, interval_secs, status, outcome_reason, decided_at, approver, payload";
 
 pub(crate) fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<StepUpRow>> {
     let kind: String = r.get(1)?;
     let action: String = r.get(3)?;
     let requester: String = r.get(6)?;
     let approver: Option<String> = r.get(16)?;
+    let payload: String = r.get(17)?;
     let (Ok(kind), Some(action)) = (kind.parse(), StepUpAction::parse(&action)) else {
         return Ok(None);
     };
@@ -111,6 +143,7 @@ pub(crate) fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<StepUpRow>> 
         outcome_reason: r.get(14)?,
         decided_at: r.get(15)?,
         approver: approver.and_then(|a| serde_json::from_str(&a).ok()),
+        payload: serde_json::from_str(&payload).unwrap_or_default(),
     }))
 }
 
@@ -125,18 +158,25 @@ pub(crate) fn pending_for(
     conn: &Connection,
     target: &Target,
     action: StepUpAction,
+    payload: &StepUpPayload,
 ) -> Result<Option<StepUpRow>> {
     conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM stepups WHERE kind = ?1 AND name = ?2 AND action = ?3 AND status = 'pending'"
+        "SELECT {COLUMNS} FROM stepups WHERE kind = ?1 AND name = ?2 AND action = ?3 AND payload = ?4 AND status = 'pending'"
     ))
-    .and_then(|mut s| s.query_row(params![target.kind.as_str(), target.name, action.as_str()], row).optional())
+    .and_then(|mut s| {
+        s.query_row(
+            params![target.kind.as_str(), target.name, action.as_str(), payload.to_column()],
+            row,
+        )
+        .optional()
+    })
     .map(Option::flatten)
     .map_err(Error::store("reading a step-up"))
 }
 
 pub(crate) fn insert(conn: &Connection, r: &StepUpRow) -> Result<()> {
     conn.prepare_cached(&format!(
-        "INSERT INTO stepups ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        "INSERT INTO stepups ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -157,6 +197,7 @@ pub(crate) fn insert(conn: &Connection, r: &StepUpRow) -> Result<()> {
             r.outcome_reason,
             r.decided_at,
             r.approver.as_ref().map(|a| a.to_string()),
+            r.payload.to_column(),
         ])
     })
     .map(|_| ())

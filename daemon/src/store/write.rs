@@ -6,12 +6,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::broadcast;
 
+use super::connections::{
+    self, ConnectionDecl, GrantRow, GrantStatus, LinkedAccountRow, SealedSubject,
+};
 use super::stepup::{self as stepups, StepUpRow};
 use super::{FINDING_COLUMNS, FindingRow, WriterContext, finding_row};
 use crate::audit::{Entry, Head, NewEntry};
 use crate::error::{Error, Result};
 use crate::model::{
-    Actor, Decision, EnforcementAction, EnforcementState, Severity, Target, format_ts, now_ts,
+    Actor, Decision, EnforcementAction, EnforcementState, Severity, Target, TargetKind, format_ts,
+    now_ts,
 };
 use crate::state::StateCache;
 
@@ -115,6 +119,57 @@ pub enum WriteOp {
         /// Extra audit details.
         details: serde_json::Value,
     },
+    /// Several ops that commit together or not at all.
+    All(Vec<WriteOp>),
+    /// Declare (or re-declare) connections an MCP server may use.
+    GrantConnections {
+        /// MCP server name.
+        server: String,
+        /// The connections and their scopes.
+        grants: Vec<ConnectionDecl>,
+        /// Who approved (`sub` of the CIBA approver, or the operator).
+        approved_by: String,
+        /// The approver's sealed refresh token, for unattended exchanges.
+        subject: Option<SealedSubject>,
+        /// Who made the change.
+        actor: Actor,
+        /// Extra audit details.
+        details: serde_json::Value,
+    },
+    /// Revoke a grant and drop its stored subject credential.
+    RevokeConnection {
+        /// MCP server name.
+        server: String,
+        /// Connection name.
+        connection: String,
+        /// Why.
+        reason: String,
+        /// Who.
+        actor: Actor,
+    },
+    /// Tokens handed out for a grant, the grant's health after an exchange,
+    /// and (for exchanges with the provider) their audit entry.
+    ConnectionUsed {
+        /// MCP server name.
+        server: String,
+        /// Connection name.
+        connection: String,
+        /// Tokens handed out.
+        uses: u64,
+        /// Scopes the provider granted (after a successful exchange).
+        granted_scopes: Option<Vec<String>>,
+        /// New health, when an exchange decided it.
+        status: Option<(GrantStatus, String)>,
+        /// Audit entry for the exchange.
+        audit: Option<NewEntry>,
+    },
+    /// An operator linked an account (Connected Accounts).
+    LinkAccount {
+        /// The account.
+        account: LinkedAccountRow,
+        /// Who.
+        actor: Actor,
+    },
 }
 
 /// What a committed job did.
@@ -164,6 +219,29 @@ pub enum WriteEffect {
     },
     /// A step-up's provider handle was recorded.
     StepUpSent,
+    /// Every effect of an [`WriteOp::All`], in order.
+    All(Vec<WriteEffect>),
+    /// Grants recorded.
+    Granted {
+        /// The grants as stored now.
+        grants: Vec<GrantRow>,
+        /// Audit entry written.
+        entry: Arc<Entry>,
+    },
+    /// A grant revoked.
+    ConnectionRevoked {
+        /// The grant after revocation.
+        grant: Box<GrantRow>,
+        /// Audit entry written.
+        entry: Arc<Entry>,
+    },
+    /// Use recorded.
+    ConnectionUsed,
+    /// A linked account recorded.
+    AccountLinked {
+        /// Audit entry written.
+        entry: Arc<Entry>,
+    },
     /// A step-up ended.
     StepUpClosed {
         /// The request after closing.
@@ -673,7 +751,9 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
             })
         }
         WriteOp::StepUpOpen(row) => {
-            if let Some(existing) = stepups::pending_for(conn, &row.target, row.action)? {
+            if let Some(existing) =
+                stepups::pending_for(conn, &row.target, row.action, &row.payload)?
+            {
                 return Ok(Staged {
                     cache_updates: vec![],
                     entries: vec![],
@@ -800,6 +880,175 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
                     committed,
                     entry,
                 },
+            })
+        }
+        WriteOp::All(ops) => {
+            let mut all = Staged {
+                cache_updates: vec![],
+                entries: vec![],
+                effect: WriteEffect::All(Vec::with_capacity(ops.len())),
+            };
+            let mut effects = Vec::with_capacity(ops.len());
+            for op in ops {
+                let staged = apply(conn, op, chain)?;
+                all.cache_updates.extend(staged.cache_updates);
+                all.entries.extend(staged.entries);
+                effects.push(staged.effect);
+            }
+            all.effect = WriteEffect::All(effects);
+            Ok(all)
+        }
+        WriteOp::GrantConnections {
+            server,
+            grants,
+            approved_by,
+            subject,
+            actor,
+            details,
+        } => {
+            let now = now_ts();
+            let target = Target {
+                kind: TargetKind::Mcp,
+                name: server.clone(),
+            };
+            ensure_target(conn, &target, &now)?;
+            for g in &grants {
+                connections::upsert(conn, &server, g, &approved_by, subject.as_ref(), &now)?;
+            }
+            let stored = grants
+                .iter()
+                .map(|g| {
+                    connections::get(conn, &server, &g.connection)?.ok_or_else(|| {
+                        Error::Internal(format!("grant {server}/{} vanished", g.connection))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let entry = append(
+                conn,
+                chain,
+                &NewEntry {
+                    action: "connection-grant".into(),
+                    target: Some(target),
+                    severity: None,
+                    outcome: "success".into(),
+                    reason: format!(
+                        "may use {}",
+                        grants
+                            .iter()
+                            .map(|g| g.connection.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    details: merge_details(
+                        serde_json::json!({
+                            "connections": grants,
+                            "approved_by": approved_by,
+                            "unattended": subject.is_some(),
+                        }),
+                        details,
+                    ),
+                    actor,
+                },
+            )?;
+            Ok(Staged {
+                cache_updates: vec![],
+                entries: vec![entry.clone()],
+                effect: WriteEffect::Granted {
+                    grants: stored,
+                    entry,
+                },
+            })
+        }
+        WriteOp::RevokeConnection {
+            server,
+            connection,
+            reason,
+            actor,
+        } => {
+            if !connections::revoke(conn, &server, &connection, &reason)? {
+                return Err(Error::NotFound(format!(
+                    "{server} has no grant for connection {connection}"
+                )));
+            }
+            let grant = connections::get(conn, &server, &connection)?
+                .ok_or_else(|| Error::Internal(format!("grant {server}/{connection} vanished")))?;
+            let entry = append(
+                conn,
+                chain,
+                &NewEntry {
+                    action: "connection-revoke".into(),
+                    target: Some(Target {
+                        kind: TargetKind::Mcp,
+                        name: server,
+                    }),
+                    severity: None,
+                    outcome: "success".into(),
+                    reason,
+                    details: serde_json::json!({
+                        "connection": connection,
+                        "subject_credential_dropped": true,
+                    }),
+                    actor,
+                },
+            )?;
+            Ok(Staged {
+                cache_updates: vec![],
+                entries: vec![entry.clone()],
+                effect: WriteEffect::ConnectionRevoked {
+                    grant: Box::new(grant),
+                    entry,
+                },
+            })
+        }
+        WriteOp::ConnectionUsed {
+            server,
+            connection,
+            uses,
+            granted_scopes,
+            status,
+            audit,
+        } => {
+            connections::record_use(
+                conn,
+                &server,
+                &connection,
+                uses,
+                granted_scopes.as_deref(),
+                status.as_ref().map(|(s, r)| (*s, r.as_str())),
+                &now_ts(),
+            )?;
+            let entries = match audit {
+                Some(new) => vec![append(conn, chain, &new)?],
+                None => vec![],
+            };
+            Ok(Staged {
+                cache_updates: vec![],
+                entries,
+                effect: WriteEffect::ConnectionUsed,
+            })
+        }
+        WriteOp::LinkAccount { account, actor } => {
+            connections::link_account(conn, &account)?;
+            let entry = append(
+                conn,
+                chain,
+                &NewEntry {
+                    action: "account-linked".into(),
+                    target: None,
+                    severity: None,
+                    outcome: "success".into(),
+                    reason: format!("linked a {} account", account.connection),
+                    details: serde_json::json!({
+                        "connection": account.connection,
+                        "account_id": account.account_id,
+                    }),
+                    actor,
+                },
+            )?;
+            Ok(Staged {
+                cache_updates: vec![],
+                entries: vec![entry.clone()],
+                effect: WriteEffect::AccountLinked { entry },
             })
         }
         WriteOp::Audit(new) => {

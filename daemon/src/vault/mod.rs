@@ -1,0 +1,663 @@
+//! Token Vault for MCP servers: short-lived provider tokens, just in time.
+//!
+//! An operator allows an MCP server together with the connections it may use
+//! (`mcp allow NAME --connection github`). At each start the server's wrapper
+//! asks for a token; the broker checks the server is allowed and declared the
+//! connection, exchanges an Auth0 credential for a provider token (the caller's
+//! live token, else the approver's sealed refresh token), audits the exchange
+//! and hands the token over. Tokens live in memory only, shared by concurrent
+//! callers and cached until shortly before they expire.
+
+pub mod seal;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use crate::audit::NewEntry;
+use crate::error::{Error, Result};
+use crate::model::{Actor, Target, TargetKind};
+use crate::oidc::token_vault::{Subject, TokenVaultClient, VaultError};
+use crate::oidc::{ProviderToken, RefreshToken};
+use crate::state::{StateCache, Verdict};
+use crate::stepup::StepUps;
+use crate::store::connections::{ConnectionDecl, GrantRow, GrantStatus};
+use crate::store::stepup::{StepUpAction, StepUpPayload};
+use crate::store::{Store, WriteOp};
+use seal::Sealer;
+
+/// Longest connection name Auth0 accepts.
+const MAX_CONNECTION_CHARS: usize = 128;
+const MAX_SCOPES: usize = 64;
+
+/// `[token_vault]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenVaultSettings {
+    /// Serve `GetConnectionToken` (needs `[auth] mode = "oidc"`,
+    /// `daemon_client_id` and the daemon's client secret).
+    pub enabled: bool,
+    /// Longest a provider token is kept in memory, seconds; 0 disables caching
+    /// (every request is an exchange; concurrent ones still share one).
+    pub cache_max_secs: u64,
+    /// Tokens are dropped this many seconds before they expire.
+    pub cache_margin_secs: u64,
+    /// Bound on one exchange with the identity provider, seconds.
+    pub request_timeout_secs: u64,
+    /// AES-256-GCM key for stored subject credentials: 32 raw bytes or 64 hex
+    /// digits, mode 0600, outside the state directory. The systemd credential
+    /// `token-vault-key` wins over this.
+    pub key_file: Option<PathBuf>,
+    /// When step-up is on and a key is configured, granting connections asks
+    /// the approver for `offline_access` and keeps their refresh token (sealed)
+    /// so the server can start unattended.
+    pub unattended: bool,
+}
+
+impl Default for TokenVaultSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cache_max_secs: 3600,
+            cache_margin_secs: 60,
+            request_timeout_secs: 10,
+            key_file: None,
+            unattended: true,
+        }
+    }
+}
+
+/// Associated data binding a sealed refresh token to its server and owner.
+pub fn subject_context(server: &str, sub: &str) -> Vec<u8> {
+    format!("defenseclaw-token-vault-v1\0{server}\0{sub}").into_bytes()
+}
+
+/// Checks a connection name: Auth0's rule is 1–128 characters; we also keep
+/// to the characters connection names use, so names are safe in messages.
+pub fn validate_connection(field: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= MAX_CONNECTION_CHARS
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            "must be 1-128 characters of letters, digits, '-', '_' or '.' (an Auth0 connection name)",
+        ))
+    }
+}
+
+/// Checks requested provider scopes.
+pub fn validate_scopes(field: &'static str, scopes: &[String]) -> Result<()> {
+    if scopes.len() > MAX_SCOPES {
+        return Err(Error::invalid(
+            field,
+            format!("at most {MAX_SCOPES} scopes"),
+        ));
+    }
+    for s in scopes {
+        if s.is_empty()
+            || s.len() > 256
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+        {
+            return Err(Error::invalid(
+                field,
+                format!("{s:?} is not a scope (printable ASCII without spaces or quotes)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A provider token handed to a caller.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The token.
+    pub token: ProviderToken,
+    /// When it expires, seconds since the epoch.
+    pub expires_at: i64,
+    /// Scopes it carries (granted, else declared).
+    pub scopes: Vec<String>,
+    /// `access_token` or `refresh_token`: which subject was exchanged.
+    pub subject: &'static str,
+    /// Served from memory.
+    pub cached: bool,
+}
+
+/// A failure shared by every caller of one exchange.
+#[derive(Debug, Clone)]
+enum Failure {
+    Precondition(String),
+    Unauthenticated(String),
+    Unavailable(String),
+    Internal(String),
+}
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Precondition(m) => Error::FailedPrecondition(m),
+            Failure::Unauthenticated(m) => Error::Unauthenticated(m),
+            Failure::Unavailable(m) => Error::Unavailable(m),
+            Failure::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    server: String,
+    connection: String,
+    sub: String,
+}
+
+struct Cached {
+    issued: Issued,
+    until: Instant,
+}
+
+type Flight = OnceCell<std::result::Result<Issued, Failure>>;
+
+/// The credential to exchange, owned.
+enum OwnedSubject {
+    Access(String),
+    Refresh(RefreshToken),
+}
+
+impl OwnedSubject {
+    fn borrow(&self) -> Subject<'_> {
+        match self {
+            OwnedSubject::Access(t) => Subject::AccessToken(t),
+            OwnedSubject::Refresh(t) => Subject::RefreshToken(t),
+        }
+    }
+}
+
+/// Hands out provider tokens.
+pub struct TokenBroker {
+    settings: TokenVaultSettings,
+    store: Store,
+    cache: Arc<StateCache>,
+    client: Option<Arc<TokenVaultClient>>,
+    sealer: Option<Arc<Sealer>>,
+    stepups: Arc<StepUps>,
+    tokens: Mutex<HashMap<Key, Cached>>,
+    flights: Mutex<HashMap<Key, Arc<Flight>>>,
+    /// Bumped whenever grants are revoked or servers blocked, so an exchange
+    /// that started before does not refill the cache.
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for TokenBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenBroker")
+            .field("enabled", &self.client.is_some())
+            .field("sealer", &self.sealer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenBroker {
+    /// A broker; `client` is `None` when Token Vault is not configured.
+    pub fn new(
+        settings: TokenVaultSettings,
+        store: Store,
+        cache: Arc<StateCache>,
+        client: Option<Arc<TokenVaultClient>>,
+        sealer: Option<Arc<Sealer>>,
+        stepups: Arc<StepUps>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            store,
+            cache,
+            client,
+            sealer,
+            stepups,
+            tokens: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether an `mcp allow` declaring connections should go through step-up
+    /// to keep the approver's refresh token.
+    pub fn wants_unattended(&self) -> bool {
+        self.settings.unattended && self.sealer.is_some() && self.stepups.can_keep_subject()
+    }
+
+    /// Drops every cached token of `server` (blocked), or of one of its connections (revoked).
+    pub fn forget(&self, server: &str, connection: Option<&str>) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|k, _| !(k.server == server && connection.is_none_or(|c| k.connection == c)));
+    }
+
+    /// Drops every cached token.
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// A token of `connection` for `server`, for `caller` (whose verified bearer
+    /// token, if any, is `bearer`).
+    pub async fn token(
+        &self,
+        caller: &Actor,
+        bearer: Option<&str>,
+        server: &str,
+        connection: &str,
+    ) -> Result<Issued> {
+        let Some(client) = self.client.clone() else {
+            return Err(Error::FailedPrecondition(
+                "Token Vault is not configured: it needs [auth] mode = \"oidc\", daemon_client_id and the daemon's client secret".into(),
+            ));
+        };
+        match self.cache.check(TargetKind::Mcp, server) {
+            Verdict::Allowed(_) => {}
+            Verdict::Blocked(d) => {
+                return Err(Error::PermissionDenied(format!(
+                    "MCP server {server} is blocked ({}); it gets no credentials",
+                    d.reason
+                )));
+            }
+            Verdict::Unknown => {
+                return Err(Error::PermissionDenied(format!(
+                    "MCP server {server} is not allowed: `defenseclawctl mcp allow {server} --connection {connection}`"
+                )));
+            }
+        }
+        let grant = self
+            .store
+            .get_grant(server.to_owned(), connection.to_owned())
+            .await?;
+        let grant = match grant {
+            None => return Err(self.escalate(caller, server, connection).await),
+            Some(g) if g.status == GrantStatus::Revoked => {
+                return Err(Error::PermissionDenied(format!(
+                    "{server}'s grant for {connection} was revoked ({}); declare it again with `defenseclawctl mcp allow {server} --connection {connection}`",
+                    g.status_reason
+                )));
+            }
+            Some(g) => g,
+        };
+        let (sub, subject) = self.subject_for(caller, bearer, &grant)?;
+        let key = Key {
+            server: server.to_owned(),
+            connection: connection.to_owned(),
+            sub,
+        };
+        if let Some(hit) = self.cached(&key) {
+            self.record_use(&key);
+            return Ok(hit);
+        }
+        let flight = self
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let mut led = false;
+        let outcome = flight
+            .get_or_init(|| {
+                led = true;
+                self.exchange(&client, caller, &grant, &key, subject)
+            })
+            .await
+            .clone();
+        {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                flights.remove(&key);
+            }
+        }
+        let issued = outcome.map_err(Error::from)?;
+        if !led {
+            self.record_use(&key);
+        }
+        Ok(issued)
+    }
+
+    /// The caller's own token (mode a), else the grant's stored refresh token (mode b).
+    fn subject_for(
+        &self,
+        caller: &Actor,
+        bearer: Option<&str>,
+        grant: &GrantRow,
+    ) -> Result<(String, OwnedSubject)> {
+        if caller.auth_method == "oidc"
+            && let Some(token) = bearer
+        {
+            return Ok((caller.id.clone(), OwnedSubject::Access(token.to_owned())));
+        }
+        let Some(stored) = &grant.subject else {
+            return Err(Error::FailedPrecondition(format!(
+                "no credential to exchange for {}/{}: start it as a logged-in operator (`defenseclawctl auth login`), or re-approve the grant with step-up and a token vault key so the daemon keeps one for unattended use",
+                grant.server, grant.connection
+            )));
+        };
+        let Some(sealer) = &self.sealer else {
+            return Err(Error::FailedPrecondition(format!(
+                "{}/{} has a sealed credential but no token vault key is configured ([token_vault] key_file or the token-vault-key credential)",
+                grant.server, grant.connection
+            )));
+        };
+        let plain = sealer
+            .open(&stored.sealed, &subject_context(&grant.server, &stored.sub))
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        let token = String::from_utf8(plain).map_err(|_| {
+            Error::FailedPrecondition("the stored credential is not text; re-approve".into())
+        })?;
+        Ok((
+            stored.sub.clone(),
+            OwnedSubject::Refresh(RefreshToken::new(token)),
+        ))
+    }
+
+    fn cached(&self, key: &Key) -> Option<Issued> {
+        if self.settings.cache_max_secs == 0 {
+            return None;
+        }
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        match tokens.get(key) {
+            Some(c) if c.until > Instant::now() => Some(Issued {
+                cached: true,
+                ..c.issued.clone()
+            }),
+            Some(_) => {
+                tokens.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Counts a token handed out without an exchange; bookkeeping only, so the
+    /// caller does not wait for it.
+    fn record_use(&self, key: &Key) {
+        let store = self.store.clone();
+        let op = WriteOp::ConnectionUsed {
+            server: key.server.clone(),
+            connection: key.connection.clone(),
+            uses: 1,
+            granted_scopes: None,
+            status: None,
+            audit: None,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = store.write(op).await {
+                tracing::warn!(error = %e, "could not record a connection's use");
+            }
+        });
+    }
+
+    /// One exchange with the provider, audited before the token is handed out.
+    async fn exchange(
+        &self,
+        client: &TokenVaultClient,
+        caller: &Actor,
+        grant: &GrantRow,
+        key: &Key,
+        subject: OwnedSubject,
+    ) -> std::result::Result<Issued, Failure> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let subject = subject.borrow();
+        let result = client.exchange(subject, &key.connection, None).await;
+        let target = Some(Target {
+            kind: TargetKind::Mcp,
+            name: key.server.clone(),
+        });
+        let entry = |outcome: &str, reason: String, details: serde_json::Value| NewEntry {
+            action: "token-exchange".into(),
+            target: target.clone(),
+            severity: None,
+            outcome: outcome.to_owned(),
+            reason,
+            details,
+            actor: caller.clone(),
+        };
+        let exchanged = match result {
+            Ok(x) => x,
+            Err(e) => {
+                let broken = matches!(
+                    (&e, subject),
+                    (
+                        VaultError::NotConnected { .. } | VaultError::ReconnectNeeded { .. },
+                        _
+                    ) | (VaultError::SubjectRejected { .. }, Subject::RefreshToken(_))
+                );
+                let audit = entry(
+                    "error",
+                    e.to_string(),
+                    serde_json::json!({
+                        "connection": key.connection,
+                        "subject": subject.kind(),
+                        "subject_sub": key.sub,
+                        "error": e.code(),
+                    }),
+                );
+                let op = WriteOp::ConnectionUsed {
+                    server: key.server.clone(),
+                    connection: key.connection.clone(),
+                    uses: 0,
+                    granted_scopes: None,
+                    status: broken.then(|| (GrantStatus::Broken, e.to_string())),
+                    audit: Some(audit),
+                };
+                if let Err(w) = self.store.write(op).await {
+                    tracing::error!(error = %w, "could not audit a failed exchange");
+                }
+                return Err(failure_of(&e, subject, &key.server, &key.connection));
+            }
+        };
+        let granted = exchanged
+            .scopes
+            .clone()
+            .unwrap_or_else(|| grant.declared_scopes.clone());
+        let missing: Vec<&String> = grant
+            .declared_scopes
+            .iter()
+            .filter(|s| !granted.contains(s))
+            .collect();
+        if !missing.is_empty() {
+            let reason = format!(
+                "reconnect needed: the {} token lacks declared scopes {}; run `defenseclawctl connections connect {} --scopes \"{}\"`",
+                key.connection,
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                key.connection,
+                grant.declared_scopes.join(" ")
+            );
+            let op = WriteOp::ConnectionUsed {
+                server: key.server.clone(),
+                connection: key.connection.clone(),
+                uses: 0,
+                granted_scopes: Some(granted.clone()),
+                status: Some((GrantStatus::Broken, reason.clone())),
+                audit: Some(entry(
+                    "error",
+                    reason.clone(),
+                    serde_json::json!({
+                        "connection": key.connection,
+                        "subject": subject.kind(),
+                        "subject_sub": key.sub,
+                        "error": "scopes_missing",
+                        "granted_scopes": granted,
+                    }),
+                )),
+            };
+            if let Err(w) = self.store.write(op).await {
+                tracing::error!(error = %w, "could not audit a failed exchange");
+            }
+            return Err(Failure::Precondition(reason));
+        }
+        let expires_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_add(exchanged.expires_in);
+        // Audited (and counted) before anyone sees the token.
+        let op = WriteOp::ConnectionUsed {
+            server: key.server.clone(),
+            connection: key.connection.clone(),
+            uses: 1,
+            granted_scopes: Some(granted.clone()),
+            status: Some((GrantStatus::Active, String::new())),
+            audit: Some(entry(
+                "success",
+                format!("{} token for {}", key.connection, key.server),
+                serde_json::json!({
+                    "connection": key.connection,
+                    "subject": subject.kind(),
+                    "subject_sub": key.sub,
+                    "expires_in": exchanged.expires_in,
+                    "scopes": granted,
+                }),
+            )),
+        };
+        self.store
+            .write(op)
+            .await
+            .map_err(|e| Failure::Internal(format!("could not audit the exchange: {e}")))?;
+        let issued = Issued {
+            token: exchanged.access_token,
+            expires_at: i64::try_from(expires_at).unwrap_or(i64::MAX),
+            scopes: granted,
+            subject: subject.kind(),
+            cached: false,
+        };
+        let keep = Duration::from_secs(
+            exchanged
+                .expires_in
+                .saturating_sub(self.settings.cache_margin_secs)
+                .min(self.settings.cache_max_secs),
+        );
+        if !keep.is_zero() && self.generation.load(Ordering::SeqCst) == generation {
+            self.tokens
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    key.clone(),
+                    Cached {
+                        issued: issued.clone(),
+                        until: Instant::now() + keep,
+                    },
+                );
+        }
+        Ok(issued)
+    }
+
+    /// A request for an undeclared connection: refused at once, audited as
+    /// `scope_escalation`, and put to the approvers.
+    async fn escalate(&self, caller: &Actor, server: &str, connection: &str) -> Error {
+        let declared: Vec<String> = match self.store.list_grants(Some(server.to_owned())).await {
+            Ok(grants) => grants
+                .into_iter()
+                .filter(|g| g.status != GrantStatus::Revoked)
+                .map(|g| g.connection)
+                .collect(),
+            Err(e) => return e,
+        };
+        let target = Target {
+            kind: TargetKind::Mcp,
+            name: server.to_owned(),
+        };
+        let mut message = format!(
+            "{server} did not declare connection {connection} (declared: {})",
+            if declared.is_empty() {
+                "none".to_owned()
+            } else {
+                declared.join(", ")
+            }
+        );
+        let mut details = serde_json::json!({
+            "connection": connection,
+            "declared": declared,
+        });
+        if self.stepups.enabled() {
+            let payload = StepUpPayload {
+                connections: vec![ConnectionDecl {
+                    connection: connection.to_owned(),
+                    scopes: Vec::new(),
+                }],
+                unattended: self.wants_unattended(),
+            };
+            match self
+                .stepups
+                .request(
+                    caller.clone(),
+                    target.clone(),
+                    StepUpAction::Grant,
+                    format!("{server} asks for {connection}"),
+                    None,
+                    payload,
+                )
+                .await
+            {
+                Ok(row) => {
+                    message.push_str(&format!(
+                        "; asked {} to approve it (request {})",
+                        row.approver_sub, row.id
+                    ));
+                    details["stepup"] = serde_json::json!(row.id);
+                }
+                Err(e) => {
+                    message.push_str(&format!("; could not ask for approval: {e}"));
+                }
+            }
+        } else {
+            message.push_str(&format!(
+                "; declare it with `defenseclawctl mcp allow {server} --connection {connection}`"
+            ));
+        }
+        let audit = NewEntry {
+            action: "scope_escalation".into(),
+            target: Some(target),
+            severity: None,
+            outcome: "refused".into(),
+            reason: message.clone(),
+            details,
+            actor: caller.clone(),
+        };
+        if let Err(e) = self.store.write(WriteOp::Audit(audit)).await {
+            tracing::error!(error = %e, "could not audit a scope escalation");
+        }
+        Error::PermissionDenied(message)
+    }
+}
+
+/// What the caller is told, by Auth0's error.
+fn failure_of(e: &VaultError, subject: Subject<'_>, server: &str, connection: &str) -> Failure {
+    match (e, subject) {
+        (VaultError::SubjectRejected { .. }, Subject::AccessToken(_)) => Failure::Unauthenticated(
+            format!("{e}; log in again with `defenseclawctl auth login`"),
+        ),
+        (VaultError::SubjectRejected { .. }, Subject::RefreshToken(_)) => {
+            Failure::Precondition(format!(
+                "{e}; the stored approval no longer works: re-approve with `defenseclawctl mcp allow {server} --connection {connection}`"
+            ))
+        }
+        (VaultError::Unavailable(_) | VaultError::InvalidResponse(_), _) => {
+            Failure::Unavailable(e.to_string())
+        }
+        _ => Failure::Precondition(e.to_string()),
+    }
+}
