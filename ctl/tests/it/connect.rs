@@ -59,15 +59,21 @@ impl Home {
         serde_json::from_slice(&std::fs::read(self.session_path()).unwrap()).unwrap()
     }
 
-    /// `auth login` as `sub` (library API, same session file as the binary uses).
+    /// `auth login` as `sub` with the operator's scopes.
     async fn login(&self, idp: &IdentityProvider, sub: &str) {
+        self.login_with(idp, sub, &["read:status", "skills:write"])
+            .await;
+    }
+
+    /// `auth login` as `sub` (library API, same session file as the binary uses).
+    async fn login_with(&self, idp: &IdentityProvider, sub: &str, scopes: &[&str]) {
         let (console, _out) = Console::capture();
         let auth = Auth::new(self.session_path(), console).unwrap();
         let opts = LoginOptions {
             issuer: idp.issuer().to_owned(),
             audience: idp.audience().to_owned(),
             client_id: idp.cli_client_id().to_owned(),
-            scopes: vec!["read:status".into(), "skills:write".into()],
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             no_browser: true,
             json: true,
         };
@@ -79,6 +85,27 @@ impl Home {
         approved.unwrap();
         if let Err(e) = res {
             panic!("login failed: {e} (idp: {})", idp.stderr_tail());
+        }
+    }
+
+    /// Runs `defenseclawctl ARGS…` to the end with this HOME.
+    async fn ctl(&self, socket: &Path, args: &[&str]) -> Finished {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"))
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .env("HOME", self.dir.path())
+            .env_remove("DEFENSECLAW_SESSION")
+            .env_remove("DEFENSECLAW_TOKEN")
+            .env_remove("DEFENSECLAW_SOCKET")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        Finished {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
 
@@ -244,9 +271,8 @@ async fn linked(idp: &IdentityProvider, sub: &str) -> Vec<LinkedAccount> {
         .collect()
 }
 
-/// The result line names the provider's account; the daemon's record is either done or a
-/// warning the CLI explains (its RPC may not be implemented by this daemon).
-fn assert_result(run: &Finished, account: &LinkedAccount) {
+/// The result line names the provider's account, and the daemon recorded it (audited).
+fn assert_result(run: &Finished, account: &LinkedAccount) -> u64 {
     assert_eq!(
         run.code, 0,
         "stdout: {}\nstderr: {}",
@@ -260,14 +286,30 @@ fn assert_result(run: &Finished, account: &LinkedAccount) {
     );
     assert_eq!(result["account_id"], account.id.as_str(), "{result}");
     assert!(account.id.starts_with("cac_"), "{account:?}");
-    match result["recorded"].as_bool() {
-        Some(true) => assert!(result["audit_seq"].as_u64().is_some(), "{result}"),
-        Some(false) => assert!(
-            run.stderr.contains("did not record it"),
-            "no warning for the missing daemon record: {}",
-            run.stderr
-        ),
-        None => panic!("no `recorded` in {result}"),
+    assert_eq!(result["recorded"], true, "{result}\n{}", run.stderr);
+    assert!(!run.stderr.contains("did not record it"), "{}", run.stderr);
+    result["audit_seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no audit_seq in {result}"))
+}
+
+/// The daemon's inventory lists the link (connection and account id) for `sub`.
+async fn assert_daemon_lists(home: &Home, d: &Daemon, account: &LinkedAccount, sub: Option<&str>) {
+    let list = home
+        .ctl(&d.socket, &["-o", "json", "connections", "list"])
+        .await;
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let v: Value = serde_json::from_str(&list.stdout).unwrap();
+    let accounts = v["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 1, "{v}");
+    assert_eq!(
+        accounts[0]["connection"],
+        account.connection.as_str(),
+        "{v}"
+    );
+    assert_eq!(accounts[0]["account_id"], account.id.as_str(), "{v}");
+    if let Some(sub) = sub {
+        assert_eq!(accounts[0]["sub"], sub, "{v}");
     }
 }
 
@@ -332,11 +374,21 @@ async fn mrrt_links_the_account_without_touching_the_session_or_printing_secrets
     assert_eq!(accounts.len(), 1, "{accounts:?}");
     assert_eq!(accounts[0].connection, "github");
     assert_eq!(accounts[0].scopes, ["repo", "read:org"]);
-    assert_result(&done, &accounts[0]);
+    let seq = assert_result(&done, &accounts[0]);
     assert_eq!(
         done.last_json()["scopes"],
         serde_json::json!(["repo", "read:org"])
     );
+    assert_daemon_lists(&home, &d, &accounts[0], Some(OPERATOR)).await;
+    let audit = home.ctl(&d.socket, &["audit", "export"]).await;
+    let entry: Value = audit
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["seq"] == seq)
+        .unwrap_or_else(|| panic!("no audit entry {seq}: {}", audit.stdout));
+    assert_eq!(entry["action"], "account-linked", "{entry}");
+    assert_eq!(entry["actor"]["id"], OPERATOR, "{entry}");
 
     // The token came from the refresh token (MRRT): no device code was asked for, and the
     // session still holds the daemon's token.
@@ -368,6 +420,7 @@ async fn mrrt_links_the_account_without_touching_the_session_or_printing_secrets
     let mut known = session_tokens.to_vec();
     known.extend([code.as_str(), state.as_str()]);
     assert_no_secrets(&done, &known);
+    assert_no_secrets(&audit, &known);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -426,6 +479,7 @@ async fn device_fallback(opts: IdpOptions) -> String {
     assert_eq!(accounts.len(), 1, "{accounts:?}");
     assert_eq!(accounts[0].connection, "slack");
     assert_result(&done, &accounts[0]);
+    assert_daemon_lists(&home, &d, &accounts[0], Some(OPERATOR)).await;
     assert!(done.stderr.contains("Log in once more"), "{}", done.stderr);
 
     // The refresh was tried first and answered for the daemon's API, which was not used.
@@ -466,6 +520,7 @@ async fn without_a_session_the_daemon_names_the_provider_and_the_device_flow_log
     let accounts = linked(&idp, OPERATOR).await;
     assert_eq!(accounts.len(), 1, "{accounts:?}");
     assert_result(&done, &accounts[0]);
+    assert_daemon_lists(&home, &d, &accounts[0], None).await;
     // The My Account token is not written anywhere.
     assert!(!home.session_path().exists());
     assert_no_secrets(&done, &[]);
@@ -508,6 +563,7 @@ async fn a_code_in_the_fragment_is_resent_as_a_query_by_the_page() {
     let accounts = linked(&idp, OPERATOR).await;
     assert_eq!(accounts.len(), 1, "{accounts:?}");
     assert_result(&done, &accounts[0]);
+    assert_daemon_lists(&home, &d, &accounts[0], Some(OPERATOR)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -554,6 +610,7 @@ async fn a_wrong_state_is_refused_and_the_right_one_still_links() {
     let accounts = linked(&idp, OPERATOR).await;
     assert_eq!(accounts.len(), 1);
     assert_result(&done, &accounts[0]);
+    assert_daemon_lists(&home, &d, &accounts[0], Some(OPERATOR)).await;
     assert!(
         done.stderr.contains("wrong or missing `state`"),
         "{}",
@@ -652,4 +709,39 @@ async fn an_unreachable_daemon_is_a_warning_because_the_account_is_linked() {
         done.stderr
     );
     assert_eq!(linked(&idp, OPERATOR).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_refusal_fails_and_says_the_account_is_linked() {
+    let idp = idp(IdpOptions::default()).await;
+    let d = daemon(&idp, "oidc").await;
+    let home = Home::new();
+    // A viewer may not record links (the RPC needs the operator role).
+    home.login_with(&idp, OPERATOR, &["read:status"]).await;
+
+    let mut run = home.connect(&d.socket, &["github"]);
+    let line = run.connect_line().await;
+    let http = browser();
+    let back = consent(&http, line["connect_url"].as_str().unwrap()).await;
+    let (status, _) = get(&http, back.as_str()).await;
+    assert_eq!(status, 200);
+    let done = run.finish().await;
+    assert_eq!(done.code, 77, "{}", done.stderr);
+    let accounts = linked(&idp, OPERATOR).await;
+    assert_eq!(accounts.len(), 1);
+    assert!(
+        done.stderr.contains(&format!(
+            "linked at the identity provider (id {})",
+            accounts[0].id
+        )),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("refused to record it"),
+        "{}",
+        done.stderr
+    );
+    assert!(!done.stdout.contains("account_id"), "{}", done.stdout);
+    assert_no_secrets(&done, &[]);
 }
