@@ -30,6 +30,8 @@ pub const STEPUP_CANCELLED: u8 = 13;
 pub const UNREACHABLE: u8 = 69;
 /// The daemon refused: permission denied (sysexits EX_NOPERM).
 pub const PERMISSION_DENIED: u8 = 77;
+/// Cancelled with Ctrl-C (128 + SIGINT).
+pub const CANCELLED: u8 = 130;
 
 /// The exit-code table for `--help`.
 pub const HELP: &str = "\

@@ -60,6 +60,9 @@ pub enum AuthError {
     /// An OAuth error or a malformed answer from the provider.
     #[error("identity provider error: {0}")]
     Provider(String),
+    /// The login was approved by someone else than the session's user.
+    #[error("wrong user: {0}")]
+    WrongUser(String),
     /// The ID token failed validation.
     #[error("the ID token from the identity provider was rejected: {0}")]
     InvalidIdToken(String),
@@ -91,7 +94,7 @@ impl AuthError {
             Self::Unavailable(_) => exit_codes::UNAVAILABLE,
             Self::Provider(_) | Self::InvalidIdToken(_) => exit_codes::PROVIDER,
             Self::SessionFile { .. } => exit_codes::SESSION_FILE,
-            Self::Config(_) | Self::Io(_) => exit_codes::FAILURE,
+            Self::Config(_) | Self::Io(_) | Self::WrongUser(_) => exit_codes::FAILURE,
         }
     }
 
@@ -109,6 +112,7 @@ impl AuthError {
             Self::InvalidIdToken(_) => "invalid_id_token",
             Self::SessionFile { .. } => "session_file",
             Self::Config(_) => "config",
+            Self::WrongUser(_) => "wrong_user",
             Self::Io(_) => "io",
         }
     }

@@ -7,6 +7,7 @@
 //! `HOME`). Tests use [`Auth::new`] with an explicit session path and a captured
 //! [`Console`]. Exit codes: [`exit_codes`] via [`AuthError::exit_code`].
 
+mod audience;
 mod device;
 mod error;
 mod provider;
@@ -21,11 +22,17 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+pub use audience::{
+    AudienceRequest, AudienceToken, AudienceTokenSource, CONNECTED_ACCOUNTS_SCOPES,
+    my_account_audience,
+};
 pub use error::{AuthError, exit_codes};
+pub(crate) use provider::check_url;
 pub use provider::normalize_issuer;
 pub use secret::{BearerToken, Secret, TokenSource};
 pub use session::{SESSION_ENV, Session, default_session_path};
 pub use ui::{Captured, Console};
+pub(crate) use ui::{has_display, open_browser};
 
 /// Environment variable with a bearer token that replaces the session (CI, services).
 pub const TOKEN_ENV: &str = "DEFENSECLAW_TOKEN";
@@ -167,6 +174,16 @@ impl Auth {
     /// The session file.
     pub fn session_path(&self) -> &Path {
         &self.session_path
+    }
+
+    /// The HTTP client for provider calls (no redirects, bounded timeouts).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Where this `Auth` prints.
+    pub(crate) fn console(&self) -> &Console {
+        &self.console
     }
 
     /// Device-flow login; Ctrl-C cancels.
@@ -558,7 +575,8 @@ impl Auth {
     }
 }
 
-async fn ctrl_c() {
+/// Completes on Ctrl-C (never, if the handler can't be installed).
+pub(crate) async fn ctrl_c() {
     if tokio::signal::ctrl_c().await.is_err() {
         std::future::pending::<()>().await;
     }

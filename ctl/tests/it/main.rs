@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod commands;
+mod connect;
 mod identity;
 mod scanning;
 mod stepup;
