@@ -219,10 +219,11 @@ pub async fn exec(client: &mut Client, args: ExecArgs) -> Result<(), Failure> {
             })
             .await?
             .into_inner();
+        // Revoked grants stay in: the start fails and says so, rather than
+        // starting a server quietly without the credential it expects.
         wanted = reply
             .grants
             .iter()
-            .filter(|g| g.status != "revoked")
             .map(|g| (default_env_var(&g.connection), g.connection.clone()))
             .collect();
     }

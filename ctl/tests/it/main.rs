@@ -9,3 +9,4 @@ mod connect;
 mod identity;
 mod scanning;
 mod stepup;
+mod vault;
