@@ -103,6 +103,26 @@ fn check_config(opts: &DaemonOptions) -> ExitCode {
             return ExitCode::from(78);
         }
     }
+    // The token vault key is checked like at start (mode, owner, place, length).
+    let key = defenseclawd::vault::seal::Sealer::load(
+        opts.env
+            .get("CREDENTIALS_DIRECTORY")
+            .filter(|d| !d.is_empty())
+            .map(std::path::Path::new),
+        opts.settings.token_vault.key_file.as_deref(),
+        &opts.state_dir,
+    );
+    match key {
+        Ok(Some(sealer)) => println!(
+            "# token vault key: loaded from {:?}, value redacted",
+            sealer.source()
+        ),
+        Ok(None) => println!("# token vault key: not configured (unattended exchanges off)"),
+        Err(e) => {
+            eprintln!("defenseclawd: {e}");
+            return ExitCode::from(78);
+        }
+    }
     println!("{}", opts.settings);
     ExitCode::SUCCESS
 }

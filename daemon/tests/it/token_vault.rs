@@ -245,6 +245,24 @@ async fn operator_token_exchange_cache_and_inventory() {
         assert!(!e.details_json.contains(&first.access_token));
         assert!(!e.reason.contains(&first.access_token));
     }
+    // A token lacking a declared scope is not handed out: reconnect needed.
+    c.set_enforcement(bearer(
+        allow("wide-mcp", &[("github", &["repo", "admin:org"])]),
+        &token,
+    ))
+    .await
+    .unwrap();
+    let err = c
+        .get_connection_token(bearer(want("wide-mcp", "github"), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("reconnect needed"), "{err:?}");
+    assert!(err.message().contains("admin:org"), "{err:?}");
+    let wide = grants(&mut c).await;
+    let wide = wide.iter().find(|g| g.server == "wide-mcp").unwrap();
+    assert_eq!(wide.status, "broken");
+
     let mut d = d;
     d.stop().await;
     for file in std::fs::read_dir(d.dir.path().join("home")).unwrap() {
