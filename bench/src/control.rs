@@ -82,11 +82,6 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Progress line on stderr.
-macro_rules! say {
-    ($($arg:tt)*) => { eprintln!("[bench] {}", format_args!($($arg)*)) };
-}
-
 /// Runs the benchmark and prints the result.
 pub fn run(args: &ControlArgs) -> anyhow::Result<()> {
     let daemon_bin = match &args.daemon_bin {
@@ -513,14 +508,16 @@ fn time_ctl(
     Ok((ctl_ms, true_ms))
 }
 
-fn loadavg() -> Value {
+/// The load average (1, 5, 15 min) from `/proc/loadavg`.
+pub fn loadavg() -> Value {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .map_or(Value::Null, Value::String)
 }
 
-fn cpu_model() -> Value {
+/// The CPU model from `/proc/cpuinfo`.
+pub fn cpu_model() -> Value {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

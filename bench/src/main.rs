@@ -5,8 +5,17 @@
 //! - none: the control-plane benchmark ([`control::run`]);
 //! - `echo-server` (hidden): the bare tonic echo baseline, run as a separate
 //!   process by the benchmark itself;
+//! - `openclaw-approvals`: the OpenClaw monitor in process against a fake
+//!   gateway;
+//! - `token-vault`: Token Vault coalescing and overhead, the daemon against
+//!   the local identity provider ([`token_vault::run`]);
 //! - `scan-eval CORPUS`: the built-in scanner (and `skill-scanner` when
 //!   installed) against a labelled corpus.
+
+/// Progress line on stderr.
+macro_rules! say {
+    ($($arg:tt)*) => { eprintln!("[bench] {}", format_args!($($arg)*)) };
+}
 
 mod control;
 mod echo;
@@ -15,6 +24,7 @@ mod procs;
 mod report;
 mod scan_eval;
 mod sqlite_loop;
+mod token_vault;
 mod uds;
 
 use std::path::PathBuf;
@@ -80,6 +90,13 @@ enum Command {
         #[arg(long, default_value_t = 200_000)]
         events: usize,
     },
+    /// Token Vault with provider-token caching off: upstream exchanges per
+    /// burst of concurrent GetConnectionToken calls (coalescing), and the
+    /// latency of GetConnectionToken against the same exchange POSTed straight
+    /// to the identity provider. Runs the real defenseclawd against the local
+    /// identity provider (tests/idp; needs node and npm). Summary on stderr,
+    /// one JSON line on stdout.
+    TokenVault(token_vault::TokenVaultArgs),
     /// Evaluates the scanner against a labelled corpus (labels.csv): recall,
     /// false positives and time, side by side with Cisco's skill-scanner when
     /// it is on PATH (or at $DEFENSECLAW_CISCO_SKILL_SCANNER).
@@ -96,6 +113,7 @@ fn main() -> ExitCode {
         Some(Command::OpenclawApprovals { approvals, events }) => {
             openclaw_approvals(approvals, events)
         }
+        Some(Command::TokenVault(args)) => token_vault::run(&args),
         Some(Command::ScanEval { corpus }) => {
             scan_eval::run(&corpus).and_then(|v| report::print_json(&v))
         }
