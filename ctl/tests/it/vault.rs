@@ -1,7 +1,8 @@
 //! Token Vault from the operator's seat: allow an MCP server with a GitHub
 //! connection, start it through `mcp exec`, see the provider token arrive in
 //! the server's environment and nowhere else (logs, audit, database, argv,
-//! the CLI's output), revoke at the provider and see the next start fail.
+//! the CLI's output), revoke at the provider and see the next start fail; and
+//! an unattended start on the approver's sealed credential.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,6 +14,8 @@ use sha2::Digest;
 use crate::support::Daemon;
 
 const OPERATOR: &str = "auth0|operator1";
+/// Upper bound for readiness waits (never a timing assertion).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Everything the in-process daemon logs, at debug level, for leak checks.
 fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
@@ -259,4 +262,107 @@ async fn mcp_exec_puts_the_token_in_the_environment_only() {
             "a provider token reached the state directory"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unattended_start_uses_the_approvers_sealed_credential() {
+    use std::os::unix::fs::PermissionsExt;
+    let idp = IdentityProvider::start(IdpOptions::default())
+        .await
+        .expect("starting the local identity provider (needs node and npm)");
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("token-vault.key");
+    std::fs::write(&key, hex::encode([9u8; 32])).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = key.display().to_string();
+    let d = Daemon::start_with(&[
+        ("DEFENSECLAW_AUTH__MODE", "oidc"),
+        ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
+        ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
+        ("DEFENSECLAW_AUTH__DAEMON_CLIENT_ID", idp.daemon_client_id()),
+        ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
+        ("DEFENSECLAW_AUTH_CLIENT_SECRET", idp.daemon_client_secret()),
+        ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+        ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
+        ("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &key),
+    ])
+    .await;
+    let token = idp
+        .sign_token(
+            json!({}),
+            json!({"sub": OPERATOR, "aud": idp.audience(), "scope": "openid skills:write",
+                   "exp": time::OffsetDateTime::now_utc().unix_timestamp() + 3600}),
+        )
+        .await
+        .unwrap();
+    idp.link_account(OPERATOR, "github", "repo").await.unwrap();
+
+    // The grant waits for the operator's phone.
+    let out = ctl(
+        &d,
+        &token,
+        &[
+            "--no-wait",
+            "-o",
+            "json",
+            "mcp",
+            "allow",
+            "github-mcp",
+            "--connection",
+            "github",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("DC-"), "{}", text(&out));
+    let pending = defenseclaw_testkit::wait_for("the CIBA request", WAIT, || async {
+        idp.pending_ciba()
+            .await
+            .ok()
+            .and_then(|p| p.into_iter().next())
+    })
+    .await
+    .unwrap();
+    idp.approve_ciba(&defenseclaw_testkit::idp::CibaSelector::AuthReqId(
+        pending.auth_req_id,
+    ))
+    .await
+    .unwrap();
+    defenseclaw_testkit::wait_for("the unattended grant", WAIT, || async {
+        let out = ctl(&d, &token, &["-o", "json", "connections", "list"]).await;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["grants"][0]["unattended"] == json!(true)).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Hours later, started by the agent with no operator session at all.
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("server.out");
+    let script = format!(
+        "printf %s \"$GITHUB_TOKEN\" | sha256sum | cut -d' ' -f1 > {}",
+        report.display()
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["mcp", "exec", "github-mcp", "--", "sh", "-c", &script])
+        .env_remove("DEFENSECLAW_SOCKET")
+        .env_remove("DEFENSECLAW_TOKEN")
+        .env("HOME", dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let issued = idp.provider_tokens().await.unwrap();
+    let last = issued.last().unwrap();
+    assert!(
+        last.subject_token_type.ends_with("refresh_token"),
+        "{last:?}"
+    );
+    assert_eq!(last.sub, OPERATOR);
+    assert_eq!(
+        std::fs::read_to_string(&report).unwrap().trim(),
+        hex::encode(sha2::Sha256::digest(last.access_token.as_bytes()))
+    );
 }
