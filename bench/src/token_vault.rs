@@ -227,19 +227,14 @@ async fn start(daemon_bin: &std::path::Path, layout: &DaemonLayout) -> anyhow::R
     idp.link_account(OPERATOR, CONNECTION, "repo read:org")
         .await
         .context("linking the operator's github account")?;
-    let env: Vec<(String, String)> = [
-        ("DEFENSECLAW_AUTH__MODE", "oidc"),
-        ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
-        ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
-        ("DEFENSECLAW_AUTH__DAEMON_CLIENT_ID", idp.daemon_client_id()),
-        ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
-        ("DEFENSECLAW_AUTH_CLIENT_SECRET", idp.daemon_client_secret()),
-        ("DEFENSECLAW_TOKEN_VAULT__CACHE_MAX_SECS", "0"),
-        ("DEFENSECLAW_OPENCLAW__ENABLED", "false"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
+    let mut env = idp.daemon_oidc_env();
+    env.extend(
+        [
+            ("DEFENSECLAW_TOKEN_VAULT__CACHE_MAX_SECS", "0"),
+            ("DEFENSECLAW_OPENCLAW__ENABLED", "false"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
     std::fs::create_dir_all(layout.socket.parent().unwrap_or(&layout.home))
         .context("creating run/")?;
     let mut daemon = procs::spawn_daemon(daemon_bin, layout, &env)?;

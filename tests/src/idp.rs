@@ -736,6 +736,29 @@ impl IdentityProvider {
         &self.opts.daemon_client_secret
     }
 
+    /// The daemon's environment for oidc mode against this provider: issuer,
+    /// audience, its confidential client (CIBA, Token Vault) and its secret, and
+    /// the operator role on `skills:write`.
+    pub fn daemon_oidc_env(&self) -> Vec<(String, String)> {
+        [
+            ("DEFENSECLAW_AUTH__MODE", "oidc"),
+            ("DEFENSECLAW_AUTH__ISSUER", self.issuer()),
+            ("DEFENSECLAW_AUTH__AUDIENCE", self.audience()),
+            (
+                "DEFENSECLAW_AUTH__DAEMON_CLIENT_ID",
+                self.daemon_client_id(),
+            ),
+            ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
+            (
+                "DEFENSECLAW_AUTH_CLIENT_SECRET",
+                self.daemon_client_secret(),
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    }
+
     /// A URL under the issuer, e.g. `url("oauth/token")`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.issuer, path.trim_start_matches('/'))

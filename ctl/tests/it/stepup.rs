@@ -8,23 +8,20 @@ use defenseclaw_testkit::idp::{CibaSelector, IdentityProvider, IdpOptions};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use crate::support::Daemon;
+use crate::support::oidc_daemon;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_for_approval_from_the_cli() {
     let idp = IdentityProvider::start(IdpOptions::default())
         .await
         .expect("starting the local identity provider (needs node and npm)");
-    let d = Daemon::start_with(&[
-        ("DEFENSECLAW_AUTH__MODE", "oidc"),
-        ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
-        ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
-        ("DEFENSECLAW_AUTH__DAEMON_CLIENT_ID", idp.daemon_client_id()),
-        ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
-        ("DEFENSECLAW_AUTH_CLIENT_SECRET", idp.daemon_client_secret()),
-        ("DEFENSECLAW_STEPUP__ENABLED", "true"),
-        ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
-    ])
+    let d = oidc_daemon(
+        &idp,
+        &[
+            ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+            ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
+        ],
+    )
     .await;
     let token = idp
         .sign_token(

@@ -95,3 +95,16 @@ pub async fn ctl_at(socket: &Path, args: &[&str]) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A daemon in oidc mode against `idp`, with the daemon's confidential client
+/// (CIBA, Token Vault) and the operator role on `skills:write`, plus `extra`.
+pub async fn oidc_daemon(
+    idp: &defenseclaw_testkit::idp::IdentityProvider,
+    extra: &[(&str, &str)],
+) -> Daemon {
+    let env = idp.daemon_oidc_env();
+    let mut overrides: Vec<(&str, &str)> =
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    overrides.extend_from_slice(extra);
+    Daemon::start_with(&overrides).await
+}

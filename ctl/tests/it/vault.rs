@@ -11,7 +11,7 @@ use defenseclaw_testkit::idp::{IdentityProvider, IdpOptions};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use crate::support::Daemon;
+use crate::support::{Daemon, oidc_daemon};
 
 const OPERATOR: &str = "auth0|operator1";
 /// Upper bound for readiness waits (never a timing assertion).
@@ -73,16 +73,7 @@ async fn mcp_exec_puts_the_token_in_the_environment_only() {
     let idp = IdentityProvider::start(IdpOptions::default())
         .await
         .expect("starting the local identity provider (needs node and npm)");
-    let d = Daemon::start_with(&[
-        ("DEFENSECLAW_AUTH__MODE", "oidc"),
-        ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
-        ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
-        ("DEFENSECLAW_AUTH__DAEMON_CLIENT_ID", idp.daemon_client_id()),
-        ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
-        ("DEFENSECLAW_AUTH_CLIENT_SECRET", idp.daemon_client_secret()),
-        ("DEFENSECLAW_TOKEN_VAULT__CACHE_MAX_SECS", "0"),
-    ])
-    .await;
+    let d = oidc_daemon(&idp, &[("DEFENSECLAW_TOKEN_VAULT__CACHE_MAX_SECS", "0")]).await;
     let token = idp
         .sign_token(
             json!({}),
@@ -275,17 +266,14 @@ async fn unattended_start_uses_the_approvers_sealed_credential() {
     std::fs::write(&key, hex::encode([9u8; 32])).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let key = key.display().to_string();
-    let d = Daemon::start_with(&[
-        ("DEFENSECLAW_AUTH__MODE", "oidc"),
-        ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
-        ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
-        ("DEFENSECLAW_AUTH__DAEMON_CLIENT_ID", idp.daemon_client_id()),
-        ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
-        ("DEFENSECLAW_AUTH_CLIENT_SECRET", idp.daemon_client_secret()),
-        ("DEFENSECLAW_STEPUP__ENABLED", "true"),
-        ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
-        ("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &key),
-    ])
+    let d = oidc_daemon(
+        &idp,
+        &[
+            ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+            ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
+            ("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &key),
+        ],
+    )
     .await;
     let token = idp
         .sign_token(

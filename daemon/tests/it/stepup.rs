@@ -22,23 +22,19 @@ async fn provider() -> IdentityProvider {
 }
 
 fn env(idp: &IdentityProvider, expiry: &str) -> Vec<(String, String)> {
-    [
-        ("DEFENSECLAW_AUTH__MODE", "oidc"),
-        ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
-        ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
-        ("DEFENSECLAW_AUTH__DAEMON_CLIENT_ID", idp.daemon_client_id()),
-        ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
-        ("DEFENSECLAW_AUTH_CLIENT_SECRET", idp.daemon_client_secret()),
-        ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+    let mut env = idp.daemon_oidc_env();
+    env.extend([
+        ("DEFENSECLAW_STEPUP__ENABLED".to_owned(), "true".to_owned()),
         (
-            "DEFENSECLAW_STEPUP__APPROVER",
-            &format!("requester,{SECOND}"),
+            "DEFENSECLAW_STEPUP__APPROVER".to_owned(),
+            format!("requester,{SECOND}"),
         ),
-        ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", expiry),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect()
+        (
+            "DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS".to_owned(),
+            expiry.to_owned(),
+        ),
+    ]);
+    env
 }
 
 async fn start(dir: Option<tempfile::TempDir>, env: &[(String, String)]) -> TestDaemon {

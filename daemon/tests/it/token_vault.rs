@@ -27,17 +27,7 @@ async fn provider() -> IdentityProvider {
 }
 
 fn env(idp: &IdentityProvider, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = [
-        ("DEFENSECLAW_AUTH__MODE", "oidc"),
-        ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
-        ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
-        ("DEFENSECLAW_AUTH__DAEMON_CLIENT_ID", idp.daemon_client_id()),
-        ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
-        ("DEFENSECLAW_AUTH_CLIENT_SECRET", idp.daemon_client_secret()),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
+    let mut v = idp.daemon_oidc_env();
     v.extend(
         extra
             .iter()
