@@ -392,6 +392,11 @@ impl MonitorHandle {
         self.shared.push_enforcement(kind, name, blocked);
     }
 
+    /// How many enforcement changes wait for the gateway (no copies made).
+    pub fn pending_enforcement_count(&self) -> usize {
+        lock(&self.shared.pending).len()
+    }
+
     /// Enforcement actions not yet applied in OpenClaw.
     pub fn pending_enforcements(&self) -> Vec<(TargetKind, String, bool)> {
         lock(&self.shared.pending)
