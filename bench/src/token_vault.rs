@@ -302,6 +302,7 @@ fn request(bearer: &AsciiMetadataValue) -> tonic::Request<pb::GetConnectionToken
     let mut r = tonic::Request::new(pb::GetConnectionTokenRequest {
         server: SERVER.to_owned(),
         connection: CONNECTION.to_owned(),
+        fresh: false,
     });
     r.metadata_mut().insert("authorization", bearer.clone());
     r

@@ -260,6 +260,8 @@ pub async fn exec(client: &mut Client, args: ExecArgs) -> Result<(), Failure> {
             .get_connection_token(pb::GetConnectionTokenRequest {
                 server: args.name.clone(),
                 connection: connection.clone(),
+                // A start always asks the provider: revocations show at once.
+                fresh: true,
             })
             .await
             .map_err(|status| token_failure(&args.name, connection, &status))?

@@ -930,7 +930,13 @@ impl Control for ControlService {
         crate::vault::validate_connection("connection", &req.connection)?;
         let issued = self
             .vault
-            .token(&actor, bearer.as_deref(), &req.server, &req.connection)
+            .token(
+                &actor,
+                bearer.as_deref(),
+                &req.server,
+                &req.connection,
+                req.fresh,
+            )
             .await?;
         Ok(Response::new(pb::ConnectionToken {
             access_token: issued.token.expose().to_owned(),

@@ -745,3 +745,69 @@ async fn a_daemon_refusal_fails_and_says_the_account_is_linked() {
     assert!(!done.stdout.contains("account_id"), "{}", done.stdout);
     assert_no_secrets(&done, &[]);
 }
+
+/// The whole story of a new operator: log in, allow a server with a GitHub
+/// connection, link the GitHub account, start the server through `mcp exec`
+/// and see the provider token arrive in its environment; unlinked at the
+/// provider, the next start fails and says what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_operator_allows_links_and_starts_a_server() {
+    use sha2::Digest;
+    let idp = idp(IdpOptions::default()).await;
+    let d = crate::support::oidc_daemon(
+        &idp,
+        &[("DEFENSECLAW_AUTH__CLI_CLIENT_ID", idp.cli_client_id())],
+    )
+    .await;
+    let home = Home::new();
+    home.login(&idp, OPERATOR).await;
+
+    let allowed = home
+        .ctl(
+            &d.socket,
+            &["mcp", "allow", "github-mcp", "--connection", "github"],
+        )
+        .await;
+    assert_eq!(allowed.code, 0, "{}{}", allowed.stdout, allowed.stderr);
+
+    let mut run = home.connect(&d.socket, &["github"]);
+    let line = run.connect_line().await;
+    let http = browser();
+    let back = consent(&http, line["connect_url"].as_str().unwrap()).await;
+    let (status, page) = get(&http, back.as_str()).await;
+    assert_eq!(status, 200, "{page}");
+    let done = run.finish().await;
+    assert_eq!(done.code, 0, "{}{}", done.stdout, done.stderr);
+
+    let out = tempfile::tempdir().unwrap();
+    let report = out.path().join("server.out");
+    let script = format!(
+        "printf %s \"$GITHUB_TOKEN\" | sha256sum | cut -d' ' -f1 > {}",
+        report.display()
+    );
+    let started = home
+        .ctl(
+            &d.socket,
+            &["mcp", "exec", "github-mcp", "--", "sh", "-c", &script],
+        )
+        .await;
+    assert_eq!(started.code, 0, "{}{}", started.stdout, started.stderr);
+    let issued = idp.provider_tokens().await.unwrap();
+    let token = &issued.last().unwrap().access_token;
+    assert_eq!(
+        std::fs::read_to_string(&report).unwrap().trim(),
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    );
+    assert!(!started.stdout.contains(token.as_str()) && !started.stderr.contains(token.as_str()));
+
+    idp.unlink_account(OPERATOR, "github").await.unwrap();
+    let refused = home
+        .ctl(&d.socket, &["mcp", "exec", "github-mcp", "--", "true"])
+        .await;
+    assert_eq!(refused.code, 4, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains("connections connect github"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -255,13 +255,14 @@ impl TokenBroker {
     }
 
     /// A token of `connection` for `server`, for `caller` (whose verified bearer
-    /// token, if any, is `bearer`).
+    /// token, if any, is `bearer`). `fresh` skips the cache (a server start).
     pub async fn token(
         &self,
         caller: &Actor,
         bearer: Option<&str>,
         server: &str,
         connection: &str,
+        fresh: bool,
     ) -> Result<Issued> {
         let Some(client) = self.client.clone() else {
             return Err(Error::FailedPrecondition(
@@ -302,7 +303,7 @@ impl TokenBroker {
             connection: connection.to_owned(),
             sub,
         };
-        if let Some(hit) = self.cached(&key) {
+        if !fresh && let Some(hit) = self.cached(&key) {
             self.record_use(&key);
             return Ok(hit);
         }

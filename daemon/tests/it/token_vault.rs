@@ -81,6 +81,7 @@ fn want(server: &str, connection: &str) -> pb::GetConnectionTokenRequest {
     pb::GetConnectionTokenRequest {
         server: server.into(),
         connection: connection.into(),
+        fresh: false,
     }
 }
 
@@ -196,6 +197,28 @@ async fn operator_token_exchange_cache_and_inventory() {
     assert!(second.cached);
     assert_eq!(second.access_token, first.access_token);
     assert_eq!(idp.token_vault_stats().await.unwrap().exchanges, 1);
+    // A server start asks for a fresh one: exchanged again, and cached for the rest.
+    let fresh = c
+        .get_connection_token(bearer(
+            pb::GetConnectionTokenRequest {
+                fresh: true,
+                ..want(SERVER, "github")
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!fresh.cached);
+    assert_ne!(fresh.access_token, first.access_token);
+    assert_eq!(idp.token_vault_stats().await.unwrap().exchanges, 2);
+    let third = c
+        .get_connection_token(bearer(want(SERVER, "github"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(third.cached);
+    assert_eq!(third.access_token, fresh.access_token);
 
     // A local caller without a token has nothing to exchange (no stored credential).
     let err = c
@@ -210,7 +233,7 @@ async fn operator_token_exchange_cache_and_inventory() {
         let mut c = c.clone();
         async move {
             let g = grants(&mut c).await;
-            g[0].use_count == 2 && !g[0].last_used.is_empty()
+            g[0].use_count == 4 && !g[0].last_used.is_empty()
         }
     })
     .await
