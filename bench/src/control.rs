@@ -103,21 +103,8 @@ pub fn run(args: &ControlArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let dir = match &args.dir {
-        Some(parent) => tempfile::Builder::new()
-            .prefix("dcbench-")
-            .tempdir_in(parent)
-            .with_context(|| format!("creating a directory in {}", parent.display()))?,
-        None => tempfile::Builder::new()
-            .prefix("dcbench-")
-            .tempdir()
-            .context("creating a temporary directory")?,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("bench-client")
-        .build()
-        .context("starting the client runtime")?;
+    let dir = procs::bench_dir(args.dir.as_deref(), "dcbench-")?;
+    let runtime = procs::client_runtime()?;
     let bench = Bench {
         args: args.clone(),
         daemon_bin,

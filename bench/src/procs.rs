@@ -265,3 +265,29 @@ pub fn ctl_status_command(ctl: &Path, socket: &Path, home: &Path) -> Command {
         .arg("status");
     cmd
 }
+
+/// A fresh benchmark directory (`PREFIX…`), inside `parent` when given.
+pub fn bench_dir(
+    parent: Option<&std::path::Path>,
+    prefix: &str,
+) -> anyhow::Result<tempfile::TempDir> {
+    use anyhow::Context as _;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    match parent {
+        Some(parent) => builder
+            .tempdir_in(parent)
+            .with_context(|| format!("creating a directory in {}", parent.display())),
+        None => builder.tempdir().context("creating a temporary directory"),
+    }
+}
+
+/// The multi-threaded runtime the benchmark clients run on.
+pub fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bench-client")
+        .build()
+        .context("starting the client runtime")
+}

@@ -82,21 +82,8 @@ pub fn run(args: &TokenVaultArgs) -> anyhow::Result<()> {
         None => procs::sibling_binary("defenseclawd")?,
     };
     procs::require_binary(&daemon_bin, "defenseclawd", "--daemon-bin")?;
-    let dir = match &args.dir {
-        Some(parent) => tempfile::Builder::new()
-            .prefix("dcbench-tv-")
-            .tempdir_in(parent)
-            .with_context(|| format!("creating a directory in {}", parent.display()))?,
-        None => tempfile::Builder::new()
-            .prefix("dcbench-tv-")
-            .tempdir()
-            .context("creating a temporary directory")?,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("bench-client")
-        .build()
-        .context("starting the client runtime")?;
+    let dir = procs::bench_dir(args.dir.as_deref(), "dcbench-tv-")?;
+    let runtime = procs::client_runtime()?;
     let layout = DaemonLayout::under(dir.path());
     let result = runtime.block_on(measure(args, &daemon_bin, &layout));
     if args.keep {

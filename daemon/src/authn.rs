@@ -136,11 +136,7 @@ impl Authenticator {
         let Some(oidc) = &self.oidc else {
             return Ok(());
         };
-        let Some(header) = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-        else {
+        let Some(header) = authorization(request) else {
             return Ok(());
         };
         let verified = match bearer_from_header(Some(header)) {
@@ -181,10 +177,7 @@ impl Authenticator {
                 None,
             ));
         };
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
+        let header = authorization(request);
         if header.is_none()
             && (need == Need::Read
                 || (need == Need::Credential && self.policy.may_mutate(&caller, &self.names)))
@@ -255,6 +248,14 @@ impl Authenticator {
         }
         Ok(oidc_actor(&token, &caller))
     }
+}
+
+/// The `authorization` metadata value, if any.
+pub fn authorization<T>(request: &Request<T>) -> Option<&str> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
 }
 
 fn oidc_actor(token: &VerifiedToken, caller: &Caller) -> Actor {

@@ -919,11 +919,8 @@ impl Control for ControlService {
             .await?;
         // The caller's own token is the subject of an access-token exchange;
         // only a verified one (auth method oidc) is ever used.
-        let bearer = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|h| crate::oidc::bearer_from_header(Some(h)).ok())
+        let bearer = crate::oidc::bearer_from_header(crate::authn::authorization(&request))
+            .ok()
             .map(str::to_owned);
         let req = request.into_inner();
         validate_name("server", &req.server)?;

@@ -169,31 +169,28 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         )
         .inspect_err(|_| cleanup.run())?,
     );
+    // The daemon's confidential client (CIBA step-up and Token Vault).
+    let client_secret = secrets
+        .get(crate::secrets::AUTH_CLIENT_SECRET)
+        .inspect_err(|_| cleanup.run())?
+        .map(|(secret, _)| crate::oidc::ClientSecret::new(secret.expose()));
     let ciba = if settings.stepup.enabled {
-        let secret = secrets
-            .get(crate::secrets::AUTH_CLIENT_SECRET)
-            .and_then(|s| {
-                s.ok_or_else(|| {
-                    "[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env".to_owned()
-                })
-            })
-            .inspect_err(|_| cleanup.run())?;
+        let secret = client_secret.clone().ok_or_else(|| {
+            cleanup.run();
+            "[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env".to_owned()
+        })?;
         let provider = authn
             .provider()
             .ok_or_else(|| "[stepup] needs [auth] mode = \"oidc\"".to_owned())?;
         let client_id = settings.auth.daemon_client_id.clone().unwrap_or_default();
         Some(Arc::new(crate::oidc::CibaClient::new(
-            provider,
-            client_id,
-            crate::oidc::ClientSecret::new(secret.0.expose()),
+            provider, client_id, secret,
         )))
     } else {
         None
     };
     let sealer = crate::vault::seal::Sealer::load(
-        env.get("CREDENTIALS_DIRECTORY")
-            .filter(|d| !d.is_empty())
-            .map(std::path::Path::new),
+        secrets.credentials_dir(),
         settings.token_vault.key_file.as_deref(),
         &state_dir,
     )
@@ -209,18 +206,20 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         enforcement.clone(),
         cancel.child_token(),
     );
-    let vault_client = match (settings.token_vault.enabled, authn.provider()) {
-        (true, Some(provider)) => match secrets.get(crate::secrets::AUTH_CLIENT_SECRET)? {
-            Some((secret, _)) if settings.auth.daemon_client_id.is_some() => {
-                Some(Arc::new(crate::oidc::token_vault::TokenVaultClient::new(
-                    provider,
-                    settings.auth.daemon_client_id.clone().unwrap_or_default(),
-                    crate::oidc::ClientSecret::new(secret.expose()),
-                    Duration::from_secs(settings.token_vault.request_timeout_secs),
-                )))
-            }
-            _ => None,
-        },
+    let vault_client = match (
+        settings.token_vault.enabled,
+        authn.provider(),
+        &settings.auth.daemon_client_id,
+        client_secret,
+    ) {
+        (true, Some(provider), Some(client_id), Some(secret)) => {
+            Some(Arc::new(crate::oidc::token_vault::TokenVaultClient::new(
+                provider,
+                client_id.clone(),
+                secret,
+                Duration::from_secs(settings.token_vault.request_timeout_secs),
+            )))
+        }
         _ => None,
     };
     let vault = crate::vault::TokenBroker::new(

@@ -84,31 +84,27 @@ fn check_config(opts: &DaemonOptions) -> ExitCode {
         "# store: {}",
         opts.settings.store_path(&opts.state_dir).display()
     );
-    match SecretSources::load(&opts.env, &opts.state_dir) {
-        Ok(secrets) => {
-            for name in defenseclawd::secrets::KNOWN_SECRETS {
-                let state = match secrets.get(*name) {
-                    Ok(Some((_, origin))) => format!("set (from {origin:?}), value redacted"),
-                    Ok(None) => "not set".to_owned(),
-                    Err(e) => format!("unreadable: {e}"),
-                };
-                println!(
-                    "# secret {} / credential {}: {state}",
-                    name.env, name.credential
-                );
-            }
-        }
+    let secrets = match SecretSources::load(&opts.env, &opts.state_dir) {
+        Ok(secrets) => secrets,
         Err(e) => {
             eprintln!("defenseclawd: {e}");
             return ExitCode::from(78);
         }
+    };
+    for name in defenseclawd::secrets::KNOWN_SECRETS {
+        let state = match secrets.get(*name) {
+            Ok(Some((_, origin))) => format!("set (from {origin:?}), value redacted"),
+            Ok(None) => "not set".to_owned(),
+            Err(e) => format!("unreadable: {e}"),
+        };
+        println!(
+            "# secret {} / credential {}: {state}",
+            name.env, name.credential
+        );
     }
     // The token vault key is checked like at start (mode, owner, place, length).
     let key = defenseclawd::vault::seal::Sealer::load(
-        opts.env
-            .get("CREDENTIALS_DIRECTORY")
-            .filter(|d| !d.is_empty())
-            .map(std::path::Path::new),
+        secrets.credentials_dir(),
         opts.settings.token_vault.key_file.as_deref(),
         &opts.state_dir,
     );

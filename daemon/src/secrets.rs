@@ -147,6 +147,11 @@ impl SecretSources {
         })
     }
 
+    /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential`), when set.
+    pub fn credentials_dir(&self) -> Option<&Path> {
+        self.credentials_dir.as_deref()
+    }
+
     /// Looks a secret up by env variable, then systemd credential, then `.env` key.
     pub fn get(&self, name: SecretName) -> Result<Option<(SecretString, SecretOrigin)>, String> {
         let (env_name, credential_name) = (name.env, name.credential);

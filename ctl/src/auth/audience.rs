@@ -7,15 +7,12 @@
 //! `auth login` shows it.
 
 use std::future::Future;
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use super::error::AuthError;
 use super::provider::{self, Reply, TokenResponse};
 use super::secret::Secret;
 use super::session::{self, Session};
-use super::{Auth, device, normalize_issuer, ui};
+use super::{Auth, normalize_issuer};
 
 /// Scopes to create and list connected accounts (My Account API).
 pub const CONNECTED_ACCOUNTS_SCOPES: [&str; 2] =
@@ -205,7 +202,7 @@ impl Auth {
             next.refresh_token = Some(new_rt.clone());
             session::save(&self.session_path, &next)?;
         }
-        check_token_type(&tokens)?;
+        provider::check_token_type(&tokens)?;
         if let Err(why) = answers_for(&tokens, &req.audience, &req.scopes) {
             return Ok(Err(RefreshMiss::Refused(why)));
         }
@@ -227,40 +224,18 @@ impl Auth {
         C: Future<Output = ()>,
     {
         let disc = provider::discover(&self.http, issuer).await?;
-        let device_endpoint = disc.device_authorization_endpoint.clone().ok_or_else(|| {
-            AuthError::Config(format!(
-                "{issuer} has no device_authorization_endpoint: enable the Device Code grant"
-            ))
-        })?;
         // `openid` for an ID token that says who approved.
         let scope = format!("openid {scope}");
-        let auth = device::request_code(
-            &self.http,
-            &device_endpoint,
-            &req.client_id,
-            scope.trim(),
-            &req.audience,
-        )
-        .await?;
-        let issued_at = Instant::now();
-        let json = req.json || !self.console.stdout_is_tty();
-        self.show_code(&auth, json, req.no_browser);
-        let spinner = ui::Spinner::start(
-            &self.console,
-            issued_at + Duration::from_secs(auth.expires_in),
-        );
-        let polled = device::poll(
-            &self.http,
-            &disc.token_endpoint,
-            &req.client_id,
-            &auth,
-            issued_at,
-            cancel,
-        )
-        .await;
-        spinner.stop().await;
-        let tokens = polled?;
-        check_token_type(&tokens)?;
+        let tokens = self
+            .device_flow(
+                &disc,
+                &req.client_id,
+                scope.trim(),
+                &req.audience,
+                (req.json, req.no_browser),
+                cancel,
+            )
+            .await?;
         // Whoever approved must be the session's user: the account gets linked to them.
         if let Some(id_token) = &tokens.id_token {
             let claims =
@@ -323,15 +298,6 @@ fn jwt_audiences(token: &str) -> Option<Vec<String>> {
                 .collect(),
         ),
         _ => None,
-    }
-}
-
-fn check_token_type(tokens: &TokenResponse) -> Result<(), AuthError> {
-    match tokens.token_type.as_deref() {
-        Some(tt) if !tt.eq_ignore_ascii_case("bearer") => Err(AuthError::Provider(format!(
-            "unsupported token_type `{tt}` (Bearer expected)"
-        ))),
-        _ => Ok(()),
     }
 }
 

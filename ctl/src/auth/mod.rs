@@ -191,6 +191,54 @@ impl Auth {
         self.login_until(opts, ctrl_c()).await
     }
 
+    /// One device-flow round at the provider's device endpoint: asks for a code, shows it (a
+    /// JSON line with `json`, a browser unless `no_browser`), polls until the
+    /// user decides, and checks the answer is a Bearer token set.
+    pub(crate) async fn device_flow<C>(
+        &self,
+        disc: &provider::Discovery,
+        client_id: &str,
+        scope: &str,
+        audience: &str,
+        (json, no_browser): (bool, bool),
+        cancel: C,
+    ) -> Result<provider::TokenResponse, AuthError>
+    where
+        C: Future<Output = ()>,
+    {
+        let device_endpoint = disc
+            .device_authorization_endpoint
+            .as_deref()
+            .ok_or_else(|| {
+                AuthError::Config(format!(
+                    "{} has no device_authorization_endpoint: enable the Device Code grant",
+                    disc.issuer
+                ))
+            })?;
+        let auth =
+            device::request_code(&self.http, device_endpoint, client_id, scope, audience).await?;
+        let issued_at = Instant::now();
+        let json = json || !self.console.stdout_is_tty();
+        self.show_code(&auth, json, no_browser);
+        let spinner = ui::Spinner::start(
+            &self.console,
+            issued_at + Duration::from_secs(auth.expires_in),
+        );
+        let polled = device::poll(
+            &self.http,
+            &disc.token_endpoint,
+            client_id,
+            &auth,
+            issued_at,
+            cancel,
+        )
+        .await;
+        spinner.stop().await;
+        let tokens = polled?;
+        provider::check_token_type(&tokens)?;
+        Ok(tokens)
+    }
+
     /// Device-flow login that stops with [`AuthError::Cancelled`] when `cancel` completes.
     pub async fn login_until<C>(
         &self,
@@ -205,11 +253,6 @@ impl Auth {
         }
         let issuer = normalize_issuer(&opts.issuer)?;
         let disc = provider::discover(&self.http, &issuer).await?;
-        let device_endpoint = disc.device_authorization_endpoint.clone().ok_or_else(|| {
-            AuthError::Config(format!(
-                "{issuer} has no device_authorization_endpoint: enable the Device Code grant"
-            ))
-        })?;
         let mut scopes: Vec<String> = OIDC_SCOPES.iter().map(|s| (*s).to_owned()).collect();
         for s in &opts.scopes {
             for part in s.split_whitespace() {
@@ -219,39 +262,16 @@ impl Auth {
             }
         }
         let scope = scopes.join(" ");
-        let auth = device::request_code(
-            &self.http,
-            &device_endpoint,
-            &opts.client_id,
-            &scope,
-            &opts.audience,
-        )
-        .await?;
-        let issued_at = Instant::now();
-        let json = opts.json || !self.console.stdout_is_tty();
-        self.show_code(&auth, json, opts.no_browser);
-        let spinner = ui::Spinner::start(
-            &self.console,
-            issued_at + Duration::from_secs(auth.expires_in),
-        );
-        let polled = device::poll(
-            &self.http,
-            &disc.token_endpoint,
-            &opts.client_id,
-            &auth,
-            issued_at,
-            cancel,
-        )
-        .await;
-        spinner.stop().await;
-        let tokens = polled?;
-        if let Some(tt) = tokens.token_type.as_deref()
-            && !tt.eq_ignore_ascii_case("bearer")
-        {
-            return Err(AuthError::Provider(format!(
-                "unsupported token_type `{tt}` (Bearer expected)"
-            )));
-        }
+        let tokens = self
+            .device_flow(
+                &disc,
+                &opts.client_id,
+                &scope,
+                &opts.audience,
+                (opts.json, opts.no_browser),
+                cancel,
+            )
+            .await?;
 
         let id_token = tokens.id_token.as_ref().ok_or_else(|| {
             AuthError::Provider("no id_token in the token response (openid not granted?)".into())
@@ -284,7 +304,7 @@ impl Auth {
         };
         session::save(&self.session_path, &session)?;
         let status = SessionStatus::from_session(&session);
-        if json {
+        if opts.json || !self.console.stdout_is_tty() {
             self.console.out_line(&status.to_json_line());
         } else {
             self.console.out_line(&format!(

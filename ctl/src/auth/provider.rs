@@ -152,6 +152,16 @@ pub(crate) struct TokenResponse {
     pub scope: Option<String>,
 }
 
+/// Only Bearer tokens are used.
+pub(crate) fn check_token_type(tokens: &TokenResponse) -> Result<(), AuthError> {
+    match tokens.token_type.as_deref() {
+        Some(tt) if !tt.eq_ignore_ascii_case("bearer") => Err(AuthError::Provider(format!(
+            "unsupported token_type `{tt}` (Bearer expected)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// An answer from a token-like endpoint, decided by the JSON body, never by the status.
 #[derive(Debug)]
 pub(crate) enum Reply {

@@ -46,6 +46,18 @@ impl Write for LogWriter {
     }
 }
 
+/// An operator access token for the daemon's API, signed by the provider.
+async fn operator_token(idp: &IdentityProvider) -> String {
+    idp.sign_token(
+        json!({}),
+        json!({"sub": OPERATOR, "aud": idp.audience(), "scope": "openid skills:write",
+               "email": "operator1@example.com", "name": "Operator One",
+               "exp": time::OffsetDateTime::now_utc().unix_timestamp() + 3600}),
+    )
+    .await
+    .unwrap()
+}
+
 async fn ctl(d: &Daemon, token: &str, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"))
         .arg("--socket")
@@ -74,15 +86,7 @@ async fn mcp_exec_puts_the_token_in_the_environment_only() {
         .await
         .expect("starting the local identity provider (needs node and npm)");
     let d = oidc_daemon(&idp, &[("DEFENSECLAW_TOKEN_VAULT__CACHE_MAX_SECS", "0")]).await;
-    let token = idp
-        .sign_token(
-            json!({}),
-            json!({"sub": OPERATOR, "aud": idp.audience(), "scope": "openid skills:write",
-                   "email": "operator1@example.com", "name": "Operator One",
-                   "exp": time::OffsetDateTime::now_utc().unix_timestamp() + 3600}),
-        )
-        .await
-        .unwrap();
+    let token = operator_token(&idp).await;
     // The operator linked their GitHub account (the connect flow has its own tests).
     idp.link_account(OPERATOR, "github", "repo read:org")
         .await
@@ -275,14 +279,7 @@ async fn unattended_start_uses_the_approvers_sealed_credential() {
         ],
     )
     .await;
-    let token = idp
-        .sign_token(
-            json!({}),
-            json!({"sub": OPERATOR, "aud": idp.audience(), "scope": "openid skills:write",
-                   "exp": time::OffsetDateTime::now_utc().unix_timestamp() + 3600}),
-        )
-        .await
-        .unwrap();
+    let token = operator_token(&idp).await;
     idp.link_account(OPERATOR, "github", "repo").await.unwrap();
 
     // The grant waits for the operator's phone.

@@ -298,7 +298,8 @@ struct RawAnswer {
     body: Vec<u8>,
 }
 
-fn clean_description(d: Option<String>) -> Option<String> {
+/// A provider's error description, safe to show: no control characters, bounded.
+pub(super) fn clean_description(d: Option<String>) -> Option<String> {
     d.map(|d| {
         d.chars()
             .filter(|c| !c.is_control())

@@ -21,7 +21,6 @@ pub const FEDERATED_TOKEN_TYPE: &str =
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_token";
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-const MAX_DESCRIPTION_CHARS: usize = 200;
 
 /// The Auth0 credential exchanged.
 #[derive(Debug, Clone, Copy)]
@@ -135,17 +134,9 @@ struct SuccessBody {
     scope: Option<String>,
 }
 
-fn clean(d: Option<String>) -> String {
-    d.unwrap_or_default()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_DESCRIPTION_CHARS)
-        .collect()
-}
-
 /// Maps an error answer to what the operator must do.
 fn classify(status: u16, body: ErrorBody, subject: &'static str, connection: &str) -> VaultError {
-    let description = clean(body.error_description);
+    let description = super::ciba::clean_description(body.error_description).unwrap_or_default();
     match body.error.as_deref() {
         Some("federated_connection_refresh_token_not_found" | "tokenset_not_found") => {
             VaultError::NotConnected {

@@ -233,25 +233,25 @@ impl TokenBroker {
     /// Whether an `mcp allow` declaring connections should go through step-up
     /// to keep the approver's refresh token.
     pub fn wants_unattended(&self) -> bool {
-        self.settings.unattended && self.sealer.is_some() && self.stepups.can_keep_subject()
+        self.settings.unattended && self.stepups.can_keep_subject()
     }
 
     /// Drops every cached token of `server` (blocked), or of one of its connections (revoked).
     pub fn forget(&self, server: &str, connection: Option<&str>) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|k, _| !(k.server == server && connection.is_none_or(|c| k.connection == c)));
+        self.forget_where(|k| k.server == server && connection.is_none_or(|c| k.connection == c));
     }
 
     /// Drops every cached token.
     pub fn forget_all(&self) {
+        self.forget_where(|_| true);
+    }
+
+    fn forget_where(&self, drop: impl Fn(&Key) -> bool) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.tokens
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+            .retain(|k, _| !drop(k));
     }
 
     /// A token of `connection` for `server`, for `caller` (whose verified bearer
@@ -420,18 +420,41 @@ impl TokenBroker {
         let generation = self.generation.load(Ordering::SeqCst);
         let subject = subject.borrow();
         let result = client.exchange(subject, &key.connection, None).await;
-        let target = Some(Target {
-            kind: TargetKind::Mcp,
-            name: key.server.clone(),
-        });
-        let entry = |outcome: &str, reason: String, details: serde_json::Value| NewEntry {
-            action: "token-exchange".into(),
-            target: target.clone(),
-            severity: None,
-            outcome: outcome.to_owned(),
-            reason,
-            details,
-            actor: caller.clone(),
+        // Every outcome: the grant's bookkeeping and one audit entry, together.
+        let outcome = |uses: u64,
+                       granted_scopes: Option<Vec<String>>,
+                       status: Option<(GrantStatus, String)>,
+                       result: &str,
+                       reason: String,
+                       extra: serde_json::Value| {
+            let mut details = serde_json::json!({
+                "connection": key.connection,
+                "subject": subject.kind(),
+                "subject_sub": key.sub,
+            });
+            if let (Some(map), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra)
+            {
+                map.extend(extra);
+            }
+            WriteOp::ConnectionUsed {
+                server: key.server.clone(),
+                connection: key.connection.clone(),
+                uses,
+                granted_scopes,
+                status,
+                audit: Some(NewEntry {
+                    action: "token-exchange".into(),
+                    target: Some(Target {
+                        kind: TargetKind::Mcp,
+                        name: key.server.clone(),
+                    }),
+                    severity: None,
+                    outcome: result.to_owned(),
+                    reason,
+                    details,
+                    actor: caller.clone(),
+                }),
+            }
         };
         let exchanged = match result {
             Ok(x) => x,
@@ -443,27 +466,15 @@ impl TokenBroker {
                         _
                     ) | (VaultError::SubjectRejected { .. }, Subject::RefreshToken(_))
                 );
-                let audit = entry(
+                self.audit_failure(outcome(
+                    0,
+                    None,
+                    broken.then(|| (GrantStatus::Broken, e.to_string())),
                     "error",
                     e.to_string(),
-                    serde_json::json!({
-                        "connection": key.connection,
-                        "subject": subject.kind(),
-                        "subject_sub": key.sub,
-                        "error": e.code(),
-                    }),
-                );
-                let op = WriteOp::ConnectionUsed {
-                    server: key.server.clone(),
-                    connection: key.connection.clone(),
-                    uses: 0,
-                    granted_scopes: None,
-                    status: broken.then(|| (GrantStatus::Broken, e.to_string())),
-                    audit: Some(audit),
-                };
-                if let Err(w) = self.store.write(op).await {
-                    tracing::error!(error = %w, "could not audit a failed exchange");
-                }
+                    serde_json::json!({"error": e.code()}),
+                ))
+                .await;
                 return Err(failure_of(&e, subject, &key.server, &key.connection));
             }
         };
@@ -471,44 +482,29 @@ impl TokenBroker {
             .scopes
             .clone()
             .unwrap_or_else(|| grant.declared_scopes.clone());
-        let missing: Vec<&String> = grant
+        let missing: Vec<&str> = grant
             .declared_scopes
             .iter()
             .filter(|s| !granted.contains(s))
+            .map(String::as_str)
             .collect();
         if !missing.is_empty() {
             let reason = format!(
                 "reconnect needed: the {} token lacks declared scopes {}; run `defenseclawctl connections connect {} --scopes \"{}\"`",
                 key.connection,
-                missing
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                missing.join(" "),
                 key.connection,
                 grant.declared_scopes.join(" ")
             );
-            let op = WriteOp::ConnectionUsed {
-                server: key.server.clone(),
-                connection: key.connection.clone(),
-                uses: 0,
-                granted_scopes: Some(granted.clone()),
-                status: Some((GrantStatus::Broken, reason.clone())),
-                audit: Some(entry(
-                    "error",
-                    reason.clone(),
-                    serde_json::json!({
-                        "connection": key.connection,
-                        "subject": subject.kind(),
-                        "subject_sub": key.sub,
-                        "error": "scopes_missing",
-                        "granted_scopes": granted,
-                    }),
-                )),
-            };
-            if let Err(w) = self.store.write(op).await {
-                tracing::error!(error = %w, "could not audit a failed exchange");
-            }
+            self.audit_failure(outcome(
+                0,
+                Some(granted.clone()),
+                Some((GrantStatus::Broken, reason.clone())),
+                "error",
+                reason.clone(),
+                serde_json::json!({"error": "scopes_missing", "granted_scopes": granted}),
+            ))
+            .await;
             return Err(Failure::Precondition(reason));
         }
         let expires_at = SystemTime::now()
@@ -516,26 +512,15 @@ impl TokenBroker {
             .map_or(0, |d| d.as_secs())
             .saturating_add(exchanged.expires_in);
         // Audited (and counted) before anyone sees the token.
-        let op = WriteOp::ConnectionUsed {
-            server: key.server.clone(),
-            connection: key.connection.clone(),
-            uses: 1,
-            granted_scopes: Some(granted.clone()),
-            status: Some((GrantStatus::Active, String::new())),
-            audit: Some(entry(
+        self.store
+            .write(outcome(
+                1,
+                Some(granted.clone()),
+                Some((GrantStatus::Active, String::new())),
                 "success",
                 format!("{} token for {}", key.connection, key.server),
-                serde_json::json!({
-                    "connection": key.connection,
-                    "subject": subject.kind(),
-                    "subject_sub": key.sub,
-                    "expires_in": exchanged.expires_in,
-                    "scopes": granted,
-                }),
-            )),
-        };
-        self.store
-            .write(op)
+                serde_json::json!({"expires_in": exchanged.expires_in, "scopes": granted}),
+            ))
             .await
             .map_err(|e| Failure::Internal(format!("could not audit the exchange: {e}")))?;
         let issued = Issued {
@@ -564,6 +549,13 @@ impl TokenBroker {
                 );
         }
         Ok(issued)
+    }
+
+    /// Records a failed exchange; the caller hears of the failure either way.
+    async fn audit_failure(&self, op: WriteOp) {
+        if let Err(e) = self.store.write(op).await {
+            tracing::error!(error = %e, "could not audit a failed exchange");
+        }
     }
 
     /// A request for an undeclared connection: refused at once, audited as
