@@ -14,6 +14,7 @@ pub const KNOWN_CHECKS: &[&str] = &[
     "install_typosquat",
     "symlink_escape",
     "frontmatter_missing",
+    "scan_incomplete",
     // MCP server definitions
     "mcp_shell_wrapper",
     "mcp_inline_code",

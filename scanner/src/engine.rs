@@ -246,6 +246,7 @@ impl Engine {
         let mut report =
             ScanReport::new(dir.display().to_string(), TargetKind::Skill, name.clone());
         report.notes = loaded.notes;
+        report.incomplete = loaded.incomplete;
         let units: Vec<Unit<'_>> = loaded
             .files
             .iter()
@@ -300,6 +301,18 @@ impl Engine {
                     );
                 }
             }
+        }
+        if let Some(why) = &report.incomplete {
+            // A truncated scan must not look clean: what was not read may hide anything.
+            self.push_check(
+                &mut report.findings,
+                "scan_incomplete",
+                TargetKind::Skill,
+                "",
+                0,
+                why,
+                Some(why),
+            );
         }
         for (link, target) in &loaded.escapes {
             self.push_check(

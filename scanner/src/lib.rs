@@ -2,8 +2,9 @@
 //!
 //! Rules are data (TOML files under `rules/`, embedded at build time and
 //! loadable from extra directories). Scanning is pure reading: nothing from
-//! the target is executed, symlinks out of the target are not followed, and
-//! file sizes, counts and depth are bounded.
+//! the target is executed, no symlink is followed, only regular files are
+//! read, and file sizes, counts, entries, depth and time are bounded (a scan
+//! stopped at a bound says so: see `walk`).
 
 pub mod adapters;
 mod checks;
@@ -18,7 +19,7 @@ mod walk;
 
 pub use checks::KNOWN_CHECKS;
 pub use engine::Engine;
-pub use model::{Finding, ScanError, ScanReport, Severity, TargetKind};
+pub use model::{Finding, ScanError, ScanReport, Severity, TargetKind, shown};
 pub use redact::redact;
 pub use rules::{FileType, RULE_FORMAT_VERSION, Rule, validate_rule_file};
 pub use walk::Limits;

@@ -248,7 +248,7 @@ impl Engine {
     ) -> Result<Vec<ScanReport>, ScanError> {
         let text = read_bounded(file, self.limits().max_file_bytes)?;
         let doc: Value = serde_json::from_str(&text).map_err(|e| ScanError::McpConfig {
-            path: file.display().to_string(),
+            path: crate::model::shown(file),
             message: format!("not valid JSON: {e}"),
         })?;
         let tools = match tools_list {
@@ -256,7 +256,7 @@ impl Engine {
                 let t = read_bounded(p, self.limits().max_file_bytes)?;
                 Some(
                     serde_json::from_str::<Value>(&t).map_err(|e| ScanError::McpConfig {
-                        path: p.display().to_string(),
+                        path: crate::model::shown(p),
                         message: format!("tools/list answer is not valid JSON: {e}"),
                     })?,
                 )
@@ -264,7 +264,7 @@ impl Engine {
             None => None,
         };
         let (prefix, servers) = servers_in_config(&doc).ok_or_else(|| ScanError::McpConfig {
-            path: file.display().to_string(),
+            path: crate::model::shown(file),
             message: "no `mcpServers`, `mcp.servers` or `servers` map".into(),
         })?;
         if let Some(s) = server
@@ -764,18 +764,15 @@ impl Engine {
     }
 }
 
+/// Reads a config file a caller named: opened without blocking or following
+/// a final symlink, and read only when its descriptor says it is a regular
+/// file of at most `max` bytes (so a FIFO, socket or device is refused at once).
 fn read_bounded(path: &Path, max: u64) -> Result<String, ScanError> {
-    let f = std::fs::File::open(path).map_err(|e| ScanError::io(path, e))?;
+    let (f, size) = crate::walk::open_regular(path, max)?;
     let mut buf = Vec::new();
-    f.take(max + 1)
+    f.take(size.min(max))
         .read_to_end(&mut buf)
         .map_err(|e| ScanError::io(path, e))?;
-    if buf.len() as u64 > max {
-        return Err(ScanError::McpConfig {
-            path: path.display().to_string(),
-            message: format!("larger than {max} bytes"),
-        });
-    }
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 

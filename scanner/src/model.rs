@@ -119,6 +119,10 @@ pub struct ScanReport {
     /// limits, symlinks out of the root); never silently dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Why the scan did not read the whole target (a limit it stopped at);
+    /// such a report also carries a HIGH `DC-SK-003` finding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
 }
 
 impl ScanReport {
@@ -131,6 +135,7 @@ impl ScanReport {
             findings: Vec::new(),
             duration_ms: 0.0,
             notes: Vec::new(),
+            incomplete: None,
         }
     }
 
@@ -167,6 +172,14 @@ pub enum ScanError {
     RuleFile { path: String, message: String },
     #[error("{path} is not a directory")]
     NotADirectory { path: String },
+    #[error("{path} is a {found}, not a {expected}")]
+    WrongFileType {
+        path: String,
+        found: &'static str,
+        expected: &'static str,
+    },
+    #[error("{path} is {size} bytes, more than the {max}-byte limit")]
+    TooLarge { path: String, size: u64, max: u64 },
     #[error("MCP config {path}: {message}")]
     McpConfig { path: String, message: String },
     #[error("MCP server {0:?} not found in the config")]
@@ -186,8 +199,32 @@ pub enum ScanError {
 impl ScanError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         ScanError::Io {
-            path: path.display().to_string(),
+            path: shown(path),
             source,
         }
     }
+}
+
+/// Longest path shown in a message, in characters.
+const SHOWN_PATH_MAX: usize = 160;
+
+/// A path for a message: at most 160 characters, with control, bidi and
+/// zero-width characters escaped (paths come from callers and from the tree).
+pub fn shown(path: &std::path::Path) -> String {
+    let text = path.to_string_lossy();
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == SHOWN_PATH_MAX {
+            out.push('…');
+            break;
+        }
+        let hidden = c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2028}' | '\u{2029}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+        if hidden {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
