@@ -116,12 +116,15 @@ impl Admission {
         }
         let scanners = self.scan.scanners.clone();
         let (kind, path, server) = (req.kind, req.path.clone(), req.server.clone());
-        let scanned: Vec<Scanned> = tokio::task::spawn_blocking(move || match kind {
-            TargetKind::Skill => scanners.scan_skill(&path).map(|s| vec![s]),
-            TargetKind::Mcp => scanners.scan_mcp(&path, server.as_deref()),
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("scan task failed: {e}")))??;
+        // On the scan pool: bounded, and never in the way of store reads.
+        let scanned: Vec<Scanned> = self
+            .scan
+            .pool
+            .run(move || match kind {
+                TargetKind::Skill => scanners.scan_skill(&path).map(|s| vec![s]),
+                TargetKind::Mcp => scanners.scan_mcp(&path, server.as_deref()),
+            })
+            .await?;
         let mut results = Vec::with_capacity(scanned.len());
         for s in scanned {
             let name = match (kind, &req.name) {

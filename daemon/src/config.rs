@@ -372,6 +372,9 @@ impl Settings {
         self.auth
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.scanner
+            .validate()
+            .map_err(|(field, reason)| ConfigError::Value { field, reason })?;
         if self.stepup.enabled {
             let auth = &self.auth;
             if auth.mode != crate::oidc::AuthMode::Oidc || auth.daemon_client_id.is_none() {

@@ -243,6 +243,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         cache: cache.clone(),
         scan: Arc::new(ScanService {
             scanners,
+            pool: crate::scan_pool::ScanPool::new(
+                settings.scanner.scan_workers,
+                settings.scanner.scan_queue,
+            )
+            .inspect_err(|_| cleanup.run())?,
             admission: settings.admission.clone(),
         }),
         enforcement: enforcement.clone(),
@@ -255,31 +260,47 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         )
         .inspect_err(|_| cleanup.run())?;
         let watch_admission = admission.clone();
-        tokio::spawn(watcher.run(cancel.child_token(), move |skill| {
-            let admission = watch_admission.clone();
-            async move {
-                let actor = crate::model::Actor {
-                    id: "system:watcher".into(),
-                    name: "skill-watcher".into(),
-                    ..crate::model::Actor::system()
-                };
-                let req = ScanRequest {
-                    kind: crate::model::TargetKind::Skill,
-                    path: skill.clone(),
-                    name: None,
-                    server: None,
-                    install: false,
-                };
-                match admission.run(actor, req).await {
-                    Ok(results) => {
-                        for r in results {
-                            tracing::info!(skill = %skill.display(), decision = %r.decision, findings = r.findings.len(), "rescanned a changed skill");
+        let refuse_store = store.clone();
+        let watcher_actor = || crate::model::Actor {
+            id: "system:watcher".into(),
+            name: "skill-watcher".into(),
+            ..crate::model::Actor::system()
+        };
+        tokio::spawn(watcher.run(
+            cancel.child_token(),
+            move |skill| {
+                let admission = watch_admission.clone();
+                async move {
+                    let req = ScanRequest {
+                        kind: crate::model::TargetKind::Skill,
+                        path: skill.clone(),
+                        name: None,
+                        server: None,
+                        install: false,
+                    };
+                    match admission.run(watcher_actor(), req).await {
+                        Ok(results) => {
+                            for r in results {
+                                tracing::info!(skill = %skill.display(), decision = %r.decision, findings = r.findings.len(), "rescanned a changed skill");
+                            }
+                            true
+                        }
+                        Err(crate::error::Error::ResourceExhausted(e)) => {
+                            tracing::debug!(skill = %skill.display(), error = %e, "scan pool full; rescanning later");
+                            false
+                        }
+                        Err(e) => {
+                            tracing::warn!(skill = %skill.display(), error = %e, "rescan failed");
+                            true
                         }
                     }
-                    Err(e) => tracing::warn!(skill = %skill.display(), error = %e, "rescan failed"),
                 }
-            }
-        }));
+            },
+            move |skill| {
+                let store = refuse_store.clone();
+                async move { record_refused_link(&store, &skill, watcher_actor()).await }
+            },
+        ));
     }
     let service = ControlService {
         store: store.clone(),
@@ -407,6 +428,37 @@ pub async fn run(opts: DaemonOptions, log: Option<LogReload>) -> Result<(), Stri
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// A skill folder in a watched directory that is a symlink is not scanned
+/// (it could lead anywhere, e.g. into the daemon's own state directory): the
+/// refusal is logged and audited once per link.
+async fn record_refused_link(store: &Store, skill: &std::path::Path, actor: crate::model::Actor) {
+    let shown = defenseclaw_scanner::shown(skill);
+    tracing::warn!(skill = %shown, "a symlinked skill folder in a watched directory is not scanned");
+    let name = skill
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = crate::model::validate_name("name", &name)
+        .ok()
+        .map(|()| crate::model::Target {
+            kind: crate::model::TargetKind::Skill,
+            name,
+        });
+    let entry = crate::audit::NewEntry {
+        action: "scan-refused".into(),
+        target,
+        severity: None,
+        outcome: "refused".into(),
+        reason: "the skill folder is a symlink; symlinks in watched directories are not followed"
+            .into(),
+        details: serde_json::json!({ "path": shown }),
+        actor,
+    };
+    if let Err(e) = store.write(crate::store::WriteOp::Audit(entry)).await {
+        tracing::warn!(error = %e, "could not audit a refused skill folder");
     }
 }
 

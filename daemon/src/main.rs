@@ -55,8 +55,8 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("defenseclawd")
-        // Store reads and scans run on blocking threads; a small pool keeps
-        // memory and contention down on small hosts.
+        // Store reads run on blocking threads (scans have their own pool,
+        // see scan_pool); a small pool keeps memory and contention down.
         .max_blocking_threads(16)
         .build()
     {

@@ -32,6 +32,13 @@ pub struct ScannerSettings {
     pub watch_dirs: Vec<PathBuf>,
     /// Quiet time after the last change before a rescan, in milliseconds.
     pub watch_debounce_ms: u64,
+    /// Time budget of one scan's walk, in seconds: a scan still walking then
+    /// stops and is reported incomplete (a HIGH finding). Checked between files.
+    pub scan_timeout_secs: u64,
+    /// Threads of the scan pool (separate from the store's threads).
+    pub scan_workers: usize,
+    /// Scans waiting for a scan thread; one more is refused with RESOURCE_EXHAUSTED.
+    pub scan_queue: usize,
     /// The Cisco `skill-scanner` adapter (`cisco-ai-skill-scanner` from PyPI).
     pub cisco_skill_scanner: AdapterSettings,
 }
@@ -42,6 +49,9 @@ impl Default for ScannerSettings {
             rule_dirs: Vec::new(),
             watch_dirs: Vec::new(),
             watch_debounce_ms: 500,
+            scan_timeout_secs: 30,
+            scan_workers: 2,
+            scan_queue: 32,
             cisco_skill_scanner: AdapterSettings {
                 enabled: false,
                 path: PathBuf::from("skill-scanner"),
@@ -61,6 +71,25 @@ pub struct AdapterSettings {
     pub path: PathBuf,
     /// Kill it after this many seconds.
     pub timeout_secs: u64,
+}
+
+impl ScannerSettings {
+    /// Bounds serde cannot check.
+    pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        if !(1..=3600).contains(&self.scan_timeout_secs) {
+            return Err((
+                "scanner.scan_timeout_secs",
+                "must be between 1 and 3600".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.scan_workers) {
+            return Err(("scanner.scan_workers", "must be between 1 and 64".into()));
+        }
+        if self.scan_queue > 4096 {
+            return Err(("scanner.scan_queue", "must be at most 4096".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AdapterSettings {
@@ -178,7 +207,11 @@ impl Scanners {
         } else {
             Engine::load(&settings.rule_dirs)
         }
-        .map_err(|e| format!("[scanner] rules: {e}"))?;
+        .map_err(|e| format!("[scanner] rules: {e}"))?
+        .with_limits(defenseclaw_scanner::Limits {
+            time_budget: Some(Duration::from_secs(settings.scan_timeout_secs)),
+            ..defenseclaw_scanner::Limits::default()
+        });
         let skill_adapter = settings.cisco_skill_scanner.enabled.then(|| {
             SkillScannerAdapter::new(AdapterConfig::new(
                 settings.cisco_skill_scanner.path.clone(),
@@ -191,12 +224,14 @@ impl Scanners {
         })
     }
 
-    /// Scans a skill folder with every scanner. Blocking.
+    /// Scans a skill folder with every scanner. Blocking: run it on the scan pool.
+    /// The folder is opened first, without blocking or following a symlink,
+    /// and must be a directory; nothing else runs before that check.
     pub fn scan_skill(&self, dir: &Path) -> Result<Scanned> {
         let report = self
             .engine
             .scan_skill(dir)
-            .map_err(|e| Error::invalid("path", format!("{}: {e}", dir.display())))?;
+            .map_err(|e| Error::invalid("path", e.to_string()))?;
         let mut by_scanner = vec![(BUILTIN_SCANNER.to_owned(), findings(&report))];
         let mut errors = Vec::new();
         if let Some(adapter) = &self.skill_adapter {
@@ -212,18 +247,20 @@ impl Scanners {
         })
     }
 
-    /// Scans the MCP servers of a config file. Blocking.
+    /// Scans the MCP servers of a config file. Blocking: run it on the scan
+    /// pool. The file is opened first, without blocking or following a
+    /// symlink, and must be a regular file within the size limit.
     pub fn scan_mcp(&self, file: &Path, server: Option<&str>) -> Result<Vec<Scanned>> {
         let reports = self
             .engine
             .scan_mcp_file(file, server)
-            .map_err(|e| Error::invalid("path", format!("{}: {e}", file.display())))?;
+            .map_err(|e| Error::invalid("path", e.to_string()))?;
         if let Some(name) = server
             && reports.is_empty()
         {
             return Err(Error::NotFound(format!(
                 "MCP server {name:?} in {}",
-                file.display()
+                defenseclaw_scanner::shown(file)
             )));
         }
         Ok(reports
@@ -255,17 +292,22 @@ impl std::fmt::Debug for SkillWatcher {
 }
 
 impl SkillWatcher {
-    /// Watches `roots` recursively.
+    /// Watches `roots` recursively. A root that is a symlink is resolved
+    /// once, here, at start; below the roots no symlink is followed (not by
+    /// the watch, not by a scan).
     pub fn new(roots: &[PathBuf], debounce: Duration) -> std::result::Result<Self, String> {
         use notify::Watcher;
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                for path in event.paths {
-                    let _ = tx.send(path);
+        let mut watcher = notify::RecommendedWatcher::new(
+            move |res: notify::Result<notify::Event>| {
+                if let Ok(event) = res {
+                    for path in event.paths {
+                        let _ = tx.send(path);
+                    }
                 }
-            }
-        })
+            },
+            notify::Config::default().with_follow_symlinks(false),
+        )
         .map_err(|e| format!("[scanner] watch: {e}"))?;
         let mut canonical = Vec::new();
         for root in roots {
@@ -293,13 +335,27 @@ impl SkillWatcher {
         })
     }
 
-    /// Runs until the event source closes, calling `rescan` for each quiet changed skill.
-    pub async fn run<F, Fut>(mut self, cancel: tokio_util::sync::CancellationToken, rescan: F)
-    where
+    /// Runs until the event source closes, calling `rescan` for each quiet
+    /// changed skill folder (`false` from it: try again after the debounce
+    /// time, e.g. when the scan pool was full). A skill folder that is a
+    /// symlink is not scanned: `refused` is called once for it (until it
+    /// stops being a symlink); the scanner refuses it too, so a folder
+    /// swapped for a symlink after this check is not followed either.
+    pub async fn run<F, Fut, R, RFut>(
+        mut self,
+        cancel: tokio_util::sync::CancellationToken,
+        rescan: F,
+        refused: R,
+    ) where
         F: Fn(PathBuf) -> Fut,
-        Fut: std::future::Future<Output = ()>,
+        Fut: std::future::Future<Output = bool>,
+        R: Fn(PathBuf) -> RFut,
+        RFut: std::future::Future<Output = ()>,
     {
+        /// Refused links remembered (so each is recorded once); beyond, they are still refused.
+        const REMEMBERED: usize = 1024;
         let mut dirty: HashMap<PathBuf, Instant> = HashMap::new();
+        let mut refused_once: std::collections::HashSet<PathBuf> = Default::default();
         let tick = self.debounce.max(Duration::from_millis(50)) / 2;
         loop {
             tokio::select! {
@@ -320,8 +376,22 @@ impl SkillWatcher {
                         .collect();
                     for skill in due {
                         dirty.remove(&skill);
-                        if skill.is_dir() {
-                            rescan(skill).await;
+                        // lstat: a symlink is judged as what it is, not what it points to.
+                        let Ok(meta) = std::fs::symlink_metadata(&skill) else {
+                            continue;
+                        };
+                        if meta.file_type().is_symlink() {
+                            if !refused_once.contains(&skill) {
+                                if refused_once.len() < REMEMBERED {
+                                    refused_once.insert(skill.clone());
+                                }
+                                refused(skill).await;
+                            }
+                            continue;
+                        }
+                        refused_once.remove(&skill);
+                        if meta.is_dir() && !rescan(skill.clone()).await {
+                            dirty.insert(skill, Instant::now());
                         }
                     }
                 }
@@ -335,6 +405,8 @@ impl SkillWatcher {
 pub struct ScanService {
     /// Scanners.
     pub scanners: Arc<Scanners>,
+    /// Where scans run (bounded; never tokio's blocking pool).
+    pub pool: crate::scan_pool::ScanPool,
     /// Policy.
     pub admission: AdmissionSettings,
 }
