@@ -276,11 +276,51 @@ impl Scanners {
 
 /// Collects file-system events under the watched skill directories and yields
 /// each changed skill folder once it has been quiet for the debounce time.
+///
+/// Events are folded, as they arrive, into one entry per changed skill folder
+/// (a set, not a queue), so a folder that changes without pause while a
+/// scan runs costs one entry, not one per event.
 pub struct SkillWatcher {
     _watcher: notify::RecommendedWatcher,
-    events: tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
-    roots: Vec<PathBuf>,
+    pending: Arc<Pending>,
+    roots: Arc<Vec<PathBuf>>,
     debounce: Duration,
+}
+
+/// Changed skill folders: when each first and last changed.
+#[derive(Debug, Default)]
+struct Pending {
+    dirty: std::sync::Mutex<HashMap<PathBuf, (Instant, Instant)>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn mark(&self, skill: PathBuf) {
+        if let Ok(mut dirty) = self.dirty.lock() {
+            let now = Instant::now();
+            dirty.entry(skill).or_insert((now, now)).1 = now;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Removes and returns the folders quiet for at least `debounce`, or
+    /// changing for ten times that (a folder kept busy is scanned anyway).
+    fn take_due(&self, debounce: Duration) -> (Vec<PathBuf>, bool) {
+        let Ok(mut dirty) = self.dirty.lock() else {
+            return (Vec::new(), false);
+        };
+        let due: Vec<PathBuf> = dirty
+            .iter()
+            .filter(|(_, (first, last))| {
+                last.elapsed() >= debounce || first.elapsed() >= debounce * 10
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in &due {
+            dirty.remove(p);
+        }
+        (due, !dirty.is_empty())
+    }
 }
 
 impl std::fmt::Debug for SkillWatcher {
@@ -291,58 +331,65 @@ impl std::fmt::Debug for SkillWatcher {
     }
 }
 
+/// The skill folder (direct child of a root) a changed path belongs to.
+fn skill_of(roots: &[PathBuf], path: &Path) -> Option<PathBuf> {
+    roots.iter().find_map(|root| {
+        let rel = path.strip_prefix(root).ok()?;
+        let first = rel.components().next()?;
+        Some(root.join(first))
+    })
+}
+
 impl SkillWatcher {
     /// Watches `roots` recursively. A root that is a symlink is resolved
     /// once, here, at start; below the roots no symlink is followed (not by
     /// the watch, not by a scan).
     pub fn new(roots: &[PathBuf], debounce: Duration) -> std::result::Result<Self, String> {
         use notify::Watcher;
-        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut canonical = Vec::new();
+        for root in roots {
+            canonical.push(
+                std::fs::canonicalize(root)
+                    .map_err(|e| format!("[scanner] watch_dirs {}: {e}", root.display()))?,
+            );
+        }
+        let roots = Arc::new(canonical);
+        let pending = Arc::new(Pending::default());
+        let (event_roots, event_pending) = (roots.clone(), pending.clone());
         let mut watcher = notify::RecommendedWatcher::new(
             move |res: notify::Result<notify::Event>| {
                 if let Ok(event) = res {
                     for path in event.paths {
-                        let _ = tx.send(path);
+                        if let Some(skill) = skill_of(&event_roots, &path) {
+                            event_pending.mark(skill);
+                        }
                     }
                 }
             },
             notify::Config::default().with_follow_symlinks(false),
         )
         .map_err(|e| format!("[scanner] watch: {e}"))?;
-        let mut canonical = Vec::new();
-        for root in roots {
-            let root = std::fs::canonicalize(root)
-                .map_err(|e| format!("[scanner] watch_dirs {}: {e}", root.display()))?;
+        for root in roots.iter() {
             watcher
-                .watch(&root, notify::RecursiveMode::Recursive)
+                .watch(root, notify::RecursiveMode::Recursive)
                 .map_err(|e| format!("[scanner] watch {}: {e}", root.display()))?;
-            canonical.push(root);
         }
         Ok(Self {
             _watcher: watcher,
-            events,
-            roots: canonical,
+            pending,
+            roots,
             debounce,
         })
     }
 
-    /// The skill folder (direct child of a root) a changed path belongs to.
-    fn skill_of(&self, path: &Path) -> Option<PathBuf> {
-        self.roots.iter().find_map(|root| {
-            let rel = path.strip_prefix(root).ok()?;
-            let first = rel.components().next()?;
-            Some(root.join(first))
-        })
-    }
-
-    /// Runs until the event source closes, calling `rescan` for each quiet
-    /// changed skill folder (`false` from it: try again after the debounce
-    /// time, e.g. when the scan pool was full). A skill folder that is a
-    /// symlink is not scanned: `refused` is called once for it (until it
-    /// stops being a symlink); the scanner refuses it too, so a folder
-    /// swapped for a symlink after this check is not followed either.
+    /// Runs until cancelled, calling `rescan` for each quiet changed skill
+    /// folder (`false` from it: try again after the debounce time, e.g. when
+    /// the scan pool was full). A skill folder that is a symlink is not
+    /// scanned: `refused` is called once for it (until it stops being a
+    /// symlink); the scanner refuses it too, so a folder swapped for a
+    /// symlink after this check is not followed either.
     pub async fn run<F, Fut, R, RFut>(
-        mut self,
+        self,
         cancel: tokio_util::sync::CancellationToken,
         rescan: F,
         refused: R,
@@ -354,46 +401,42 @@ impl SkillWatcher {
     {
         /// Refused links remembered (so each is recorded once); beyond, they are still refused.
         const REMEMBERED: usize = 1024;
-        let mut dirty: HashMap<PathBuf, Instant> = HashMap::new();
         let mut refused_once: std::collections::HashSet<PathBuf> = Default::default();
         let tick = self.debounce.max(Duration::from_millis(50)) / 2;
+        // An interval, not a sleep renewed per event: a stream of events
+        // cannot hold back the folders that are due.
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut waiting = false;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
-                event = self.events.recv() => match event {
-                    Some(path) => {
-                        if let Some(skill) = self.skill_of(&path) {
-                            dirty.insert(skill, Instant::now());
+                () = self.pending.wake.notified() => {
+                    waiting = true;
+                    continue;
+                }
+                _ = ticker.tick(), if waiting => {}
+            }
+            let (due, more) = self.pending.take_due(self.debounce);
+            waiting = more;
+            for skill in due {
+                // lstat: a symlink is judged as what it is, not what it points to.
+                let Ok(meta) = std::fs::symlink_metadata(&skill) else {
+                    continue;
+                };
+                if meta.file_type().is_symlink() {
+                    if !refused_once.contains(&skill) {
+                        if refused_once.len() < REMEMBERED {
+                            refused_once.insert(skill.clone());
                         }
+                        refused(skill).await;
                     }
-                    None => return,
-                },
-                () = tokio::time::sleep(tick), if !dirty.is_empty() => {
-                    let due: Vec<PathBuf> = dirty
-                        .iter()
-                        .filter(|(_, at)| at.elapsed() >= self.debounce)
-                        .map(|(p, _)| p.clone())
-                        .collect();
-                    for skill in due {
-                        dirty.remove(&skill);
-                        // lstat: a symlink is judged as what it is, not what it points to.
-                        let Ok(meta) = std::fs::symlink_metadata(&skill) else {
-                            continue;
-                        };
-                        if meta.file_type().is_symlink() {
-                            if !refused_once.contains(&skill) {
-                                if refused_once.len() < REMEMBERED {
-                                    refused_once.insert(skill.clone());
-                                }
-                                refused(skill).await;
-                            }
-                            continue;
-                        }
-                        refused_once.remove(&skill);
-                        if meta.is_dir() && !rescan(skill.clone()).await {
-                            dirty.insert(skill, Instant::now());
-                        }
-                    }
+                    continue;
+                }
+                refused_once.remove(&skill);
+                if meta.is_dir() && !rescan(skill.clone()).await {
+                    self.pending.mark(skill);
+                    waiting = true;
                 }
             }
         }
