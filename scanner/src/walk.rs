@@ -117,33 +117,42 @@ fn is(st: &FileStat, kind: SFlag) -> bool {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == kind
 }
 
-/// What `path` is, without following a final symlink (for error messages only).
-fn describe(path: &Path) -> &'static str {
-    std::fs::symlink_metadata(path).map_or("missing file", |m| {
-        use std::os::unix::fs::MetadataExt;
-        kind_of(m.mode())
-    })
+/// What `path` is, without following a final symlink, when it is not `want`.
+fn other_kind(path: &Path, want: SFlag) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::symlink_metadata(path).ok()?.mode();
+    let kind = kind_of(mode);
+    match kind {
+        _ if SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) == want => None,
+        "symbolic link" if want == SFlag::S_IFDIR => {
+            Some("symbolic link (not followed; name the folder it points to)")
+        }
+        "symbolic link" => Some("symbolic link (not followed; name the file it points to)"),
+        other => Some(other),
+    }
 }
 
 /// Opens a regular file named by a caller without blocking and without
 /// following a final symlink, and checks it on the descriptor: regular and
-/// at most `max` bytes. Nothing is read yet.
+/// at most `max` bytes. Nothing is read yet. A path that is plainly not a
+/// regular file (a device, a FIFO, a socket) is refused before it is opened;
+/// the descriptor's `fstat` stays the check that counts.
 pub(crate) fn open_regular(path: &Path, max: u64) -> Result<(File, u64), ScanError> {
-    let fd = nix::fcntl::open(path, file_flags(), Mode::empty()).map_err(|e| match e {
-        Errno::ELOOP => ScanError::WrongFileType {
-            path: shown(path),
-            found: "symbolic link (not followed; name the file it points to)",
-            expected: "regular file",
-        },
-        other => ScanError::io(path, std::io::Error::from(other)),
+    let wrong = |found| ScanError::WrongFileType {
+        path: shown(path),
+        found,
+        expected: "regular file",
+    };
+    if let Some(found) = other_kind(path, SFlag::S_IFREG) {
+        return Err(wrong(found));
+    }
+    let fd = nix::fcntl::open(path, file_flags(), Mode::empty()).map_err(|e| {
+        other_kind(path, SFlag::S_IFREG)
+            .map_or_else(|| ScanError::io(path, std::io::Error::from(e)), wrong)
     })?;
     let st = fstat(&fd).map_err(|e| ScanError::io(path, e.into()))?;
     if !is(&st, SFlag::S_IFREG) {
-        return Err(ScanError::WrongFileType {
-            path: shown(path),
-            found: kind_of(st.st_mode),
-            expected: "regular file",
-        });
+        return Err(wrong(kind_of(st.st_mode)));
     }
     let size = u64::try_from(st.st_size).unwrap_or(0);
     if size > max {
@@ -159,20 +168,15 @@ pub(crate) fn open_regular(path: &Path, max: u64) -> Result<(File, u64), ScanErr
 /// Opens a skill folder named by a caller: a directory, not a symlink, opened
 /// without blocking. Nothing below it is touched yet.
 pub(crate) fn open_root(root: &Path) -> Result<Dir, ScanError> {
-    let fd = nix::fcntl::open(root, dir_flags(), Mode::empty()).map_err(|e| match e {
-        Errno::ELOOP | Errno::ENOTDIR => {
-            let found = describe(root);
-            ScanError::WrongFileType {
+    let fd = nix::fcntl::open(root, dir_flags(), Mode::empty()).map_err(|e| {
+        other_kind(root, SFlag::S_IFDIR).map_or_else(
+            || ScanError::io(root, std::io::Error::from(e)),
+            |found| ScanError::WrongFileType {
                 path: shown(root),
-                found: if found == "symbolic link" {
-                    "symbolic link (not followed; name the folder it points to)"
-                } else {
-                    found
-                },
+                found,
                 expected: "directory",
-            }
-        }
-        other => ScanError::io(root, std::io::Error::from(other)),
+            },
+        )
     })?;
     Dir::from_fd(fd).map_err(|e| ScanError::io(root, e.into()))
 }

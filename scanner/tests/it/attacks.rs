@@ -298,6 +298,26 @@ fn a_caller_named_mcp_config_must_be_a_bounded_regular_file() {
 
     let err = engine().scan_mcp_file(dir.path(), None).unwrap_err();
     assert!(err.to_string().contains("is a directory"), "{err}");
+
+    // Devices and sockets are refused before they are opened.
+    let err = engine()
+        .scan_mcp_file(Path::new("/dev/zero"), None)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is a character device, not a regular file"),
+        "{err}"
+    );
+    let sock = dir.path().join("mcp.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let err = engine().scan_mcp_file(&sock, None).unwrap_err();
+    assert!(err.to_string().contains("is a socket"), "{err}");
+    let err = engine().scan_skill(Path::new("/dev/null")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is a character device, not a directory"),
+        "{err}"
+    );
 }
 
 #[test]
