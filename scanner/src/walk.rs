@@ -508,6 +508,13 @@ impl Walker<'_> {
             self.note(format!(
                 "{rel}: larger than {budget} bytes, only the first {budget} scanned"
             ));
+            if budget < self.limits.max_file_bytes {
+                // Cut by the total, not the per-file limit: the walk ends here.
+                self.stop(format!(
+                    "stopped at the {}-byte limit: the rest of {rel} and of the target were not scanned",
+                    self.limits.max_total_bytes
+                ));
+            }
         }
         self.total += buf.len() as u64;
         if is_binary(&buf) {
