@@ -308,8 +308,8 @@ async fn a_symlinked_skill_folder_into_the_state_directory_is_refused_once() {
 
 /// A stand-in for Cisco's skill-scanner that holds its scan until the test
 /// writes to `gate`: a scan that occupies the pool for as long as the test wants.
-/// Once `open` exists it no longer waits.
-fn held_adapter(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// Once `open` exists it no longer waits. Each run leaves `started.<pid>`.
+fn held_adapter(dir: &Path) -> (PathBuf, PathBuf) {
     let gate = dir.join("gate");
     let started = dir.join("started");
     let open = dir.join("open");
@@ -318,7 +318,7 @@ fn held_adapter(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n: > '{}'\n[ -e '{}' ] || read _ < '{}'\necho '{{}}'\n",
+            "#!/bin/sh\n: > '{}.'$$\n[ -e '{}' ] || read _ < '{}'\necho '{{}}'\n",
             started.display(),
             open.display(),
             gate.display()
@@ -326,13 +326,103 @@ fn held_adapter(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    (script, gate, started)
+    (script, gate)
+}
+
+/// Waits until `n` held scans are running their adapter.
+async fn wait_started(dir: &Path, n: usize) {
+    defenseclaw_testkit::wait_for(
+        "held scans to occupy the scan threads",
+        Duration::from_secs(60),
+        || {
+            let dir = dir.to_path_buf();
+            async move {
+                let count = std::fs::read_dir(&dir)
+                    .ok()?
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("started."))
+                    .count();
+                (count >= n).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Lets every held scan finish.
+async fn open_gate(dir: &Path, gate: PathBuf) {
+    std::fs::write(dir.join("open"), "").unwrap();
+    // Blocks until a held adapter opens the gate: run it off the async threads.
+    tokio::task::spawn_blocking(move || std::fs::write(&gate, "go\n"))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn held_scanner_env(script: &Path, workers: &'static str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DEFENSECLAW_SCANNER__SCAN_WORKERS", workers.to_owned()),
+        ("DEFENSECLAW_SCANNER__SCAN_QUEUE", "0".to_owned()),
+        (
+            "DEFENSECLAW_SCANNER__CISCO_SKILL_SCANNER__ENABLED",
+            "true".to_owned(),
+        ),
+        (
+            "DEFENSECLAW_SCANNER__CISCO_SKILL_SCANNER__PATH",
+            script.display().to_string(),
+        ),
+        (
+            "DEFENSECLAW_SCANNER__CISCO_SKILL_SCANNER__TIMEOUT_SECS",
+            "120".to_owned(),
+        ),
+    ]
+}
+
+/// Scans held on every scan thread, more of them than the runtime has
+/// blocking threads: store reads (which use those) still answer.
+#[test]
+fn held_scans_never_hold_back_store_reads() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tools = tempfile::tempdir().unwrap();
+        let (script, gate) = held_adapter(tools.path());
+        let env = held_scanner_env(&script, "4");
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let d = TestDaemon::start_with(&env).await;
+        let c = d.client().await;
+        let skills = tempfile::tempdir().unwrap();
+        let held: Vec<_> = (0..4)
+            .map(|i| {
+                let path = write_skill(skills.path(), &format!("held-{i}"), "Summarise text.");
+                let mut c = c.clone();
+                tokio::spawn(
+                    async move { c.scan_target(scan(pb::TargetKind::Skill, &path, "")).await },
+                )
+            })
+            .collect();
+        wait_started(tools.path(), 4).await;
+        reads_answer(&c).await;
+        open_gate(tools.path(), gate).await;
+        for h in held {
+            tokio::time::timeout(HANG, h)
+                .await
+                .expect("a held scan never finished")
+                .unwrap()
+                .unwrap();
+        }
+    });
 }
 
 #[tokio::test]
 async fn a_full_scan_pool_answers_resource_exhausted_and_reads_still_answer() {
     let tools = tempfile::tempdir().unwrap();
-    let (script, gate, started) = held_adapter(tools.path());
+    let (script, gate) = held_adapter(tools.path());
     let d = TestDaemon::start_with(&[
         ("DEFENSECLAW_SCANNER__SCAN_WORKERS", "1"),
         ("DEFENSECLAW_SCANNER__SCAN_QUEUE", "0"),
@@ -356,16 +446,7 @@ async fn a_full_scan_pool_answers_resource_exhausted_and_reads_still_answer() {
         let req = scan(pb::TargetKind::Skill, &held, "");
         tokio::spawn(async move { c.scan_target(req).await })
     };
-    defenseclaw_testkit::wait_for(
-        "the first scan to occupy the only scan thread",
-        Duration::from_secs(60),
-        || {
-            let started = started.clone();
-            async move { started.exists().then_some(()) }
-        },
-    )
-    .await
-    .unwrap();
+    wait_started(tools.path(), 1).await;
     let status = c
         .clone()
         .scan_target(scan(pb::TargetKind::Skill, &other, ""))
@@ -379,11 +460,7 @@ async fn a_full_scan_pool_answers_resource_exhausted_and_reads_still_answer() {
     );
     reads_answer(&c).await;
     // Let the held scan finish; the pool takes work again.
-    std::fs::write(tools.path().join("open"), "").unwrap();
-    tokio::task::spawn_blocking(move || std::fs::write(&gate, "go\n"))
-        .await
-        .unwrap()
-        .unwrap();
+    open_gate(tools.path(), gate).await;
     let r = tokio::time::timeout(HANG, first)
         .await
         .expect("the held scan never finished")
