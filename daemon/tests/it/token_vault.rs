@@ -419,9 +419,15 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
     let keys = tempfile::tempdir().unwrap();
     let key = key_file(keys.path(), 7);
     let key_env = key.display().to_string();
+    // This process's uid may start the server on the stored credential.
+    let me = format!(
+        "{SERVER}={}",
+        defenseclaw_proto::paths::current_uid().unwrap()
+    );
     let base = [
         ("DEFENSECLAW_STEPUP__ENABLED", "true"),
         ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
+        ("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", me.as_str()),
     ];
     let mut with_key = base.to_vec();
     with_key.push(("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &key_env));
