@@ -3,6 +3,7 @@
 
 mod support;
 
+mod attacks_vault;
 mod audit_chain;
 mod governance;
 mod lifecycle;
