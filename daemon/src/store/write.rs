@@ -185,6 +185,9 @@ pub enum WriteOp {
     },
 }
 
+/// Stored grant credentials dropped: (connection, whose credential) pairs.
+pub type DroppedCredentials = Vec<(String, String)>;
+
 /// What a committed job did.
 #[derive(Debug, Clone)]
 pub enum WriteEffect {
@@ -250,10 +253,10 @@ pub enum WriteEffect {
     },
     /// Use recorded.
     ConnectionUsed,
-    /// Stored credentials dropped: (connection, whose credential) pairs.
+    /// Stored credentials dropped.
     CredentialsDropped {
         /// What was dropped.
-        dropped: Vec<(String, String)>,
+        dropped: DroppedCredentials,
     },
     /// A linked account recorded.
     AccountLinked {
@@ -491,7 +494,7 @@ fn drop_foreign_credentials<'a>(
     connections: impl Iterator<Item = &'a str>,
     keep_sub: &str,
     actor: &Actor,
-) -> Result<(Vec<(String, String)>, Option<Arc<Entry>>)> {
+) -> Result<(DroppedCredentials, Option<Arc<Entry>>)> {
     let mut dropped = Vec::new();
     for c in connections {
         if let Some(owner) = connections::drop_subject_unless(conn, server, c, keep_sub)? {
