@@ -31,6 +31,11 @@ pub fn key(parts: &[&str]) -> String {
     parts.join("\u{0}")
 }
 
+/// A peer uid as a key part (or in a message): the number, or `unknown`.
+pub fn peer_uid(uid: Option<u32>) -> String {
+    uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+}
+
 struct Slot {
     opened: Instant,
     /// The first event of the window, the template of its summary.

@@ -287,9 +287,7 @@ fn refusal(
     actor: Actor,
     rejection: Option<&AuthRejection>,
 ) -> Refusal {
-    let uid = actor
-        .uid
-        .map_or_else(|| "unknown".to_owned(), |u| u.to_string());
+    let uid = crate::audit_coalesce::peer_uid(actor.uid);
     let coalesce_key = crate::audit_coalesce::key(&[
         "refusal",
         &uid,

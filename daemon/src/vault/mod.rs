@@ -392,9 +392,7 @@ impl TokenBroker {
     /// Audits a token handed out without an exchange of its own (coalesced
     /// per peer uid, server, connection and credential), before the caller gets it.
     async fn audit_handout(&self, caller: &Actor, key: &Key, issued: &Issued) -> Result<()> {
-        let uid = caller
-            .uid
-            .map_or_else(|| "unknown".to_owned(), |u| u.to_string());
+        let uid = crate::audit_coalesce::peer_uid(caller.uid);
         let coalesce_key = crate::audit_coalesce::key(&[
             "token-handout",
             &uid,
@@ -663,9 +661,7 @@ impl TokenBroker {
     /// A caller without an operator token asking for a server its uid is not
     /// listed for: refused, audited (coalesced like every refusal).
     async fn refuse_unlisted(&self, caller: &Actor, grant: &GrantRow, sub: &str) -> Error {
-        let uid = caller
-            .uid
-            .map_or_else(|| "unknown".to_owned(), |u| u.to_string());
+        let uid = crate::audit_coalesce::peer_uid(caller.uid);
         let message = format!(
             "uid {uid} may not receive {}'s tokens without an operator token: list it for the server in [token_vault] server_uids (\"{}={uid}\"), or call with an operator token (`defenseclawctl auth login`)",
             grant.server, grant.server
@@ -772,7 +768,17 @@ impl TokenBroker {
             details,
             actor: caller.clone(),
         };
-        if let Err(e) = self.store.write(WriteOp::Audit(audit)).await {
+        // Repeated asks join the pending step-up; their entries are coalesced.
+        let uid = crate::audit_coalesce::peer_uid(caller.uid);
+        let key = crate::audit_coalesce::key(&[
+            "refusal",
+            &uid,
+            &caller.id,
+            "scope_escalation",
+            server,
+            connection,
+        ]);
+        if let Err(e) = self.coalescer.record(key, audit).await {
             tracing::error!(error = %e, "could not audit a scope escalation");
         }
         Error::PermissionDenied(message)
