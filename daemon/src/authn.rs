@@ -37,6 +37,9 @@ pub struct Refusal {
     pub error: Error,
     /// What the audit log gets.
     pub audit: NewEntry,
+    /// Refusals with the same key (peer uid, call, reason) share one audit
+    /// entry per window ([`crate::audit_coalesce`]).
+    pub coalesce_key: String,
 }
 
 /// Verifier state in `oidc` mode.
@@ -284,6 +287,14 @@ fn refusal(
     actor: Actor,
     rejection: Option<&AuthRejection>,
 ) -> Refusal {
+    let uid = crate::audit_coalesce::peer_uid(actor.uid);
+    let coalesce_key = crate::audit_coalesce::key(&[
+        "refusal",
+        &uid,
+        action,
+        rpc,
+        rejection.map_or("", |r| r.reason.as_str()),
+    ]);
     let mut details = serde_json::json!({ "rpc": rpc });
     if let (Some(r), serde_json::Value::Object(map)) = (rejection, &mut details) {
         map.insert(
@@ -308,5 +319,6 @@ fn refusal(
             details,
             actor,
         },
+        coalesce_key,
     }
 }

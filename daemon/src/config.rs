@@ -124,6 +124,12 @@ pub(crate) fn word_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<St
     split_list(d, &[',', ' '])
 }
 
+/// A list of entries that may themselves hold commas; from the environment,
+/// separated by semicolons.
+pub(crate) fn entry_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    split_list(d, &[';'])
+}
+
 /// A list of paths; from the environment, comma-separated.
 pub(crate) fn path_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
     string_list(d).map(|v| v.into_iter().map(PathBuf::from).collect())
@@ -271,12 +277,18 @@ pub struct AuditSettings {
     /// Log the chain head (`seq:hash`) every this many entries, so it lands in the
     /// journal or SIEM and truncation can be detected later. 0 disables.
     pub head_log_every: u64,
+    /// Repeated refusals (per peer uid, call and reason) and cached provider
+    /// tokens handed out (per peer uid, server, connection and credential) are
+    /// written once per window of this many seconds, then as one entry with a
+    /// count when the window ends. At least 1.
+    pub coalesce_window_secs: u64,
 }
 
 impl Default for AuditSettings {
     fn default() -> Self {
         Self {
             head_log_every: 1000,
+            coalesce_window_secs: 60,
         }
     }
 }
@@ -396,6 +408,18 @@ impl Settings {
                 });
             }
         }
+        if self.audit.coalesce_window_secs == 0 {
+            return Err(ConfigError::Value {
+                field: "audit.coalesce_window_secs",
+                reason: "must be at least 1 (every refusal would be its own audit entry)".into(),
+            });
+        }
+        self.token_vault
+            .server_uid_map()
+            .map_err(|reason| ConfigError::Value {
+                field: "token_vault.server_uids",
+                reason,
+            })?;
         if self.token_vault.request_timeout_secs == 0 {
             return Err(ConfigError::Value {
                 field: "token_vault.request_timeout_secs",
@@ -550,6 +574,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("server.socket_mode"), "{err}");
+    }
+
+    #[test]
+    fn server_uids_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.toml");
+        std::fs::write(
+            &file,
+            "[token_vault]\nserver_uids = [\"github-mcp=1000\", \"My Server=1000,1001\"]\n",
+        )
+        .unwrap();
+        let s = Settings::load(&ConfigFile::Explicit(file.clone()), &env(&[])).unwrap();
+        let map = s.token_vault.server_uid_map().unwrap();
+        assert_eq!(map["github-mcp"], vec![1000]);
+        assert_eq!(map["My Server"], vec![1000, 1001]);
+        let s = Settings::load(
+            &ConfigFile::Explicit(file),
+            &env(&[("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", "a=0;b=5,6")]),
+        )
+        .unwrap();
+        let map = s.token_vault.server_uid_map().unwrap();
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["b"], vec![5, 6]);
+        for bad in ["github-mcp", "=5", "x=abc", "x=1;x=2", "x="] {
+            let err = Settings::load(
+                &ConfigFile::None,
+                &env(&[("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", bad)]),
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("token_vault.server_uids"),
+                "{bad}: {err}"
+            );
+        }
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_AUDIT__COALESCE_WINDOW_SECS", "0")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("audit.coalesce_window_secs"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub struct ControlService {
     pub(crate) admission: crate::admission::Admission,
     pub(crate) stepups: Arc<crate::stepup::StepUps>,
     pub(crate) vault: Arc<crate::vault::TokenBroker>,
+    pub(crate) coalescer: Arc<crate::audit_coalesce::AuditCoalescer>,
 }
 
 impl std::fmt::Debug for ControlService {
@@ -100,9 +101,40 @@ impl ControlService {
         }
     }
 
-    /// Audits a refused call, then hands back the error for the caller.
+    /// A re-declaration by anyone but the approver whose refresh token a grant
+    /// keeps drops that credential (and its cached tokens) at once, approved or not.
+    async fn drop_foreign_credentials(
+        &self,
+        server: &str,
+        connections: &[crate::store::connections::ConnectionDecl],
+        actor: &Actor,
+    ) -> Result<()> {
+        let effect = self
+            .store
+            .write(WriteOp::DropForeignCredentials {
+                server: server.to_owned(),
+                connections: connections.iter().map(|c| c.connection.clone()).collect(),
+                keep_sub: actor.id.clone(),
+                actor: actor.clone(),
+            })
+            .await?;
+        let WriteEffect::CredentialsDropped { dropped } = effect else {
+            return Err(unexpected(&effect));
+        };
+        for (connection, _) in &dropped {
+            self.vault.forget_others(server, connection, &actor.id);
+        }
+        Ok(())
+    }
+
+    /// Audits a refused call (coalesced with its like), then hands back the
+    /// error for the caller.
     async fn refuse(&self, refusal: crate::authn::Refusal) -> Error {
-        if let Err(e) = self.store.write(WriteOp::Audit(refusal.audit)).await {
+        if let Err(e) = self
+            .coalescer
+            .record(refusal.coalesce_key, refusal.audit)
+            .await
+        {
             tracing::error!(error = %e, "could not audit a refused call");
         }
         refusal.error
@@ -437,6 +469,10 @@ impl Control for ControlService {
         };
         validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
         let connections = connections_from(&target, action, req.connections)?;
+        if !connections.is_empty() {
+            self.drop_foreign_credentials(&target.name, &connections, &actor)
+                .await?;
+        }
         // Granting credentials to a server keeps the approver's refresh token
         // (sealed) when it can: that takes a human approval.
         let unattended = !connections.is_empty() && self.vault.wants_unattended();

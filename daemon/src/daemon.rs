@@ -222,6 +222,12 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         }
         _ => None,
     };
+    // Refusals and cached hand-outs: one audit entry per key and window, with a count.
+    let coalescer = crate::audit_coalesce::AuditCoalescer::new(
+        store.clone(),
+        Duration::from_secs(settings.audit.coalesce_window_secs),
+        crate::audit_coalesce::DEFAULT_MAX_KEYS,
+    );
     let vault = crate::vault::TokenBroker::new(
         settings.token_vault.clone(),
         store.clone(),
@@ -229,7 +235,9 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         vault_client,
         sealer,
         stepups.clone(),
-    );
+        coalescer.clone(),
+    )
+    .inspect_err(|_| cleanup.run())?;
     tokio::spawn(forget_blocked(
         vault.clone(),
         enforcement.subscribe(),
@@ -314,6 +322,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         admission,
         stepups,
         vault,
+        coalescer: coalescer.clone(),
     };
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
@@ -335,6 +344,10 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         .build_v1alpha()
         .map_err(|e| format!("reflection service: {e}"))?;
 
+    // Started last, so a failed start leaves no task holding the store.
+    let coalescer_stop = CancellationToken::new();
+    let coalescer_task = coalescer.spawn_flusher(coalescer_stop.clone());
+    drop(coalescer);
     let incoming = UnixListenerStream::new(bound.listener);
     let server_cancel = cancel.clone();
     let server = tokio::spawn(
@@ -358,6 +371,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
             }
         };
         cleanup.run();
+        // No call is left to refuse: write the summaries of the open windows.
+        coalescer_stop.cancel();
+        if let Err(e) = coalescer_task.await {
+            tracing::error!(error = %e, "the audit coalescer did not stop cleanly");
+        }
         // The monitor drains its audit queue into the store before it lets go.
         monitor.stopped().await;
         // The writer stops once every store handle is gone; wait for its final checkpoint.

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admission;
 pub mod audit;
+pub mod audit_coalesce;
 pub mod authn;
 pub mod config;
 pub mod control;

@@ -270,12 +270,18 @@ async fn unattended_start_uses_the_approvers_sealed_credential() {
     std::fs::write(&key, hex::encode([9u8; 32])).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let key = key.display().to_string();
+    // The agent's uid (this process's) is the one listed for the server.
+    let agent = format!(
+        "github-mcp={}",
+        defenseclaw_proto::paths::current_uid().unwrap()
+    );
     let d = oidc_daemon(
         &idp,
         &[
             ("DEFENSECLAW_STEPUP__ENABLED", "true"),
             ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
             ("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &key),
+            ("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", &agent),
         ],
     )
     .await;

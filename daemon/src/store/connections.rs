@@ -220,6 +220,30 @@ pub(crate) fn upsert(
     .map_err(Error::store("recording a connection grant"))
 }
 
+/// Forgets a grant's stored subject credential unless it is `keep_sub`'s;
+/// returns whose credential was dropped.
+pub(crate) fn drop_subject_unless(
+    conn: &Connection,
+    server: &str,
+    connection: &str,
+    keep_sub: &str,
+) -> Result<Option<String>> {
+    let Some(owner) = get(conn, server, connection)?
+        .and_then(|g| g.subject)
+        .map(|s| s.sub)
+        .filter(|sub| sub != keep_sub)
+    else {
+        return Ok(None);
+    };
+    conn.prepare_cached(
+        "UPDATE connection_grants SET subject_sub = NULL, subject_sealed = NULL
+         WHERE server = ?1 AND connection = ?2",
+    )
+    .and_then(|mut s| s.execute(params![server, connection]))
+    .map_err(Error::store("dropping a grant's stored credential"))?;
+    Ok(Some(owner))
+}
+
 /// Marks a grant revoked and forgets its stored subject credential.
 pub(crate) fn revoke(
     conn: &Connection,

@@ -136,6 +136,19 @@ pub enum WriteOp {
         /// Extra audit details.
         details: serde_json::Value,
     },
+    /// A grant re-declared by someone other than the approver whose refresh
+    /// token it keeps: that credential is dropped (and audited) until the new
+    /// declaration is approved.
+    DropForeignCredentials {
+        /// MCP server name.
+        server: String,
+        /// The connections re-declared.
+        connections: Vec<String>,
+        /// The declaring operator (`sub` or local actor id): their own credential stays.
+        keep_sub: String,
+        /// Who re-declared.
+        actor: Actor,
+    },
     /// Revoke a grant and drop its stored subject credential.
     RevokeConnection {
         /// MCP server name.
@@ -171,6 +184,9 @@ pub enum WriteOp {
         actor: Actor,
     },
 }
+
+/// Stored grant credentials dropped: (connection, whose credential) pairs.
+pub type DroppedCredentials = Vec<(String, String)>;
 
 /// What a committed job did.
 #[derive(Debug, Clone)]
@@ -237,6 +253,11 @@ pub enum WriteEffect {
     },
     /// Use recorded.
     ConnectionUsed,
+    /// Stored credentials dropped.
+    CredentialsDropped {
+        /// What was dropped.
+        dropped: DroppedCredentials,
+    },
     /// A linked account recorded.
     AccountLinked {
         /// Audit entry written.
@@ -462,6 +483,54 @@ fn ensure_target(conn: &Connection, target: &Target, now: &str) -> Result<bool> 
     .and_then(|mut s| s.execute(params![target.kind.as_str(), target.name, now]))
     .map(|n| n > 0)
     .map_err(Error::store("registering a target"))
+}
+
+/// Drops the stored credentials of `server`'s `connections` not owned by
+/// `keep_sub`, with one audit entry naming whose they were.
+fn drop_foreign_credentials<'a>(
+    conn: &Connection,
+    chain: &mut Head,
+    server: &str,
+    connections: impl Iterator<Item = &'a str>,
+    keep_sub: &str,
+    actor: &Actor,
+) -> Result<(DroppedCredentials, Option<Arc<Entry>>)> {
+    let mut dropped = Vec::new();
+    for c in connections {
+        if let Some(owner) = connections::drop_subject_unless(conn, server, c, keep_sub)? {
+            dropped.push((c.to_owned(), owner));
+        }
+    }
+    if dropped.is_empty() {
+        return Ok((dropped, None));
+    }
+    let entry = append(
+        conn,
+        chain,
+        &NewEntry {
+            action: "connection-credential-dropped".into(),
+            target: Some(Target {
+                kind: TargetKind::Mcp,
+                name: server.to_owned(),
+            }),
+            severity: None,
+            outcome: "success".into(),
+            reason: format!(
+                "re-declared by {}: the previous approver's stored credential no longer starts it unattended until the new declaration is approved",
+                actor.name
+            ),
+            details: serde_json::json!({
+                "dropped": dropped
+                    .iter()
+                    .map(|(c, sub)| serde_json::json!({"connection": c, "subject_sub": sub}))
+                    .collect::<Vec<_>>(),
+                "declared_by": keep_sub,
+                "subject_credential_dropped": true,
+            }),
+            actor: actor.clone(),
+        },
+    )?;
+    Ok((dropped, Some(entry)))
 }
 
 fn merge_details(base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
@@ -912,6 +981,22 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
                 name: server.clone(),
             };
             ensure_target(conn, &target, &now)?;
+            // A declaration approved by someone else does not inherit the
+            // previous approver's credential.
+            let mut entries = Vec::new();
+            if subject.is_none() {
+                entries.extend(
+                    drop_foreign_credentials(
+                        conn,
+                        chain,
+                        &server,
+                        grants.iter().map(|g| g.connection.as_str()),
+                        &approved_by,
+                        &actor,
+                    )?
+                    .1,
+                );
+            }
             for g in &grants {
                 connections::upsert(conn, &server, g, &approved_by, subject.as_ref(), &now)?;
             }
@@ -950,13 +1035,34 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
                     actor,
                 },
             )?;
+            entries.push(entry.clone());
             Ok(Staged {
                 cache_updates: vec![],
-                entries: vec![entry.clone()],
+                entries,
                 effect: WriteEffect::Granted {
                     grants: stored,
                     entry,
                 },
+            })
+        }
+        WriteOp::DropForeignCredentials {
+            server,
+            connections,
+            keep_sub,
+            actor,
+        } => {
+            let (dropped, entry) = drop_foreign_credentials(
+                conn,
+                chain,
+                &server,
+                connections.iter().map(String::as_str),
+                &keep_sub,
+                &actor,
+            )?;
+            Ok(Staged {
+                cache_updates: vec![],
+                entries: entry.into_iter().collect(),
+                effect: WriteEffect::CredentialsDropped { dropped },
             })
         }
         WriteOp::RevokeConnection {

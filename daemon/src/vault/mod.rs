@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use crate::audit::NewEntry;
+use crate::audit_coalesce::AuditCoalescer;
 use crate::error::{Error, Result};
 use crate::model::{Actor, Target, TargetKind};
 use crate::oidc::token_vault::{Subject, TokenVaultClient, VaultError};
@@ -57,6 +58,12 @@ pub struct TokenVaultSettings {
     /// the approver for `offline_access` and keeps their refresh token (sealed)
     /// so the server can start unattended.
     pub unattended: bool,
+    /// Which local uids may receive a server's tokens without an operator
+    /// token (through the approver's sealed credential): entries
+    /// `"SERVER=UID[,UID...]"`; from the environment, separated by `;`.
+    /// A server with no entry gets tokens only for a caller with an operator token.
+    #[serde(deserialize_with = "crate::config::entry_list")]
+    pub server_uids: Vec<String>,
 }
 
 impl Default for TokenVaultSettings {
@@ -68,7 +75,33 @@ impl Default for TokenVaultSettings {
             request_timeout_secs: 10,
             key_file: None,
             unattended: true,
+            server_uids: Vec::new(),
         }
+    }
+}
+
+impl TokenVaultSettings {
+    /// `server_uids` as server name → uids; an error says which entry is wrong.
+    pub fn server_uid_map(&self) -> std::result::Result<HashMap<String, Vec<u32>>, String> {
+        let mut map = HashMap::new();
+        for entry in &self.server_uids {
+            let Some((server, uids)) = entry.rsplit_once('=') else {
+                return Err(format!("{entry:?} is not SERVER=UID[,UID...]"));
+            };
+            crate::model::validate_name("server", server).map_err(|e| format!("{entry:?}: {e}"))?;
+            let uids = uids
+                .split(',')
+                .map(|u| {
+                    u.trim()
+                        .parse::<u32>()
+                        .map_err(|_| format!("{entry:?}: {u:?} is not a numeric uid"))
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            if map.insert(server.to_owned(), uids).is_some() {
+                return Err(format!("{server:?} is listed twice"));
+            }
+        }
+        Ok(map)
     }
 }
 
@@ -191,6 +224,10 @@ pub struct TokenBroker {
     client: Option<Arc<TokenVaultClient>>,
     sealer: Option<Arc<Sealer>>,
     stepups: Arc<StepUps>,
+    /// `[token_vault] server_uids`: who may receive a server's tokens without an operator token.
+    server_uids: HashMap<String, Vec<u32>>,
+    /// Hand-outs and refusals are audited through it.
+    coalescer: Arc<AuditCoalescer>,
     tokens: Mutex<HashMap<Key, Cached>>,
     flights: Mutex<HashMap<Key, Arc<Flight>>>,
     /// Bumped whenever grants are revoked or servers blocked, so an exchange
@@ -216,8 +253,14 @@ impl TokenBroker {
         client: Option<Arc<TokenVaultClient>>,
         sealer: Option<Arc<Sealer>>,
         stepups: Arc<StepUps>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+        coalescer: Arc<AuditCoalescer>,
+    ) -> std::result::Result<Arc<Self>, String> {
+        let server_uids = settings
+            .server_uid_map()
+            .map_err(|e| format!("invalid configuration: token_vault.server_uids: {e}"))?;
+        Ok(Arc::new(Self {
+            server_uids,
+            coalescer,
             settings,
             store,
             cache,
@@ -227,7 +270,7 @@ impl TokenBroker {
             tokens: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
-        })
+        }))
     }
 
     /// Whether an `mcp allow` declaring connections should go through step-up
@@ -239,6 +282,14 @@ impl TokenBroker {
     /// Drops every cached token of `server` (blocked), or of one of its connections (revoked).
     pub fn forget(&self, server: &str, connection: Option<&str>) {
         self.forget_where(|k| k.server == server && connection.is_none_or(|c| k.connection == c));
+    }
+
+    /// Drops the cached tokens of `server`'s `connection` exchanged for anyone but `keep_sub`
+    /// (a grant re-declared by another operator).
+    pub fn forget_others(&self, server: &str, connection: &str, keep_sub: &str) {
+        self.forget_where(|k| {
+            k.server == server && k.connection == connection && k.sub != keep_sub
+        });
     }
 
     /// Drops every cached token.
@@ -297,13 +348,14 @@ impl TokenBroker {
             }
             Some(g) => g,
         };
-        let (sub, subject) = self.subject_for(caller, bearer, &grant)?;
+        let (sub, subject) = self.subject_for(caller, bearer, &grant).await?;
         let key = Key {
             server: server.to_owned(),
             connection: connection.to_owned(),
             sub,
         };
         if !fresh && let Some(hit) = self.cached(&key) {
+            self.audit_handout(caller, &key, &hit).await?;
             self.record_use(&key);
             return Ok(hit);
         }
@@ -330,13 +382,54 @@ impl TokenBroker {
         }
         let issued = outcome.map_err(Error::from)?;
         if !led {
+            // Another caller's exchange: its entry names that caller, not this one.
+            self.audit_handout(caller, &key, &issued).await?;
             self.record_use(&key);
         }
         Ok(issued)
     }
 
-    /// The caller's own token (mode a), else the grant's stored refresh token (mode b).
-    fn subject_for(
+    /// Audits a token handed out without an exchange of its own (coalesced
+    /// per peer uid, server, connection and credential), before the caller gets it.
+    async fn audit_handout(&self, caller: &Actor, key: &Key, issued: &Issued) -> Result<()> {
+        let uid = crate::audit_coalesce::peer_uid(caller.uid);
+        let coalesce_key = crate::audit_coalesce::key(&[
+            "token-handout",
+            &uid,
+            &caller.id,
+            &key.server,
+            &key.connection,
+            &key.sub,
+        ]);
+        let entry = NewEntry {
+            action: "token-handout".into(),
+            target: Some(Target {
+                kind: TargetKind::Mcp,
+                name: key.server.clone(),
+            }),
+            severity: None,
+            outcome: "success".into(),
+            reason: format!(
+                "{} token for {} handed to uid {uid}",
+                key.connection, key.server
+            ),
+            details: serde_json::json!({
+                "connection": key.connection,
+                "subject": issued.subject,
+                "subject_sub": key.sub,
+                "cached": issued.cached,
+            }),
+            actor: caller.clone(),
+        };
+        self.coalescer
+            .record(coalesce_key, entry)
+            .await
+            .map_err(|e| Error::Internal(format!("could not audit the hand-out: {e}")))
+    }
+
+    /// The caller's own token (mode a), else the grant's stored refresh token
+    /// (mode b), which only a uid listed for the server in `server_uids` gets.
+    async fn subject_for(
         &self,
         caller: &Actor,
         bearer: Option<&str>,
@@ -353,6 +446,13 @@ impl TokenBroker {
                 grant.server, grant.connection
             )));
         };
+        let listed = self
+            .server_uids
+            .get(&grant.server)
+            .is_some_and(|uids| caller.uid.is_some_and(|u| uids.contains(&u)));
+        if !listed {
+            return Err(self.refuse_unlisted(caller, grant, &stored.sub).await);
+        }
         let Some(sealer) = &self.sealer else {
             return Err(Error::FailedPrecondition(format!(
                 "{}/{} has a sealed credential but no token vault key is configured ([token_vault] key_file or the token-vault-key credential)",
@@ -558,6 +658,44 @@ impl TokenBroker {
         }
     }
 
+    /// A caller without an operator token asking for a server its uid is not
+    /// listed for: refused, audited (coalesced like every refusal).
+    async fn refuse_unlisted(&self, caller: &Actor, grant: &GrantRow, sub: &str) -> Error {
+        let uid = crate::audit_coalesce::peer_uid(caller.uid);
+        let message = format!(
+            "uid {uid} may not receive {}'s tokens without an operator token: list it for the server in [token_vault] server_uids (\"{}={uid}\"), or call with an operator token (`defenseclawctl auth login`)",
+            grant.server, grant.server
+        );
+        let entry = NewEntry {
+            action: "permission-denied".into(),
+            target: Some(Target {
+                kind: TargetKind::Mcp,
+                name: grant.server.clone(),
+            }),
+            severity: None,
+            outcome: "refused".into(),
+            reason: message.clone(),
+            details: serde_json::json!({
+                "rpc": "GetConnectionToken",
+                "connection": grant.connection,
+                "subject_sub": sub,
+                "config_key": "token_vault.server_uids",
+            }),
+            actor: caller.clone(),
+        };
+        let key = crate::audit_coalesce::key(&[
+            "refusal",
+            &uid,
+            "permission-denied",
+            "GetConnectionToken",
+            &grant.server,
+        ]);
+        if let Err(e) = self.coalescer.record(key, entry).await {
+            tracing::error!(error = %e, "could not audit a refused token request");
+        }
+        Error::PermissionDenied(message)
+    }
+
     /// A request for an undeclared connection: refused at once, audited as
     /// `scope_escalation`, and put to the approvers.
     async fn escalate(&self, caller: &Actor, server: &str, connection: &str) -> Error {
@@ -630,7 +768,17 @@ impl TokenBroker {
             details,
             actor: caller.clone(),
         };
-        if let Err(e) = self.store.write(WriteOp::Audit(audit)).await {
+        // Repeated asks join the pending step-up; their entries are coalesced.
+        let uid = crate::audit_coalesce::peer_uid(caller.uid);
+        let key = crate::audit_coalesce::key(&[
+            "refusal",
+            &uid,
+            &caller.id,
+            "scope_escalation",
+            server,
+            connection,
+        ]);
+        if let Err(e) = self.coalescer.record(key, audit).await {
             tracing::error!(error = %e, "could not audit a scope escalation");
         }
         Error::PermissionDenied(message)

@@ -4,6 +4,7 @@
 mod support;
 
 mod attacks_scan;
+mod attacks_vault;
 mod audit_chain;
 mod governance;
 mod lifecycle;

@@ -1648,12 +1648,12 @@ async fn daemon_in_oidc_mode_stamps_the_operator_and_audits_refusals() {
 async fn the_daemon_refuses_every_attack_token_and_audits_each_refusal() {
     use defenseclaw_proto::v1 as pb;
     let idp = MockIdp::start().await;
-    let d = crate::support::TestDaemon::start_with(&[
+    let overrides = [
         ("DEFENSECLAW_AUTH__MODE", "oidc"),
-        ("DEFENSECLAW_AUTH__ISSUER", &idp.issuer),
+        ("DEFENSECLAW_AUTH__ISSUER", idp.issuer.as_str()),
         ("DEFENSECLAW_AUTH__AUDIENCE", AUD),
-    ])
-    .await;
+    ];
+    let d = crate::support::TestDaemon::start_with(&overrides).await;
     let mut c = d.client().await;
     let cases = attack_tokens(&idp.issuer);
     for (name, token, expected) in &cases {
@@ -1708,13 +1708,27 @@ async fn the_daemon_refuses_every_attack_token_and_audits_each_refusal() {
         pb::Verdict::Unknown as i32,
         "nothing was blocked"
     );
-    let count = c
-        .get_status(pb::GetStatusRequest {})
+    // Refusals with the same reason share an entry per window; after shutdown
+    // has written the open windows, the counts account for every refusal.
+    let mut d = d;
+    d.stop().await;
+    let crate::support::TestDaemon { dir, .. } = d;
+    let d = crate::support::TestDaemon::start_in(dir, &overrides).await;
+    let mut c = d.client().await;
+    let entries = c
+        .list_audit(pb::ListAuditRequest::default())
         .await
         .unwrap()
         .into_inner()
-        .counts
-        .unwrap()
-        .audit_entries;
-    assert_eq!(count, cases.len() as u64);
+        .entries;
+    assert!(entries.iter().all(|e| e.action == "auth-refused"));
+    let counted: u64 = entries
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.details_json).unwrap()["count"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(counted, cases.len() as u64);
 }

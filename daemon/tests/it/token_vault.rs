@@ -17,16 +17,16 @@ use tonic::transport::Channel;
 
 use crate::support::{TestDaemon, mcp};
 
-const OPERATOR: &str = "auth0|operator1";
-const SERVER: &str = "github-mcp";
+pub(crate) const OPERATOR: &str = "auth0|operator1";
+pub(crate) const SERVER: &str = "github-mcp";
 
-async fn provider() -> IdentityProvider {
+pub(crate) async fn provider() -> IdentityProvider {
     IdentityProvider::start(IdpOptions::default())
         .await
         .expect("starting the local identity provider (needs node and npm)")
 }
 
-fn env(idp: &IdentityProvider, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn env(idp: &IdentityProvider, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut v = idp.daemon_oidc_env();
     v.extend(
         extra
@@ -36,7 +36,7 @@ fn env(idp: &IdentityProvider, extra: &[(&str, &str)]) -> Vec<(String, String)> 
     v
 }
 
-async fn start(dir: Option<tempfile::TempDir>, env: &[(String, String)]) -> TestDaemon {
+pub(crate) async fn start(dir: Option<tempfile::TempDir>, env: &[(String, String)]) -> TestDaemon {
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     match dir {
         Some(d) => TestDaemon::start_in(d, &pairs).await,
@@ -44,25 +44,35 @@ async fn start(dir: Option<tempfile::TempDir>, env: &[(String, String)]) -> Test
     }
 }
 
-async fn operator_token(idp: &IdentityProvider) -> String {
+pub(crate) async fn operator_token(idp: &IdentityProvider) -> String {
+    token_for(idp, OPERATOR, "operator1@example.com", "Operator One").await
+}
+
+/// An operator access token for `sub`, signed by the provider.
+pub(crate) async fn token_for(
+    idp: &IdentityProvider,
+    sub: &str,
+    email: &str,
+    name: &str,
+) -> String {
     idp.sign_token(
         json!({}),
-        json!({"sub": OPERATOR, "aud": idp.audience(), "scope": "openid skills:write",
-               "email": "operator1@example.com", "name": "Operator One", "azp": idp.cli_client_id(),
+        json!({"sub": sub, "aud": idp.audience(), "scope": "openid skills:write",
+               "email": email, "name": name, "azp": idp.cli_client_id(),
                "exp": time::OffsetDateTime::now_utc().unix_timestamp() + 3600}),
     )
     .await
     .unwrap()
 }
 
-fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+pub(crate) fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
-fn allow(server: &str, connections: &[(&str, &[&str])]) -> pb::SetEnforcementRequest {
+pub(crate) fn allow(server: &str, connections: &[(&str, &[&str])]) -> pb::SetEnforcementRequest {
     pb::SetEnforcementRequest {
         target: mcp(server),
         action: pb::EnforcementAction::Allow as i32,
@@ -77,7 +87,7 @@ fn allow(server: &str, connections: &[(&str, &[&str])]) -> pb::SetEnforcementReq
     }
 }
 
-fn want(server: &str, connection: &str) -> pb::GetConnectionTokenRequest {
+pub(crate) fn want(server: &str, connection: &str) -> pb::GetConnectionTokenRequest {
     pb::GetConnectionTokenRequest {
         server: server.into(),
         connection: connection.into(),
@@ -85,7 +95,7 @@ fn want(server: &str, connection: &str) -> pb::GetConnectionTokenRequest {
     }
 }
 
-async fn grants(c: &mut ControlClient<Channel>) -> Vec<pb::ConnectionGrant> {
+pub(crate) async fn grants(c: &mut ControlClient<Channel>) -> Vec<pb::ConnectionGrant> {
     c.list_connections(pb::ListConnectionsRequest::default())
         .await
         .unwrap()
@@ -93,7 +103,7 @@ async fn grants(c: &mut ControlClient<Channel>) -> Vec<pb::ConnectionGrant> {
         .grants
 }
 
-async fn audit(c: &mut ControlClient<Channel>) -> Vec<pb::AuditEntry> {
+pub(crate) async fn audit(c: &mut ControlClient<Channel>) -> Vec<pb::AuditEntry> {
     c.list_audit(pb::ListAuditRequest {
         limit: 1000,
         ..Default::default()
@@ -105,7 +115,7 @@ async fn audit(c: &mut ControlClient<Channel>) -> Vec<pb::AuditEntry> {
 }
 
 /// Waits until `probe` holds (readiness, never speed).
-async fn until<F, Fut>(deadline: Duration, mut probe: F) -> anyhow::Result<()>
+pub(crate) async fn until<F, Fut>(deadline: Duration, mut probe: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -117,7 +127,7 @@ where
     .await
 }
 
-fn key_file(dir: &std::path::Path, byte: u8) -> std::path::PathBuf {
+pub(crate) fn key_file(dir: &std::path::Path, byte: u8) -> std::path::PathBuf {
     let path = dir.join(format!("token-vault-{byte}.key"));
     std::fs::write(&path, hex::encode([byte; 32])).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -419,9 +429,15 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
     let keys = tempfile::tempdir().unwrap();
     let key = key_file(keys.path(), 7);
     let key_env = key.display().to_string();
+    // This process's uid may start the server on the stored credential.
+    let me = format!(
+        "{SERVER}={}",
+        defenseclaw_proto::paths::current_uid().unwrap()
+    );
     let base = [
         ("DEFENSECLAW_STEPUP__ENABLED", "true"),
         ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
+        ("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", me.as_str()),
     ];
     let mut with_key = base.to_vec();
     with_key.push(("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &key_env));
