@@ -174,7 +174,7 @@ pub enum ApprovalsCommand {
     },
     /// One request.
     Show {
-        /// Request id (e.g. DC-4F2A).
+        /// Request id (e.g. DC-4F2A91C30B7E55D1).
         id: String,
     },
     /// Follow a request until it ends; exits with its outcome's code.

@@ -28,6 +28,9 @@ pub enum Error {
     /// A dependency is down; retrying may help.
     #[error("{0}")]
     Unavailable(String),
+    /// A per-caller bound is reached; retry once earlier work has ended.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The store failed. Details are logged, not sent.
     #[error("store error during {context}: {source}")]
     Store {
@@ -69,6 +72,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Status::permission_denied(err.to_string()),
             Error::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
             Error::Unavailable(msg) => Status::unavailable(msg),
+            Error::ResourceExhausted(msg) => Status::resource_exhausted(msg),
             Error::Store { .. } | Error::Internal(_) => {
                 // The detail stays in the daemon's log; the caller gets an id to quote.
                 let id = error_id();

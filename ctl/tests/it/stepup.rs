@@ -19,6 +19,7 @@ async fn waiting_for_approval_from_the_cli() {
         &idp,
         &[
             ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+            ("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|operator2"),
             ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
         ],
     )

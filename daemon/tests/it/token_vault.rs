@@ -302,6 +302,7 @@ async fn undeclared_connection_is_refused_and_put_to_the_approver() {
             &idp,
             &[
                 ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+                ("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|operator2"),
                 ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
             ],
         ),
@@ -421,6 +422,7 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
     let key_env = key.display().to_string();
     let base = [
         ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+        ("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|operator2"),
         ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
     ];
     let mut with_key = base.to_vec();
