@@ -3,6 +3,7 @@
 
 mod support;
 
+mod attacks_protection;
 mod audit_chain;
 mod governance;
 mod lifecycle;
