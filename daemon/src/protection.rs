@@ -13,7 +13,8 @@
 //! makes the writer keep every open finding at or above `min_severity` that a
 //! report leaves out or lowers (it stays open, marked in the audit entry as kept)
 //! until a dismissal a human approved. Reports still add findings and replace the
-//! lower ones.
+//! lower ones; a kept finding is replaced only when the report carries it again
+//! (same rule and place, at least as severe).
 //!
 //! With step-up off there is no human gate: changes commit as the operator asks
 //! and a report replaces its scanner's open findings.

@@ -499,7 +499,8 @@ fn merge_details(base: serde_json::Value, extra: serde_json::Value) -> serde_jso
 }
 
 /// Open findings of `scanner` on `target` at or above `keep` that the new
-/// report does not carry again (same rule, location and line, at least as severe).
+/// report does not carry again (same rule and location, at least as severe; the
+/// line is ignored so an edit above a finding does not duplicate it).
 fn kept_findings(
     conn: &Connection,
     target: &Target,
@@ -509,7 +510,7 @@ fn kept_findings(
 ) -> Result<Vec<u64>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, rule_id, location, line, severity FROM findings
+            "SELECT id, rule_id, location, severity FROM findings
              WHERE kind = ?1 AND name = ?2 AND scanner = ?3 AND dismissed_at IS NULL AND severity >= ?4",
         )
         .map_err(Error::store("reading findings"))?;
@@ -522,7 +523,6 @@ fn kept_findings(
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
                 ))
             },
         )
@@ -531,12 +531,9 @@ fn kept_findings(
         .map_err(Error::store("reading findings"))?;
     Ok(rows
         .into_iter()
-        .filter(|(_, rule, location, line, severity)| {
+        .filter(|(_, rule, location, severity)| {
             !incoming.iter().any(|f| {
-                f.rule_id == *rule
-                    && f.location == *location
-                    && i64::from(f.line) == *line
-                    && f.severity as i64 >= *severity
+                f.rule_id == *rule && f.location == *location && f.severity as i64 >= *severity
             })
         })
         .map(|(id, ..)| id.max(0) as u64)

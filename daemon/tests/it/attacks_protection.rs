@@ -179,6 +179,17 @@ async fn an_empty_report_then_unblock_does_not_lower_protection() {
     let critical = open_findings(&mut c, "victim").await;
     assert_eq!(critical.len(), 1);
 
+    // The same scanner lowers it: the CRITICAL finding stays open beside the LOW one.
+    c.submit_scan_report(bearer(
+        report("ext", "victim", &[("X-1", pb::Severity::Low)]),
+        &token,
+    ))
+    .await
+    .unwrap();
+    let open = open_findings(&mut c, "victim").await;
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert!(open.iter().any(|f| f.id == critical[0].id));
+
     // The same scanner now reports nothing: the CRITICAL finding stays open.
     let reply = c
         .submit_scan_report(bearer(report("ext", "victim", &[]), &token))
