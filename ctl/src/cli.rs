@@ -174,7 +174,7 @@ pub enum ApprovalsCommand {
     },
     /// One request.
     Show {
-        /// Request id (e.g. DC-4F2A).
+        /// Request id (e.g. DC-4F2A91C30B7E55D1).
         id: String,
     },
     /// Follow a request until it ends; exits with its outcome's code.
@@ -292,7 +292,7 @@ pub struct ScanArgs {
 pub struct InstallArgs {
     /// The skill folder.
     pub path: PathBuf,
-    /// Name to register it under (default: from SKILL.md or the folder name).
+    /// The skill's name, checked against the folder: a skill is named after its folder (never its SKILL.md), and another name is refused.
     #[arg(long)]
     pub name: Option<String>,
 }

@@ -10,11 +10,12 @@ use tokio::sync::broadcast;
 use crate::control::{EnforcementChanged, pb_finding};
 use crate::error::{Error, Result};
 use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind, validate_name};
+use crate::protection::{Change, Ruling};
 use crate::scanning::{ScanService, Scanned};
 use crate::state::{StateCache, Verdict};
 use crate::stepup::StepUps;
 use crate::store::stepup::StepUpAction;
-use crate::store::{Store, WriteEffect, WriteOp};
+use crate::store::{ReportOrigin, Store, WriteEffect, WriteOp};
 
 /// What to scan.
 #[derive(Debug, Clone)]
@@ -23,7 +24,8 @@ pub struct ScanRequest {
     pub kind: TargetKind,
     /// Absolute path the daemon reads.
     pub path: PathBuf,
-    /// Name override (skills).
+    /// The skill's name as the caller knows it: must be the folder's name (a
+    /// skill is named after its folder, never by the caller or its SKILL.md).
     pub name: Option<String>,
     /// One MCP server of the config.
     pub server: Option<String>,
@@ -114,6 +116,13 @@ impl Admission {
         if let Some(name) = &req.name {
             validate_name("name", name)?;
         }
+        // A skill is named after its folder (the key OpenClaw reports), never by its
+        // SKILL.md nor by the caller: a scan of one folder cannot write findings or
+        // decisions under another skill's name.
+        let folder = match req.kind {
+            TargetKind::Skill => Some(self.skill_name(&actor, &req).await?),
+            TargetKind::Mcp => None,
+        };
         let scanners = self.scan.scanners.clone();
         let (kind, path, server) = (req.kind, req.path.clone(), req.server.clone());
         // On the scan pool: bounded, and never in the way of store reads.
@@ -126,10 +135,18 @@ impl Admission {
             })
             .await?;
         let mut results = Vec::with_capacity(scanned.len());
-        for s in scanned {
-            let name = match (kind, &req.name) {
-                (TargetKind::Skill, Some(n)) => n.clone(),
-                _ => s.report.name.clone(),
+        for mut s in scanned {
+            let name = match &folder {
+                Some(folder) => {
+                    if s.report.name != *folder {
+                        s.report.notes.push(format!(
+                            "SKILL.md names the skill {:?}; it is recorded under its folder name {folder:?}",
+                            s.report.name
+                        ));
+                    }
+                    folder.clone()
+                }
+                None => s.report.name.clone(),
             };
             validate_name("name", &name).map_err(|_| {
                 Error::invalid(
@@ -145,6 +162,103 @@ impl Admission {
             );
         }
         Ok(results)
+    }
+
+    /// The skill's name: its folder's. A caller-supplied name that differs is
+    /// refused (and audited): it would let a scan of one folder claim another skill.
+    async fn skill_name(&self, actor: &Actor, req: &ScanRequest) -> Result<String> {
+        let folder = req
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        validate_name("path", &folder).map_err(|_| {
+            Error::invalid(
+                "path",
+                "must end in the skill's folder, whose name is the skill's name",
+            )
+        })?;
+        match &req.name {
+            Some(claimed) if *claimed != folder => {
+                let reason = format!(
+                    "name {claimed:?} differs from the skill folder's name {folder:?}; a skill is named after its folder"
+                );
+                let audit = WriteOp::Audit(crate::audit::NewEntry {
+                    action: "scan-target".into(),
+                    target: Some(Target {
+                        kind: TargetKind::Skill,
+                        name: claimed.clone(),
+                    }),
+                    severity: None,
+                    outcome: "denied".into(),
+                    reason: reason.clone(),
+                    details: serde_json::json!({
+                        "path": req.path.display().to_string(),
+                        "folder_name": folder,
+                        "peer": {"uid": actor.uid, "pid": actor.pid},
+                    }),
+                    actor: actor.clone(),
+                });
+                if let Err(e) = self.store.write(audit).await {
+                    tracing::error!(error = %e, "could not audit a refused scan");
+                }
+                Err(Error::invalid("name", reason))
+            }
+            _ => Ok(folder),
+        }
+    }
+
+    /// Allows `target` on admission (install, allow list) if the protection
+    /// invariant lets it commit; otherwise asks a human and holds it. Returns
+    /// the decision and its reason.
+    async fn admit(
+        &self,
+        actor: &Actor,
+        target: &Target,
+        reason: String,
+        details: serde_json::Value,
+        result: &mut pb::ScanResult,
+    ) -> Result<()> {
+        match self
+            .stepups
+            .protection()
+            .rule(target, Change::Allow)
+            .await?
+        {
+            Ruling::Commit => {
+                let (_, seq) = self
+                    .enforce(
+                        actor,
+                        target,
+                        EnforcementAction::Allow,
+                        reason.clone(),
+                        details,
+                    )
+                    .await?;
+                result.decision = "allowed".into();
+                result.decision_reason = reason;
+                result.audit_seq = seq;
+            }
+            Ruling::NeedsApproval | Ruling::FailClosed => {
+                let row = self
+                    .stepups
+                    .request(
+                        actor.clone(),
+                        target.clone(),
+                        StepUpAction::Allow,
+                        reason,
+                        None,
+                        Default::default(),
+                    )
+                    .await?;
+                result.decision = "pending".into();
+                result.decision_reason = format!(
+                    "open findings reach [stepup] min_severity: the allow waits for human approval ({})",
+                    row.id
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn record_and_decide(
@@ -172,16 +286,18 @@ impl Admission {
             result.decision = "bypassed".into();
             result.decision_reason = "on the admission allow list; not scanned".into();
             if install {
-                let (_, seq) = self
-                    .enforce(
-                        actor,
-                        &target,
-                        EnforcementAction::Allow,
-                        "admission: allow list".into(),
-                        serde_json::json!({"admission": "allow_list"}),
-                    )
-                    .await?;
-                result.audit_seq = seq;
+                self.admit(
+                    actor,
+                    &target,
+                    "admission: allow list".into(),
+                    serde_json::json!({"admission": "allow_list"}),
+                    &mut result,
+                )
+                .await?;
+                if result.decision == "allowed" {
+                    result.decision = "bypassed".into();
+                    result.decision_reason = "on the admission allow list; not scanned".into();
+                }
             }
             return Ok(result);
         }
@@ -195,6 +311,8 @@ impl Admission {
                     target: target.clone(),
                     findings,
                     actor: actor.clone(),
+                    origin: ReportOrigin::Daemon,
+                    keep_open_at: self.stepups.protection().report_keeps_open_at(),
                 })
                 .await?;
             if let WriteEffect::Findings { findings, .. } = effect {
@@ -255,18 +373,8 @@ impl Admission {
                 result.findings.len(),
                 threshold.as_str()
             );
-            let (_, seq) = self
-                .enforce(
-                    actor,
-                    &target,
-                    EnforcementAction::Allow,
-                    reason.clone(),
-                    summary,
-                )
+            self.admit(actor, &target, reason, summary, &mut result)
                 .await?;
-            result.decision = "allowed".into();
-            result.decision_reason = reason;
-            result.audit_seq = seq;
         } else {
             result.decision = "unchanged".into();
             result.decision_reason = format!("below the blocking threshold {}", threshold.as_str());

@@ -407,6 +407,36 @@ impl Settings {
                     reason: "must be \"requester\" or a list of approver subs".into(),
                 });
             }
+            // The daemon's own block proposals have no requester to ask: without a
+            // listed approver every CRITICAL proposal would fail.
+            if self.stepup.listed().is_empty() {
+                return Err(ConfigError::Value {
+                    field: "stepup.approver",
+                    reason: "[stepup] approver names no approver sub for the daemon's own block proposals (\"requester\" alone cannot approve them); add one, e.g. approver = [\"requester\", \"auth0|...\"]".into(),
+                });
+            }
+            if self.stepup.max_pending_per_requester == 0 {
+                return Err(ConfigError::Value {
+                    field: "stepup.max_pending_per_requester",
+                    reason: "must be at least 1".into(),
+                });
+            }
+            if self.stepup.max_pending_per_target == 0 {
+                return Err(ConfigError::Value {
+                    field: "stepup.max_pending_per_target",
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.stepup.auto_block_severity < self.stepup.min_severity {
+            return Err(ConfigError::Value {
+                field: "stepup.auto_block_severity",
+                reason: format!(
+                    "{} is below [stepup] min_severity {}: the daemon would propose blocks on targets whose changes need no approval",
+                    self.stepup.auto_block_severity.as_str(),
+                    self.stepup.min_severity.as_str()
+                ),
+            });
         }
         if self.audit.coalesce_window_secs == 0 {
             return Err(ConfigError::Value {

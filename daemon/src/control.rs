@@ -21,8 +21,9 @@ use crate::model::{
     Actor, Decision, EnforcementAction, EnforcementState, MAX_REASON_BYTES, Severity, Target,
     TargetKind, validate_name, validate_text,
 };
+use crate::protection::{Change, Ruling};
 use crate::state::{StateCache, Verdict};
-use crate::store::{AuditQuery, FindingRow, Store, TargetRow, WriteEffect, WriteOp};
+use crate::store::{AuditQuery, FindingRow, ReportOrigin, Store, TargetRow, WriteEffect, WriteOp};
 
 /// Most findings one scan report may carry.
 pub const MAX_FINDINGS_PER_REPORT: usize = 10_000;
@@ -476,7 +477,13 @@ impl Control for ControlService {
         // Granting credentials to a server keeps the approver's refresh token
         // (sealed) when it can: that takes a human approval.
         let unattended = !connections.is_empty() && self.vault.wants_unattended();
-        if unattended || self.stepups.required_for(&target).await? {
+        let change = match action {
+            EnforcementAction::Block => Change::Block,
+            EnforcementAction::Allow => Change::Allow,
+            EnforcementAction::Unblock => Change::Unblock,
+        };
+        let ruling = self.stepups.protection().rule(&target, change).await?;
+        if unattended || ruling == Ruling::NeedsApproval {
             let action = match action {
                 EnforcementAction::Block => crate::store::stepup::StepUpAction::Block,
                 EnforcementAction::Allow => crate::store::stepup::StepUpAction::Allow,
@@ -600,6 +607,31 @@ impl Control for ControlService {
         let report = request.into_inner();
         let target = target_from("target", report.target)?;
         validate_name("scanner", &report.scanner)?;
+        // The daemon's own scanners report only through the daemon: a peer using
+        // their name could otherwise rewrite what the daemon found.
+        if self.admission.scan.is_daemon_scanner(&report.scanner) {
+            let reason = format!(
+                "scanner name {:?} is reserved for the daemon's own scans; submit reports under another scanner name",
+                report.scanner
+            );
+            let audit = WriteOp::Audit(crate::audit::NewEntry {
+                action: "scan-report".into(),
+                target: Some(target),
+                severity: None,
+                outcome: "denied".into(),
+                reason: reason.clone(),
+                details: serde_json::json!({
+                    "scanner": report.scanner,
+                    "findings": report.findings.len(),
+                    "peer": {"uid": actor.uid, "pid": actor.pid},
+                }),
+                actor,
+            });
+            if let Err(e) = self.store.write(audit).await {
+                tracing::error!(error = %e, "could not audit a refused scan report");
+            }
+            return Err(Error::PermissionDenied(reason).into());
+        }
         if report.findings.len() > MAX_FINDINGS_PER_REPORT {
             return Err(
                 Error::invalid("findings", format!("more than {MAX_FINDINGS_PER_REPORT}")).into(),
@@ -618,6 +650,8 @@ impl Control for ControlService {
                 target,
                 findings,
                 actor,
+                origin: ReportOrigin::Peer,
+                keep_open_at: self.stepups.protection().report_keeps_open_at(),
             })
             .await?;
         let WriteEffect::Findings { findings, entry } = effect else {
@@ -673,7 +707,14 @@ impl Control for ControlService {
             .get_finding(req.id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("finding {}", req.id)))?;
-        if existing.dismissed.is_none() && self.stepups.required_for(&existing.target).await? {
+        if existing.dismissed.is_none()
+            && self
+                .stepups
+                .protection()
+                .rule(&existing.target, Change::Dismiss)
+                .await?
+                == Ruling::NeedsApproval
+        {
             let row = self
                 .stepups
                 .request(

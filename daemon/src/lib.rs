@@ -16,6 +16,7 @@ pub mod oidc;
 pub mod openclaw;
 pub mod openclaw_host;
 pub mod paths;
+pub mod protection;
 pub mod scan_input;
 pub mod scan_pool;
 pub mod scanning;

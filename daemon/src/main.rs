@@ -102,6 +102,18 @@ fn check_config(opts: &DaemonOptions) -> ExitCode {
             name.env, name.credential
         );
     }
+    // Step-up without the daemon's client secret cannot ask anyone: the start refuses it, so does the check.
+    if opts.settings.stepup.enabled
+        && !matches!(
+            secrets.get(defenseclawd::secrets::AUTH_CLIENT_SECRET),
+            Ok(Some(_))
+        )
+    {
+        eprintln!(
+            "defenseclawd: invalid configuration: stepup.enabled: [stepup] enabled needs the daemon's client secret (DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env)"
+        );
+        return ExitCode::from(78);
+    }
     // The token vault key is checked like at start (mode, owner, place, length).
     let key = defenseclawd::vault::seal::Sealer::load(
         secrets.credentials_dir(),

@@ -200,6 +200,16 @@ fn findings(report: &ScanReport) -> Vec<NewFinding> {
 }
 
 impl Scanners {
+    /// Names the daemon's own scanners store findings under (the built-in one and
+    /// each enabled adapter).
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names = vec![BUILTIN_SCANNER];
+        if self.skill_adapter.is_some() {
+            names.push(CISCO_SKILL_SCANNER);
+        }
+        names
+    }
+
     /// Loads the rules (built-in plus `rule_dirs`) and the enabled adapters.
     pub fn new(settings: &ScannerSettings) -> std::result::Result<Self, String> {
         let engine = if settings.rule_dirs.is_empty() {
@@ -452,4 +462,14 @@ pub struct ScanService {
     pub pool: crate::scan_pool::ScanPool,
     /// Policy.
     pub admission: AdmissionSettings,
+}
+
+impl ScanService {
+    /// Whether `scanner` names one of the daemon's own scanners (any case).
+    pub fn is_daemon_scanner(&self, scanner: &str) -> bool {
+        self.scanners
+            .names()
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(scanner))
+    }
 }

@@ -21,8 +21,9 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct StateCache {
     by_kind: RwLock<HashMap<TargetKind, HashMap<String, Decision>>>,
-    /// Targets held while a step-up is pending: they read as blocked (fail closed).
-    holds: RwLock<HashMap<TargetKind, HashMap<String, String>>>,
+    /// Targets held while step-ups are pending, with every holding request:
+    /// they read as blocked (fail closed) until the last one ends.
+    holds: RwLock<HashMap<TargetKind, HashMap<String, Vec<String>>>>,
 }
 
 impl StateCache {
@@ -37,26 +38,38 @@ impl StateCache {
     /// Holds a target while step-up `request_id` is pending.
     pub fn hold(&self, target: &Target, request_id: &str) {
         let mut holds = self.holds.write().unwrap_or_else(PoisonError::into_inner);
-        holds
+        let ids = holds
             .entry(target.kind)
             .or_default()
-            .insert(target.name.clone(), request_id.to_owned());
-    }
-
-    /// Releases the hold of `request_id` (another request's hold stays).
-    pub fn release(&self, target: &Target, request_id: &str) {
-        let mut holds = self.holds.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(names) = holds.get_mut(&target.kind)
-            && names.get(&target.name).is_some_and(|id| id == request_id)
-        {
-            names.remove(&target.name);
+            .entry(target.name.clone())
+            .or_default();
+        if !ids.iter().any(|id| id == request_id) {
+            ids.push(request_id.to_owned());
         }
     }
 
-    /// The pending step-up holding a target, if any.
+    /// Releases the hold of `request_id`; the target stays held while another
+    /// request on it is pending.
+    pub fn release(&self, target: &Target, request_id: &str) {
+        let mut holds = self.holds.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(names) = holds.get_mut(&target.kind)
+            && let Some(ids) = names.get_mut(&target.name)
+        {
+            ids.retain(|id| id != request_id);
+            if ids.is_empty() {
+                names.remove(&target.name);
+            }
+        }
+    }
+
+    /// The earliest pending step-up holding a target, if any.
     pub fn held_by(&self, kind: TargetKind, name: &str) -> Option<String> {
         let holds = self.holds.read().unwrap_or_else(PoisonError::into_inner);
-        holds.get(&kind).and_then(|m| m.get(name)).cloned()
+        holds
+            .get(&kind)
+            .and_then(|m| m.get(name))
+            .and_then(|ids| ids.first())
+            .cloned()
     }
 
     /// The verdict for a target.

@@ -16,9 +16,10 @@ use crate::error::{Error, Result};
 use crate::model::{Actor, EnforcementAction, EnforcementState, Severity, Target, now_ts};
 use crate::oidc::RefreshToken;
 use crate::oidc::{AuthReqId, CibaClient, CibaOutcome, binding_message, new_request_code};
+use crate::protection::{Change, Protection, Ruling};
 use crate::state::StateCache;
 use crate::store::connections::{ConnectionDecl, SealedSubject};
-use crate::store::stepup::{StepUpAction, StepUpPayload, StepUpRow};
+use crate::store::stepup::{CapRefusal, PendingCaps, StepUpAction, StepUpPayload, StepUpRow};
 use crate::store::{Store, WriteEffect, WriteOp};
 use crate::vault::seal::Sealer;
 
@@ -55,6 +56,11 @@ pub struct StepUpSettings {
     pub on_timeout: Unconfirmed,
     /// When the provider failed or refused.
     pub on_error: Unconfirmed,
+    /// Most requests one operator may have pending at once (the daemon's own
+    /// proposals are bounded by the number of targets and not counted).
+    pub max_pending_per_requester: u32,
+    /// Most operator requests pending on one target at once.
+    pub max_pending_per_target: u32,
 }
 
 impl Default for StepUpSettings {
@@ -67,13 +73,15 @@ impl Default for StepUpSettings {
             requested_expiry_secs: 300,
             on_timeout: Unconfirmed::KeepBlocked,
             on_error: Unconfirmed::KeepBlocked,
+            max_pending_per_requester: 10,
+            max_pending_per_target: 4,
         }
     }
 }
 
 impl StepUpSettings {
     /// Approvers from the configured list (not "requester").
-    fn listed(&self) -> Vec<&str> {
+    pub(crate) fn listed(&self) -> Vec<&str> {
         self.approver
             .iter()
             .map(String::as_str)
@@ -99,9 +107,17 @@ pub struct StepUps {
     events: broadcast::Sender<StepUpEvent>,
     cancel: CancellationToken,
     limiter: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Cap refusals already audited in the last minute, by cap and key.
+    refusals_audited: Mutex<HashMap<String, Instant>>,
     system: Actor,
     sealer: Option<Arc<Sealer>>,
+    protection: Protection,
 }
+
+/// One audit entry per cap and key within this window.
+const REFUSAL_AUDIT_WINDOW: Duration = Duration::from_secs(60);
+/// Bound on the remembered refusals (keys beyond it are pruned, then forgotten).
+const MAX_REMEMBERED_REFUSALS: usize = 4096;
 
 impl std::fmt::Debug for StepUps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,7 +146,14 @@ impl StepUps {
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
+        let protection = Protection::new(
+            settings.enabled && ciba.is_some(),
+            settings.min_severity,
+            store.clone(),
+        );
         Arc::new(Self {
+            protection,
+            refusals_audited: Mutex::new(HashMap::new()),
             settings,
             store,
             cache,
@@ -168,15 +191,9 @@ impl StepUps {
         self.events.subscribe()
     }
 
-    /// Whether a change on `target` needs a human: its open findings reach `min_severity`.
-    pub async fn required_for(&self, target: &Target) -> Result<bool> {
-        if !self.enabled() {
-            return Ok(false);
-        }
-        let row = self.store.get_target(target.clone()).await?;
-        Ok(row
-            .and_then(|r| r.max_open_severity)
-            .is_some_and(|m| m >= self.settings.min_severity))
+    /// The protection invariant every lowering path asks.
+    pub fn protection(&self) -> &Protection {
+        &self.protection
     }
 
     /// Opens (or joins) a step-up for `action` on `target`, holds the target
@@ -192,7 +209,7 @@ impl StepUps {
     ) -> Result<StepUpRow> {
         let approver = self.approver_for(&requester)?;
         let id = new_request_code();
-        // The phone says what is at stake: "DC-4F2A grant mcp github-mcp github".
+        // The phone says what is at stake: "DC-4F2A91C30B7E55D1 grant mcp github-mcp github".
         let what = match payload.connections.as_slice() {
             [] => target.name.clone(),
             decls => format!(
@@ -224,9 +241,22 @@ impl StepUps {
             approver: None,
             payload,
         };
-        let effect = self.store.write(WriteOp::StepUpOpen(Box::new(row))).await?;
-        let WriteEffect::StepUpOpened { row, joined } = effect else {
-            return Err(Error::Internal("unexpected write effect".into()));
+        // The daemon's own proposals are bounded by the targets; operators by the caps.
+        let caps = (row.requester.auth_method != "system").then_some(PendingCaps {
+            per_requester: self.settings.max_pending_per_requester,
+            per_target: self.settings.max_pending_per_target,
+        });
+        let effect = self
+            .store
+            .write(WriteOp::StepUpOpen {
+                row: Box::new(row),
+                caps,
+            })
+            .await?;
+        let (row, joined) = match effect {
+            WriteEffect::StepUpOpened { row, joined } => (row, joined),
+            WriteEffect::StepUpRefused(refusal) => return Err(self.refuse(*refusal).await),
+            _ => return Err(Error::Internal("unexpected write effect".into())),
         };
         if holds(row.action) {
             self.cache.hold(&row.target, &row.id);
@@ -245,6 +275,56 @@ impl StepUps {
             tokio::spawn(async move { me.drive(started).await });
         }
         Ok(*row)
+    }
+
+    /// Audits a cap refusal once per cap and key a minute, then hands back the error.
+    async fn refuse(&self, refusal: CapRefusal) -> Error {
+        let message = format!(
+            "too many pending step-up requests: {} ([stepup] {} = {}); wait for one to end or cancel one",
+            refusal.what, refusal.cap, refusal.limit
+        );
+        let key = format!("{}\u{0}{}", refusal.cap, refusal.key);
+        let first = {
+            let mut seen = self
+                .refusals_audited
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if seen.len() >= MAX_REMEMBERED_REFUSALS {
+                seen.retain(|_, at| at.elapsed() < REFUSAL_AUDIT_WINDOW);
+                if seen.len() >= MAX_REMEMBERED_REFUSALS {
+                    seen.clear();
+                }
+            }
+            match seen.get(&key) {
+                Some(at) if at.elapsed() < REFUSAL_AUDIT_WINDOW => false,
+                _ => {
+                    seen.insert(key, Instant::now());
+                    true
+                }
+            }
+        };
+        if first {
+            let audit = WriteOp::Audit(crate::audit::NewEntry {
+                action: "stepup-refused".into(),
+                target: Some(refusal.target.clone()),
+                severity: None,
+                outcome: "refused".into(),
+                reason: message.clone(),
+                details: serde_json::json!({
+                    "cap": refusal.cap,
+                    "limit": refusal.limit,
+                    "pending": refusal.pending,
+                    "key": refusal.key,
+                    "action": refusal.action.as_str(),
+                    "audited_once_per_secs": REFUSAL_AUDIT_WINDOW.as_secs(),
+                }),
+                actor: refusal.requester,
+            });
+            if let Err(e) = self.store.write(audit).await {
+                tracing::error!(error = %e, "could not audit a refused step-up");
+            }
+        }
+        Error::ResourceExhausted(message)
     }
 
     fn approver_for(&self, requester: &Actor) -> Result<String> {
@@ -295,7 +375,37 @@ impl StepUps {
         let Some(ciba) = self.ciba.clone() else {
             return;
         };
-        self.admit(&row.approver_sub).await;
+        // Queued behind the per-approver limit: a request whose deadline passes
+        // meanwhile is never sent; it ends as timed out (under on_timeout).
+        let until_deadline = (UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(row.deadline).unwrap_or(0)))
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+        let admitted = tokio::select! {
+            () = self.admit(&row.approver_sub) => true,
+            () = tokio::time::sleep(until_deadline) => false,
+            // Shutdown: it stays pending and is resumed (or timed out) at the next start.
+            () = self.cancel.cancelled() => return,
+        };
+        if !admitted || row.deadline <= unix_now() {
+            self.finish_with(
+                &row,
+                "timed_out",
+                "the deadline passed before the request could be sent; it was never sent to the identity provider",
+                None,
+            )
+            .await;
+            return;
+        }
+        // Cancelled while queued: nothing to send.
+        match self.store.get_stepup(row.id.clone()).await {
+            Ok(Some(now)) if now.status == "pending" => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(request = %row.id, error = %e, "could not re-read a queued step-up");
+                return;
+            }
+        }
         // profile and email put the approver's name and email in the ID token;
         // offline_access brings the refresh token kept for unattended exchanges.
         let scope = if row.payload.unattended && self.sealer.is_some() {
@@ -437,7 +547,15 @@ impl StepUps {
         approver: Option<serde_json::Value>,
     ) {
         if let Err(e) = self
-            .close(row, status, reason, approver, None, self.system.clone())
+            .close(
+                row,
+                status,
+                reason,
+                approver,
+                None,
+                self.system.clone(),
+                false,
+            )
             .await
         {
             tracing::error!(request = %row.id, error = %e, "could not close a step-up");
@@ -475,28 +593,36 @@ impl StepUps {
             Some(approver),
             subject,
             self.system.clone(),
+            false,
         )
         .await
     }
 
-    /// Cancels a pending request (audited with `actor`).
+    /// Cancels a pending request (audited with `actor`). The invariant decides
+    /// what ends with it: a cancelled block (the daemon's own proposals too)
+    /// commits as the fail-closed outcome, unconfirmed; nothing else commits.
     pub async fn cancel(&self, id: &str, actor: Actor) -> Result<StepUpRow> {
         let row = self
             .store
             .get_stepup(id.to_owned())
             .await?
             .ok_or_else(|| Error::NotFound(format!("step-up {id}")))?;
-        self.close(
-            &row,
-            "cancelled",
-            "cancelled by an operator",
-            None,
-            None,
-            actor,
-        )
-        .await
+        let ruling = self
+            .protection
+            .rule(&row.target, Change::Cancel(row.action))
+            .await?;
+        let (reason, fail_closed) = match ruling {
+            Ruling::FailClosed => (
+                "cancelled by an operator; a pending block ends blocked (fail closed, no human confirmed it)",
+                true,
+            ),
+            Ruling::Commit | Ruling::NeedsApproval => ("cancelled by an operator", false),
+        };
+        self.close(&row, "cancelled", reason, None, None, actor, fail_closed)
+            .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn close(
         &self,
         row: &StepUpRow,
@@ -505,6 +631,7 @@ impl StepUps {
         approver: Option<serde_json::Value>,
         subject: Option<SealedSubject>,
         actor: Actor,
+        fail_closed: bool,
     ) -> Result<StepUpRow> {
         let proposed = row.requester.auth_method == "system";
         let policy = match status {
@@ -516,6 +643,9 @@ impl StepUps {
         let mut details = serde_json::json!({"human_confirmed": human, "request_id": row.id});
         if let (Some(p), serde_json::Value::Object(map)) = (policy, &mut details) {
             map.insert("policy".into(), serde_json::json!(p));
+        }
+        if let (true, serde_json::Value::Object(map)) = (fail_closed, &mut details) {
+            map.insert("policy".into(), serde_json::json!("fail_closed"));
         }
         let enforce = |action: EnforcementAction, why: String| {
             Box::new(WriteOp::SetEnforcement {
@@ -575,6 +705,13 @@ impl StepUps {
                 format!(
                     "override: {} denied the proposed block ({})",
                     row.approver_sub, row.id
+                ),
+            )),
+            ("cancelled", StepUpAction::Block) if fail_closed => Some(enforce(
+                EnforcementAction::Block,
+                format!(
+                    "{} (request {} cancelled; a pending block ends blocked)",
+                    row.reason, row.id
                 ),
             )),
             ("timed_out" | "error", StepUpAction::Block)

@@ -19,6 +19,7 @@ async fn waiting_for_approval_from_the_cli() {
         &idp,
         &[
             ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+            ("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|operator2"),
             ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
         ],
     )
@@ -72,6 +73,7 @@ async fn waiting_for_approval_from_the_cli() {
         .unwrap();
     let show: Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(show["pending"]["request_id"], first["request_id"]);
+    wait_sent(&idp, &first).await;
     idp.approve_ciba(&CibaSelector::BindingMessage(
         first["binding_message"].as_str().unwrap().into(),
     ))
@@ -96,6 +98,7 @@ async fn waiting_for_approval_from_the_cli() {
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    wait_sent(&idp, &first).await;
     idp.deny_ciba(&CibaSelector::BindingMessage(
         first["binding_message"].as_str().unwrap().into(),
     ))
@@ -121,6 +124,7 @@ async fn waiting_for_approval_from_the_cli() {
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
     child.kill().await.unwrap();
+    wait_sent(&idp, &first).await;
     idp.approve_ciba(&CibaSelector::BindingMessage(
         first["binding_message"].as_str().unwrap().into(),
     ))
@@ -171,4 +175,15 @@ async fn waiting_for_approval_from_the_cli() {
     );
     let watched = ctl(&["approvals", "watch", &id]).output().await.unwrap();
     assert_eq!(watched.status.code(), Some(13));
+}
+
+/// Waits until the provider holds the request the CLI printed (the daemon
+/// answers the CLI before it sends the request).
+async fn wait_sent(idp: &IdentityProvider, first: &Value) {
+    let message = first["binding_message"].as_str().unwrap().to_owned();
+    idp.wait_for_ciba(Duration::from_secs(60), |p| {
+        p.binding_message.as_deref() == Some(message.as_str())
+    })
+    .await
+    .unwrap();
 }

@@ -279,6 +279,7 @@ async fn unattended_start_uses_the_approvers_sealed_credential() {
         &idp,
         &[
             ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+            ("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|operator2"),
             ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
             ("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &key),
             ("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", &agent),

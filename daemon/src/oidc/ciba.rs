@@ -103,9 +103,12 @@ pub fn binding_message(code: &str, action: &str, kind: &str, name: &str) -> Stri
     message.chars().take(MAX_BINDING_MESSAGE_CHARS).collect()
 }
 
-/// A short request code for binding messages, `DC-` and four hex digits (e.g. `DC-4F2A`).
+/// A request code for binding messages: `DC-` and 16 hex digits, 64 random bits
+/// (e.g. `DC-4F2A91C30B7E55D1`), so ids do not collide however many requests a
+/// daemon has seen; the binding message stays within 64 characters (the target
+/// name is cut first).
 pub fn new_request_code() -> String {
-    format!("DC-{:04X}", rand::random::<u16>())
+    format!("DC-{:016X}", rand::random::<u64>())
 }
 
 /// A CIBA failure. Never contains the client secret, an `auth_req_id` or a token.

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use schema::{APPLICATION_ID, OpenError, SCHEMA_VERSION};
-pub use write::{NewFinding, WriteEffect, WriteOp, normalise_since};
+pub use write::{NewFinding, ReportOrigin, WriteEffect, WriteOp, normalise_since};
 
 use crate::audit::{Entry, Head, Verification, Verifier};
 use crate::error::{Error, Result};

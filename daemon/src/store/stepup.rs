@@ -48,10 +48,40 @@ impl StepUpAction {
     }
 }
 
+/// Bounds on pending operator requests, checked when a request opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingCaps {
+    /// `[stepup] max_pending_per_requester`.
+    pub per_requester: u32,
+    /// `[stepup] max_pending_per_target`.
+    pub per_target: u32,
+}
+
+/// A request not opened because a cap was reached.
+#[derive(Debug, Clone)]
+pub struct CapRefusal {
+    /// The config key of the cap.
+    pub cap: &'static str,
+    /// Its value.
+    pub limit: u32,
+    /// Requests pending now.
+    pub pending: u64,
+    /// Whose requests (the requester's id or the target).
+    pub key: String,
+    /// Human-readable: whose requests reached the cap.
+    pub what: String,
+    /// Requested change.
+    pub action: StepUpAction,
+    /// Target of the refused request.
+    pub target: Target,
+    /// Who asked.
+    pub requester: Actor,
+}
+
 /// A step-up request as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StepUpRow {
-    /// Short request code, e.g. `DC-4F2A` (also in the binding message).
+    /// Request code, e.g. `DC-4F2A91C30B7E55D1` (also in the binding message).
     pub id: String,
     /// Target.
     pub target: Target,
@@ -172,6 +202,31 @@ pub(crate) fn pending_for(
     })
     .map(Option::flatten)
     .map_err(Error::store("reading a step-up"))
+}
+
+/// Pending requests of one requester (by actor id).
+pub(crate) fn pending_by_requester(conn: &Connection, requester_id: &str) -> Result<u64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM stepups WHERE status = 'pending' AND json_extract(requester, '$.id') = ?1",
+    )
+    .and_then(|mut s| s.query_row(params![requester_id], |r| r.get::<_, i64>(0)))
+    .map(|n| n.max(0) as u64)
+    .map_err(Error::store("counting step-ups"))
+}
+
+/// Pending operator requests (not the daemon's own proposals) on one target.
+pub(crate) fn pending_on_target(conn: &Connection, target: &Target) -> Result<u64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM stepups WHERE status = 'pending' AND kind = ?1 AND name = ?2
+           AND coalesce(json_extract(requester, '$.auth_method'), '') != 'system'",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![target.kind.as_str(), target.name], |r| {
+            r.get::<_, i64>(0)
+        })
+    })
+    .map(|n| n.max(0) as u64)
+    .map_err(Error::store("counting step-ups"))
 }
 
 pub(crate) fn insert(conn: &Connection, r: &StepUpRow) -> Result<()> {

@@ -40,6 +40,15 @@ pub struct NewFinding {
     pub snippet: String,
 }
 
+/// Where a scan report comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOrigin {
+    /// A scan the daemon ran (`ScanTarget`, install, the watcher).
+    Daemon,
+    /// `SubmitScanReport` from a local peer.
+    Peer,
+}
+
 /// A state change (always with its audit entry) or a bare audit entry.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
@@ -57,7 +66,7 @@ pub enum WriteOp {
         details: serde_json::Value,
     },
     /// Record a scanner's findings for a target, replacing that scanner's
-    /// previous open findings for it.
+    /// previous open findings for it, except those the protection invariant keeps.
     ScanReport {
         /// Scanner name.
         scanner: String,
@@ -67,6 +76,12 @@ pub enum WriteOp {
         findings: Vec<NewFinding>,
         /// Who submitted it.
         actor: Actor,
+        /// Whether the daemon scanned it or a peer submitted it.
+        origin: ReportOrigin,
+        /// Open findings at or above this stay open unless the report carries
+        /// them again (same rule, place and at least that severity); from
+        /// [`crate::protection::Protection::report_keeps_open_at`].
+        keep_open_at: Option<Severity>,
     },
     /// Dismiss a finding.
     DismissFinding {
@@ -88,8 +103,14 @@ pub enum WriteOp {
     },
     /// Only an audit entry (refusals, observations, monitor decisions).
     Audit(NewEntry),
-    /// Open a step-up request, or join the pending one for the same target and action.
-    StepUpOpen(Box<StepUpRow>),
+    /// Open a step-up request, or join the pending one for the same target and
+    /// action; a new request is refused when a cap is reached.
+    StepUpOpen {
+        /// The request.
+        row: Box<StepUpRow>,
+        /// Caps on pending requests (`None`: the daemon's own proposals).
+        caps: Option<stepups::PendingCaps>,
+    },
     /// Record that the request went to the provider.
     StepUpSent {
         /// Request id.
@@ -233,6 +254,8 @@ pub enum WriteEffect {
         /// True when it joined a pending request.
         joined: bool,
     },
+    /// A step-up not opened: a pending-request cap is reached (nothing written).
+    StepUpRefused(Box<stepups::CapRefusal>),
     /// A step-up's provider handle was recorded.
     StepUpSent,
     /// Every effect of an [`WriteOp::All`], in order.
@@ -544,6 +567,101 @@ fn merge_details(base: serde_json::Value, extra: serde_json::Value) -> serde_jso
     }
 }
 
+/// Open findings of `scanner` on `target` at or above `keep` that the new
+/// report does not carry again (same rule and location, at least as severe; the
+/// line is ignored so an edit above a finding does not duplicate it).
+fn kept_findings(
+    conn: &Connection,
+    target: &Target,
+    scanner: &str,
+    keep: Severity,
+    incoming: &[NewFinding],
+) -> Result<Vec<u64>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, rule_id, location, severity FROM findings
+             WHERE kind = ?1 AND name = ?2 AND scanner = ?3 AND dismissed_at IS NULL AND severity >= ?4",
+        )
+        .map_err(Error::store("reading findings"))?;
+    let rows = stmt
+        .query_map(
+            params![target.kind.as_str(), target.name, scanner, keep as i64],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )
+        .map_err(Error::store("reading findings"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(Error::store("reading findings"))?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, rule, location, severity)| {
+            !incoming.iter().any(|f| {
+                f.rule_id == *rule && f.location == *location && f.severity as i64 >= *severity
+            })
+        })
+        .map(|(id, ..)| id.max(0) as u64)
+        .collect())
+}
+
+/// Whether the daemon itself ever scanned `target` (an audited daemon scan report).
+fn daemon_scanned(conn: &Connection, target: &Target) -> Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM audit WHERE target_kind = ?1 AND target_name = ?2
+           AND action = 'scan-report' AND json_extract(details, '$.daemon_scan') = 1)",
+    )
+    .and_then(|mut s| s.query_row(params![target.kind.as_str(), target.name], |r| r.get(0)))
+    .map_err(Error::store("reading the audit log"))
+}
+
+/// The first pending-request cap a new request would exceed, checked in the
+/// writer so concurrent requests cannot slip past it.
+fn cap_reached(
+    conn: &Connection,
+    row: &StepUpRow,
+    caps: Option<stepups::PendingCaps>,
+) -> Result<Option<stepups::CapRefusal>> {
+    let Some(caps) = caps else {
+        return Ok(None);
+    };
+    let refusal = |cap, limit, pending, key: String, what: String| stepups::CapRefusal {
+        cap,
+        limit,
+        pending,
+        key,
+        what,
+        action: row.action,
+        target: row.target.clone(),
+        requester: row.requester.clone(),
+    };
+    let mine = stepups::pending_by_requester(conn, &row.requester.id)?;
+    if mine >= u64::from(caps.per_requester) {
+        return Ok(Some(refusal(
+            "max_pending_per_requester",
+            caps.per_requester,
+            mine,
+            format!("requester:{}", row.requester.id),
+            format!("{} has {mine} pending", row.requester.id),
+        )));
+    }
+    let on_target = stepups::pending_on_target(conn, &row.target)?;
+    if on_target >= u64::from(caps.per_target) {
+        return Ok(Some(refusal(
+            "max_pending_per_target",
+            caps.per_target,
+            on_target,
+            format!("target:{}", row.target),
+            format!("{} has {on_target} pending", row.target),
+        )));
+    }
+    Ok(None)
+}
+
 fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
     match op {
         WriteOp::SetEnforcement {
@@ -638,15 +756,37 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
             target,
             findings,
             actor,
+            origin,
+            keep_open_at,
         } => {
             let now = now_ts();
             let created = ensure_target(conn, &target, &now)?;
+            let kept = match keep_open_at {
+                Some(keep) => kept_findings(conn, &target, &scanner, keep, &findings)?,
+                None => Vec::new(),
+            };
             let replaced = conn
                 .prepare_cached(
-                    "DELETE FROM findings WHERE kind = ?1 AND name = ?2 AND scanner = ?3 AND dismissed_at IS NULL",
+                    "DELETE FROM findings WHERE kind = ?1 AND name = ?2 AND scanner = ?3 AND dismissed_at IS NULL
+                       AND id NOT IN (SELECT value FROM json_each(?4))",
                 )
-                .and_then(|mut s| s.execute(params![target.kind.as_str(), target.name, scanner]))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        target.kind.as_str(),
+                        target.name,
+                        scanner,
+                        serde_json::json!(kept).to_string()
+                    ])
+                })
                 .map_err(Error::store("replacing findings"))?;
+            let peer = match origin {
+                ReportOrigin::Daemon => serde_json::Value::Null,
+                ReportOrigin::Peer => serde_json::json!({
+                    "uid": actor.uid,
+                    "pid": actor.pid,
+                    "daemon_scanned": daemon_scanned(conn, &target)?,
+                }),
+            };
             let mut ids = Vec::with_capacity(findings.len());
             for f in &findings {
                 conn.prepare_cached(
@@ -716,6 +856,11 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
                         "replaced": replaced,
                         "finding_ids": stored.iter().map(|f| f.id).collect::<Vec<_>>(),
                         "new_target": created,
+                        "daemon_scan": origin == ReportOrigin::Daemon,
+                        // Open findings at or above min_severity the report left out or
+                        // lowered: they stay open until a human-approved dismissal.
+                        "kept_open": kept,
+                        "peer": peer,
                     }),
                     actor,
                 },
@@ -819,7 +964,7 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
                 effect: WriteEffect::Registered { created },
             })
         }
-        WriteOp::StepUpOpen(row) => {
+        WriteOp::StepUpOpen { row, caps } => {
             if let Some(existing) =
                 stepups::pending_for(conn, &row.target, row.action, &row.payload)?
             {
@@ -830,6 +975,13 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
                         row: Box::new(existing),
                         joined: true,
                     },
+                });
+            }
+            if let Some(refusal) = cap_reached(conn, &row, caps)? {
+                return Ok(Staged {
+                    cache_updates: vec![],
+                    entries: vec![],
+                    effect: WriteEffect::StepUpRefused(Box::new(refusal)),
                 });
             }
             stepups::insert(conn, &row)?;

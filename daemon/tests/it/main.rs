@@ -5,6 +5,7 @@ mod support;
 
 mod attacks_scan;
 mod attacks_vault;
+mod attacks_protection;
 mod audit_chain;
 mod governance;
 mod lifecycle;

@@ -916,7 +916,7 @@ fn binding_messages() {
     assert_eq!(long.chars().count(), 64);
     oidc::validate_binding_message(&long).unwrap();
     let code = oidc::new_request_code();
-    assert!(code.starts_with("DC-") && code.len() == 7, "{code}");
+    assert!(code.starts_with("DC-") && code.len() == 19, "{code}");
     oidc::validate_binding_message(&code).unwrap();
 }
 

@@ -12,10 +12,10 @@ use tokio_stream::StreamExt;
 
 use crate::support::{TestDaemon, skill};
 
-const OPERATOR: &str = "auth0|operator1";
-const SECOND: &str = "auth0|operator2";
+pub(crate) const OPERATOR: &str = "auth0|operator1";
+pub(crate) const SECOND: &str = "auth0|operator2";
 
-async fn provider() -> IdentityProvider {
+pub(crate) async fn provider() -> IdentityProvider {
     IdentityProvider::start(IdpOptions::default())
         .await
         .expect("starting the local identity provider (needs node and npm)")
@@ -45,7 +45,7 @@ async fn start(dir: Option<tempfile::TempDir>, env: &[(String, String)]) -> Test
     }
 }
 
-async fn operator_token(idp: &IdentityProvider) -> String {
+pub(crate) async fn operator_token(idp: &IdentityProvider) -> String {
     idp.sign_token(
         json!({}),
         json!({"sub": OPERATOR, "scope": "openid skills:write", "email": "operator1@example.com",
@@ -55,7 +55,7 @@ async fn operator_token(idp: &IdentityProvider) -> String {
     .unwrap()
 }
 
-fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+pub(crate) fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -84,7 +84,7 @@ fn set(name: &str, action: pb::EnforcementAction) -> pb::SetEnforcementRequest {
     }
 }
 
-async fn outcome(
+pub(crate) async fn outcome(
     c: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
     id: &str,
 ) -> pb::StepUp {
@@ -106,7 +106,7 @@ async fn outcome(
     waited.expect("no outcome in time")
 }
 
-fn verdict(c: &pb::CheckReply) -> pb::Verdict {
+pub(crate) fn verdict(c: &pb::CheckReply) -> pb::Verdict {
     pb::Verdict::try_from(c.verdict).unwrap()
 }
 

@@ -312,6 +312,7 @@ async fn undeclared_connection_is_refused_and_put_to_the_approver() {
             &idp,
             &[
                 ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+                ("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|operator2"),
                 ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
             ],
         ),
@@ -436,6 +437,7 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
     );
     let base = [
         ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+        ("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|operator2"),
         ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
         ("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", me.as_str()),
     ];
