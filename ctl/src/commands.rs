@@ -89,7 +89,10 @@ pub(crate) fn print_json(value: &Value) -> Result<(), Failure> {
     writeln!(out).map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
 }
 
+/// Prints table-mode text; hidden and control characters in it are escaped
+/// (it may quote agent- or file-supplied text).
 pub(crate) fn print_text(text: &str) -> Result<(), Failure> {
+    let text = render::escape_text(text);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
 }
