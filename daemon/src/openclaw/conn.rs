@@ -995,6 +995,13 @@ impl<H: Host> Serve<'_, H> {
                 return Ok(());
             }
         };
+        // Kind and size only: frames may carry commands, tokens and secrets.
+        tracing::trace!(
+            kind = head.ty.as_deref().unwrap_or(""),
+            event = head.event.as_deref().unwrap_or(""),
+            len = text.len(),
+            "openclaw frame received"
+        );
         if head.ty.as_deref() == Some("event") {
             let event = head.event.as_deref().unwrap_or("");
             if !RELEVANT_EVENTS.contains(&event) {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod attacks_local;
 mod audit_chain;
 mod governance;
 mod lifecycle;
