@@ -296,3 +296,28 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{escape, escape_text, table};
+
+    #[test]
+    fn hidden_characters_are_shown_escaped() {
+        assert_eq!(escape("plain é ✓"), "plain é ✓");
+        assert_eq!(escape("a\u{1b}[2Jb"), "a\\u{001b}[2Jb");
+        assert_eq!(escape("x\u{9b}y\u{7f}"), "x\\u{009b}y\\u{007f}");
+        assert_eq!(
+            escape("\u{202e}exe.gnp\u{2066}"),
+            "\\u{202e}exe.gnp\\u{2066}"
+        );
+        assert_eq!(
+            escape("zero\u{200b}width\u{feff}"),
+            "zero\\u{200b}width\\u{feff}"
+        );
+        assert_eq!(escape("tag\u{e0041}"), "tag\\u{e0041}");
+        assert_eq!(escape("two\nlines\r\t"), "two\\nlines\\r\\t");
+        assert_eq!(escape_text("two\nlines\u{1b}"), "two\nlines\\u{001b}");
+        let t = table(&["A"], &[vec!["x\u{1b}]0;t\u{7}".into()]]);
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+    }
+}
