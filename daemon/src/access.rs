@@ -133,19 +133,27 @@ fn parse_status_groups(status: &str, uid: u32) -> Option<Vec<u32>> {
 /// [`NSS_TTL`] (lookups can be slow; memberships change).
 #[derive(Debug, Default)]
 pub struct UserNames {
-    cache: Mutex<HashMap<u32, (Instant, String, Vec<u32>)>>,
+    cache: Mutex<HashMap<u32, NssEntry>>,
+}
+
+/// What NSS said about a uid, and when.
+#[derive(Debug)]
+struct NssEntry {
+    fetched: Instant,
+    name: String,
+    groups: Vec<u32>,
 }
 
 impl UserNames {
     fn lookup(&self, uid: u32, gid: Option<u32>) -> (String, Vec<u32>) {
-        if let Some((at, name, groups)) = self
+        if let Some(hit) = self
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&uid)
-            && at.elapsed() < NSS_TTL
+            && hit.fetched.elapsed() < NSS_TTL
         {
-            return (name.clone(), groups.clone());
+            return (hit.name.clone(), hit.groups.clone());
         }
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
@@ -166,7 +174,14 @@ impl UserNames {
         if cache.len() >= MAX_CACHED_UIDS {
             cache.clear();
         }
-        cache.insert(uid, (Instant::now(), name.clone(), groups.clone()));
+        cache.insert(
+            uid,
+            NssEntry {
+                fetched: Instant::now(),
+                name: name.clone(),
+                groups: groups.clone(),
+            },
+        );
         (name, groups)
     }
 
