@@ -104,8 +104,9 @@ async fn channel(socket: &Path) -> Result<Channel, Failure> {
             return Err(Failure::new(
                 PERMISSION_DENIED,
                 format!(
-                    "refusing to use the socket {}: its directory {bad}; another user could impersonate defenseclawd there",
-                    socket.display()
+                    "refusing to use the socket {}: its directory {bad}; another user could impersonate defenseclawd there (set {} if the daemon runs as another service user)",
+                    socket.display(),
+                    paths::DAEMON_UID_ENV,
                 ),
             ));
         }
