@@ -167,7 +167,7 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
             let oc_line = match oc.state.as_str() {
                 "disabled" | "" => "disabled".to_owned(),
                 state => format!(
-                    "{state} to {}{}{}",
+                    "{state} to {}{}{}{}",
                     oc.url,
                     if oc.server_version.is_empty() {
                         String::new()
@@ -176,6 +176,11 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
                             " (OpenClaw {}, protocol {})",
                             oc.server_version, oc.protocol
                         )
+                    },
+                    if oc.gateway_check.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; token trust: {}", oc.gateway_check)
                     },
                     if oc.last_error.is_empty() {
                         String::new()

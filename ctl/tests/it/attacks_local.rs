@@ -307,6 +307,14 @@ async fn escape_sequences_in_an_approval_never_reach_the_terminal() {
     let listed = json.json();
     assert_eq!(listed[0]["subject"], command.as_str(), "{listed:#}");
 
+    // The gateway (this process: root, the daemon's uid) was trusted with the
+    // token, and status says why.
+    let status = d.ctl(&["-o", "json", "status"]).await.ok().json();
+    assert_eq!(
+        status["openclaw"]["gateway_check"], "peer-uid 0",
+        "{status:#}"
+    );
+
     let table = d.ctl(&["openclaw", "approvals"]).await.ok();
     for raw in ['\u{1b}', '\u{7}', '\u{202e}', '\u{200b}', '\u{9b}'] {
         assert!(
