@@ -52,6 +52,9 @@ async fn ctl_as_nobody(groups: &[u32], env: &[(&str, &str)], args: &[&str]) -> R
         .args(args)
         .env_remove("DEFENSECLAW_SOCKET")
         .env_remove("DEFENSECLAW_TOKEN")
+        // A session-less user: no runtime directory from logind or systemd.
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("RUNTIME_DIRECTORY")
         .env("HOME", "/nonexistent");
     for (k, v) in env {
         cmd.env(k, v);
