@@ -747,7 +747,10 @@ async fn dial_trusted_loopback(conn: &Conn) -> Result<TcpStream, End> {
         .or_else(defenseclaw_proto::paths::current_uid);
     let mut owner = None;
     for _ in 0..PEER_LOOKUPS {
-        owner = super::peer::server_uid(local, server)
+        // The tables can be megabytes on a busy host: read them off the workers.
+        owner = tokio::task::spawn_blocking(move || super::peer::server_uid(local, server))
+            .await
+            .map_err(|e| refused(format!("reading the socket tables: {e}")))?
             .map_err(|e| refused(format!("cannot read the socket tables: {e}")))?;
         if owner.is_some() {
             break;
