@@ -9,6 +9,7 @@ use tokio_stream::StreamExt;
 
 use crate::cli::{ApprovalsCommand, Output};
 use crate::client::Client;
+use crate::commands::print_text as text;
 use crate::exit::{
     FAILURE, Failure, STEPUP_CANCELLED, STEPUP_DENIED, STEPUP_ERROR, STEPUP_TIMED_OUT,
 };
@@ -65,14 +66,17 @@ pub async fn wait(
     });
     match output {
         Output::Table => eprintln!(
-            "This change needs a human approval.\n  request:  {}\n  approver: {} (confirm on their device; expires {})\n  message:  {}",
-            pending.request_id, pending.approver, pending.expires_at, pending.binding_message
+            "{}",
+            render::escape_text(&format!(
+                "This change needs a human approval.\n  request:  {}\n  approver: {} (confirm on their device; expires {})\n  message:  {}",
+                pending.request_id, pending.approver, pending.expires_at, pending.binding_message
+            ))
         ),
         _ => out(&first.to_string())?,
     }
     if no_wait {
         if output == Output::Table {
-            out(&pending.request_id)?;
+            text(&pending.request_id)?;
         }
         return Ok(());
     }
@@ -120,7 +124,7 @@ async fn watch(
                     "approver": serde_json::from_str::<Value>(&s.approver_json).unwrap_or(json!({"sub": s.approver_sub})),
                 });
                 match output {
-                    Output::Table => out(&format!("{}: {} ({})", s.id, s.status, s.outcome_reason))?,
+                    Output::Table => text(&format!("{}: {} ({})", s.id, s.status, s.outcome_reason))?,
                     _ => out(&last.to_string())?,
                 }
                 return match outcome_code(&s.status) {
@@ -149,7 +153,7 @@ pub async fn command(
                 .into_inner();
             let values: Vec<Value> = reply.stepups.iter().map(stepup_json).collect();
             match output {
-                Output::Table => out(&render::table(
+                Output::Table => text(&render::table(
                     &["ID", "STATUS", "ACTION", "TARGET", "APPROVER", "EXPIRES"],
                     &reply
                         .stepups
@@ -174,7 +178,7 @@ pub async fn command(
             let s = client.get_step_up(pb::StepUpRef { id }).await?.into_inner();
             let v = stepup_json(&s);
             match output {
-                Output::Table => out(&serde_json::to_string_pretty(&v).unwrap_or_default()),
+                Output::Table => text(&serde_json::to_string_pretty(&v).unwrap_or_default()),
                 _ => out(&v.to_string()),
             }
         }
@@ -185,7 +189,7 @@ pub async fn command(
                 .await?
                 .into_inner();
             match output {
-                Output::Table => out(&format!("{}: {}", s.id, s.status)),
+                Output::Table => text(&format!("{}: {}", s.id, s.status)),
                 _ => out(&stepup_json(&s).to_string()),
             }
         }

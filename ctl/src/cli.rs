@@ -19,7 +19,11 @@ pub enum Output {
 #[derive(Debug, Parser)]
 #[command(name = "defenseclawctl", version, about, after_help = crate::exit::HELP)]
 pub struct Cli {
-    /// The daemon's Unix socket.
+    /// The daemon's Unix socket. Default: $XDG_RUNTIME_DIR/defenseclaw/, else
+    /// /run/defenseclaw/ (root), else /run/user/<uid>/defenseclaw/, else
+    /// ~/.defenseclaw/run/. The CLI only talks to a socket whose directories
+    /// are owned by root, you or the daemon's service user (`defenseclaw`, or
+    /// the uid in DEFENSECLAW_DAEMON_UID) and served by one of them (exit 77).
     #[arg(long, global = true, env = "DEFENSECLAW_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Output format.

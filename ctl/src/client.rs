@@ -1,7 +1,9 @@
 //! Connecting to the daemon's Unix socket.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use defenseclaw_proto::paths;
 use defenseclaw_proto::v1::control_client::ControlClient;
 use hyper_util::rt::TokioIo;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -9,7 +11,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::exit::{Failure, UNREACHABLE};
+use crate::exit::{Failure, PERMISSION_DENIED, UNREACHABLE};
 
 /// The socket to use: `--socket`/`DEFENSECLAW_SOCKET`, else the per-user
 /// default, else the system daemon's socket when only that one exists.
@@ -88,21 +90,68 @@ pub async fn connect(socket: &Path) -> Result<ControlClient<Channel>, Failure> {
     Ok(ControlClient::new(channel(socket).await?).max_decoding_message_size(64 * 1024 * 1024))
 }
 
+/// Connects only to a daemon it can trust: the socket's directory chain passes
+/// [`paths::check_socket_dir`], and the process listening on it (its peer
+/// credentials) is root, the caller or the daemon's service user. Both checks
+/// run before any request, so no token, and no login issuer taken from the
+/// reply, is ever exchanged with another user's listener. Every (re)connect
+/// goes through the connector, so nothing skips the peer check.
 async fn channel(socket: &Path) -> Result<Channel, Failure> {
+    let trusted = paths::trusted_uids();
+    match paths::check_socket_dir(socket, &trusted) {
+        Ok(()) => {}
+        Err(paths::CheckError::Unsafe(bad)) => {
+            return Err(Failure::new(
+                PERMISSION_DENIED,
+                format!(
+                    "refusing to use the socket {}: its directory {bad}; another user could impersonate defenseclawd there (set {} if the daemon runs as another service user)",
+                    socket.display(),
+                    paths::DAEMON_UID_ENV,
+                ),
+            ));
+        }
+        // A missing directory is a daemon that is not running: say so below.
+        Err(paths::CheckError::Io(..)) => {}
+    }
+    let refused: Arc<Mutex<Option<String>>> = Arc::default();
+    let refusal = refused.clone();
     let path = socket.to_owned();
     // The URI is required by the API but unused: the connector dials the socket.
-    let channel = Endpoint::from_static("http://defenseclawd.local")
+    let connected = Endpoint::from_static("http://defenseclawd.local")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
+            let trusted = trusted.clone();
+            let refusal = refusal.clone();
             async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
+                let stream = tokio::net::UnixStream::connect(&path).await?;
+                let server = stream.peer_cred()?.uid();
+                if !trusted.contains(&server) {
+                    let message = format!(
+                        "refusing to talk to {}: it is served by {}, not by root, you or the daemon's service user (set {} if the daemon runs as another user); another user may be impersonating defenseclawd",
+                        path.display(),
+                        paths::describe_uid(server),
+                        paths::DAEMON_UID_ENV,
+                    );
+                    *refusal.lock().unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        message,
+                    ));
+                }
+                Ok(TokioIo::new(stream))
             }
         }))
-        .await
-        .map_err(|e| unreachable(socket, &e))?;
-    Ok(channel)
+        .await;
+    connected.map_err(|e| {
+        match refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            Some(message) => Failure::new(PERMISSION_DENIED, message),
+            None => unreachable(socket, &e),
+        }
+    })
 }
 
 fn unreachable(socket: &Path, err: &dyn std::error::Error) -> Failure {

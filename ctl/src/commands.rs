@@ -89,7 +89,10 @@ pub(crate) fn print_json(value: &Value) -> Result<(), Failure> {
     writeln!(out).map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
 }
 
+/// Prints table-mode text; hidden and control characters in it are escaped
+/// (it may quote agent- or file-supplied text).
 pub(crate) fn print_text(text: &str) -> Result<(), Failure> {
+    let text = render::escape_text(text);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
 }
@@ -164,7 +167,7 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
             let oc_line = match oc.state.as_str() {
                 "disabled" | "" => "disabled".to_owned(),
                 state => format!(
-                    "{state} to {}{}{}",
+                    "{state} to {}{}{}{}",
                     oc.url,
                     if oc.server_version.is_empty() {
                         String::new()
@@ -173,6 +176,11 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
                             " (OpenClaw {}, protocol {})",
                             oc.server_version, oc.protocol
                         )
+                    },
+                    if oc.gateway_check.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; token trust: {}", oc.gateway_check)
                     },
                     if oc.last_error.is_empty() {
                         String::new()

@@ -164,7 +164,7 @@ pub fn main_entry() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("defenseclawctl: {}", failure.message);
+            eprintln!("defenseclawctl: {}", render::escape_text(&failure.message));
             failure.exit_code()
         }
     }

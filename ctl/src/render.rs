@@ -186,6 +186,7 @@ pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
         "last_event_at": empty_null(&o.last_event_at),
         "last_error": empty_null(&o.last_error),
         "pending_enforcements": o.pending_enforcements,
+        "gateway_check": empty_null(&o.gateway_check),
     })
 }
 
@@ -206,10 +207,72 @@ pub fn openclaw_approval(a: &pb::OpenClawApproval) -> Value {
     })
 }
 
-/// Prints rows as aligned columns.
+/// Whether `c` must not reach a terminal raw: C0/C1 controls (ESC starts
+/// terminal escape sequences), DEL, bidi overrides and isolates, zero-width and
+/// other invisible formatting characters, line/paragraph separators, and tags.
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{205F}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
+fn escape_with(s: &str, keep_newlines: bool) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| is_hidden(c) && !(keep_newlines && c == '\n');
+    if !s.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            _ if !hidden(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            _ => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Agent- or file-supplied text made safe for a table cell: every hidden or
+/// control character (see `is_hidden`), newlines included, becomes a visible
+/// escape (`\n`, `\u{1b}`, `\u{202e}`). The one escaping function of the
+/// CLI's text output; JSON output keeps serde's escaping instead.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_with(s, false)
+}
+
+/// Like [`escape`] but keeps line breaks: for multi-line text output.
+pub fn escape_text(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_with(s, true)
+}
+
+/// Prints rows as aligned columns; every cell is escaped with [`escape`].
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| escape(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
                 *w = (*w).max(cell.chars().count());
@@ -229,7 +292,32 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
         out.push('\n');
-        out.push_str(&line(row.clone()));
+        out.push_str(&line(row));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{escape, escape_text, table};
+
+    #[test]
+    fn hidden_characters_are_shown_escaped() {
+        assert_eq!(escape("plain é ✓"), "plain é ✓");
+        assert_eq!(escape("a\u{1b}[2Jb"), "a\\u{001b}[2Jb");
+        assert_eq!(escape("x\u{9b}y\u{7f}"), "x\\u{009b}y\\u{007f}");
+        assert_eq!(
+            escape("\u{202e}exe.gnp\u{2066}"),
+            "\\u{202e}exe.gnp\\u{2066}"
+        );
+        assert_eq!(
+            escape("zero\u{200b}width\u{feff}"),
+            "zero\\u{200b}width\\u{feff}"
+        );
+        assert_eq!(escape("tag\u{e0041}"), "tag\\u{e0041}");
+        assert_eq!(escape("two\nlines\r\t"), "two\\nlines\\r\\t");
+        assert_eq!(escape_text("two\nlines\u{1b}"), "two\nlines\\u{001b}");
+        let t = table(&["A"], &[vec!["x\u{1b}]0;t\u{7}".into()]]);
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+    }
 }

@@ -83,6 +83,7 @@ impl ControlService {
             missing_scopes: s.missing_scopes,
             last_event_at: s.last_event_at.unwrap_or_default(),
             last_error: s.last_error.unwrap_or_default(),
+            gateway_check: s.gateway_check.unwrap_or_default(),
             pending_enforcements: u32::try_from(self.openclaw.pending_enforcement_count())
                 .unwrap_or(u32::MAX),
         }

@@ -1,6 +1,7 @@
 //! Logging: an `EnvFilter` from config (reloadable on SIGHUP), plain lines
 //! without timestamps under journald.
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
@@ -10,6 +11,32 @@ use crate::config::{LogFormat, LogSettings};
 /// Environment variable that overrides `log.level` (outside the config prefix,
 /// so it is never mistaken for a config key).
 pub const LOG_ENV: &str = "DEFENSECLAWD_LOG";
+
+/// Libraries that print raw WebSocket frames (the gateway's `connect` frame
+/// holds its token), HTTP headers (bearer tokens, client secrets) or TLS
+/// details at trace level. They are capped at debug whatever `DEFENSECLAWD_LOG`
+/// or `[log] level` ask for: the cap is a separate filter, not a directive a
+/// more specific one could override.
+pub const PINNED_BELOW_TRACE: [&str; 12] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "h2",
+    "hyper",
+    "hyper_util",
+    "http",
+    "reqwest",
+    "rustls",
+    "tokio_rustls",
+    "tonic",
+    "tower",
+    "jsonwebtoken",
+];
+
+fn pinned_libraries() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(PINNED_BELOW_TRACE.map(|t| (t, LevelFilter::DEBUG)))
+}
 
 /// Changes the log filter of a running daemon.
 #[derive(Clone)]
@@ -43,7 +70,9 @@ pub fn init(settings: &LogSettings) -> Option<LogReload> {
         EnvFilter::try_new(filter_string(settings)).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(pinned_libraries());
     let installed = match settings.format {
         LogFormat::Json => registry
             .with(

@@ -2,6 +2,7 @@
 //! (in submodules) the real protocol peers the integration tests run against.
 
 pub mod idp;
+pub mod impostor;
 pub mod openclaw;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod attacks_local;
 mod auth;
 mod commands;
 mod connect;

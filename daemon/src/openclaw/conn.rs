@@ -66,6 +66,8 @@ struct FrameHead<'a> {
 pub(crate) struct Endpoint {
     url: String,
     connector: Option<Connector>,
+    /// `ws://`: the listener's owner is checked before the token is sent.
+    plain: bool,
 }
 
 impl fmt::Debug for Endpoint {
@@ -122,6 +124,7 @@ impl Endpoint {
             }
         };
         Ok(Self {
+            plain: url.scheme() == "ws",
             url: url.to_string(),
             connector,
         })
@@ -166,6 +169,7 @@ struct Conn {
     token: Option<GatewayToken>,
     endpoint: Endpoint,
     device: DeviceIdentity,
+    shared: Arc<Shared>,
 }
 
 /// Error of one RPC.
@@ -314,6 +318,10 @@ enum End {
     Rejected {
         error: String,
     },
+    /// The listener is not the gateway we trust with the token: nothing sent.
+    Untrusted {
+        error: String,
+    },
 }
 
 struct Hello {
@@ -366,14 +374,20 @@ pub(crate) async fn run<H: Host>(ctx: Context<H>, cancel: CancellationToken) {
         token,
         endpoint,
         device,
+        shared: shared.clone(),
     };
     let mut attempt: u32 = 0;
+    // The last refusal to trust the listener, audited and logged once per change.
+    let mut last_refusal: Option<String> = None;
     loop {
         if cancel.is_cancelled() {
             break;
         }
         shared.set_state(GatewayState::Connecting);
         let end = session(&conn, &engine, &cancel).await;
+        if !matches!(end, End::Untrusted { .. }) {
+            last_refusal = None;
+        }
         let s = &conn.settings;
         let (state, error, delay) = match end {
             End::Cancelled => break,
@@ -419,6 +433,32 @@ pub(crate) async fn run<H: Host>(ctx: Context<H>, cancel: CancellationToken) {
                 error,
                 Duration::from_secs(s.auth_retry_secs.max(1)),
             ),
+            End::Untrusted { error } => {
+                let d = backoff_delay(s, attempt);
+                attempt = attempt.saturating_add(1);
+                if last_refusal.as_deref() != Some(error.as_str()) {
+                    tracing::error!(url = %conn.endpoint.url, error = %error, "openclaw gateway not trusted with the token; retrying with backoff");
+                    engine
+                        .audit(MonitorAudit {
+                            action: "openclaw.connection".into(),
+                            target: None,
+                            outcome: "refused".into(),
+                            reason: error.clone(),
+                            details: json!({ "url": conn.endpoint.url }),
+                        })
+                        .await;
+                    last_refusal = Some(error.clone());
+                }
+                shared.update_status(|st| {
+                    st.state = GatewayState::Backoff;
+                    st.last_error = Some(error);
+                });
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(d) => {}
+                }
+                continue;
+            }
         };
         tracing::warn!(url = %conn.endpoint.url, error = %error, retry_in_ms = delay.as_millis() as u64, "openclaw gateway connection");
         shared.update_status(|st| {
@@ -521,17 +561,26 @@ async fn handshake(conn: &Conn) -> Result<(Ws, Hello), End> {
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let url = conn.endpoint.url.as_str();
-    let dialed = match &conn.endpoint.connector {
-        Some(c) => {
-            tokio_tungstenite::connect_async_tls_with_config(url, Some(cfg), false, Some(c.clone()))
-                .await
-        }
-        None => tokio_tungstenite::connect_async_with_config(url, Some(cfg), false).await,
-    };
     let fail = |error: String| End::Closed {
         connected: false,
         error,
         restart_after: None,
+    };
+    let dialed = match (&conn.endpoint.connector, conn.endpoint.plain) {
+        (Some(c), _) => {
+            conn.shared.set_gateway_check("tls-pin");
+            tokio_tungstenite::connect_async_tls_with_config(url, Some(cfg), false, Some(c.clone()))
+                .await
+        }
+        (None, false) => {
+            conn.shared.set_gateway_check("tls");
+            tokio_tungstenite::connect_async_with_config(url, Some(cfg), false).await
+        }
+        (None, true) => {
+            let tcp = dial_trusted_loopback(conn).await?;
+            tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(tcp), Some(cfg))
+                .await
+        }
     };
     let (mut ws, _) = dialed.map_err(|e| fail(format!("connect to {url}: {e}")))?;
 
@@ -652,6 +701,75 @@ async fn handshake(conn: &Conn) -> Result<(Ws, Hello), End> {
                 .unwrap_or(30_000),
         },
     ))
+}
+
+/// How often the server side of a fresh loopback connection is looked up
+/// before giving up: the kernel lists it once the handshake completes, which
+/// can trail `connect()` returning by a moment.
+const PEER_LOOKUPS: u32 = 50;
+
+/// Dials a `ws://` (loopback) gateway and returns the stream only when the
+/// socket that accepted it belongs to an expected uid (`gateway_uid`, else the
+/// daemon's own; root always). Nothing is written before the check, so a
+/// squatter on the port never sees the handshake, let alone the token. The
+/// outcome goes to `status` (`gateway_check`).
+async fn dial_trusted_loopback(conn: &Conn) -> Result<TcpStream, End> {
+    let refused = |why: String| {
+        conn.shared.set_gateway_check(&format!("refused: {why}"));
+        End::Untrusted {
+            error: format!("gateway token withheld: {why}"),
+        }
+    };
+    let url = url::Url::parse(&conn.endpoint.url).map_err(|e| refused(format!("url: {e}")))?;
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| End::Closed {
+            connected: false,
+            error: format!("connect to {}: {e}", conn.endpoint.url),
+            restart_after: None,
+        })?;
+    let (local, server) = match (tcp.local_addr(), tcp.peer_addr()) {
+        (Ok(l), Ok(p)) => (l, p),
+        (Err(e), _) | (_, Err(e)) => return Err(refused(format!("socket addresses: {e}"))),
+    };
+    if !server.ip().is_loopback() && !server.ip().to_canonical().is_loopback() {
+        return Err(refused(format!("{server} is not a loopback address")));
+    }
+    let expected = conn
+        .settings
+        .gateway_uid
+        .or_else(defenseclaw_proto::paths::current_uid);
+    let mut owner = None;
+    for _ in 0..PEER_LOOKUPS {
+        // The tables can be megabytes on a busy host: read them off the workers.
+        owner = tokio::task::spawn_blocking(move || super::peer::server_uid(local, server))
+            .await
+            .map_err(|e| refused(format!("reading the socket tables: {e}")))?
+            .map_err(|e| refused(format!("cannot read the socket tables: {e}")))?;
+        if owner.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Some(owner) = owner else {
+        return Err(refused(format!(
+            "no owner found for the listener on {server}"
+        )));
+    };
+    let expected_text = expected.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
+    if owner != 0 && Some(owner) != expected {
+        return Err(refused(format!(
+            "listener uid {owner}, expected {expected_text}"
+        )));
+    }
+    conn.shared.set_gateway_check(&format!("peer-uid {owner}"));
+    Ok(tcp)
 }
 
 /// Next text frame as JSON (pre-hello); errors on close, non-JSON or binary.
@@ -880,6 +998,13 @@ impl<H: Host> Serve<'_, H> {
                 return Ok(());
             }
         };
+        // Kind and size only: frames may carry commands, tokens and secrets.
+        tracing::trace!(
+            kind = head.ty.as_deref().unwrap_or(""),
+            event = head.event.as_deref().unwrap_or(""),
+            len = text.len(),
+            "openclaw frame received"
+        );
         if head.ty.as_deref() == Some("event") {
             let event = head.event.as_deref().unwrap_or("");
             if !RELEVANT_EVENTS.contains(&event) {

@@ -41,6 +41,7 @@ pub mod bench;
 mod conn;
 mod device;
 mod engine;
+mod peer;
 mod policy;
 mod redact;
 mod tls;
@@ -125,6 +126,11 @@ pub struct OpenClawSettings {
     /// Capacity of the in-memory audit queue (default 8192). When full, the
     /// connection stops reading (backpressure) instead of dropping entries.
     pub audit_queue_capacity: usize,
+    /// Uid that must own the gateway's socket on a `ws://` (loopback) URL before
+    /// the token is sent. Default: the daemon's own uid. Root is always
+    /// accepted (it can read the token from the daemon anyway). Not used for
+    /// `wss://`, where the certificate (pinned with `tls_pin_sha256`) decides.
+    pub gateway_uid: Option<u32>,
 }
 
 impl Default for OpenClawSettings {
@@ -144,6 +150,7 @@ impl Default for OpenClawSettings {
             auth_retry_secs: 300,
             max_frame_bytes: 26_214_400,
             audit_queue_capacity: 8192,
+            gateway_uid: None,
         }
     }
 }
@@ -275,6 +282,9 @@ pub struct GatewayStatus {
     pub last_event_at: Option<String>,
     /// Last connection/protocol error (never contains secrets).
     pub last_error: Option<String>,
+    /// Why the gateway is trusted with the token (`peer-uid <n>`, `tls-pin`,
+    /// `tls`) or why it is not (`refused: …`); `None` before the first dial.
+    pub gateway_check: Option<String>,
 }
 
 /// Kind of an OpenClaw approval.
@@ -446,6 +456,7 @@ impl Shared {
                 missing_scopes: Vec::new(),
                 last_event_at: None,
                 last_error: None,
+                gateway_check: None,
             }),
             last_event_ms: AtomicI64::new(0),
             approvals: Mutex::new(Approvals::default()),
@@ -465,6 +476,10 @@ impl Shared {
 
     pub(crate) fn set_state(&self, state: GatewayState) {
         lock(&self.status).state = state;
+    }
+
+    pub(crate) fn set_gateway_check(&self, check: &str) {
+        lock(&self.status).gateway_check = Some(check.to_owned());
     }
 
     pub(crate) fn update_status(&self, f: impl FnOnce(&mut GatewayStatus)) {
@@ -580,6 +595,7 @@ mod tests {
             "missing_scopes",
             "last_event_at",
             "last_error",
+            "gateway_check",
         ] {
             assert!(v.get(k).is_some(), "{k}");
         }

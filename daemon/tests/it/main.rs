@@ -3,9 +3,10 @@
 
 mod support;
 
+mod attacks_local;
+mod attacks_protection;
 mod attacks_scan;
 mod attacks_vault;
-mod attacks_protection;
 mod audit_chain;
 mod governance;
 mod lifecycle;
