@@ -120,7 +120,13 @@ impl Admission {
         // SKILL.md nor by the caller: a scan of one folder cannot write findings or
         // decisions under another skill's name.
         let folder = match req.kind {
-            TargetKind::Skill => Some(self.skill_name(&actor, &req).await?),
+            TargetKind::Skill => {
+                // What the path is comes first: a FIFO or a link is refused as such,
+                // before its name is judged.
+                defenseclaw_scanner::check_skill_folder(&req.path)
+                    .map_err(|e| Error::invalid("path", e.to_string()))?;
+                Some(self.skill_name(&actor, &req).await?)
+            }
             TargetKind::Mcp => None,
         };
         let scanners = self.scan.scanners.clone();

@@ -23,3 +23,10 @@ pub use model::{Finding, ScanError, ScanReport, Severity, TargetKind, shown};
 pub use redact::redact;
 pub use rules::{FileType, RULE_FORMAT_VERSION, Rule, validate_rule_file};
 pub use walk::Limits;
+
+/// Checks, without blocking and without following a symlink, that `path` is a
+/// folder the scanner would open as a skill. Callers use it to refuse FIFOs,
+/// sockets and links before any other work (naming, auditing, queueing).
+pub fn check_skill_folder(path: &std::path::Path) -> Result<(), ScanError> {
+    walk::open_root(path).map(drop)
+}

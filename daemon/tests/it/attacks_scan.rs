@@ -126,13 +126,11 @@ async fn sixteen_fifo_mcp_configs_are_refused_and_reads_keep_answering() {
         (&sock, "is a socket, not a directory"),
         (&link, "is a symbolic link"),
     ] {
-        let status = tokio::time::timeout(
-            HANG,
-            c2.scan_target(scan(pb::TargetKind::Skill, path, "probe")),
-        )
-        .await
-        .expect("ScanTarget of a special file never returned")
-        .unwrap_err();
+        let status =
+            tokio::time::timeout(HANG, c2.scan_target(scan(pb::TargetKind::Skill, path, "")))
+                .await
+                .expect("ScanTarget of a special file never returned")
+                .unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains(found), "{}", status.message());
     }
@@ -164,13 +162,19 @@ async fn an_oversized_mcp_config_is_refused_before_any_work() {
 async fn scanning_the_root_directory_is_bounded_and_reported_incomplete() {
     let d = TestDaemon::start().await;
     let mut c = d.client().await;
+    // `/` names no skill folder: refused at once, nothing walked.
+    let status = tokio::time::timeout(
+        HANG,
+        c.scan_target(scan(pb::TargetKind::Skill, Path::new("/"), "")),
+    )
+    .await
+    .expect("a scan of / never returned")
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    // A huge real tree (the system's /usr) is walked only to the limits.
     let results = tokio::time::timeout(
         HANG,
-        c.scan_target(scan(
-            pb::TargetKind::Skill,
-            Path::new("/"),
-            "whole-filesystem",
-        )),
+        c.scan_target(scan(pb::TargetKind::Skill, Path::new("/usr"), "")),
     )
     .await
     .expect("a scan of / never returned")

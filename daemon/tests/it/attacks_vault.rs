@@ -117,6 +117,7 @@ async fn a_peer_gets_tokens_only_for_servers_its_uid_is_listed_for_and_every_han
         &idp,
         &[
             ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+            ("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|operator2"),
             ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
             ("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &key),
             ("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", &listed),
@@ -270,6 +271,7 @@ async fn a_grant_redeclared_by_another_operator_drops_the_previous_approvers_cre
             &idp,
             &[
                 ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+                ("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|operator2"),
                 ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
                 ("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &key),
                 ("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", &listed),
