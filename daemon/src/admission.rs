@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::control::{EnforcementChanged, pb_finding};
 use crate::error::{Error, Result};
-use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind, validate_name};
+use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind};
 use crate::scanning::{ScanService, Scanned};
 use crate::state::{StateCache, Verdict};
 use crate::stepup::StepUps;
@@ -112,7 +112,7 @@ impl Admission {
             ));
         }
         if let Some(name) = &req.name {
-            validate_name("name", name)?;
+            crate::names::target_name("name", name)?;
         }
         let scanners = self.scan.scanners.clone();
         let (kind, path, server) = (req.kind, req.path.clone(), req.server.clone());
@@ -128,11 +128,12 @@ impl Admission {
                 (TargetKind::Skill, Some(n)) => n.clone(),
                 _ => s.report.name.clone(),
             };
-            validate_name("name", &name).map_err(|_| {
+            crate::names::target_name("name", &name).map_err(|_| {
                 Error::invalid(
                     "name",
                     format!(
-                        "{name:?} (from the scanned target) is not a valid target name; pass a name"
+                        "{} (from the scanned target) is not a valid target name; pass a name",
+                        crate::error::quoted(&name)
                     ),
                 )
             })?;

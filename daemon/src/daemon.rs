@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use defenseclaw_proto::v1::control_server::ControlServer;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::AccessPolicy;
@@ -293,6 +292,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         admission,
         stepups,
         vault,
+        streams: crate::streams::StreamLimits::new(&settings.server),
     };
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
@@ -314,10 +314,12 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         .build_v1alpha()
         .map_err(|e| format!("reflection service: {e}"))?;
 
-    let incoming = UnixListenerStream::new(bound.listener);
+    let incoming = crate::limits::Incoming::new(bound.listener, &settings.server);
     let server_cancel = cancel.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .max_concurrent_streams(settings.server.max_streams_per_connection)
+            .layer(crate::limits::RequestLimitsLayer::new(&settings.server))
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
