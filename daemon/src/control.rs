@@ -843,6 +843,7 @@ impl Control for ControlService {
         self.authorize(&request, "WatchStepUp", Need::Read).await?;
         let id = request.into_inner().id;
         names::request_id("id", &id)?;
+        let (tx, rx) = self.streams.open()?;
         // Subscribe first, then read, so the end cannot slip between the two.
         let mut events = self.stepups.subscribe();
         let row = self
@@ -850,7 +851,6 @@ impl Control for ControlService {
             .get_stepup(id.clone())
             .await?
             .ok_or_else(|| Error::NotFound(format!("step-up {id}")))?;
-        let (tx, rx) = self.streams.open()?;
         let cancel = self.cancel.clone();
         let store = self.store.clone();
         tokio::spawn(async move {

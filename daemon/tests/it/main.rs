@@ -3,6 +3,7 @@
 
 mod support;
 
+mod attacks_client;
 mod audit_chain;
 mod governance;
 mod lifecycle;
