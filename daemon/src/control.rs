@@ -785,6 +785,9 @@ impl Control for ControlService {
         let kind = kind_from("kind", req.kind)?
             .ok_or_else(|| Error::invalid("kind", "is required (skill or mcp)"))?;
         validate_text("path", &req.path, 4096)?;
+        if !req.server.is_empty() {
+            names::server_name("server", &req.server)?;
+        }
         let results = self
             .admission
             .run(

@@ -11,7 +11,7 @@ use defenseclaw_scanner::adapters::{AdapterConfig, SkillScannerAdapter};
 use defenseclaw_scanner::{Engine, ScanReport};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted};
 use crate::model::{Severity, Target, TargetKind};
 use crate::store::NewFinding;
 
@@ -193,10 +193,9 @@ impl Scanners {
 
     /// Scans a skill folder with every scanner. Blocking.
     pub fn scan_skill(&self, dir: &Path) -> Result<Scanned> {
-        let report = self
-            .engine
-            .scan_skill(dir)
-            .map_err(|e| Error::invalid("path", format!("{}: {e}", dir.display())))?;
+        let report = self.engine.scan_skill(dir).map_err(|e| {
+            Error::invalid("path", format!("{}: {e}", quoted(&dir.to_string_lossy())))
+        })?;
         let mut by_scanner = vec![(BUILTIN_SCANNER.to_owned(), findings(&report))];
         let mut errors = Vec::new();
         if let Some(adapter) = &self.skill_adapter {
@@ -214,16 +213,16 @@ impl Scanners {
 
     /// Scans the MCP servers of a config file. Blocking.
     pub fn scan_mcp(&self, file: &Path, server: Option<&str>) -> Result<Vec<Scanned>> {
-        let reports = self
-            .engine
-            .scan_mcp_file(file, server)
-            .map_err(|e| Error::invalid("path", format!("{}: {e}", file.display())))?;
+        let reports = self.engine.scan_mcp_file(file, server).map_err(|e| {
+            Error::invalid("path", format!("{}: {e}", quoted(&file.to_string_lossy())))
+        })?;
         if let Some(name) = server
             && reports.is_empty()
         {
             return Err(Error::NotFound(format!(
-                "MCP server {name:?} in {}",
-                file.display()
+                "MCP server {} in {}",
+                quoted(name),
+                quoted(&file.to_string_lossy())
             )));
         }
         Ok(reports
