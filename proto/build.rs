@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        // Malformed requests are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::codec::ProtoCodec")
         .file_descriptor_set_path(out_dir.join("defenseclaw_descriptor.bin"))
         .compile_with_config(config, PROTO_FILES, &["proto"])
         .map_err(|e| format!("compiling {PROTO_FILES:?}: {e}"))?;

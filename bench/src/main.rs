@@ -9,6 +9,8 @@
 //!   gateway;
 //! - `token-vault`: Token Vault coalescing and overhead, the daemon against
 //!   the local identity provider ([`token_vault::run`]);
+//! - `hostile`: resident memory under a flood of unread streams and
+//!   `GetStatus` latency under idle connections and FIFO scans ([`hostile::run`]);
 //! - `scan-eval CORPUS`: the built-in scanner (and `skill-scanner` when
 //!   installed) against a labelled corpus.
 
@@ -19,6 +21,7 @@ macro_rules! say {
 
 mod control;
 mod echo;
+mod hostile;
 mod load;
 mod procs;
 mod report;
@@ -97,6 +100,12 @@ enum Command {
     /// identity provider (tests/idp; needs node and npm). Summary on stderr,
     /// one JSON line on stdout.
     TokenVault(token_vault::TokenVaultArgs),
+    /// Hostile clients: the daemon's resident memory before, during and after
+    /// 1 500 streaming calls that never read, and GetStatus latency (p50/p99)
+    /// while 1 000 idle connections and 16 ScanTarget calls on FIFOs are held
+    /// open. Runs the real defenseclawd with its shipped limits; one JSON
+    /// document on stdout.
+    Hostile(hostile::HostileArgs),
     /// Evaluates the scanner against a labelled corpus (labels.csv): recall,
     /// false positives and time, side by side with Cisco's skill-scanner when
     /// it is on PATH (or at $DEFENSECLAW_CISCO_SKILL_SCANNER).
@@ -114,6 +123,7 @@ fn main() -> ExitCode {
             openclaw_approvals(approvals, events)
         }
         Some(Command::TokenVault(args)) => token_vault::run(&args),
+        Some(Command::Hostile(args)) => hostile::run(&args),
         Some(Command::ScanEval { corpus }) => {
             scan_eval::run(&corpus).and_then(|v| report::print_json(&v))
         }

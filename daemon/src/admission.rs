@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::control::{EnforcementChanged, pb_finding};
 use crate::error::{Error, Result};
-use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind, validate_name};
+use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind};
 use crate::protection::{Change, Ruling};
 use crate::scanning::{ScanService, Scanned};
 use crate::state::{StateCache, Verdict};
@@ -114,7 +114,7 @@ impl Admission {
             ));
         }
         if let Some(name) = &req.name {
-            validate_name("name", name)?;
+            crate::names::target_name("name", name)?;
         }
         // A skill is named after its folder (the key OpenClaw reports), never by its
         // SKILL.md nor by the caller: a scan of one folder cannot write findings or
@@ -154,11 +154,12 @@ impl Admission {
                 }
                 None => s.report.name.clone(),
             };
-            validate_name("name", &name).map_err(|_| {
+            crate::names::target_name("name", &name).map_err(|_| {
                 Error::invalid(
                     "name",
                     format!(
-                        "{name:?} (from the scanned target) is not a valid target name; pass a name"
+                        "{} (from the scanned target) is not a valid target name; pass a name",
+                        crate::error::quoted(&name)
                     ),
                 )
             })?;
@@ -178,7 +179,7 @@ impl Admission {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        validate_name("path", &folder).map_err(|_| {
+        crate::names::target_name("path", &folder).map_err(|_| {
             Error::invalid(
                 "path",
                 "must end in the skill's folder, whose name is the skill's name",

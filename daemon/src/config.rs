@@ -56,8 +56,25 @@ pub struct ServerSettings {
     pub socket_mode: String,
     /// How long shutdown waits for in-flight calls and streams before aborting them.
     pub drain_timeout_secs: u64,
-    /// Largest accepted request message, in bytes.
+    /// Largest accepted request message, in bytes; a larger one is refused
+    /// with `RESOURCE_EXHAUSTED` before it is read.
     pub max_message_bytes: usize,
+    /// Most client connections open at once; one more is closed at accept.
+    pub max_connections: usize,
+    /// Most concurrent calls (HTTP/2 streams) on one connection.
+    pub max_streams_per_connection: u32,
+    /// Most streaming calls (FollowAudit, ExportAudit, WatchStepUp) open at
+    /// once across all connections; one more is refused with `RESOURCE_EXHAUSTED`.
+    pub max_streams: usize,
+    /// Bytes of replies one stream may hold queued for a slow reader.
+    pub stream_buffer_bytes: usize,
+    /// How long a stream waits for its reader to make room before it is cut
+    /// off with `RESOURCE_EXHAUSTED` ("consumer too slow") and its buffer freed.
+    pub stream_stall_timeout_secs: u64,
+    /// A connection that sends nothing (no HTTP/2 preface) this long is closed.
+    pub handshake_timeout_secs: u64,
+    /// A connection with no call in progress this long is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -67,6 +84,13 @@ impl Default for ServerSettings {
             socket_mode: "0660".into(),
             drain_timeout_secs: 10,
             max_message_bytes: 4 * 1024 * 1024,
+            max_connections: 128,
+            max_streams_per_connection: 32,
+            max_streams: 64,
+            stream_buffer_bytes: 256 * 1024,
+            stream_stall_timeout_secs: 30,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 300,
         }
     }
 }
@@ -371,6 +395,37 @@ impl Settings {
             return Err(ConfigError::Value {
                 field: "server.max_message_bytes",
                 reason: "must be at least 1024".into(),
+            });
+        }
+        let server = &self.server;
+        for (field, value) in [
+            ("server.max_connections", server.max_connections as u64),
+            (
+                "server.max_streams_per_connection",
+                u64::from(server.max_streams_per_connection),
+            ),
+            ("server.max_streams", server.max_streams as u64),
+            (
+                "server.stream_stall_timeout_secs",
+                server.stream_stall_timeout_secs,
+            ),
+            (
+                "server.handshake_timeout_secs",
+                server.handshake_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", server.idle_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Value {
+                    field,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if server.stream_buffer_bytes < 64 * 1024 {
+            return Err(ConfigError::Value {
+                field: "server.stream_buffer_bytes",
+                reason: "must be at least 65536".into(),
             });
         }
         if let Some(path) = &self.server.socket

@@ -8,9 +8,8 @@ use std::time::Instant;
 
 use defenseclaw_proto::v1 as pb;
 use pb::control_server::Control;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -19,8 +18,9 @@ use crate::authn::{Authenticator, Need};
 use crate::error::{Error, Result};
 use crate::model::{
     Actor, Decision, EnforcementAction, EnforcementState, MAX_REASON_BYTES, Severity, Target,
-    TargetKind, validate_name, validate_text,
+    TargetKind, validate_text,
 };
+use crate::names;
 use crate::protection::{Change, Ruling};
 use crate::state::{StateCache, Verdict};
 use crate::store::{AuditQuery, FindingRow, ReportOrigin, Store, TargetRow, WriteEffect, WriteOp};
@@ -55,6 +55,7 @@ pub struct ControlService {
     pub(crate) stepups: Arc<crate::stepup::StepUps>,
     pub(crate) vault: Arc<crate::vault::TokenBroker>,
     pub(crate) coalescer: Arc<crate::audit_coalesce::AuditCoalescer>,
+    pub(crate) streams: crate::streams::StreamLimits,
 }
 
 impl std::fmt::Debug for ControlService {
@@ -147,7 +148,7 @@ fn target_from(field: &'static str, target: Option<pb::TargetRef>) -> Result<Tar
     let target = target.ok_or_else(|| Error::invalid(field, "is required"))?;
     let kind = kind_from(field, target.kind)?
         .ok_or_else(|| Error::invalid(field, "kind is required (skill or mcp)"))?;
-    validate_name("target.name", &target.name)?;
+    names::target_name("target.name", &target.name)?;
     Ok(Target {
         kind,
         name: target.name,
@@ -174,12 +175,12 @@ fn connections_from(
     }
     let mut out: Vec<crate::store::connections::ConnectionDecl> = Vec::new();
     for d in declared {
-        crate::vault::validate_connection("connections.connection", &d.connection)?;
+        names::connection_name("connections.connection", &d.connection)?;
         crate::vault::validate_scopes("connections.scopes", &d.scopes)?;
         if out.iter().any(|o| o.connection == d.connection) {
             return Err(Error::invalid(
                 "connections",
-                format!("{} is declared twice", d.connection),
+                format!("{} is declared twice", crate::error::quoted(&d.connection)),
             ));
         }
         out.push(crate::store::connections::ConnectionDecl {
@@ -576,7 +577,7 @@ impl Control for ControlService {
         let req = request.get_ref();
         let kind = kind_from("target", req.kind)?
             .ok_or_else(|| Error::invalid("target", "kind is required"))?;
-        validate_name("target.name", &req.name)?;
+        names::target_name("target.name", &req.name)?;
         let reply = match self.cache.check(kind, &req.name) {
             Verdict::Unknown => pb::CheckReply {
                 verdict: pb::Verdict::Unknown as i32,
@@ -607,7 +608,7 @@ impl Control for ControlService {
             .await?;
         let report = request.into_inner();
         let target = target_from("target", report.target)?;
-        validate_name("scanner", &report.scanner)?;
+        names::scanner_name("scanner", &report.scanner)?;
         // The daemon's own scanners report only through the daemon: a peer using
         // their name could otherwise rewrite what the daemon found.
         if self.admission.scan.is_daemon_scanner(&report.scanner) {
@@ -805,7 +806,7 @@ impl Control for ControlService {
         } else {
             store.head().seq
         };
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = self.streams.open()?;
         tokio::spawn(async move {
             if catch_up(&store, &tx, &mut last, u64::MAX).await.is_err() {
                 return;
@@ -817,7 +818,7 @@ impl Control for ControlService {
                     next = live.recv() => match next {
                         Ok(entry) if entry.seq <= last => {}
                         Ok(entry) if entry.seq == last + 1 => {
-                            if tx.send(Ok(pb_entry(&entry))).await.is_err() { break; }
+                            if tx.send(pb_entry(&entry)).await.is_err() { break; }
                             last = entry.seq;
                         }
                         Ok(entry) => {
@@ -832,7 +833,7 @@ impl Control for ControlService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     type ExportAuditStream = EntryStream;
@@ -843,12 +844,12 @@ impl Control for ControlService {
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
         self.authorize(&request, "ExportAudit", Need::Read).await?;
         let store = self.store.clone();
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = self.streams.open()?;
         tokio::spawn(async move {
             let mut last = 0;
             let _ = catch_up(&store, &tx, &mut last, u64::MAX).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn scan_target(
@@ -862,6 +863,9 @@ impl Control for ControlService {
         let kind = kind_from("kind", req.kind)?
             .ok_or_else(|| Error::invalid("kind", "is required (skill or mcp)"))?;
         validate_text("path", &req.path, 4096)?;
+        if !req.server.is_empty() {
+            names::server_name("server", &req.server)?;
+        }
         let results = self
             .admission
             .run(
@@ -901,7 +905,7 @@ impl Control for ControlService {
     ) -> Result<Response<pb::StepUp>, Status> {
         self.authorize(&request, "GetStepUp", Need::Read).await?;
         let id = request.into_inner().id;
-        validate_name("id", &id)?;
+        names::request_id("id", &id)?;
         let row = self
             .store
             .get_stepup(id.clone())
@@ -919,7 +923,8 @@ impl Control for ControlService {
     ) -> Result<Response<Self::WatchStepUpStream>, Status> {
         self.authorize(&request, "WatchStepUp", Need::Read).await?;
         let id = request.into_inner().id;
-        validate_name("id", &id)?;
+        names::request_id("id", &id)?;
+        let (tx, rx) = self.streams.open()?;
         // Subscribe first, then read, so the end cannot slip between the two.
         let mut events = self.stepups.subscribe();
         let row = self
@@ -927,12 +932,11 @@ impl Control for ControlService {
             .get_stepup(id.clone())
             .await?
             .ok_or_else(|| Error::NotFound(format!("step-up {id}")))?;
-        let (tx, rx) = mpsc::channel(16);
         let cancel = self.cancel.clone();
         let store = self.store.clone();
         tokio::spawn(async move {
             let done = row.status != "pending";
-            if tx.send(Ok(pb_stepup(&row))).await.is_err() || done {
+            if tx.send(pb_stepup(&row)).await.is_err() || done {
                 return;
             }
             loop {
@@ -942,12 +946,12 @@ impl Control for ControlService {
                     ev = events.recv() => match ev {
                         Ok(ev) if ev.row.id == id => {
                             let end = ev.row.status != "pending";
-                            if tx.send(Ok(pb_stepup(&ev.row))).await.is_err() || end { break; }
+                            if tx.send(pb_stepup(&ev.row)).await.is_err() || end { break; }
                         }
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => {
                             if let Ok(Some(r)) = store.get_stepup(id.clone()).await && r.status != "pending" {
-                                let _ = tx.send(Ok(pb_stepup(&r))).await;
+                                let _ = tx.send(pb_stepup(&r)).await;
                                 break;
                             }
                         }
@@ -956,7 +960,7 @@ impl Control for ControlService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn cancel_step_up(
@@ -967,7 +971,7 @@ impl Control for ControlService {
             .authorize(&request, "CancelStepUp", Need::Operate)
             .await?;
         let id = request.into_inner().id;
-        validate_name("id", &id)?;
+        names::request_id("id", &id)?;
         let row = self.stepups.cancel(&id, actor).await?;
         Ok(Response::new(pb_stepup(&row)))
     }
@@ -1001,8 +1005,8 @@ impl Control for ControlService {
             .ok()
             .map(str::to_owned);
         let req = request.into_inner();
-        validate_name("server", &req.server)?;
-        crate::vault::validate_connection("connection", &req.connection)?;
+        names::server_name("server", &req.server)?;
+        names::connection_name("connection", &req.connection)?;
         let issued = self
             .vault
             .token(
@@ -1032,7 +1036,7 @@ impl Control for ControlService {
         let server = if req.server.is_empty() {
             None
         } else {
-            validate_name("server", &req.server)?;
+            names::server_name("server", &req.server)?;
             Some(req.server)
         };
         let grants = self.store.list_grants(server).await?;
@@ -1051,8 +1055,8 @@ impl Control for ControlService {
             .authorize(&request, "RevokeConnection", Need::Operate)
             .await?;
         let req = request.into_inner();
-        validate_name("server", &req.server)?;
-        crate::vault::validate_connection("connection", &req.connection)?;
+        names::server_name("server", &req.server)?;
+        names::connection_name("connection", &req.connection)?;
         validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
         // Forget first: no token of a grant being revoked is handed out again.
         self.vault.forget(&req.server, Some(&req.connection));
@@ -1082,8 +1086,8 @@ impl Control for ControlService {
             .authorize(&request, "RecordConnectedAccount", Need::Operate)
             .await?;
         let req = request.into_inner();
-        crate::vault::validate_connection("connection", &req.connection)?;
-        validate_name("account_id", &req.account_id)?;
+        names::connection_name("connection", &req.connection)?;
+        names::account_id("account_id", &req.account_id)?;
         let account = crate::store::connections::LinkedAccountRow {
             sub: actor.id.clone(),
             connection: req.connection,
@@ -1192,19 +1196,23 @@ fn pb_approval(a: crate::openclaw::ApprovalView) -> pb::OpenClawApproval {
     }
 }
 
+/// Entries read from the store at a time for a stream (bounds what one
+/// stream holds beyond its queue).
+const AUDIT_PAGE: u32 = 100;
+
 /// Sends stored entries with `last < seq <= until` in order, advancing `last`.
 /// Errs when the receiver is gone.
 async fn catch_up(
     store: &Store,
-    tx: &mpsc::Sender<Result<pb::AuditEntry, Status>>,
+    tx: &crate::streams::StreamSender<pb::AuditEntry>,
     last: &mut u64,
     until: u64,
 ) -> Result<(), ()> {
     loop {
-        let page = match store.audit_page(*last, 500).await {
+        let page = match store.audit_page(*last, AUDIT_PAGE).await {
             Ok(page) => page,
             Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
+                tx.fail(e.into());
                 return Err(());
             }
         };
@@ -1215,7 +1223,7 @@ async fn catch_up(
             if entry.seq > until {
                 return Ok(());
             }
-            tx.send(Ok(pb_entry(&entry))).await.map_err(|_| ())?;
+            tx.send(pb_entry(&entry)).await.map_err(|_| ())?;
             *last = entry.seq;
         }
     }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use defenseclaw_proto::v1::control_server::ControlServer;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::AccessPolicy;
@@ -323,6 +322,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         stepups,
         vault,
         coalescer: coalescer.clone(),
+        streams: crate::streams::StreamLimits::new(&settings.server),
     };
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
@@ -348,10 +348,12 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     let coalescer_stop = CancellationToken::new();
     let coalescer_task = coalescer.spawn_flusher(coalescer_stop.clone());
     drop(coalescer);
-    let incoming = UnixListenerStream::new(bound.listener);
+    let incoming = crate::limits::Incoming::new(bound.listener, &settings.server);
     let server_cancel = cancel.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .max_concurrent_streams(settings.server.max_streams_per_connection)
+            .layer(crate::limits::RequestLimitsLayer::new(&settings.server))
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -459,7 +461,7 @@ async fn record_refused_link(store: &Store, skill: &std::path::Path, actor: crat
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let target = crate::model::validate_name("name", &name)
+    let target = crate::names::target_name("name", &name)
         .ok()
         .map(|()| crate::model::Target {
             kind: crate::model::TargetKind::Skill,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::audit::NewEntry;
 use crate::control::EnforcementChanged;
-use crate::model::{Actor, EnforcementState, Target, TargetKind, validate_name};
+use crate::model::{Actor, EnforcementState, Target, TargetKind};
 use crate::openclaw::{self, Host, HostError, HostVerdict, MonitorAudit, MonitorHandle};
 use crate::state::{StateCache, Verdict};
 use crate::store::{Store, WriteOp};
@@ -44,7 +44,7 @@ fn target_of(kind: openclaw::TargetKind, name: &str) -> Option<Target> {
         openclaw::TargetKind::Mcp => name.split('/').next().unwrap_or(name),
         openclaw::TargetKind::Skill => name,
     };
-    validate_name("target.name", name).ok()?;
+    crate::names::target_name("target.name", name).ok()?;
     Some(Target {
         kind: to_kind(kind),
         name: name.to_owned(),

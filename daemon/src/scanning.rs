@@ -11,7 +11,7 @@ use defenseclaw_scanner::adapters::{AdapterConfig, SkillScannerAdapter};
 use defenseclaw_scanner::{Engine, ScanReport};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted};
 use crate::model::{Severity, Target, TargetKind};
 use crate::store::NewFinding;
 
@@ -269,7 +269,8 @@ impl Scanners {
             && reports.is_empty()
         {
             return Err(Error::NotFound(format!(
-                "MCP server {name:?} in {}",
+                "MCP server {} in {}",
+                quoted(name),
                 defenseclaw_scanner::shown(file)
             )));
         }

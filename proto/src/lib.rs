@@ -1,7 +1,9 @@
-//! Wire types for the defenseclawd control plane. Generated code only, plus the
-//! descriptor set for server reflection.
+//! Wire types for the defenseclawd control plane. Generated code, its codec,
+//! and the descriptor set for server reflection.
 
 pub use tonic;
+
+pub mod codec;
 
 /// `defenseclaw.v1`: the control service.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]

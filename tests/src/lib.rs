@@ -14,8 +14,17 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Connects a gRPC channel to a Unix socket.
 pub async fn uds_channel(path: &Path) -> anyhow::Result<Channel> {
+    uds_channel_with(path, |endpoint| endpoint).await
+}
+
+/// Connects a gRPC channel to a Unix socket with `configure`d endpoint
+/// settings (flow-control windows, timeouts).
+pub async fn uds_channel_with(
+    path: &Path,
+    configure: impl FnOnce(Endpoint) -> Endpoint,
+) -> anyhow::Result<Channel> {
     let path: PathBuf = path.to_owned();
-    let channel = Endpoint::from_static("http://defenseclawd.test")
+    let channel = configure(Endpoint::from_static("http://defenseclawd.test"))
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {

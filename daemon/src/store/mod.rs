@@ -346,11 +346,15 @@ impl Store {
 
     /// One finding.
     pub async fn get_finding(&self, id: u64) -> Result<Option<FindingRow>> {
+        // Ids are SQLite rowids: one beyond i64 names nothing.
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
         self.read(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {FINDING_COLUMNS} FROM findings WHERE id = ?1"
             ))
-            .and_then(|mut s| s.query_row(params![id as i64], finding_row).optional())
+            .and_then(|mut s| s.query_row(params![id], finding_row).optional())
             .map_err(Error::store("reading a finding"))?
             .transpose()
         })
@@ -426,14 +430,19 @@ impl Store {
     }
 }
 
+/// Entries after `after` (a caller's unsigned cursor: one beyond the largest
+/// storable seq has nothing after it).
 fn read_page(c: &Connection, after: u64, limit: u32) -> Result<Vec<Entry>> {
+    let Ok(after) = i64::try_from(after) else {
+        return Ok(Vec::new());
+    };
     let mut stmt = c
         .prepare_cached(&format!(
             "SELECT {ENTRY_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
         ))
         .map_err(Error::store("reading audit entries"))?;
     let rows = stmt
-        .query_map(params![after as i64, i64::from(limit)], entry_row)
+        .query_map(params![after, i64::from(limit)], entry_row)
         .map_err(Error::store("reading audit entries"))?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
         .map_err(Error::store("reading audit entries"))

@@ -881,11 +881,12 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
         }
         WriteOp::DismissFinding { id, reason, actor } => {
             let now = now_ts();
+            let rowid = i64::try_from(id).map_err(|_| Error::NotFound(format!("finding {id}")))?;
             let row = conn
                 .prepare_cached(&format!(
                     "SELECT {FINDING_COLUMNS} FROM findings WHERE id = ?1"
                 ))
-                .and_then(|mut s| s.query_row(params![id as i64], finding_row).optional())
+                .and_then(|mut s| s.query_row(params![rowid], finding_row).optional())
                 .map_err(Error::store("reading a finding"))?
                 .ok_or_else(|| Error::NotFound(format!("finding {id}")))??;
             if row.dismissed.is_some() {
@@ -896,7 +897,7 @@ fn apply(conn: &Connection, op: WriteOp, chain: &mut Head) -> Result<Staged> {
             conn.prepare_cached(
                 "UPDATE findings SET dismissed_by = ?2, dismissed_at = ?3, dismiss_reason = ?4 WHERE id = ?1",
             )
-            .and_then(|mut s| s.execute(params![id as i64, actor.id, now, reason]))
+            .and_then(|mut s| s.execute(params![rowid, actor.id, now, reason]))
             .map_err(Error::store("dismissing a finding"))?;
             let entry = append(
                 conn,

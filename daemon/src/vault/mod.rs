@@ -32,8 +32,7 @@ use crate::store::stepup::{StepUpAction, StepUpPayload};
 use crate::store::{Store, WriteOp};
 use seal::Sealer;
 
-/// Longest connection name Auth0 accepts.
-const MAX_CONNECTION_CHARS: usize = 128;
+/// Most scopes one connection declaration may ask for.
 const MAX_SCOPES: usize = 64;
 
 /// `[token_vault]`
@@ -88,7 +87,7 @@ impl TokenVaultSettings {
             let Some((server, uids)) = entry.rsplit_once('=') else {
                 return Err(format!("{entry:?} is not SERVER=UID[,UID...]"));
             };
-            crate::model::validate_name("server", server).map_err(|e| format!("{entry:?}: {e}"))?;
+            crate::names::server_name("server", server).map_err(|e| format!("{entry:?}: {e}"))?;
             let uids = uids
                 .split(',')
                 .map(|u| {
@@ -110,24 +109,6 @@ pub fn subject_context(server: &str, sub: &str) -> Vec<u8> {
     format!("defenseclaw-token-vault-v1\0{server}\0{sub}").into_bytes()
 }
 
-/// Checks a connection name: Auth0's rule is 1–128 characters; we also keep
-/// to the characters connection names use, so names are safe in messages.
-pub fn validate_connection(field: &'static str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.chars().count() <= MAX_CONNECTION_CHARS
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            "must be 1-128 characters of letters, digits, '-', '_' or '.' (an Auth0 connection name)",
-        ))
-    }
-}
-
 /// Checks requested provider scopes.
 pub fn validate_scopes(field: &'static str, scopes: &[String]) -> Result<()> {
     if scopes.len() > MAX_SCOPES {
@@ -145,7 +126,10 @@ pub fn validate_scopes(field: &'static str, scopes: &[String]) -> Result<()> {
         {
             return Err(Error::invalid(
                 field,
-                format!("{s:?} is not a scope (printable ASCII without spaces or quotes)"),
+                format!(
+                    "{} is not a scope (printable ASCII without spaces or quotes)",
+                    crate::error::quoted(s)
+                ),
             ));
         }
     }

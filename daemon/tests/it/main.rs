@@ -3,6 +3,7 @@
 
 mod support;
 
+mod attacks_client;
 mod attacks_local;
 mod attacks_protection;
 mod attacks_scan;
