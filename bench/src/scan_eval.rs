@@ -289,11 +289,17 @@ fn leave_one_source_out(samples: &[Sample], outcomes: &[Outcome]) -> Value {
             }
             ben.iter().filter(|(_, o)| reaches(o, t)).count() as f64 / ben.len() as f64
         };
-        let chosen = thresholds
-            .iter()
-            .copied()
-            .find(|t| fp_rate(&train, *t) <= LOSO_MAX_FP)
-            .unwrap_or(Severity::Critical);
+        // With no benign sample elsewhere nothing can be tuned: the default, HIGH.
+        let train_benign = train.iter().filter(|(s, _)| !s.malicious).count();
+        let chosen = if train_benign == 0 {
+            Severity::High
+        } else {
+            thresholds
+                .iter()
+                .copied()
+                .find(|t| fp_rate(&train, *t) <= LOSO_MAX_FP)
+                .unwrap_or(Severity::Critical)
+        };
         let mal: Vec<_> = test.iter().filter(|(s, _)| s.malicious).collect();
         let ben: Vec<_> = test.iter().filter(|(s, _)| !s.malicious).collect();
         let count = |v: &[&(&Sample, &Outcome)], t: Severity| {
@@ -310,6 +316,7 @@ fn leave_one_source_out(samples: &[Sample], outcomes: &[Outcome]) -> Value {
             format!("{kind}/{source}"),
             json!({
                 "threshold_chosen_on_other_sources": chosen,
+                "benign_in_other_sources": train_benign,
                 "recall_at_threshold": rate(count(&mal, chosen), mal.len()),
                 "fp_at_threshold": rate(count(&ben, chosen), ben.len()),
                 "recall_high": rate(count(&mal, Severity::High), mal.len()),

@@ -818,11 +818,11 @@ impl Ctx<'_, '_> {
         }
         let base = name.rsplit('/').next().unwrap_or("");
         // A downloaded file, later run.
-        if matches!(base, "curl" | "wget") {
-            if let Some(path) = output_path(&text) {
-                self.downloaded
-                    .insert(path, format!("{} line {line}", self.unit.location));
-            }
+        if matches!(base, "curl" | "wget")
+            && let Some(path) = output_path(&text)
+        {
+            self.downloaded
+                .insert(path, format!("{} line {line}", self.unit.location));
         }
         let mut input = stdin.clone();
         input.merge(&own);

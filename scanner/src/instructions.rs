@@ -111,7 +111,7 @@ impl InstructionModel {
                 return Err(e("weight must be a finite number >= 0"));
             }
             let verb_form = !f.verbs.is_empty() && !f.objects.is_empty();
-            if verb_form == !f.phrases.is_empty() {
+            if verb_form != f.phrases.is_empty() {
                 return Err(e("needs either verbs and objects, or phrases (not both)"));
             }
             let all = f
