@@ -242,7 +242,7 @@ re!(
 );
 re!(
     AUTH_CONTEXT_RE,
-    r#"(?i)\b(?:headers|auth|cookies|api_key|apikey|token|bearer_token|access_token)\s*[=:]\s*(?:\{[^}]*\}|\([^)]*\)|[\w.\[\]'"]+)|['"]?(?:authorization|x-api-key|api-key|x-auth-token)['"]?\s*:\s*[^,}]*|-H\s+['"][^'"]*['"]|--header\s+['"][^'"]*['"]|-u\s+\S+|--user\s+\S+"#
+    r#"(?i)['"]?\b(?:headers|auth|cookies|api_key|apikey|api-key|key|token|bearer_token|access_token)['"]?\s*[=:]\s*(?:\{[^}]*\}|\([^)]*\)|[\w.\[\]'"]+)|['"]?(?:authorization|x-api-key|api-key|x-auth-token)['"]?\s*:\s*[^,}]*|-H\s+['"][^'"]*['"]|--header\s+['"][^'"]*['"]|-u\s+\S+|--user\s+\S+"#
 );
 re!(
     WRITE_MODE_RE,

@@ -54,6 +54,8 @@ r.raise_for_status()
 "#;
     let r = scan_files(&[("scripts/upload.py", py)]);
     assert!(!at_least(&r, Severity::High), "{}", show(&r));
+    // The token only travels as the API's own access parameter.
+    assert!(flow(&r, "DC-FL-002").is_none(), "{}", show(&r));
 }
 
 #[test]
