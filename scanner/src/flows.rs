@@ -28,6 +28,10 @@ pub(crate) const MAX_PARSE_BYTES: usize = 512 << 10;
 const PARSE_BUDGET: Duration = Duration::from_millis(250);
 /// Syntax nodes visited per parsed unit.
 const MAX_NODES: usize = 200_000;
+/// Bytes of one expression looked at by the source/sink patterns: an
+/// expression wrapping a whole bundle is judged on its head, so the work
+/// per file stays linear in its size.
+const MAX_EXPR_BYTES: usize = 4096;
 /// Findings per check per file.
 const MAX_HITS_PER_CHECK: usize = 3;
 
@@ -255,8 +259,8 @@ re!(
 re!(STRING_LIT_RE, r#"['"]([^'"\s]{2,200})['"]"#);
 
 fn short(text: &str) -> String {
-    let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    one.chars().take(80).collect()
+    let one: Vec<&str> = text.split_whitespace().take(40).collect();
+    one.join(" ").chars().take(80).collect()
 }
 
 /// What `text` reads directly (no variables): source kinds and secret names.
@@ -491,7 +495,7 @@ impl Ctx<'_, '_> {
     fn identifiers(&self, n: Node<'_>, out: &mut Vec<String>) {
         let mut cursor = n.walk();
         let mut stack = vec![n];
-        let mut budget = 5_000usize;
+        let mut budget = 512usize;
         while let Some(node) = stack.pop() {
             budget = budget.saturating_sub(1);
             if budget == 0 {
@@ -511,7 +515,7 @@ impl Ctx<'_, '_> {
 
     /// The taint of an expression: what it reads directly, plus its variables.
     fn taint_of(&self, n: Node<'_>) -> Taint {
-        let text = self.text(n);
+        let text = head(self.text(n));
         let mut t = classify(text, self.line(n), self.unit.lang);
         let mut ids = Vec::new();
         self.identifiers(n, &mut ids);
@@ -614,7 +618,7 @@ impl Ctx<'_, '_> {
                     .or_else(|| n.child_by_field_name("constructor"));
                 let args = n.child_by_field_name("arguments");
                 if let (Some(c), Some(a)) = (callee, args) {
-                    let callee = self.text(c).to_string();
+                    let callee = head(self.text(c)).to_string();
                     self.call(n, &callee, a);
                 }
             }
@@ -652,7 +656,7 @@ impl Ctx<'_, '_> {
 
     fn call(&mut self, n: Node<'_>, callee: &str, args: Node<'_>) {
         let line = self.line(n);
-        let args_text = self.text(args).to_string();
+        let args_text = head(self.text(args)).to_string();
         let mut taint = self.taint_of(args);
         // Python: `x.write(data)` inside `with open(PATH) as x` is handled
         // through the write-mode open; here the call's own receiver matters.
@@ -767,7 +771,7 @@ impl Ctx<'_, '_> {
     fn persistence(&mut self, n: Node<'_>, line: u32, t: &Taint, dest: &str) {
         let dest = short(&PERSIST_RE.first(dest));
         let payload = t.kinds & (DOWNLOAD | DECODED | STRONG_SECRET) != 0
-            || PAYLOAD_CMD_RE.is_match(self.text(n));
+            || PAYLOAD_CMD_RE.is_match(head(self.text(n)));
         let check = if payload {
             "persistence_payload"
         } else {
@@ -809,7 +813,7 @@ impl Ctx<'_, '_> {
             .child_by_field_name("name")
             .map(|c| self.text(c).trim_matches(['"', '\'']).to_string())
             .unwrap_or_default();
-        let text = self.text(n).to_string();
+        let text = head(self.text(n)).to_string();
         let mut own = self.taint_of(n);
         // `env` / `printenv` alone print the whole environment.
         if matches!(name.as_str(), "env" | "printenv") && text.split_whitespace().count() == 1 {
@@ -893,7 +897,7 @@ impl Ctx<'_, '_> {
         let mut t = Taint::default();
         let mut cursor = n.walk();
         let mut stack = vec![n];
-        let mut budget = 5_000usize;
+        let mut budget = 512usize;
         while let Some(node) = stack.pop() {
             budget = budget.saturating_sub(1);
             if budget == 0 {
@@ -901,7 +905,11 @@ impl Ctx<'_, '_> {
             }
             match node.kind() {
                 "command_substitution" | "process_substitution" => {
-                    t.merge(&classify(self.text(node), self.line(node), Lang::Bash));
+                    t.merge(&classify(
+                        head(self.text(node)),
+                        self.line(node),
+                        Lang::Bash,
+                    ));
                 }
                 "variable_name" => {
                     if let Some(v) = self.vars.get(self.text(node)) {
@@ -929,7 +937,7 @@ impl Ctx<'_, '_> {
                 .child_by_field_name("destination")
                 .map(|d| self.text(d).trim_matches(['"', '\'']).to_string())
                 .unwrap_or_default();
-            let body_text = self.text(body).to_string();
+            let body_text = head(self.text(body)).to_string();
             if (body_text.starts_with("curl") || body_text.starts_with("wget")) && !dest.is_empty()
             {
                 self.downloaded.insert(
@@ -962,6 +970,18 @@ impl Ctx<'_, '_> {
             detail,
         });
     }
+}
+
+/// At most `MAX_EXPR_BYTES` of `text`, cut at a character boundary.
+fn head(text: &str) -> &str {
+    if text.len() <= MAX_EXPR_BYTES {
+        return text;
+    }
+    let mut end = MAX_EXPR_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The file a `curl`/`wget` command writes (`-o F`, `--output F`, `-O F` for wget).
