@@ -26,6 +26,9 @@ struct Sample {
 #[derive(Debug, Clone)]
 struct Outcome {
     max: Option<Severity>,
+    /// Highest severity among the language-aware findings alone (parsed
+    /// code flows `DC-FL-*`, instruction score `DC-IN-*`).
+    max_language_aware: Option<Severity>,
     ms: f64,
     rules: Vec<String>,
     error: Option<String>,
@@ -74,6 +77,12 @@ fn outcome_of(reports: &[ScanReport], ms: f64) -> Outcome {
     rules.dedup();
     Outcome {
         max: reports.iter().filter_map(|r| r.max_severity).max(),
+        max_language_aware: reports
+            .iter()
+            .flat_map(|r| r.findings.iter())
+            .filter(|f| f.rule_id.starts_with("DC-FL-") || f.rule_id.starts_with("DC-IN-"))
+            .map(|f| f.severity)
+            .max(),
         ms,
         rules,
         error: None,
@@ -212,6 +221,7 @@ fn cisco_skill_scanner(corpus: &Path, samples: &[Sample]) -> Value {
                     missing.push(s.path.clone());
                     Outcome {
                         max: None,
+                        max_language_aware: None,
                         ms: 0.0,
                         rules: Vec::new(),
                         error: Some("not reported by skill-scanner".into()),
@@ -442,12 +452,14 @@ pub fn run(corpus: &Path) -> anyhow::Result<Value> {
                 }
                 Some(Err(e)) => Outcome {
                     max: None,
+                    max_language_aware: None,
                     ms: 0.0,
                     rules: Vec::new(),
                     error: Some(e.to_string()),
                 },
                 None => Outcome {
                     max: None,
+                    max_language_aware: None,
                     ms: 0.0,
                     rules: Vec::new(),
                     error: Some("missing result".into()),
@@ -462,6 +474,7 @@ pub fn run(corpus: &Path) -> anyhow::Result<Value> {
                 Ok(reports) => outcome_of(&reports, ms),
                 Err(e) => Outcome {
                     max: None,
+                    max_language_aware: None,
                     ms,
                     rules: Vec::new(),
                     error: Some(e.to_string()),
@@ -489,6 +502,14 @@ pub fn run(corpus: &Path) -> anyhow::Result<Value> {
         "figures": breakdown(&samples, &outcomes, |_| true),
         "skill_timing": timing(&samples.iter().zip(&outcomes).filter(|(s, _)| s.kind == "skill").map(|(_, o)| o.clone()).collect::<Vec<_>>()),
         "leave_one_source_out": leave_one_source_out(&samples, &outcomes),
+        "figures_language_aware_only": breakdown(
+            &samples,
+            &outcomes
+                .iter()
+                .map(|o| Outcome { max: o.max_language_aware, ..o.clone() })
+                .collect::<Vec<_>>(),
+            |_| true,
+        ),
         "single_source_literals": single_source_literals(corpus, &samples, &engine),
     });
 
