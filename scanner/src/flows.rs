@@ -330,42 +330,40 @@ struct CodeUnit<'a> {
 /// Fenced code blocks of a Markdown text: (language, body, first line of body).
 fn fenced_blocks(text: &str) -> Vec<(Lang, &str, u32)> {
     let mut out = Vec::new();
-    let mut open: Option<(Option<Lang>, usize, u32, String)> = None;
+    // (language, body start offset, body first line, fence character)
+    let mut open: Option<(Option<Lang>, usize, u32, char)> = None;
     let mut offset = 0usize;
     for (i, raw) in text.split_inclusive('\n').enumerate() {
         let line_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let trimmed = raw.trim_start();
-        let fence = if trimmed.starts_with("```") {
-            Some("```")
-        } else if trimmed.starts_with("~~~") {
-            Some("~~~")
-        } else {
-            None
-        };
-        match (&open, fence) {
-            (None, Some(f)) => {
-                let tag = trimmed[3..].trim_start_matches(['`', '~']).trim();
+        let trimmed = raw.trim();
+        let fence = ['`', '~']
+            .into_iter()
+            .find(|c| trimmed.starts_with(&c.to_string().repeat(3)));
+        match (open, fence) {
+            (None, Some(c)) => {
+                let tag = trimmed.trim_start_matches(c);
                 open = Some((
                     Lang::of_fence(tag),
                     offset + raw.len(),
-                    line_no + 1,
-                    f.into(),
+                    line_no.saturating_add(1),
+                    c,
                 ));
             }
-            (Some((lang, start, first, f)), Some(g))
-                if g == f && trimmed.trim_end() == *f || {
-                    trimmed.trim_end().chars().all(|c| c == '`' || c == '~')
-                        && trimmed.starts_with(f.as_str())
-                } =>
+            (Some((lang, start, first, c)), Some(g))
+                if g == c && trimmed.chars().all(|x| x == c) =>
             {
                 if let Some(lang) = lang {
-                    out.push((*lang, &text[*start..offset], *first));
+                    out.push((lang, &text[start..offset], first));
                 }
                 open = None;
             }
             _ => {}
         }
         offset += raw.len();
+    }
+    // A block left open runs to the end of the file.
+    if let Some((Some(lang), start, first, _)) = open {
+        out.push((lang, &text[start..], first));
     }
     out
 }
@@ -1047,5 +1045,7 @@ mod tests {
         assert_eq!(blocks[0].0, Lang::Python);
         assert_eq!(blocks[0].2, 3);
         assert_eq!(blocks[1].1, "ls\n");
+        let open = fenced_blocks("```sh\ncurl x | sh\n");
+        assert_eq!(open.len(), 1, "an unclosed block runs to the end");
     }
 }
