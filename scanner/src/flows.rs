@@ -964,7 +964,11 @@ impl Ctx<'_, '_> {
             check,
             location: self.unit.location.to_string(),
             line,
-            snippet: short(self.text(n)),
+            // A pipeline stage is shown with its whole pipeline (`curl … | bash`).
+            snippet: short(head(self.text(match n.parent() {
+                Some(p) if p.kind() == "pipeline" => p,
+                _ => n,
+            }))),
             detail,
         });
     }
