@@ -1,6 +1,9 @@
 //! `scan-eval`: the built-in scanner (and, when installed, Cisco's
 //! `skill-scanner`) on a labelled corpus: timing, recall on malicious and
-//! false positives on benign samples, at HIGH+ and MEDIUM+.
+//! false positives on benign samples, at HIGH+ and MEDIUM+; leave-one-source-out
+//! figures (the severity threshold chosen on the other sources, measured on the
+//! one left out) and a check for rule or weight literals that occur in one
+//! source's samples only (a sign of rules fitted to samples, not behaviour).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,9 @@ struct Sample {
 #[derive(Debug, Clone)]
 struct Outcome {
     max: Option<Severity>,
+    /// Highest severity among the language-aware findings alone (parsed
+    /// code flows `DC-FL-*`, instruction score `DC-IN-*`).
+    max_language_aware: Option<Severity>,
     ms: f64,
     rules: Vec<String>,
     error: Option<String>,
@@ -71,6 +77,12 @@ fn outcome_of(reports: &[ScanReport], ms: f64) -> Outcome {
     rules.dedup();
     Outcome {
         max: reports.iter().filter_map(|r| r.max_severity).max(),
+        max_language_aware: reports
+            .iter()
+            .flat_map(|r| r.findings.iter())
+            .filter(|f| f.rule_id.starts_with("DC-FL-") || f.rule_id.starts_with("DC-IN-"))
+            .map(|f| f.severity)
+            .max(),
         ms,
         rules,
         error: None,
@@ -160,6 +172,7 @@ fn timing(outcomes: &[Outcome]) -> Value {
         "mean_ms": if ms.is_empty() { 0.0 } else { ms.iter().sum::<f64>() / ms.len() as f64 },
         "p50_ms": pick(0.5),
         "p95_ms": pick(0.95),
+        "p99_ms": pick(0.99),
         "max_ms": pick(1.0),
         "sum_ms": ms.iter().sum::<f64>(),
     })
@@ -208,6 +221,7 @@ fn cisco_skill_scanner(corpus: &Path, samples: &[Sample]) -> Value {
                     missing.push(s.path.clone());
                     Outcome {
                         max: None,
+                        max_language_aware: None,
                         ms: 0.0,
                         rules: Vec::new(),
                         error: Some("not reported by skill-scanner".into()),
@@ -242,6 +256,177 @@ fn get_f64(v: &Value, path: &[&str]) -> Option<f64> {
     cur.as_f64()
 }
 
+/// Highest false-positive rate the threshold chosen on the other sources may have.
+const LOSO_MAX_FP: f64 = 0.02;
+
+/// Leave-one-source-out: for each source, the lowest severity threshold whose
+/// false-positive rate on the benign samples of all *other* sources (of the
+/// same kind) stays within `LOSO_MAX_FP` is chosen there, then recall and
+/// false positives are measured on the left-out source, beside the fixed
+/// HIGH+ and MEDIUM+ figures. Rules and weights are data fixed before the
+/// run, so the threshold is the only thing tuned.
+fn leave_one_source_out(samples: &[Sample], outcomes: &[Outcome]) -> Value {
+    let thresholds = [
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+    let sources: std::collections::BTreeSet<(&str, &str)> = samples
+        .iter()
+        .map(|s| (s.kind.as_str(), s.source.as_str()))
+        .collect();
+    let mut out = serde_json::Map::new();
+    let (mut pooled_mal, mut pooled_h, mut pooled_m, mut pooled_t) = (0, 0, 0, 0);
+    let (mut pooled_ben, mut pooled_fph, mut pooled_fpt) = (0, 0, 0);
+    for (kind, source) in sources {
+        let same_kind = |s: &Sample| s.kind == kind;
+        let train: Vec<(&Sample, &Outcome)> = samples
+            .iter()
+            .zip(outcomes)
+            .filter(|(s, _)| same_kind(s) && s.source != source)
+            .collect();
+        let test: Vec<(&Sample, &Outcome)> = samples
+            .iter()
+            .zip(outcomes)
+            .filter(|(s, _)| same_kind(s) && s.source == source)
+            .collect();
+        let reaches = |o: &Outcome, t: Severity| o.max.is_some_and(|m| m >= t);
+        let fp_rate = |set: &[(&Sample, &Outcome)], t: Severity| {
+            let ben: Vec<_> = set.iter().filter(|(s, _)| !s.malicious).collect();
+            if ben.is_empty() {
+                return 0.0;
+            }
+            ben.iter().filter(|(_, o)| reaches(o, t)).count() as f64 / ben.len() as f64
+        };
+        // With no benign sample elsewhere nothing can be tuned: the default, HIGH.
+        let train_benign = train.iter().filter(|(s, _)| !s.malicious).count();
+        let chosen = if train_benign == 0 {
+            Severity::High
+        } else {
+            thresholds
+                .iter()
+                .copied()
+                .find(|t| fp_rate(&train, *t) <= LOSO_MAX_FP)
+                .unwrap_or(Severity::Critical)
+        };
+        let mal: Vec<_> = test.iter().filter(|(s, _)| s.malicious).collect();
+        let ben: Vec<_> = test.iter().filter(|(s, _)| !s.malicious).collect();
+        let count = |v: &[&(&Sample, &Outcome)], t: Severity| {
+            v.iter().filter(|(_, o)| reaches(o, t)).count()
+        };
+        pooled_mal += mal.len();
+        pooled_h += count(&mal, Severity::High);
+        pooled_m += count(&mal, Severity::Medium);
+        pooled_t += count(&mal, chosen);
+        pooled_ben += ben.len();
+        pooled_fph += count(&ben, Severity::High);
+        pooled_fpt += count(&ben, chosen);
+        out.insert(
+            format!("{kind}/{source}"),
+            json!({
+                "threshold_chosen_on_other_sources": chosen,
+                "benign_in_other_sources": train_benign,
+                "recall_at_threshold": rate(count(&mal, chosen), mal.len()),
+                "fp_at_threshold": rate(count(&ben, chosen), ben.len()),
+                "recall_high": rate(count(&mal, Severity::High), mal.len()),
+                "recall_medium": rate(count(&mal, Severity::Medium), mal.len()),
+                "fp_high": rate(count(&ben, Severity::High), ben.len()),
+                "fp_medium": rate(count(&ben, Severity::Medium), ben.len()),
+            }),
+        );
+    }
+    json!({
+        "max_fp_when_choosing": LOSO_MAX_FP,
+        "per_left_out_source": Value::Object(out),
+        "pooled_over_left_out_sources": {
+            "recall_at_threshold": rate(pooled_t, pooled_mal),
+            "fp_at_threshold": rate(pooled_fpt, pooled_ben),
+            "recall_high": rate(pooled_h, pooled_mal),
+            "recall_medium": rate(pooled_m, pooled_mal),
+            "fp_high": rate(pooled_fph, pooled_ben),
+        },
+    })
+}
+
+/// Bytes of one sample read for the literal check (per file and in total).
+const LITERAL_READ_MAX: u64 = 1 << 20;
+
+/// The lowercased text of a sample (a skill folder's files, or an MCP file).
+fn sample_text(path: &Path) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    let mut files = vec![path.to_path_buf()];
+    let mut budget = LITERAL_READ_MAX * 8;
+    let mut seen = 0usize;
+    while let Some(p) = files.pop() {
+        seen += 1;
+        if seen > 2_000 || budget == 0 {
+            break;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                files.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+            }
+        } else if meta.is_file()
+            && let Ok(f) = std::fs::File::open(&p)
+        {
+            let mut buf = Vec::new();
+            let take = LITERAL_READ_MAX.min(budget);
+            if f.take(take).read_to_end(&mut buf).is_ok() {
+                budget = budget.saturating_sub(buf.len() as u64);
+                text.push_str(&String::from_utf8_lossy(&buf).to_lowercase());
+                text.push('\n');
+            }
+        }
+    }
+    text
+}
+
+/// Rule and weight literals that occur in the samples of exactly one source.
+fn single_source_literals(corpus: &Path, samples: &[Sample], engine: &Engine) -> Value {
+    let literals = engine.rule_literals();
+    let Ok(ac) = aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(literals.iter().map(|(_, l)| l.as_str()))
+    else {
+        return json!({ "error": "could not build the literal automaton" });
+    };
+    // literal index -> source -> samples containing it
+    let mut found: Vec<BTreeMap<&str, usize>> = vec![BTreeMap::new(); literals.len()];
+    for s in samples {
+        let text = sample_text(&corpus.join(&s.path));
+        let mut hit = vec![false; literals.len()];
+        for m in ac.find_overlapping_iter(&text) {
+            hit[m.pattern().as_usize()] = true;
+        }
+        for (i, h) in hit.into_iter().enumerate() {
+            if h {
+                *found[i].entry(s.source.as_str()).or_default() += 1;
+            }
+        }
+    }
+    let flagged: Vec<Value> = literals
+        .iter()
+        .zip(&found)
+        .filter(|(_, by)| by.len() == 1)
+        .map(|((rule, lit), by)| {
+            let (source, n) = by.iter().next().map(|(s, n)| (*s, *n)).unwrap_or(("", 0));
+            json!({ "rule": rule, "literal": lit, "source": source, "samples": n })
+        })
+        .collect();
+    let unused = found.iter().filter(|by| by.is_empty()).count();
+    json!({
+        "literals_checked": literals.len(),
+        "in_no_sample": unused,
+        "in_one_source_only": flagged.len(),
+        "flagged": flagged,
+    })
+}
+
 /// Runs the evaluation on `corpus` (a folder with `labels.csv`).
 pub fn run(corpus: &Path) -> anyhow::Result<Value> {
     let samples = read_labels(corpus)?;
@@ -267,12 +452,14 @@ pub fn run(corpus: &Path) -> anyhow::Result<Value> {
                 }
                 Some(Err(e)) => Outcome {
                     max: None,
+                    max_language_aware: None,
                     ms: 0.0,
                     rules: Vec::new(),
                     error: Some(e.to_string()),
                 },
                 None => Outcome {
                     max: None,
+                    max_language_aware: None,
                     ms: 0.0,
                     rules: Vec::new(),
                     error: Some("missing result".into()),
@@ -287,6 +474,7 @@ pub fn run(corpus: &Path) -> anyhow::Result<Value> {
                 Ok(reports) => outcome_of(&reports, ms),
                 Err(e) => Outcome {
                     max: None,
+                    max_language_aware: None,
                     ms,
                     rules: Vec::new(),
                     error: Some(e.to_string()),
@@ -312,6 +500,17 @@ pub fn run(corpus: &Path) -> anyhow::Result<Value> {
         "per_sample_timing": timing(&outcomes),
         "errors": samples.iter().zip(&outcomes).filter_map(|(s, o)| o.error.as_ref().map(|e| json!({"path": s.path, "error": e}))).collect::<Vec<_>>(),
         "figures": breakdown(&samples, &outcomes, |_| true),
+        "skill_timing": timing(&samples.iter().zip(&outcomes).filter(|(s, _)| s.kind == "skill").map(|(_, o)| o.clone()).collect::<Vec<_>>()),
+        "leave_one_source_out": leave_one_source_out(&samples, &outcomes),
+        "figures_language_aware_only": breakdown(
+            &samples,
+            &outcomes
+                .iter()
+                .map(|o| Outcome { max: o.max_language_aware, ..o.clone() })
+                .collect::<Vec<_>>(),
+            |_| true,
+        ),
+        "single_source_literals": single_source_literals(corpus, &samples, &engine),
     });
 
     let cisco = cisco_skill_scanner(corpus, &samples);
@@ -345,6 +544,7 @@ pub fn run(corpus: &Path) -> anyhow::Result<Value> {
             "skill_fp_high_not_above_cisco": ours_skill_fp.map(|f| f <= cisco_fp),
             "mcp_recall_high_80pct": ours_mcp_recall.map(|r| r >= 0.8),
             "mcp_fp_high_5pct": ours_mcp_fp.map(|f| f <= 0.05),
+            "skill_p99_50ms": get_f64(&builtin, &["skill_timing", "p99_ms"]).map(|p| p <= 50.0),
         }
     });
     let per_sample: Vec<Value> = samples

@@ -16,6 +16,9 @@ fn main() {
                         "  {} {} {}:{} {}",
                         f.severity, f.rule_id, f.location, f.line, f.snippet
                     );
+                    if f.rule_id.starts_with("DC-FL") || f.rule_id.starts_with("DC-IN") {
+                        println!("      {}", f.description);
+                    }
                 }
             }
             Err(e) => println!("{d}: error {e}"),

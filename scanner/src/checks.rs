@@ -15,6 +15,15 @@ pub const KNOWN_CHECKS: &[&str] = &[
     "symlink_escape",
     "frontmatter_missing",
     "scan_incomplete",
+    // language-aware flows (flows.rs)
+    "secret_exfil",
+    "secret_to_network",
+    "download_exec",
+    "staged_payload",
+    "persistence_payload",
+    "persistence_write",
+    // SKILL.md instructions (instructions.rs; weights in instruction_weights.toml)
+    "instruction_risk",
     // MCP server definitions
     "mcp_shell_wrapper",
     "mcp_inline_code",

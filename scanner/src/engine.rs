@@ -12,6 +12,8 @@ use rayon::prelude::*;
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use crate::checks;
+use crate::flows;
+use crate::instructions::{self, InstructionModel};
 use crate::model::{Finding, ScanError, ScanReport, TargetKind};
 use crate::redact;
 use crate::rules::{self, AppliesTo, ContextScope, FileType, Rule};
@@ -48,6 +50,8 @@ pub struct Engine {
     regexes: Vec<OnceLock<Option<Regex>>>,
     content: Vec<ContentRule>,
     checks: BTreeMap<String, usize>,
+    /// Weights of the SKILL.md instruction analysis.
+    instructions: InstructionModel,
     limits: Limits,
 }
 
@@ -87,7 +91,11 @@ impl Engine {
 
     /// Built-in rules plus every `*.toml` rule file in `extra_rule_dirs`.
     pub fn load(extra_rule_dirs: &[PathBuf]) -> Result<Engine, ScanError> {
-        Engine::from_rules(rules::load_rules(extra_rule_dirs)?)
+        let mut engine = Engine::from_rules(rules::load_rules(extra_rule_dirs)?)?;
+        if let Some(model) = rules::load_instruction_model(extra_rule_dirs)? {
+            engine.instructions = model;
+        }
+        Ok(engine)
     }
 
     /// Compiles `rules` (disabled ones are kept for listing but not run).
@@ -205,6 +213,7 @@ impl Engine {
             regexes,
             content,
             checks,
+            instructions: InstructionModel::builtin()?,
             limits: Limits::default(),
         })
     }
@@ -217,6 +226,30 @@ impl Engine {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The weights of the SKILL.md instruction analysis in use.
+    pub fn instruction_model(&self) -> &InstructionModel {
+        &self.instructions
+    }
+
+    /// The literals the enabled rules and the instruction weights match on,
+    /// as (rule id or `weights:<feature>`, lowercased literal): what the
+    /// evaluation checks against the corpus sources.
+    pub fn rule_literals(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.enabled) {
+            for p in rule.patterns.iter().chain(&rule.requires) {
+                let src = rules::pattern_source(p, rule.case_sensitive);
+                for lit in crate::literals::required_literals(&src).unwrap_or_default() {
+                    out.push((rule.id.clone(), String::from_utf8_lossy(&lit).into_owned()));
+                }
+            }
+        }
+        out.extend(self.instructions.literals());
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Every loaded rule, in load order (for `rule list`).
@@ -258,6 +291,7 @@ impl Engine {
             })
             .collect();
         report.findings = self.scan_units(&units, TargetKind::Skill);
+        self.language_aware(&loaded.files, skill_md, fm.as_ref(), &mut report);
 
         match (skill_md, &fm) {
             (None, _) => {
@@ -328,6 +362,53 @@ impl Engine {
         report.finalize();
         report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         Ok(report)
+    }
+
+    /// Parsed-code flows over every file, and the instruction score of SKILL.md.
+    fn language_aware(
+        &self,
+        files: &[walk::LoadedFile],
+        skill_md: Option<&walk::LoadedFile>,
+        fm: Option<&BTreeMap<String, String>>,
+        report: &mut ScanReport,
+    ) {
+        let inputs: Vec<(&str, FileType, &str)> = files
+            .iter()
+            .map(|f| (f.rel.as_str(), f.file_type, f.text.as_str()))
+            .collect();
+        let analysis = flows::analyse(&inputs);
+        report.notes.extend(analysis.notes);
+        for h in analysis.hits {
+            self.push_check(
+                &mut report.findings,
+                h.check,
+                TargetKind::Skill,
+                &h.location,
+                h.line,
+                &h.snippet,
+                Some(&h.detail),
+            );
+        }
+        let (Some(md), Some(ri)) = (
+            skill_md,
+            self.check_rule("instruction_risk", TargetKind::Skill),
+        ) else {
+            return;
+        };
+        let description = fm
+            .and_then(|m| m.get("description"))
+            .map_or("", String::as_str);
+        if let Some(v) = instructions::analyse(&self.instructions, &md.text, description) {
+            let rule = &self.rules[ri];
+            let snippet: String = redact::redact(&redact::clean_invisible(&v.snippet))
+                .chars()
+                .take(SNIPPET_MAX)
+                .collect();
+            let mut finding = make_finding(rule, &md.rel, v.line, snippet, Some(&v.detail));
+            // The score decides, capped by the rule file's severity.
+            finding.severity = v.severity.min(rule.severity);
+            report.findings.push(finding);
+        }
     }
 
     /// Scans skill folders in parallel; results are in the order of `dirs`.

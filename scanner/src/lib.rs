@@ -9,6 +9,8 @@
 pub mod adapters;
 mod checks;
 mod engine;
+mod flows;
+pub mod instructions;
 mod literals;
 mod mcp;
 mod model;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::instructions::InstructionModel;
 use crate::model::{ScanError, Severity};
 
 /// The rule file format version this crate reads.
@@ -61,6 +62,11 @@ pub(crate) const BUILTIN_RULE_FILES: &[(&str, &str)] = &[
         include_str!("../rules/resource_abuse.toml"),
     ),
     ("mcp.toml", include_str!("../rules/mcp.toml")),
+    ("flows.toml", include_str!("../rules/flows.toml")),
+    (
+        "instructions.toml",
+        include_str!("../rules/instructions.toml"),
+    ),
 ];
 
 /// File types a content rule can be scoped to.
@@ -312,11 +318,47 @@ pub(crate) fn pattern_source(p: &str, case_sensitive: bool) -> String {
     }
 }
 
-/// Checks a rule file and returns how many rules it holds.
+/// Checks a rule file (or an instruction weights file) and returns how many
+/// rules (features) it holds.
 pub fn validate_rule_file(path: &Path) -> Result<usize, ScanError> {
     let text = std::fs::read_to_string(path).map_err(|e| ScanError::io(path, e))?;
+    if is_weights_file(&text) {
+        let model = InstructionModel::parse(&text, &path.display().to_string())?;
+        return Ok(model.features.len());
+    }
     let rules = parse_rule_file(&text, &path.display().to_string())?;
     Ok(rules.len())
+}
+
+/// An instruction weights file (`[score]` and `[[feature]]`), not a rule file.
+fn is_weights_file(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text)
+        .is_ok_and(|t| t.contains_key("feature") || t.contains_key("score"))
+}
+
+fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, ScanError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ScanError::io(dir, e))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The last instruction weights file in `dirs`, if any: it replaces the
+/// built-in weights as a whole.
+pub fn load_instruction_model(dirs: &[PathBuf]) -> Result<Option<InstructionModel>, ScanError> {
+    let mut model = None;
+    for dir in dirs {
+        for file in toml_files(dir)? {
+            let text = std::fs::read_to_string(&file).map_err(|e| ScanError::io(&file, e))?;
+            if is_weights_file(&text) {
+                model = Some(InstructionModel::parse(&text, &file.display().to_string())?);
+            }
+        }
+    }
+    Ok(model)
 }
 
 /// The rules embedded in the crate.
@@ -334,14 +376,11 @@ pub fn builtin_rules() -> Result<Vec<Rule>, ScanError> {
 pub fn load_rules(dirs: &[PathBuf]) -> Result<Vec<Rule>, ScanError> {
     let mut rules = builtin_rules()?;
     for dir in dirs {
-        let entries = std::fs::read_dir(dir).map_err(|e| ScanError::io(dir, e))?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
-            .collect();
-        files.sort();
-        for file in files {
+        for file in toml_files(dir)? {
             let text = std::fs::read_to_string(&file).map_err(|e| ScanError::io(&file, e))?;
+            if is_weights_file(&text) {
+                continue;
+            }
             for rule in parse_rule_file(&text, &file.display().to_string())? {
                 if let Some(slot) = rules.iter_mut().find(|r| r.id == rule.id) {
                     *slot = rule;

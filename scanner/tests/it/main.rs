@@ -4,6 +4,8 @@
 
 mod adapters;
 mod attacks;
+mod flows;
+mod instructions;
 mod limits;
 mod mcp;
 mod rules;
