@@ -667,13 +667,13 @@ mod tests {
         let file = dir.path().join("d.toml");
         std::fs::write(
             &file,
-            "[token_vault]\nserver_uids = [\"github-mcp=1000\", \"My Server=1000,1001\"]\n",
+            "[token_vault]\nserver_uids = [\"github-mcp=1000\", \"My.Server=1000,1001\"]\n",
         )
         .unwrap();
         let s = Settings::load(&ConfigFile::Explicit(file.clone()), &env(&[])).unwrap();
         let map = s.token_vault.server_uid_map().unwrap();
         assert_eq!(map["github-mcp"], vec![1000]);
-        assert_eq!(map["My Server"], vec![1000, 1001]);
+        assert_eq!(map["My.Server"], vec![1000, 1001]);
         let s = Settings::load(
             &ConfigFile::Explicit(file),
             &env(&[("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", "a=0;b=5,6")]),
