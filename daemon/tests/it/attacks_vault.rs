@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use defenseclaw_proto::v1 as pb;
 use defenseclaw_proto::v1::control_client::ControlClient;
-use defenseclaw_testkit::idp::{CibaSelector, IdentityProvider};
+use defenseclaw_testkit::idp::IdentityProvider;
 use serde_json::Value;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::stepup::answer_ciba;
 use crate::support::{TestDaemon, set, skill, verify};
 use crate::token_vault::{
     OPERATOR, SERVER, allow, audit, bearer, env, grants, key_file, operator_token, provider, start,
@@ -80,15 +81,7 @@ async fn unattended_grant(
         .unwrap()
         .into_inner();
     let pending = reply.pending.expect("a step-up for the grant");
-    let asked = idp
-        .wait_for_ciba(WAIT, |p| {
-            p.binding_message.as_deref() == Some(pending.binding_message.as_str())
-        })
-        .await
-        .unwrap();
-    idp.approve_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
-        .await
-        .unwrap();
+    answer_ciba(idp, WAIT, &pending.binding_message, true).await;
     until(WAIT, || {
         let mut c = c.clone();
         let server = server.to_owned();
@@ -334,15 +327,7 @@ async fn a_grant_redeclared_by_another_operator_drops_the_previous_approvers_cre
 
     // Denied on the new operator's phone: the server is released, but the old
     // approver's credential (and its cached token) does not come back.
-    let asked = idp
-        .wait_for_ciba(WAIT, |p| {
-            p.binding_message.as_deref() == Some(pending.binding_message.as_str())
-        })
-        .await
-        .unwrap();
-    idp.deny_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
-        .await
-        .unwrap();
+    answer_ciba(&idp, WAIT, &pending.binding_message, false).await;
     until(WAIT, || {
         let mut c = c.clone();
         async move {
