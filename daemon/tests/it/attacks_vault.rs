@@ -15,8 +15,8 @@ use tonic::transport::Channel;
 use crate::stepup::answer_ciba;
 use crate::support::{TestDaemon, set, skill, verify};
 use crate::token_vault::{
-    OPERATOR, SERVER, allow, audit, bearer, env, grants, key_file, operator_token, provider, start,
-    token_for, until, want,
+    OPERATOR, SERVER, allow, assert_not_in_state_dir, audit, bearer, env, grants, key_file,
+    operator_token, provider, start, token_for, until, want,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -239,15 +239,7 @@ async fn a_peer_gets_tokens_only_for_servers_its_uid_is_listed_for_and_every_han
     }
     let mut d = d;
     d.stop().await;
-    for file in std::fs::read_dir(d.dir.path().join("home")).unwrap() {
-        let bytes = std::fs::read(file.unwrap().path()).unwrap_or_default();
-        assert!(
-            !bytes
-                .windows(first.access_token.len())
-                .any(|w| w == first.access_token.as_bytes()),
-            "a provider token reached the state directory"
-        );
-    }
+    assert_not_in_state_dir(&d, &first.access_token);
 }
 
 #[tokio::test(flavor = "multi_thread")]
