@@ -34,6 +34,8 @@ const MAX_NODES: usize = 200_000;
 const MAX_EXPR_BYTES: usize = 4096;
 /// Findings per check per file.
 const MAX_HITS_PER_CHECK: usize = 3;
+/// Syntax nodes visited inside one expression.
+const MAX_EXPR_NODES: usize = 511;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lang {
@@ -261,6 +263,21 @@ re!(STRING_LIT_RE, r#"['"]([^'"\s]{2,200})['"]"#);
 fn short(text: &str) -> String {
     let one: Vec<&str> = text.split_whitespace().take(40).collect();
     one.join(" ").chars().take(80).collect()
+}
+
+/// `n` and the nodes inside it, depth first, at most [`MAX_EXPR_NODES`].
+fn walked(n: Node<'_>) -> Vec<Node<'_>> {
+    let mut cursor = n.walk();
+    let mut stack = vec![n];
+    let mut out = Vec::new();
+    while out.len() < MAX_EXPR_NODES {
+        let Some(node) = stack.pop() else {
+            break;
+        };
+        out.push(node);
+        stack.extend(node.children(&mut cursor));
+    }
+    out
 }
 
 /// What `text` reads directly (no variables): source kinds and secret names.
@@ -491,22 +508,12 @@ impl Ctx<'_, '_> {
 
     /// Identifiers read inside `n` (variables, shell `$NAME`).
     fn identifiers(&self, n: Node<'_>, out: &mut Vec<String>) {
-        let mut cursor = n.walk();
-        let mut stack = vec![n];
-        let mut budget = 512usize;
-        while let Some(node) = stack.pop() {
-            budget = budget.saturating_sub(1);
-            if budget == 0 {
-                break;
-            }
+        for node in walked(n) {
             match node.kind() {
                 "identifier" | "variable_name" | "shorthand_property_identifier" => {
                     out.push(self.text(node).to_string());
                 }
                 _ => {}
-            }
-            for child in node.children(&mut cursor) {
-                stack.push(child);
             }
         }
     }
@@ -893,14 +900,7 @@ impl Ctx<'_, '_> {
     /// Taint of the command substitutions and variables inside `n`.
     fn substitutions(&self, n: Node<'_>) -> Taint {
         let mut t = Taint::default();
-        let mut cursor = n.walk();
-        let mut stack = vec![n];
-        let mut budget = 512usize;
-        while let Some(node) = stack.pop() {
-            budget = budget.saturating_sub(1);
-            if budget == 0 {
-                break;
-            }
+        for node in walked(n) {
             match node.kind() {
                 "command_substitution" | "process_substitution" => {
                     t.merge(&classify(
@@ -916,7 +916,6 @@ impl Ctx<'_, '_> {
                 }
                 _ => {}
             }
-            stack.extend(node.children(&mut cursor));
         }
         t
     }

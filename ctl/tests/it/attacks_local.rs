@@ -30,11 +30,7 @@ async fn ctl_with_token(socket: &Path, args: &[&str]) -> Run {
         .output()
         .await
         .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
 }
 
 /// Runs the CLI as uid 65534 with exactly `groups` as supplementary groups.
@@ -60,11 +56,7 @@ async fn ctl_as_nobody(groups: &[u32], env: &[(&str, &str)], args: &[&str]) -> R
         cmd.env(k, v);
     }
     let out = cmd.output().await.expect("running setpriv (util-linux)");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let run = Run::from(out);
     assert_ne!(
         run.code, 126,
         "uid {NOBODY} cannot execute the CLI binary (its directories must be world-searchable): {}",

@@ -10,14 +10,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use defenseclaw_proto::v1 as pb;
-use defenseclaw_testkit::idp::{CibaSelector, IdentityProvider};
+use defenseclaw_testkit::idp::IdentityProvider;
 use pb::control_client::ControlClient;
 use serde_json::Value;
 use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::scanning::{BENIGN, MALICIOUS, write_skill};
-use crate::stepup::{OPERATOR, SECOND, bearer, operator_token, outcome, provider, verdict};
+use crate::stepup::{
+    OPERATOR, SECOND, answer_ciba, bearer, operator_token, outcome, provider, verdict,
+};
 use crate::support::{TestDaemon, skill};
 
 type Client = ControlClient<Channel>;
@@ -162,15 +164,13 @@ async fn an_empty_report_then_unblock_does_not_lower_protection() {
     .await
     .unwrap();
     let proposed = proposal(&mut c, "victim").await;
-    let asked = idp
-        .wait_for_ciba(Duration::from_secs(60), |p| {
-            p.binding_message.as_deref() == Some(proposed.binding_message.as_str())
-        })
-        .await
-        .unwrap();
-    idp.approve_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
-        .await
-        .unwrap();
+    answer_ciba(
+        &idp,
+        Duration::from_secs(60),
+        &proposed.binding_message,
+        true,
+    )
+    .await;
     assert_eq!(outcome(&mut c, &proposed.id).await.status, "approved");
     assert_eq!(
         verdict(&check(&mut c, "victim").await),
@@ -630,6 +630,32 @@ fn seventy_thousand_step_up_ids_are_unique_and_fit_the_binding_message() {
     }
 }
 
+/// Five `request`s are refused by `cap`; the refusal is audited once, and that entry returned.
+async fn refused_by_cap(
+    c: &mut Client,
+    token: &str,
+    request: pb::SetEnforcementRequest,
+    cap: &str,
+) -> pb::AuditEntry {
+    let name = request.target.as_ref().unwrap().name.clone();
+    for _ in 0..5 {
+        let err = c
+            .set_enforcement(bearer(request.clone(), token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains(cap), "{}", err.message());
+    }
+    let refused: Vec<_> = audit(c, &name)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "stepup-refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(details(&refused[0])["cap"], cap);
+    refused.into_iter().next().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pending_caps_refuse_and_audit_once() {
     let idp = provider().await;
@@ -665,26 +691,14 @@ async fn pending_caps_refuse_and_audit_once() {
         .unwrap()
         .into_inner();
     assert_eq!(again.pending.unwrap().request_id, first.request_id);
-    for _ in 0..5 {
-        let err = c
-            .set_enforcement(bearer(set("a", pb::EnforcementAction::Allow), &token))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-        assert!(
-            err.message().contains("max_pending_per_target"),
-            "{}",
-            err.message()
-        );
-    }
-    let refused: Vec<_> = audit(&mut c, "a")
-        .await
-        .into_iter()
-        .filter(|e| e.action == "stepup-refused")
-        .collect();
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(details(&refused[0])["cap"], "max_pending_per_target");
-    assert_eq!(refused[0].actor.as_ref().unwrap().id, OPERATOR);
+    let refused = refused_by_cap(
+        &mut c,
+        &token,
+        set("a", pb::EnforcementAction::Allow),
+        "max_pending_per_target",
+    )
+    .await;
+    assert_eq!(refused.actor.as_ref().unwrap().id, OPERATOR);
 
     for name in ["b", "c"] {
         c.set_enforcement(bearer(set(name, pb::EnforcementAction::Block), &token))
@@ -694,25 +708,13 @@ async fn pending_caps_refuse_and_audit_once() {
             .pending
             .unwrap();
     }
-    for _ in 0..5 {
-        let err = c
-            .set_enforcement(bearer(set("d", pb::EnforcementAction::Block), &token))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-        assert!(
-            err.message().contains("max_pending_per_requester"),
-            "{}",
-            err.message()
-        );
-    }
-    let refused: Vec<_> = audit(&mut c, "d")
-        .await
-        .into_iter()
-        .filter(|e| e.action == "stepup-refused")
-        .collect();
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(details(&refused[0])["cap"], "max_pending_per_requester");
+    refused_by_cap(
+        &mut c,
+        &token,
+        set("d", pb::EnforcementAction::Block),
+        "max_pending_per_requester",
+    )
+    .await;
     let pending = c
         .list_step_ups(pb::ListStepUpsRequest {
             pending_only: true,

@@ -12,6 +12,7 @@ use nix::sys::stat::Mode;
 use tonic::transport::Channel;
 
 use crate::support::{TestDaemon, skill};
+use crate::token_vault::audit;
 
 /// Longest any single call may take before the test calls it a hang.
 const HANG: Duration = Duration::from_secs(120);
@@ -67,18 +68,6 @@ async fn reads_answer(c: &ControlClient<Channel>) {
     })
     .await
     .expect("store reads stopped answering while scans were outstanding");
-}
-
-async fn audit(c: &ControlClient<Channel>) -> Vec<pb::AuditEntry> {
-    c.clone()
-        .list_audit(pb::ListAuditRequest {
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
 }
 
 #[tokio::test]
@@ -211,7 +200,7 @@ async fn a_symlinked_skill_folder_into_the_state_directory_is_refused_once() {
         ("DEFENSECLAW_SCANNER__WATCH_DEBOUNCE_MS", "100"),
     ])
     .await;
-    let c = d.client().await;
+    let mut c = d.client().await;
     let state_dir = d.db_path().parent().unwrap().to_path_buf();
     // Something in the state directory a scan would surely flag.
     std::fs::write(
@@ -225,9 +214,9 @@ async fn a_symlinked_skill_folder_into_the_state_directory_is_refused_once() {
         "the watcher to refuse the symlinked skill folder",
         Duration::from_secs(60),
         || {
-            let c = c.clone();
+            let mut c = c.clone();
             async move {
-                audit(&c)
+                audit(&mut c)
                     .await
                     .into_iter()
                     .find(|e| e.action == "scan-refused")
@@ -252,9 +241,9 @@ async fn a_symlinked_skill_folder_into_the_state_directory_is_refused_once() {
         "the watcher to scan the sentinel skill",
         Duration::from_secs(60),
         || {
-            let c = c.clone();
+            let mut c = c.clone();
             async move {
-                audit(&c).await.into_iter().find(|e| {
+                audit(&mut c).await.into_iter().find(|e| {
                     e.action == "scan-report"
                         && e.target.as_ref().is_some_and(|t| t.name == "sentinel")
                 })
@@ -263,7 +252,7 @@ async fn a_symlinked_skill_folder_into_the_state_directory_is_refused_once() {
     )
     .await
     .unwrap();
-    let entries = audit(&c).await;
+    let entries = audit(&mut c).await;
     let refused: Vec<_> = entries
         .iter()
         .filter(|e| e.action == "scan-refused")

@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use defenseclaw_proto::v1 as pb;
 use defenseclaw_proto::v1::control_client::ControlClient;
-use defenseclaw_testkit::idp::{CibaSelector, IdentityProvider};
+use defenseclaw_testkit::idp::IdentityProvider;
 use serde_json::Value;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::stepup::answer_ciba;
 use crate::support::{TestDaemon, set, skill, verify};
 use crate::token_vault::{
-    OPERATOR, SERVER, allow, audit, bearer, env, grants, key_file, operator_token, provider, start,
-    token_for, until, want,
+    OPERATOR, SERVER, allow, assert_not_in_state_dir, audit, bearer, env, grants, key_file,
+    operator_token, provider, start, token_for, until, want,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -80,15 +81,7 @@ async fn unattended_grant(
         .unwrap()
         .into_inner();
     let pending = reply.pending.expect("a step-up for the grant");
-    let asked = idp
-        .wait_for_ciba(WAIT, |p| {
-            p.binding_message.as_deref() == Some(pending.binding_message.as_str())
-        })
-        .await
-        .unwrap();
-    idp.approve_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
-        .await
-        .unwrap();
+    answer_ciba(idp, WAIT, &pending.binding_message, true).await;
     until(WAIT, || {
         let mut c = c.clone();
         let server = server.to_owned();
@@ -246,15 +239,7 @@ async fn a_peer_gets_tokens_only_for_servers_its_uid_is_listed_for_and_every_han
     }
     let mut d = d;
     d.stop().await;
-    for file in std::fs::read_dir(d.dir.path().join("home")).unwrap() {
-        let bytes = std::fs::read(file.unwrap().path()).unwrap_or_default();
-        assert!(
-            !bytes
-                .windows(first.access_token.len())
-                .any(|w| w == first.access_token.as_bytes()),
-            "a provider token reached the state directory"
-        );
-    }
+    assert_not_in_state_dir(&d, &first.access_token);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -334,15 +319,7 @@ async fn a_grant_redeclared_by_another_operator_drops_the_previous_approvers_cre
 
     // Denied on the new operator's phone: the server is released, but the old
     // approver's credential (and its cached token) does not come back.
-    let asked = idp
-        .wait_for_ciba(WAIT, |p| {
-            p.binding_message.as_deref() == Some(pending.binding_message.as_str())
-        })
-        .await
-        .unwrap();
-    idp.deny_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
-        .await
-        .unwrap();
+    answer_ciba(&idp, WAIT, &pending.binding_message, false).await;
     until(WAIT, || {
         let mut c = c.clone();
         async move {

@@ -62,6 +62,25 @@ pub(crate) fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
     r
 }
 
+/// Waits up to `wait` for the phone prompt showing `binding`, then approves or denies it.
+pub(crate) async fn answer_ciba(
+    idp: &IdentityProvider,
+    wait: Duration,
+    binding: &str,
+    approve: bool,
+) {
+    let asked = idp
+        .wait_for_ciba(wait, |p| p.binding_message.as_deref() == Some(binding))
+        .await
+        .unwrap();
+    let which = CibaSelector::AuthReqId(asked.auth_req_id);
+    if approve {
+        idp.approve_ciba(&which).await.unwrap();
+    } else {
+        idp.deny_ciba(&which).await.unwrap();
+    }
+}
+
 fn report(name: &str, severity: pb::Severity) -> pb::ScanReport {
     pb::ScanReport {
         scanner: "test".into(),
@@ -218,15 +237,13 @@ async fn approve_deny_coalesce_and_auto_proposal() {
         .unwrap()
         .into_inner();
     let pending = reply.pending.unwrap();
-    let asked = idp
-        .wait_for_ciba(Duration::from_secs(60), |p| {
-            p.binding_message.as_deref() == Some(pending.binding_message.as_str())
-        })
-        .await
-        .unwrap();
-    idp.deny_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
-        .await
-        .unwrap();
+    answer_ciba(
+        &idp,
+        Duration::from_secs(60),
+        &pending.binding_message,
+        false,
+    )
+    .await;
     assert_eq!(outcome(&mut c, &pending.request_id).await.status, "denied");
     let v = c
         .check_target(skill("risky").unwrap())

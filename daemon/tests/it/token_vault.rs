@@ -103,6 +103,17 @@ pub(crate) async fn grants(c: &mut ControlClient<Channel>) -> Vec<pb::Connection
         .grants
 }
 
+/// No file in the stopped daemon's state directory carries `token`.
+pub(crate) fn assert_not_in_state_dir(d: &TestDaemon, token: &str) {
+    for file in std::fs::read_dir(d.dir.path().join("home")).unwrap() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap_or_default();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "a provider token reached the state directory"
+        );
+    }
+}
+
 pub(crate) async fn audit(c: &mut ControlClient<Channel>) -> Vec<pb::AuditEntry> {
     c.list_audit(pb::ListAuditRequest {
         limit: 1000,
@@ -288,15 +299,7 @@ async fn operator_token_exchange_cache_and_inventory() {
 
     let mut d = d;
     d.stop().await;
-    for file in std::fs::read_dir(d.dir.path().join("home")).unwrap() {
-        let bytes = std::fs::read(file.unwrap().path()).unwrap_or_default();
-        assert!(
-            !bytes
-                .windows(first.access_token.len())
-                .any(|w| w == first.access_token.as_bytes()),
-            "a provider token reached the state directory"
-        );
-    }
+    assert_not_in_state_dir(&d, &first.access_token);
 }
 
 #[tokio::test(flavor = "multi_thread")]
