@@ -329,25 +329,39 @@ async fn install_on_a_clean_rescan_waits_for_a_human() {
 
     let skills = tempfile::tempdir().unwrap();
     let clean = write_skill(skills.path(), "victim", BENIGN);
+    let held = install_is_held(&mut c, &token, &clean, None).await;
+    assert_eq!(held.actor.as_ref().unwrap().id, OPERATOR);
+}
+
+/// Installs the skill folder `victim` and checks the admission waits for a human:
+/// the result is pending, the target reads blocked, an `allow` step-up (other
+/// than `besides`) is audited and nothing was allowed. Returns that entry.
+async fn install_is_held(
+    c: &mut Client,
+    token: &str,
+    folder: &Path,
+    besides: Option<&str>,
+) -> pb::AuditEntry {
     let results = c
-        .scan_target(bearer(scan(&clean, true), &token))
+        .scan_target(bearer(scan(folder, true), token))
         .await
         .unwrap()
         .into_inner()
         .results;
     assert_eq!(results[0].decision, "pending", "{:?}", results[0]);
-    assert_eq!(
-        verdict(&check(&mut c, "victim").await),
-        pb::Verdict::Blocked
-    );
-    let entries = audit(&mut c, "victim").await;
+    assert_eq!(verdict(&check(c, "victim").await), pb::Verdict::Blocked);
+    let entries = audit(c, "victim").await;
     let held = entries
         .iter()
-        .find(|e| e.action == "stepup-requested")
-        .expect("the admission is held and audited");
-    assert_eq!(details(held)["action"], "allow");
-    assert_eq!(held.actor.as_ref().unwrap().id, OPERATOR);
+        .find(|e| {
+            e.action == "stepup-requested"
+                && besides.is_none_or(|id| details(e)["request_id"] != id)
+        })
+        .expect("the admission is held and audited")
+        .clone();
+    assert_eq!(details(&held)["action"], "allow");
     assert!(!entries.iter().any(|e| e.action == "allow"), "not admitted");
+    held
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -369,24 +383,7 @@ async fn an_allow_list_match_does_not_unblock_a_critical_target() {
     let proposed = proposal(&mut c, "victim").await;
     let skills = tempfile::tempdir().unwrap();
     let folder = write_skill(skills.path(), "victim", MALICIOUS);
-    let results = c
-        .scan_target(bearer(scan(&folder, true), &token))
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
-    assert_eq!(results[0].decision, "pending", "{:?}", results[0]);
-    assert_eq!(
-        verdict(&check(&mut c, "victim").await),
-        pb::Verdict::Blocked
-    );
-    let entries = audit(&mut c, "victim").await;
-    let held = entries
-        .iter()
-        .find(|e| e.action == "stepup-requested" && details(e)["request_id"] != proposed.id)
-        .expect("the allow-list admission is held and audited");
-    assert_eq!(details(held)["action"], "allow");
-    assert!(!entries.iter().any(|e| e.action == "allow"));
+    install_is_held(&mut c, &token, &folder, Some(&proposed.id)).await;
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use serde_json::json;
 use tonic::Code;
 use tonic::transport::Channel;
 
+pub(crate) use crate::stepup::bearer;
 use crate::support::{TestDaemon, mcp};
 
 pub(crate) const OPERATOR: &str = "auth0|operator1";
@@ -63,13 +64,6 @@ pub(crate) async fn token_for(
     )
     .await
     .unwrap()
-}
-
-pub(crate) fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 pub(crate) fn allow(server: &str, connections: &[(&str, &[&str])]) -> pb::SetEnforcementRequest {
