@@ -51,7 +51,7 @@ impl AccessPolicy {
     pub fn from_settings(settings: &AccessSettings) -> Self {
         let uids = settings.mutate_uids.clone().unwrap_or_else(|| {
             let mut v = vec![0];
-            if let Some(own) = defenseclaw_proto::paths::current_uid()
+            if let Some(own) = defenseclaw_common::paths::current_uid()
                 && own != 0
             {
                 v.push(own);

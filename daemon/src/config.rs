@@ -533,7 +533,7 @@ impl Settings {
         self.server
             .socket
             .clone()
-            .unwrap_or_else(defenseclaw_proto::paths::default_socket_path)
+            .unwrap_or_else(defenseclaw_common::paths::default_socket_path)
     }
 
     /// The database path in effect.

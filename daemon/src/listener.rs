@@ -103,7 +103,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, String> {
     }
     // Nobody but root, us or the service user may be able to replace the socket
     // (or its directory) clients trust: the same rule the CLI applies.
-    defenseclaw_proto::paths::check_socket_dir(path, &defenseclaw_proto::paths::trusted_uids())
+    defenseclaw_common::paths::check_socket_dir(path, &defenseclaw_common::paths::trusted_uids())
         .map_err(|e| format!("refusing to bind {}: {e}", path.display()))?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {

@@ -261,7 +261,7 @@ impl Actor {
             id: "system".into(),
             name: "defenseclawd".into(),
             auth_method: "system".into(),
-            uid: defenseclaw_proto::paths::current_uid(),
+            uid: defenseclaw_common::paths::current_uid(),
             gid: None,
             pid: Some(std::process::id()),
             ..Self::default()

@@ -32,7 +32,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
             }
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                if Some(meta.uid()) == defenseclaw_proto::paths::current_uid() {
+                if Some(meta.uid()) == defenseclaw_common::paths::current_uid() {
                     // Our own directory with loose bits: tighten rather than refuse.
                     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                         .map_err(|e| format!("cannot restrict {} to 0700: {e}", dir.display()))?;

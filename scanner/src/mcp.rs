@@ -90,13 +90,10 @@ fn base_name(cmd: &str) -> String {
         .to_string()
 }
 
+/// True when `url` is plain http to this machine, the shared rule
+/// ([`defenseclaw_common::loopback`]): `localhost`, `127.0.0.0/8`, `::1`.
 fn is_loopback(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.split(['/', ':', '?']).next().unwrap_or("");
-    matches!(
-        host,
-        "localhost" | "127.0.0.1" | "0.0.0.0" | "[::1]" | "::1"
-    ) || host.ends_with(".localhost")
+    defenseclaw_common::loopback::is_loopback_url_str(url)
 }
 
 fn placeholder(value: &str) -> bool {

@@ -273,7 +273,7 @@ async fn unattended_start_uses_the_approvers_sealed_credential() {
     // The agent's uid (this process's) is the one listed for the server.
     let agent = format!(
         "github-mcp={}",
-        defenseclaw_proto::paths::current_uid().unwrap()
+        defenseclaw_common::paths::current_uid().unwrap()
     );
     let d = oidc_daemon(
         &idp,

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use defenseclaw_common::loopback::is_loopback_host;
 use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 
-use super::settings::{AuthConfigError, is_loopback_host, normalize_issuer};
+use super::settings::{AuthConfigError, normalize_issuer};
 
 /// Largest discovery or JWKS document accepted, in bytes.
 const MAX_DOC_BYTES: usize = 256 * 1024;

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -222,68 +221,9 @@ pub fn roles_for(mapping: &BTreeMap<String, Role>, token: &VerifiedToken) -> BTr
         .collect()
 }
 
-/// True for `localhost`, `127.0.0.0/8` and `::1`.
-pub(crate) fn is_loopback_host(host: &url::Host<&str>) -> bool {
-    match host {
-        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
-        url::Host::Ipv4(ip) => IpAddr::V4(*ip).is_loopback(),
-        url::Host::Ipv6(ip) => IpAddr::V6(*ip).is_loopback(),
-    }
-}
-
-/// Turns a configured issuer into the exact `iss` value tokens must carry.
-///
-/// A bare domain (`tenant.us.auth0.com`, optionally with one trailing `/`) becomes
-/// `https://tenant.us.auth0.com/`. A URL is kept verbatim (its trailing slash, or lack of
-/// one, is significant) after checking it is `https`, or `http` on a loopback host.
+/// Turns a configured issuer into the exact `iss` value tokens must carry: the
+/// shared rule ([`defenseclaw_common::issuer::normalize_issuer`]) worded as an
+/// `[auth]` configuration problem.
 pub fn normalize_issuer(raw: &str) -> Result<String, AuthConfigError> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Err(AuthConfigError("issuer is empty".into()));
-    }
-    let candidate = if raw.contains("://") {
-        raw.to_owned()
-    } else {
-        let domain = raw.strip_suffix('/').unwrap_or(raw);
-        let valid = !domain.is_empty()
-            && domain
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
-        if !valid {
-            return Err(AuthConfigError(format!(
-                "issuer {raw:?} is neither an https URL nor a domain name"
-            )));
-        }
-        format!("https://{domain}/")
-    };
-    let url = url::Url::parse(&candidate)
-        .map_err(|e| AuthConfigError(format!("issuer {raw:?} is not a valid URL: {e}")))?;
-    let host = url
-        .host()
-        .ok_or_else(|| AuthConfigError(format!("issuer {raw:?} has no host")))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback_host(&host) => {}
-        "http" => {
-            return Err(AuthConfigError(format!(
-                "issuer {raw:?} uses plain http; only https is allowed (http only for loopback hosts)"
-            )));
-        }
-        other => {
-            return Err(AuthConfigError(format!(
-                "issuer {raw:?} has scheme {other:?}; https is required"
-            )));
-        }
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(AuthConfigError(
-            "issuer must not contain user:password@ credentials".into(),
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(AuthConfigError(format!(
-            "issuer {raw:?} must not have a query or fragment"
-        )));
-    }
-    Ok(candidate)
+    defenseclaw_common::issuer::normalize_issuer(raw).map_err(|e| AuthConfigError(e.0))
 }

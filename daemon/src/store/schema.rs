@@ -248,7 +248,7 @@ fn prepare_file(path: &Path) -> Result<bool, OpenError> {
                     ),
                 ));
             }
-            if Some(meta.uid()) != defenseclaw_proto::paths::current_uid() {
+            if Some(meta.uid()) != defenseclaw_common::paths::current_uid() {
                 return Err(refused(
                     path,
                     format!(

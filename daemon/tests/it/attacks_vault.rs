@@ -25,7 +25,7 @@ const VICTIM: &str = "victim-mcp";
 const OPERATOR2: &str = "auth0|operator2";
 
 fn my_uid() -> u32 {
-    defenseclaw_proto::paths::current_uid().expect("the test's own uid")
+    defenseclaw_common::paths::current_uid().expect("the test's own uid")
 }
 
 fn details(e: &pb::AuditEntry) -> Value {

@@ -430,7 +430,7 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
     // This process's uid may start the server on the stored credential.
     let me = format!(
         "{SERVER}={}",
-        defenseclaw_proto::paths::current_uid().unwrap()
+        defenseclaw_common::paths::current_uid().unwrap()
     );
     let base = [
         ("DEFENSECLAW_STEPUP__ENABLED", "true"),
