@@ -1,27 +1,15 @@
-//! Dialling a Unix socket with tonic, the same way `defenseclawctl` does.
+//! Dialling a Unix socket with tonic, through the connector `defenseclawctl` uses.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// One HTTP/2 connection to the socket at `path`.
 pub async fn channel(path: &Path) -> anyhow::Result<Channel> {
-    let path: PathBuf = path.to_owned();
-    let shown = path.display().to_string();
-    // The URI is required by the API but unused: the connector dials the socket.
-    Endpoint::from_static("http://defenseclaw-bench.local")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
+    defenseclaw_common::uds::connect(path)
         .await
-        .with_context(|| format!("connecting to {shown}"))
+        .with_context(|| format!("connecting to {}", path.display()))
 }
 
 /// `n` separate connections to the socket at `path`.

@@ -84,7 +84,9 @@ mod tests {
             Some("https://tenant.us.auth0.com/")
         );
         assert_eq!(
-            normalize_issuer("https://login.example.com").ok().as_deref(),
+            normalize_issuer("https://login.example.com")
+                .ok()
+                .as_deref(),
             Some("https://login.example.com")
         );
         assert_eq!(

@@ -3,13 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use defenseclaw_proto::paths;
+use defenseclaw_common::{paths, uds};
 use defenseclaw_proto::v1::control_client::ControlClient;
-use hyper_util::rt::TokioIo;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::exit::{Failure, PERMISSION_DENIED, UNREACHABLE};
 
@@ -19,8 +18,8 @@ pub fn resolve_socket(explicit: Option<PathBuf>) -> PathBuf {
     if let Some(path) = explicit {
         return path;
     }
-    let default = defenseclaw_proto::paths::default_socket_path();
-    let system = Path::new(defenseclaw_proto::paths::SYSTEM_SOCKET);
+    let default = paths::default_socket_path();
+    let system = Path::new(paths::SYSTEM_SOCKET);
     if !default.exists() && system.exists() {
         return system.to_owned();
     }
@@ -116,32 +115,25 @@ async fn channel(socket: &Path) -> Result<Channel, Failure> {
     let refused: Arc<Mutex<Option<String>>> = Arc::default();
     let refusal = refused.clone();
     let path = socket.to_owned();
-    // The URI is required by the API but unused: the connector dials the socket.
-    let connected = Endpoint::from_static("http://defenseclawd.local")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            let trusted = trusted.clone();
-            let refusal = refusal.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(&path).await?;
-                let server = stream.peer_cred()?.uid();
-                if !trusted.contains(&server) {
-                    let message = format!(
-                        "refusing to talk to {}: it is served by {}, not by root, you or the daemon's service user (set {} if the daemon runs as another user); another user may be impersonating defenseclawd",
-                        path.display(),
-                        paths::describe_uid(server),
-                        paths::DAEMON_UID_ENV,
-                    );
-                    *refusal.lock().unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        message,
-                    ));
-                }
-                Ok(TokioIo::new(stream))
-            }
-        }))
-        .await;
+    // The peer check is CLI policy; the connector runs it on every (re)connect.
+    let admit = move |stream: &tokio::net::UnixStream| {
+        let server = stream.peer_cred()?.uid();
+        if trusted.contains(&server) {
+            return Ok(());
+        }
+        let message = format!(
+            "refusing to talk to {}: it is served by {}, not by root, you or the daemon's service user (set {} if the daemon runs as another user); another user may be impersonating defenseclawd",
+            path.display(),
+            paths::describe_uid(server),
+            paths::DAEMON_UID_ENV,
+        );
+        *refusal.lock().unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            message,
+        ))
+    };
+    let connected = uds::connect_with(uds::endpoint(), socket, admit).await;
     connected.map_err(|e| {
         match refused
             .lock()

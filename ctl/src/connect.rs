@@ -36,8 +36,6 @@ use crate::cli::{ConnectArgs, Output};
 use crate::client;
 use crate::exit::{self, Failure};
 
-/// Auth0's limit on connection names.
-const MAX_CONNECTION_LEN: usize = 128;
 /// The ticket's lifetime when the provider gives none (Auth0: 300 s).
 const DEFAULT_TICKET_TTL: u64 = 300;
 /// Never wait longer than this, whatever the provider says.
@@ -293,23 +291,11 @@ where
     Ok(Linked { account, daemon })
 }
 
+/// Refuses a connection name the daemon would refuse, before any browser opens:
+/// the shared alphabet ([`defenseclaw_common::names::connection_name`]).
 fn check_connection_name(name: &str) -> Result<(), Failure> {
-    if name.trim().is_empty() {
-        return Err(Failure::new(exit::USAGE, "the connection name is empty"));
-    }
-    if name.chars().count() > MAX_CONNECTION_LEN {
-        return Err(Failure::new(
-            exit::USAGE,
-            format!("the connection name is longer than {MAX_CONNECTION_LEN} characters"),
-        ));
-    }
-    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Failure::new(
-            exit::USAGE,
-            "the connection name contains whitespace or control characters",
-        ));
-    }
-    Ok(())
+    defenseclaw_common::names::connection_name("the connection name", name)
+        .map_err(|e| Failure::new(exit::USAGE, e.to_string()))
 }
 
 /// Issuer and CLI client id from the daemon's `[auth]` settings (`auth login` does the same).

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use defenseclaw_proto::v1::control_client::ControlClient;
-use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
-/// Connects a gRPC channel to a Unix socket.
+/// Connects a gRPC channel to a Unix socket (the shared connector).
 pub async fn uds_channel(path: &Path) -> anyhow::Result<Channel> {
     uds_channel_with(path, |endpoint| endpoint).await
 }
@@ -23,18 +22,8 @@ pub async fn uds_channel_with(
     path: &Path,
     configure: impl FnOnce(Endpoint) -> Endpoint,
 ) -> anyhow::Result<Channel> {
-    let path: PathBuf = path.to_owned();
-    let channel = configure(Endpoint::from_static("http://defenseclawd.test"))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await?;
-    Ok(channel)
+    let endpoint = configure(defenseclaw_common::uds::endpoint());
+    Ok(defenseclaw_common::uds::connect_with(endpoint, path, |_| Ok(())).await?)
 }
 
 /// A control-plane client on `path`.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use defenseclaw_common::loopback::is_loopback_url;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
@@ -26,20 +27,12 @@ pub(crate) fn http_client() -> Result<reqwest::Client, AuthError> {
         .map_err(|e| AuthError::Io(format!("building the HTTP client: {e}")))
 }
 
-/// Normalises an issuer setting: a bare Auth0 domain becomes `https://<domain>/`.
-/// `http://` is accepted only for loopback hosts (tests).
+/// Normalises an issuer setting with the daemon's rule
+/// ([`defenseclaw_common::issuer::normalize_issuer`]): a bare Auth0 domain becomes
+/// `https://<domain>/`; `http://` only for loopback hosts (tests); no credentials,
+/// query or fragment.
 pub fn normalize_issuer(raw: &str) -> Result<String, AuthError> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Err(AuthError::Config("the issuer is empty".into()));
-    }
-    let candidate = if raw.contains("://") {
-        raw.to_owned()
-    } else {
-        format!("https://{}/", raw.trim_end_matches('/'))
-    };
-    check_url(&candidate, "issuer")?;
-    Ok(candidate)
+    defenseclaw_common::issuer::normalize_issuer(raw).map_err(|e| AuthError::Config(e.0))
 }
 
 /// Rejects anything but `https://`, or `http://` on a loopback host.
@@ -48,22 +41,13 @@ pub(crate) fn check_url(value: &str, what: &str) -> Result<url::Url, AuthError> 
         .map_err(|e| AuthError::Config(format!("{what} `{value}` is not a valid URL: {e}")))?;
     match url.scheme() {
         "https" => Ok(url),
-        "http" if is_loopback(&url) => Ok(url),
+        "http" if is_loopback_url(&url) => Ok(url),
         "http" => Err(AuthError::Config(format!(
             "{what} `{value}` uses plain http; only https is allowed (http only for loopback hosts)"
         ))),
         other => Err(AuthError::Config(format!(
             "{what} `{value}` has unsupported scheme `{other}`"
         ))),
-    }
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
     }
 }
 
