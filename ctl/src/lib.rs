@@ -17,18 +17,6 @@ use clap::Parser;
 
 use crate::exit::Failure;
 
-/// The token for RPCs: `DEFENSECLAW_TOKEN`, else the session (refreshed when
-/// close to expiry). Nothing is loaded when neither exists, so commands stay
-/// cheap for local-mode users.
-async fn bearer_token() -> Result<Option<auth::BearerToken>, Failure> {
-    let env_token = std::env::var_os(auth::TOKEN_ENV).is_some_and(|t| !t.is_empty());
-    let session_exists = auth::default_session_path().is_ok_and(|p| p.exists());
-    if !env_token && !session_exists {
-        return Ok(None);
-    }
-    Ok(auth::bearer_token().await?)
-}
-
 async fn auth_command(
     socket: &std::path::Path,
     action: cli::AuthCommand,
@@ -156,8 +144,12 @@ pub fn main_entry() -> ExitCode {
                 "-o sarif is only for scan commands",
             ));
         }
-        let bearer =
-            client::Bearer::new(bearer_token().await?.as_ref().map(|t| t.expose_secret()))?;
+        let bearer = client::Bearer::new(
+            auth::bearer_token_if_configured()
+                .await?
+                .as_ref()
+                .map(|t| t.expose_secret()),
+        )?;
         let mut client = client::connect_with(&socket, bearer).await?;
         commands::run(&mut client, cli.command, cli.output, cli.no_wait).await
     });

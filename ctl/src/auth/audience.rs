@@ -9,10 +9,11 @@
 use std::future::Future;
 
 use super::error::AuthError;
+use super::login::Auth;
+use super::provider::normalize_issuer;
 use super::provider::{self, Reply, TokenResponse};
 use super::secret::Secret;
 use super::session::{self, Session};
-use super::{Auth, normalize_issuer};
 
 /// Scopes to create and list connected accounts (My Account API).
 pub const CONNECTED_ACCOUNTS_SCOPES: [&str; 2] =
