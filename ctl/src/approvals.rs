@@ -9,11 +9,10 @@ use tokio_stream::StreamExt;
 
 use crate::cli::{ApprovalsCommand, Output};
 use crate::client::Client;
-use crate::commands::print_text as text;
 use crate::exit::{
     FAILURE, Failure, STEPUP_CANCELLED, STEPUP_DENIED, STEPUP_ERROR, STEPUP_TIMED_OUT,
 };
-use crate::render;
+use crate::render::{self, print_text as text};
 
 fn out(line: &str) -> Result<(), Failure> {
     let mut o = std::io::stdout().lock();

@@ -330,7 +330,7 @@ pub enum FindingCommand {
     Dismiss {
         /// Finding id.
         id: u64,
-        /// Why.
+        /// Why the finding is dismissed (recorded in the audit log).
         #[arg(long)]
         reason: String,
     },

@@ -1,7 +1,5 @@
 //! Each command: build the request, call the daemon, print the answer.
 
-use std::io::Write;
-
 use defenseclaw_proto::v1 as pb;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -12,7 +10,7 @@ use crate::cli::{
     TargetCommand,
 };
 use crate::exit::{AUDIT_BROKEN, FAILURE, Failure, USAGE};
-use crate::render;
+use crate::render::{self, print_json, print_text, s};
 
 use crate::client::Client;
 
@@ -80,21 +78,6 @@ async fn openclaw_command(
                 .collect::<Vec<_>>(),
         )),
     }
-}
-
-pub(crate) fn print_json(value: &Value) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, value)
-        .map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))?;
-    writeln!(out).map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
-}
-
-/// Prints table-mode text; hidden and control characters in it are escaped
-/// (it may quote agent- or file-supplied text).
-pub(crate) fn print_text(text: &str) -> Result<(), Failure> {
-    let text = render::escape_text(text);
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
 }
 
 /// Parses `KIND/NAME`.
@@ -346,14 +329,6 @@ async fn target_command(
             if reply.changed { "" } else { " (unchanged)" },
             reply.audit_seq
         )),
-    }
-}
-
-pub(crate) fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
     }
 }
 

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use crate::cli::{ConnectionsCommand, ExecArgs, Output};
 use crate::client::Client;
-use crate::commands::{print_json, print_text, s};
 use crate::exit::{FAILURE, Failure, PERMISSION_DENIED, USAGE};
 use crate::render;
+use crate::render::{print_json, print_text, s};
 
 /// `connections list|revoke` (`connect` runs before a daemon client exists).
 pub async fn command(

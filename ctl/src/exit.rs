@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-/// Success.
+/// The command did what was asked.
 pub const OK: u8 = 0;
 /// Any other failure.
 pub const FAILURE: u8 = 1;
@@ -61,7 +61,7 @@ Exit codes:
 /// A failure with its exit code and message.
 #[derive(Debug)]
 pub struct Failure {
-    /// Exit code.
+    /// The process exit code, one of the constants above, so scripts can tell failures apart.
     pub code: u8,
     /// Message for stderr.
     pub message: String,

@@ -1,9 +1,13 @@
-//! Turning wire types into JSON documents and tables.
+//! Output: wire types turned into JSON documents and tables, and written to stdout.
+
+use std::io::Write;
 
 use defenseclaw_proto::v1 as pb;
 use serde_json::{Value, json};
 
-/// `skill`/`mcp`/empty.
+use crate::exit::{FAILURE, Failure};
+
+/// The wire target kind as the word tables and JSON show: `skill`, `mcp`, or empty.
 pub fn kind_name(kind: i32) -> &'static str {
     match pb::TargetKind::try_from(kind) {
         Ok(pb::TargetKind::Skill) => "skill",
@@ -73,7 +77,7 @@ pub fn detail(d: &pb::TargetDetail) -> Value {
     v
 }
 
-/// A finding.
+/// A finding as the JSON object `-o json` prints and tables read from.
 pub fn finding(f: &pb::Finding) -> Value {
     json!({
         "id": f.id,
@@ -95,7 +99,7 @@ pub fn finding(f: &pb::Finding) -> Value {
     })
 }
 
-/// An actor.
+/// Who did something (identity, auth method, peer ids) as JSON, for audit and approval output.
 pub fn actor(a: &pb::Actor) -> Value {
     let mut v = json!({
         "id": a.id,
@@ -138,7 +142,7 @@ pub fn entry(e: &pb::AuditEntry) -> Value {
     })
 }
 
-/// `status`.
+/// The `status` reply as the JSON document `-o json` prints.
 pub fn status(s: &pb::StatusReply) -> Value {
     let c = s.counts.unwrap_or_default();
     let h = s.audit_head.clone().unwrap_or_default();
@@ -295,6 +299,31 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row));
     }
     out
+}
+
+/// Prints `value` as one JSON line on stdout.
+pub(crate) fn print_json(value: &Value) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)
+        .map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))?;
+    writeln!(out).map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
+}
+
+/// Prints table-mode text; hidden and control characters in it are escaped
+/// (it may quote agent- or file-supplied text).
+pub(crate) fn print_text(text: &str) -> Result<(), Failure> {
+    let text = escape_text(text);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
+}
+
+/// A JSON value as table text: strings unquoted, null empty.
+pub(crate) fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -170,7 +170,7 @@ fn print_reports(reports: &[ScanReport], output: Output) -> Result<(), Failure> 
                     text.push_str(&format!("  note: {note}\n"));
                 }
             }
-            crate::commands::print_text(text.trim_end())
+            render::print_text(text.trim_end())
         }
     }
 }
@@ -364,7 +364,7 @@ fn print_results(results: &[pb::ScanResult], output: Output) -> Result<(), Failu
                     text.push_str(&format!("  scanner error: {e}\n"));
                 }
             }
-            crate::commands::print_text(text.trim_end())
+            render::print_text(text.trim_end())
         }
     }
 }
@@ -388,7 +388,7 @@ pub fn rules(action: &RuleCommand, output: Output) -> Result<(), Failure> {
                             ]
                         })
                         .collect();
-                    crate::commands::print_text(&render::table(
+                    render::print_text(&render::table(
                         &["ID", "SEVERITY", "CATEGORY", "TITLE"],
                         &rows,
                     ))
@@ -403,7 +403,7 @@ pub fn rules(action: &RuleCommand, output: Output) -> Result<(), Failure> {
         RuleCommand::Validate { file } => match defenseclaw_scanner::validate_rule_file(file) {
             Ok(n) => match output {
                 Output::Table => {
-                    crate::commands::print_text(&format!("{}: {n} rule(s), valid", file.display()))
+                    render::print_text(&format!("{}: {n} rule(s), valid", file.display()))
                 }
                 _ => write_out(
                     &json!({"file": file.display().to_string(), "valid": true, "rules": n})

@@ -109,7 +109,7 @@ pub(crate) enum Step {
     SlowDown(Duration),
     /// Transient failure: back off and retry within the deadline.
     Retry(String),
-    /// Terminal failure.
+    /// A failure that ends the login: stop polling.
     Fail(AuthError),
 }
 

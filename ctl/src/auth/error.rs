@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// Process exit codes used by `defenseclawctl` (see [`AuthError::exit_code`]).
 pub mod exit_codes {
-    /// Success.
+    /// The command did what was asked.
     pub const OK: i32 = 0;
     /// Any other failure (I/O, configuration).
     pub const FAILURE: i32 = 1;
@@ -69,7 +69,7 @@ pub enum AuthError {
     /// The session file is unsafe or unreadable.
     #[error("session file {}: {reason}", path.display())]
     SessionFile {
-        /// The file.
+        /// The session file that was refused, so the operator can fix or remove it.
         path: PathBuf,
         /// Why it is not used.
         reason: String,

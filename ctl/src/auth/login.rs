@@ -50,7 +50,7 @@ pub struct SessionStatus {
     pub email: Option<String>,
     /// Name of the validated ID token.
     pub name: Option<String>,
-    /// Issuer.
+    /// The issuer the session logged in at (tokens are refreshed there).
     pub issuer: Option<String>,
     /// Access token expiry (RFC 3339).
     pub expires_at: Option<String>,
@@ -586,7 +586,7 @@ pub(crate) async fn ctrl_c() {
 /// Identity claims of a validated ID token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityClaims {
-    /// Subject.
+    /// Subject (`sub`): the provider's stable id of the user.
     pub sub: String,
     /// Email, if present.
     pub email: Option<String>,

@@ -51,7 +51,7 @@ pub struct Session {
 }
 
 impl Session {
-    /// Parsed `expires_at`.
+    /// `expires_at` parsed, to decide when to refresh.
     pub fn expires_at(&self) -> Result<OffsetDateTime, String> {
         OffsetDateTime::parse(&self.expires_at, &Rfc3339)
             .map_err(|e| format!("`expires_at` is not RFC 3339: {e}"))

@@ -52,7 +52,7 @@ pub struct ConnectedAccount {
     /// Scopes the provider granted.
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// RFC 3339.
+    /// When the link was made (RFC 3339).
     #[serde(default)]
     pub created_at: Option<String>,
     /// RFC 3339, when the link expires.

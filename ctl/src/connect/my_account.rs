@@ -76,9 +76,10 @@ impl Problem {
     }
 }
 
+/// The My Account API for one token: every call is a POST under `base`.
 pub(super) struct MyAccount<'a> {
     pub(super) http: &'a reqwest::Client,
-    /// `<issuer>me/v1/connected-accounts/`
+    /// `<issuer>me/v1/connected-accounts/`, the prefix of every call.
     pub(super) base: String,
     pub(super) token: &'a AudienceToken,
 }
