@@ -12,6 +12,9 @@ pub const SYSTEM_SOCKET: &str = "/run/defenseclaw/defenseclawd.sock";
 pub const SOCKET_NAME: &str = "defenseclawd.sock";
 /// The system daemon's service user (the shipped systemd unit's `User=`).
 pub const SERVICE_USER: &str = "defenseclaw";
+/// The per-user directory under a home directory: the daemon's state and socket
+/// (`run/`) when it runs as a user, and the CLI's login session.
+pub const USER_DIR: &str = ".defenseclaw";
 /// Overrides the uid of the daemon's service user (when it is not called
 /// `defenseclaw`): a socket owned by that uid is trusted like root's.
 pub const DAEMON_UID_ENV: &str = "DEFENSECLAW_DAEMON_UID";
@@ -101,7 +104,7 @@ pub fn default_socket_path() -> PathBuf {
                 .map(PathBuf::from)
         });
     match home {
-        Some(home) => home.join(".defenseclaw").join("run").join(SOCKET_NAME),
+        Some(home) => home.join(USER_DIR).join("run").join(SOCKET_NAME),
         None => PathBuf::from(SYSTEM_SOCKET),
     }
 }

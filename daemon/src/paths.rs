@@ -17,7 +17,7 @@ pub fn state_dir(env: &std::collections::HashMap<String, String>) -> Result<Path
         return Ok(PathBuf::from(first));
     }
     match env.get("HOME").filter(|h| !h.is_empty()) {
-        Some(home) => Ok(Path::new(home).join(".defenseclaw")),
+        Some(home) => Ok(Path::new(home).join(defenseclaw_common::paths::USER_DIR)),
         None => Err("cannot find the state directory: set DEFENSECLAW_HOME or HOME".into()),
     }
 }

@@ -90,7 +90,7 @@ pub fn default_session_path() -> Result<PathBuf, AuthError> {
             ))
         })?;
     Ok(PathBuf::from(home)
-        .join(".defenseclaw")
+        .join(defenseclaw_common::paths::USER_DIR)
         .join("session.json"))
 }
 
