@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use defenseclaw_common::loopback::is_loopback_url_str;
 use regex::Regex;
 use serde_json::{Map, Value};
 
@@ -88,12 +89,6 @@ fn base_name(cmd: &str) -> String {
     last.trim_end_matches(".exe")
         .trim_end_matches(".cmd")
         .to_string()
-}
-
-/// True when `url` is plain http to this machine, the shared rule
-/// ([`defenseclaw_common::loopback`]): `localhost`, `127.0.0.0/8`, `::1`.
-fn is_loopback(url: &str) -> bool {
-    defenseclaw_common::loopback::is_loopback_url_str(url)
 }
 
 fn placeholder(value: &str) -> bool {
@@ -594,14 +589,14 @@ impl Engine {
         let mut http_urls: Vec<String> = Vec::new();
         if let Some(u) = &url
             && u.to_ascii_lowercase().starts_with("http://")
-            && !is_loopback(u)
+            && !is_loopback_url_str(u)
         {
             http_urls.push(u.clone());
         }
         for a in &args {
             for w in a.split_whitespace() {
                 let w = w.trim_matches(['"', '\'']);
-                if w.to_ascii_lowercase().starts_with("http://") && !is_loopback(w) {
+                if w.to_ascii_lowercase().starts_with("http://") && !is_loopback_url_str(w) {
                     http_urls.push(w.to_string());
                 }
             }
