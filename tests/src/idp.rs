@@ -995,6 +995,16 @@ impl IdentityProvider {
             .ok_or_else(|| anyhow!("sign: no token in {v}"))
     }
 
+    /// The current signing key's public half as an SPKI PEM (what an attacker
+    /// can fetch from the JWKS), for forgeries such as HS256 keyed with it.
+    pub async fn public_key_pem(&self) -> Result<String> {
+        let v: Value = self.get_admin("key").await?;
+        v.get("public_pem")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("key: no public_pem in {v}"))
+    }
+
     /// Links `connection` for `sub` with these space-separated provider scopes (a working link:
     /// no `login_hint`, not broken, default lifetime). Replaces an existing link's fields.
     pub async fn link_account(

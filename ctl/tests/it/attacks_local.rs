@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Daemon, Run, ctl_at};
+use crate::cli::{Ctl, Run, ctl_at};
+use defenseclaw_testkit::daemon::TestDaemon;
 
 const WAIT: Duration = Duration::from_secs(30);
 const NOBODY: u32 = 65534;
@@ -175,7 +176,9 @@ async fn access_groups_come_from_the_callers_process() {
             .any(|g| g == "4242"),
         "this test needs nobody outside group 4242 in NSS"
     );
-    let d = Daemon::start_with(&[("DEFENSECLAW_ACCESS__MUTATE_GIDS", "4242")]).await;
+    let d = TestDaemon::start_with(&[("DEFENSECLAW_ACCESS__MUTATE_GIDS", "4242")])
+        .await
+        .unwrap();
     // The test lets uid 65534 reach the socket (the daemon refuses to grant
     // others access itself).
     world_searchable(d.dir.path());
@@ -286,12 +289,13 @@ async fn escape_sequences_in_an_approval_never_reach_the_terminal() {
     // hide a word: all from the agent's command line.
     let command = "ls \u{1b}[2J\u{1b}]0;owned\u{7}\u{202e}gnp.exe\u{200b}\u{9b}31m done".to_owned();
     tokio::spawn(gateway_with_approval(listener, command.clone()));
-    let d = Daemon::start_with(&[
+    let d = TestDaemon::start_with(&[
         ("DEFENSECLAW_OPENCLAW__ENABLED", "true"),
         ("DEFENSECLAW_OPENCLAW__URL", &url),
         ("OPENCLAW_GATEWAY_TOKEN", "gw-token-esc"),
     ])
-    .await;
+    .await
+    .unwrap();
     let json = wait_for("the approval in the daemon", WAIT, || async {
         let run = d.ctl(&["-o", "json", "openclaw", "approvals"]).await;
         (run.code == 0 && run.stdout.contains("appr-esc-1")).then_some(run)
@@ -330,6 +334,6 @@ async fn escape_sequences_in_an_approval_never_reach_the_terminal() {
 async fn ctl_at_is_unchanged_for_a_trusted_daemon() {
     // The checks do not get in the way of the normal case (root's 0700 temp
     // directory, a daemon run by the same uid).
-    let d = Daemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     ctl_at(&d.socket, &["status"]).await.ok();
 }

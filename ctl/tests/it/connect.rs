@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
-use crate::support::Daemon;
+use defenseclaw_testkit::daemon::TestDaemon;
 
 const OPERATOR: &str = "auth0|operator1";
 const OTHER: &str = "auth0|operator2";
@@ -28,8 +28,8 @@ async fn idp(opts: IdpOptions) -> IdentityProvider {
 }
 
 /// A daemon that knows the provider (`mode` is `oidc` or `local`).
-async fn daemon(idp: &IdentityProvider, mode: &str) -> Daemon {
-    Daemon::start_with(&[
+async fn daemon(idp: &IdentityProvider, mode: &str) -> TestDaemon {
+    TestDaemon::start_with(&[
         ("DEFENSECLAW_AUTH__MODE", mode),
         ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
         ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
@@ -38,6 +38,7 @@ async fn daemon(idp: &IdentityProvider, mode: &str) -> Daemon {
         ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
     ])
     .await
+    .unwrap()
 }
 
 struct Home {
@@ -294,7 +295,12 @@ fn assert_result(run: &Finished, account: &LinkedAccount) -> u64 {
 }
 
 /// The daemon's inventory lists the link (connection and account id) for `sub`.
-async fn assert_daemon_lists(home: &Home, d: &Daemon, account: &LinkedAccount, sub: Option<&str>) {
+async fn assert_daemon_lists(
+    home: &Home,
+    d: &TestDaemon,
+    account: &LinkedAccount,
+    sub: Option<&str>,
+) {
     let list = home
         .ctl(&d.socket, &["-o", "json", "connections", "list"])
         .await;
@@ -754,11 +760,12 @@ async fn a_daemon_refusal_fails_and_says_the_account_is_linked() {
 async fn a_new_operator_allows_links_and_starts_a_server() {
     use sha2::Digest;
     let idp = idp(IdpOptions::default()).await;
-    let d = crate::support::oidc_daemon(
+    let d = TestDaemon::start_oidc(
         &idp,
         &[("DEFENSECLAW_AUTH__CLI_CLIENT_ID", idp.cli_client_id())],
     )
-    .await;
+    .await
+    .unwrap();
     let home = Home::new();
     home.login(&idp, OPERATOR).await;
 

@@ -9,14 +9,14 @@ use defenseclaw_testkit::idp::{IdentityProvider, IdpOptions};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
-use crate::support::Daemon;
+use defenseclaw_testkit::daemon::TestDaemon;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
     let idp = IdentityProvider::start(IdpOptions::default())
         .await
         .expect("starting the local identity provider (needs node and npm)");
-    let d = Daemon::start_with(&[
+    let d = TestDaemon::start_with(&[
         ("DEFENSECLAW_AUTH__MODE", "oidc"),
         ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
         ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
@@ -24,7 +24,8 @@ async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
         ("DEFENSECLAW_AUTH__ROLES__VIEWER", "read:status"),
         ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
     ])
-    .await;
+    .await
+    .unwrap();
     let home = tempfile::tempdir().unwrap();
     let session = home.path().join(".defenseclaw/session.json");
     let ctl = |args: &[&str]| {

@@ -8,14 +8,14 @@ use defenseclaw_testkit::idp::{CibaSelector, IdentityProvider, IdpOptions};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use crate::support::oidc_daemon;
+use defenseclaw_testkit::daemon::TestDaemon;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_for_approval_from_the_cli() {
     let idp = IdentityProvider::start(IdpOptions::default())
         .await
         .expect("starting the local identity provider (needs node and npm)");
-    let d = oidc_daemon(
+    let d = TestDaemon::start_oidc(
         &idp,
         &[
             ("DEFENSECLAW_STEPUP__ENABLED", "true"),
@@ -23,7 +23,8 @@ async fn waiting_for_approval_from_the_cli() {
             ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
         ],
     )
-    .await;
+    .await
+    .unwrap();
     let token = idp
         .sign_token(
             json!({}),
