@@ -68,3 +68,15 @@ impl Ctl for TestDaemon {
         ctl_at(&self.socket, args).await
     }
 }
+
+/// `.bounded()` on any future: the test fails after [`CLI_TIMEOUT`] instead of
+/// hanging on a child that never exits or a line that never comes.
+pub trait Bounded: std::future::Future + Sized {
+    async fn bounded(self) -> Self::Output {
+        tokio::time::timeout(CLI_TIMEOUT, self)
+            .await
+            .unwrap_or_else(|_| panic!("not done within {CLI_TIMEOUT:?}"))
+    }
+}
+
+impl<F: std::future::Future> Bounded for F {}

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::cli::{Ctl, ctl_at};
+use crate::cli::{Bounded, Ctl, ctl_at};
 use defenseclaw_testkit::daemon::TestDaemon;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -372,14 +372,14 @@ async fn audit_list_export_verify_and_tail() {
     let stdout = tail.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
     for expected in 1..=3u64 {
-        let line = lines.next_line().await.unwrap().unwrap();
+        let line = lines.next_line().bounded().await.unwrap().unwrap();
         assert_eq!(
             serde_json::from_str::<Value>(&line).unwrap()["seq"],
             expected
         );
     }
     d.ctl(&["skill", "block", "live"]).await.ok();
-    let line = lines.next_line().await.unwrap().unwrap();
+    let line = lines.next_line().bounded().await.unwrap().unwrap();
     let live: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(
         (live["seq"].as_u64(), live["target"]["name"].as_str()),

@@ -15,6 +15,8 @@ use tokio::process::{Child, ChildStdout};
 
 use defenseclaw_testkit::daemon::TestDaemon;
 
+use crate::cli::Bounded;
+
 const OPERATOR: &str = "auth0|operator1";
 const OTHER: &str = "auth0|operator2";
 /// Upper bound for readiness waits (never a timing assertion).
@@ -101,6 +103,7 @@ impl Home {
             .env_remove("DEFENSECLAW_SOCKET")
             .stdin(Stdio::null())
             .output()
+            .bounded()
             .await
             .unwrap();
         Finished {
@@ -175,7 +178,7 @@ impl Running {
             .expect("the CLI printed nothing in time")
             .unwrap();
         let Some(line) = line else {
-            let status = self.child.wait().await.unwrap();
+            let status = self.child.wait().bounded().await.unwrap();
             let stderr = (&mut self.stderr).await.unwrap();
             panic!(
                 "the CLI ended ({status}) before printing a line\nstdout: {}\nstderr: {stderr}",
@@ -200,7 +203,7 @@ impl Running {
             .expect("the CLI did not exit in time")
             .unwrap();
         let mut stdout = self.seen.join("\n");
-        while let Ok(Some(line)) = self.lines.next_line().await {
+        while let Ok(Some(line)) = self.lines.next_line().bounded().await {
             stdout.push('\n');
             stdout.push_str(&line);
         }

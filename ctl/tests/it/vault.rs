@@ -13,6 +13,8 @@ use sha2::Digest;
 
 use defenseclaw_testkit::daemon::TestDaemon;
 
+use crate::cli::Bounded;
+
 const OPERATOR: &str = "auth0|operator1";
 /// Upper bound for readiness waits (never a timing assertion).
 const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -67,6 +69,7 @@ async fn ctl(d: &TestDaemon, token: &str, args: &[&str]) -> std::process::Output
         .env("DEFENSECLAW_TOKEN", token)
         .env("HOME", d.dir.path())
         .output()
+        .bounded()
         .await
         .unwrap()
 }
@@ -346,6 +349,7 @@ async fn unattended_start_uses_the_approvers_sealed_credential() {
         .env_remove("DEFENSECLAW_TOKEN")
         .env("HOME", dir.path())
         .output()
+        .bounded()
         .await
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

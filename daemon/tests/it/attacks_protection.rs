@@ -554,10 +554,12 @@ fn contradictions() -> Vec<(Vec<(&'static str, &'static str)>, &'static str)> {
     ]
 }
 
-fn run_binary(home: &Path, env: &[(&str, &str)], check_config: bool) -> std::process::Output {
+/// Runs the daemon binary to completion; a start that should have been refused
+/// but serves instead fails the test after 30 s rather than hanging it.
+async fn run_binary(home: &Path, env: &[(&str, &str)], check_config: bool) -> std::process::Output {
     let config = home.join("empty.toml");
     std::fs::write(&config, "").unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_defenseclawd"));
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawd"));
     cmd.arg("--config")
         .arg(&config)
         .arg("--socket")
@@ -566,14 +568,18 @@ fn run_binary(home: &Path, env: &[(&str, &str)], check_config: bool) -> std::pro
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DEFENSECLAW_HOME", home.join("home"))
         .env("DEFENSECLAW_OPENCLAW__ENABLED", "false")
-        .stdin(std::process::Stdio::null());
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
     if check_config {
         cmd.arg("--check-config");
     }
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
+    tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
+        .await
+        .expect("the daemon binary did not exit within 30 s")
+        .unwrap()
 }
 
 #[tokio::test]
@@ -586,7 +592,7 @@ async fn misconfigured_step_up_stops_the_start_and_the_check() {
         let err = Settings::load(&ConfigFile::None, &env).unwrap_err();
         assert!(err.to_string().contains(key), "{key}: {err}");
         for check_config in [true, false] {
-            let out = run_binary(dir.path(), &vars, check_config);
+            let out = run_binary(dir.path(), &vars, check_config).await;
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(
                 out.status.code(),
@@ -600,7 +606,7 @@ async fn misconfigured_step_up_stops_the_start_and_the_check() {
     let mut vars = contradictions().remove(0).0;
     vars.retain(|(k, _)| *k != "DEFENSECLAW_STEPUP__APPROVER");
     vars.push(("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|a"));
-    let out = run_binary(dir.path(), &vars, true);
+    let out = run_binary(dir.path(), &vars, true).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
@@ -608,7 +614,7 @@ async fn misconfigured_step_up_stops_the_start_and_the_check() {
         "{stderr}"
     );
     // The embedded defaults still pass.
-    let out = run_binary(dir.path(), &[], true);
+    let out = run_binary(dir.path(), &[], true).await;
     assert!(
         out.status.success(),
         "{}",

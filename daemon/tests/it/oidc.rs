@@ -234,6 +234,20 @@ impl MockIdp {
     }
 }
 
+/// Waits (bounded) until `provider`'s keys are past their TTL, as its health reports.
+async fn past_ttl(provider: &Provider) {
+    defenseclaw_testkit::wait_for(
+        "the keys to pass their TTL",
+        Duration::from_secs(10),
+        || {
+            let stale = provider.health().serving_stale;
+            async move { stale.then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+}
+
 pub(crate) fn provider_for(issuer: &str, min_refetch: Duration) -> Arc<Provider> {
     let http = oidc::http_client(issuer).unwrap();
     Provider::new(issuer, http, Duration::from_secs(600), min_refetch).unwrap()
@@ -1037,18 +1051,18 @@ async fn keys_past_their_ttl_are_served_while_refreshed_in_the_background() {
     let claims = access_claims(&idp.issuer);
     verifier.verify(&sign(1, "k1", &claims)).await.unwrap();
     assert_eq!(idp.hits("/.well-known/jwks.json"), 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    past_ttl(&provider).await;
     // Past the TTL: the cached key answers at once and a refresh starts in the background.
     verifier
         .verify(&sign(1, "k1", &with(claims, json!({"jti": "later"}))))
         .await
         .unwrap();
-    for _ in 0..1000 {
-        if idp.hits("/.well-known/jwks.json") >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    defenseclaw_testkit::wait_for("the background refresh", Duration::from_secs(10), || {
+        let n = idp.hits("/.well-known/jwks.json");
+        async move { (n >= 2).then_some(()) }
+    })
+    .await
+    .unwrap();
     assert_eq!(idp.hits("/.well-known/jwks.json"), 2);
 }
 
@@ -1150,7 +1164,7 @@ async fn a_slow_provider_never_delays_verification_with_cached_keys() {
     let claims = access_claims(&idp.issuer);
     verifier.verify(&sign(1, "k1", &claims)).await.unwrap();
     idp.set(|s| s.stall_jwks = true);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    past_ttl(&provider).await;
     // Past the TTL with a stalled JWKS endpoint: the background refresh hangs, callers don't.
     for i in 0..5 {
         let token = sign(1, "k1", &with(claims.clone(), json!({"jti": i})));

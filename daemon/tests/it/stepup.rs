@@ -363,7 +363,18 @@ async fn timeout_is_distinct_from_deny_and_restart_resumes_or_times_out() {
         .pending
         .unwrap();
     d.stop().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Restart only once the request's own deadline (as the daemon reported it) has passed.
+    let deadline = time::OffsetDateTime::parse(
+        &pending.expires_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    defenseclaw_testkit::wait_for("the request's deadline", Duration::from_secs(30), || {
+        let passed = time::OffsetDateTime::now_utc() >= deadline;
+        async move { passed.then_some(()) }
+    })
+    .await
+    .unwrap();
     let dir = d.dir;
     let d = start(Some(dir), &env(&idp, "120")).await;
     let mut c = d.client().await.unwrap();
