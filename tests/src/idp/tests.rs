@@ -144,7 +144,13 @@ async fn ciba_approve_deny_expire_and_errors() {
     // Expiry looks like a denial (Auth0).
     let (_, body) = bc_authorize(&idp, "auth0|operator1", "DC-0002 block mcp y", "1").await;
     let id = body["auth_req_id"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Poll once the provider itself no longer counts the request as pending.
+    crate::wait_for("the request to expire", Duration::from_secs(10), || async {
+        let pending = idp.pending_ciba().await.ok()?;
+        (!pending.iter().any(|p| p.auth_req_id == id)).then_some(())
+    })
+    .await
+    .unwrap();
     let (status, _, body) = poll_ciba(&idp, &id).await;
     assert_eq!(
         (status, body["error"].as_str()),
