@@ -152,12 +152,17 @@ impl Running {
     }
 
     async fn wait_state(&self, state: GatewayState) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.handle.status().state != state {
-            if tokio::time::Instant::now() > deadline {
-                panic!("state {state:?} not reached: {:?}", self.handle.status());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        self.wait_state_within(WAIT, state).await;
+    }
+
+    async fn wait_state_within(&self, limit: Duration, state: GatewayState) {
+        let reached = defenseclaw_testkit::wait_for(&format!("state {state:?}"), limit, || {
+            let now = self.handle.status().state;
+            async move { (now == state).then_some(()) }
+        })
+        .await;
+        if let Err(e) = reached {
+            panic!("{e}: {:?}", self.handle.status());
         }
     }
 }
@@ -653,14 +658,12 @@ async fn fake_pending_enforcement_is_applied_on_connect() {
             && a.outcome == "applied"
     })
     .await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !m.handle.pending_enforcements().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pending not cleared"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    defenseclaw_testkit::wait_for("pending enforcements cleared", WAIT, || {
+        let empty = m.handle.pending_enforcements().is_empty();
+        async move { empty.then_some(()) }
+    })
+    .await
+    .unwrap();
     // skills.changed → skills.status re-read and targets observed.
     c.event("skills.changed", json!({"reason": "watch"})).await;
     c.until(is_req("skills.status")).await;
@@ -1166,18 +1169,13 @@ async fn fake_wss_gateway_with_pinned_certificate() {
         tls_gateway_once(&listener, &acceptor).await.is_none(),
         "a certificate not matching the pin must be refused"
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    defenseclaw_testkit::wait_for("a pin error", WAIT, || {
         let err = m.handle.status().last_error.unwrap_or_default();
-        if err.contains("tls_pin_sha256") || err.to_lowercase().contains("certificate") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no pin error reported: {err}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let pinned = err.contains("tls_pin_sha256") || err.to_lowercase().contains("certificate");
+        async move { pinned.then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", m.handle.status()));
     assert_ne!(m.handle.status().state, GatewayState::Connected);
     m.stop().await;
 }
@@ -1194,15 +1192,8 @@ const REAL_WAIT: Duration = Duration::from_secs(60);
 static REAL_GATEWAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn real_connected(m: &Running) {
-    let deadline = tokio::time::Instant::now() + REAL_WAIT;
-    while m.handle.status().state != GatewayState::Connected {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "monitor not connected: {:?}",
-            m.handle.status()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    m.wait_state_within(REAL_WAIT, GatewayState::Connected)
+        .await;
 }
 
 /// Polls `f` until it returns `Some`.
