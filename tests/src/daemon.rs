@@ -1,6 +1,6 @@
 //! The one way every crate's tests start a daemon: a temporary state directory,
-//! the settings environment, a socket path, a bounded readiness wait and a ready
-//! client — in-process through `defenseclawd::daemon::start` (most tests), or the
+//! the settings environment, a socket path, a bounded readiness wait, then
+//! clients that connect to a daemon known to answer — in-process through `defenseclawd::daemon::start` (most tests), or the
 //! real binary as a child process (crash and signal tests).
 //!
 //! In-process is the default because tests need what only the library gives:
@@ -129,12 +129,13 @@ impl DaemonBuilder {
         let handle = daemon::start(opts)
             .await
             .map_err(|e| anyhow!("starting the test daemon: {e}"))?;
-        let ready = ready_client(&socket).await?;
+        // The probe's connection is dropped: a harness that held one would take
+        // a slot of the daemon's connection cap from the test.
+        drop(ready_client(&socket).await?);
         Ok(TestDaemon {
             dir,
             socket,
             handle: Some(handle),
-            ready,
         })
     }
 }
@@ -147,8 +148,6 @@ pub struct TestDaemon {
     pub socket: PathBuf,
     /// `None` once [`TestDaemon::stop`] ran.
     pub handle: Option<DaemonHandle>,
-    /// A client that has already had an answer (clones share its connection).
-    pub ready: ControlClient<Channel>,
 }
 
 impl std::fmt::Debug for TestDaemon {
@@ -185,7 +184,8 @@ impl TestDaemon {
         DaemonBuilder::new().oidc(idp).envs(extra).start().await
     }
 
-    /// A new connection of its own to the daemon (clone [`TestDaemon::ready`] to share one).
+    /// A client on a connection of its own; the daemon already answered
+    /// before [`DaemonBuilder::start`] returned.
     pub async fn client(&self) -> Result<ControlClient<Channel>> {
         crate::control_client(&self.socket).await
     }
