@@ -23,6 +23,7 @@ mod control;
 mod echo;
 mod hostile;
 mod load;
+mod openclaw;
 mod procs;
 mod report;
 mod scan_eval;
@@ -139,8 +140,7 @@ fn main() -> ExitCode {
 }
 
 fn openclaw_approvals(approvals: usize, events: usize) -> anyhow::Result<()> {
-    let f = defenseclawd::openclaw::bench::run(approvals, events)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let f = openclaw::run(approvals, events).map_err(|e| anyhow::anyhow!("{e}"))?;
     let v = serde_json::json!({
         "benchmark": "openclaw approvals",
         "approvals": f.approvals,

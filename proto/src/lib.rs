@@ -20,10 +20,3 @@ pub mod bench {
 /// Encoded `FileDescriptorSet` of every service, for `grpc.reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("defenseclaw_descriptor");
-
-/// Transitional: the socket rules moved to `defenseclaw_common::paths`. Only
-/// the OpenClaw client still names this path; remove once it is switched.
-#[doc(hidden)]
-pub mod paths {
-    pub use defenseclaw_common::paths::current_uid;
-}

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 
-use super::{DEVICE_KEY_FILE, OpenClawError};
+use super::settings::{DEVICE_KEY_FILE, OpenClawError};
 
 /// The daemon's device key. Debug never prints the key.
 pub(crate) struct DeviceIdentity {

@@ -3,19 +3,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::host::{Host, HostVerdict, MonitorAudit, TargetKind};
 use super::policy::{Policy, PolicyDecision};
 use super::redact::{hash_and_preview, redact_text, truncate};
-use super::{
-    ApprovalKind, ApprovalView, ExecDefault, Host, HostVerdict, MonitorAudit, Shared, TargetKind,
-    lock,
-};
+use super::settings::ExecDefault;
+use super::state::{ApprovalKind, ApprovalView, Shared, lock};
+use super::tool_frame::ToolPayload;
 
 /// Longest command kept in audit details / approval views.
 const MAX_SUBJECT_CHARS: usize = 2048;
@@ -513,144 +509,12 @@ impl<H: Host> Engine<H> {
     }
 }
 
-/// A `session.tool` event frame, deserialized without materializing the
-/// session row or the tool output (only what the audit entry needs).
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ToolFrame {
-    #[serde(default)]
-    pub payload: ToolPayload,
-}
-
-/// `session.tool` payload fields used for observations.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub(crate) struct ToolPayload {
-    run_id: Value,
-    session_key: Value,
-    agent_id: Value,
-    data: ToolData,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct ToolData {
-    phase: Value,
-    name: Value,
-    tool_call_id: Value,
-    args: Option<Value>,
-    is_error: Value,
-    result: ToolResult,
-}
-
-/// Keeps only `result.details`; anything else (text output, non-objects) is skipped.
-#[derive(Debug, Default)]
-struct ToolResult {
-    details: Value,
-}
-
-impl<'de> Deserialize<'de> for ToolResult {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = ToolResult;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a tool result")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<ToolResult, A::Error> {
-                let mut out = ToolResult::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "details" {
-                        out.details = map.next_value()?;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(out)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<ToolResult, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(ToolResult::default())
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<ToolResult, E> {
-                Ok(ToolResult::default())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<ToolResult, E> {
-                Ok(ToolResult::default())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<ToolResult, E> {
-                Ok(ToolResult::default())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<ToolResult, E> {
-                Ok(ToolResult::default())
-            }
-            fn visit_str<E>(self, _: &str) -> Result<ToolResult, E> {
-                Ok(ToolResult::default())
-            }
-            fn visit_unit<E>(self) -> Result<ToolResult, E> {
-                Ok(ToolResult::default())
-            }
-            fn visit_none<E>(self) -> Result<ToolResult, E> {
-                Ok(ToolResult::default())
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Audit commits in flight at once, so a store that group-commits can batch
-/// concurrent entries instead of paying one commit per observation.
-pub(crate) const AUDIT_IN_FLIGHT: usize = 32;
-
-/// Commits one entry, retrying with backoff when the host reports an error.
-async fn commit<H: Host>(host: Arc<H>, entry: MonitorAudit) {
-    let mut delay = std::time::Duration::from_millis(50);
-    let mut attempts = 0u32;
-    loop {
-        match host.audit(entry.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                attempts += 1;
-                tracing::warn!(error = %e, action = %entry.action, attempts, "openclaw audit commit failed; retrying");
-                if attempts >= 100 {
-                    tracing::error!(action = %entry.action, "openclaw audit entry could not be committed");
-                    return;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Drains the audit queue into the host (entries are started in queue order,
-/// up to [`AUDIT_IN_FLIGHT`] concurrently, each retried on failure); returns
-/// when every sender is gone and every entry has been committed.
-pub(crate) async fn audit_writer<H: Host>(host: Arc<H>, mut rx: mpsc::Receiver<MonitorAudit>) {
-    let mut in_flight = FuturesUnordered::new();
-    let mut open = true;
-    loop {
-        tokio::select! {
-            biased;
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            entry = rx.recv(), if open && in_flight.len() < AUDIT_IN_FLIGHT => match entry {
-                Some(entry) => in_flight.push(commit(host.clone(), entry)),
-                None => open = false,
-            },
-            else => break,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openclaw::{HostError, OpenClawSettings};
+    use crate::openclaw::host::HostError;
+    use crate::openclaw::settings::OpenClawSettings;
+    use crate::openclaw::tool_frame::ToolFrame;
 
     struct H;
     impl Host for H {
@@ -784,59 +648,5 @@ mod tests {
             .unwrap();
         assert_eq!(r.details["is_error"], false);
         assert!(tool(json!({"data": {"phase": "update"}})).is_none());
-    }
-
-    #[derive(Default)]
-    struct Flaky {
-        calls: std::sync::atomic::AtomicUsize,
-        committed: Mutex<Vec<String>>,
-    }
-    impl Host for Flaky {
-        fn verdict(&self, _k: TargetKind, _n: &str) -> HostVerdict {
-            HostVerdict::Unknown
-        }
-        async fn enforced_targets(&self) -> Vec<(TargetKind, String, bool)> {
-            Vec::new()
-        }
-        fn audit(
-            &self,
-            e: MonitorAudit,
-        ) -> impl std::future::Future<Output = Result<(), HostError>> + Send {
-            // Every third call fails.
-            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let r = if n.is_multiple_of(3) {
-                Err(HostError("disk busy".into()))
-            } else {
-                lock(&self.committed).push(e.reason);
-                Ok(())
-            };
-            async move { r }
-        }
-        async fn observe_targets(&self, _k: TargetKind, _n: Vec<String>) {}
-    }
-
-    #[tokio::test]
-    async fn audit_writer_retries_and_loses_nothing() {
-        let host = Arc::new(Flaky::default());
-        let (tx, rx) = mpsc::channel(4);
-        let writer = tokio::spawn(audit_writer(host.clone(), rx));
-        for i in 0..200 {
-            let e = MonitorAudit {
-                action: "t".into(),
-                target: None,
-                outcome: "observed".into(),
-                reason: i.to_string(),
-                details: json!({}),
-            };
-            tx.send(e).await.unwrap();
-        }
-        drop(tx);
-        writer.await.unwrap();
-        let mut got: Vec<usize> = lock(&host.committed)
-            .iter()
-            .map(|r| r.parse().unwrap())
-            .collect();
-        got.sort_unstable();
-        assert_eq!(got, (0..200).collect::<Vec<_>>());
     }
 }

@@ -3,7 +3,7 @@
 
 use regex::{Regex, RegexSet, RegexSetBuilder};
 
-use super::{ExecDefault, OpenClawError, OpenClawSettings};
+use super::settings::{ExecDefault, OpenClawError, OpenClawSettings};
 
 /// Built-in deny rules: `(name, regex)`; matched case-insensitively against
 /// the command line (and the argv joined by spaces).

@@ -8,7 +8,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-use super::OpenClawError;
+use super::settings::OpenClawError;
 
 /// Parses a SHA-256 fingerprint: 64 hex digits, colons/spaces ignored.
 pub(crate) fn parse_pin(pin: &str) -> Result<[u8; 32], OpenClawError> {

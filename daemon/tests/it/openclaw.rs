@@ -1067,22 +1067,6 @@ async fn insecure_remote_url_is_refused() {
     assert!(disabled.approvals().is_empty());
 }
 
-#[tokio::test]
-async fn bench_runs_against_the_fake_gateway() {
-    let f = tokio::task::spawn_blocking(|| defenseclawd::openclaw::bench::run(200, 5_000))
-        .await
-        .unwrap()
-        .unwrap();
-    eprintln!("openclaw bench: {f:?}");
-    assert_eq!(f.approvals, 200);
-    assert!(f.audits_committed >= 5_200, "audit entries lost: {f:?}");
-    assert_eq!(f.events, 5_000);
-    assert!(
-        f.p50_us > 0.0 && f.p99_us >= f.p50_us && f.events_per_sec > 0.0,
-        "{f:?}"
-    );
-}
-
 /// Self-signed test certificate (P-256, CN/SAN localhost + 127.0.0.1, valid
 /// until 2126) and its key; used only by the TLS pinning test.
 const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBmjCCAUGgAwIBAgIUZlS1snBCDhqPtnXWCNDQCMGcBWkwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyOTA3MTYyMVoYDzIxMjYxMTA1\nMDcxNjIxWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO\nPQMBBwNCAARLtrrRURZmPKs1Qxd3sbDNO1HO/7Xa8wVoh2E+JtFYm5eJV3ekmaG2\npyy5NJ+bGeh+mTLLR61Ek293dS0YTiAyo28wbTAdBgNVHQ4EFgQUU2L0lt17GN+0\nTk4/Lg1w6V8wypwwHwYDVR0jBBgwFoAUU2L0lt17GN+0Tk4/Lg1w6V8wypwwDwYD\nVR0TAQH/BAUwAwEB/zAaBgNVHREEEzARgglsb2NhbGhvc3SHBH8AAAEwCgYIKoZI\nzj0EAwIDRwAwRAIgL5LK70pEhR8wxpZYWvvoUH8SyxutC2QOsIZXLsy7A7ACIDMC\nSlxm+Dj5FduaSUyoioQyoQ9EYS6JT6SNGqfEDh/Z\n-----END CERTIFICATE-----";

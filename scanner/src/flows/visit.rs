@@ -1,87 +1,31 @@
-//! Language-aware analysis of code: scripts and the fenced code blocks of
-//! Markdown are parsed with tree-sitter (Python, JavaScript/TypeScript,
-//! Bash), then one pass over assignments and calls, in source order, follows
-//! values from sources (secrets, credential files, downloads, the user's
-//! files) through transformations (encoding, decoding, string building) to
-//! sinks (network, DNS, execution, persistence locations).
-//!
-//! The taint is deliberately simple (a variable is tainted by what its
-//! assigned expression reads; a call is a sink when its callee is one and an
-//! argument carries taint) so it stays fast and explainable: each finding
-//! names the source, the steps and the sink, with lines. Variables are shared
-//! across the code blocks of one Markdown file; downloaded file paths across
-//! the whole skill. A file too large to parse, or a parse that runs out of
-//! time, is left to the line rules with a note.
+//! The one pass over a parsed unit, in source order: assignments carry taint
+//! into variables, calls and shell commands are judged as sinks, and each
+//! source-to-sink path becomes a hit naming its steps.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
 
-use regex::Regex;
-use tree_sitter::{Node, ParseOptions, Parser};
+use tree_sitter::Node;
 
-use crate::rules::FileType;
+use super::patterns::{
+    AUTH_CONTEXT_RE, CRED_FILE_RE, DNS_CALLEE_RE, EXEC_ALWAYS_RE, EXEC_MAYBE_RE, NET_CALLEE_RE,
+    PAYLOAD_CMD_RE, PERSIST_RE, SHELL_ARG_RE, SHELL_EXEC_CMD_RE, STRING_LIT_RE, WRITE_MODE_RE,
+};
+use super::taint::{
+    DECODED, DOWNLOAD, ENCODED, ENV_DUMP, ENV_SECRET, HARVEST, STRONG_SECRET, Taint, USER_FILES,
+    classify,
+};
+use super::unit::{CodeUnit, Lang};
 
-/// Larger files (or code blocks) are not parsed; line rules still run.
-pub(crate) const MAX_PARSE_BYTES: usize = 512 << 10;
-/// Wall-clock budget of one parse.
-const PARSE_BUDGET: Duration = Duration::from_millis(250);
 /// Syntax nodes visited per parsed unit.
-const MAX_NODES: usize = 200_000;
+pub(super) const MAX_NODES: usize = 200_000;
+
 /// Bytes of one expression looked at by the source/sink patterns: an
 /// expression wrapping a whole bundle is judged on its head, so the work
 /// per file stays linear in its size.
 const MAX_EXPR_BYTES: usize = 4096;
-/// Findings per check per file.
-const MAX_HITS_PER_CHECK: usize = 3;
+
 /// Syntax nodes visited inside one expression.
 const MAX_EXPR_NODES: usize = 511;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lang {
-    Python,
-    JavaScript,
-    Bash,
-}
-
-impl Lang {
-    fn of_file(t: FileType) -> Option<Lang> {
-        match t {
-            FileType::Python => Some(Lang::Python),
-            FileType::Javascript => Some(Lang::JavaScript),
-            FileType::Shell => Some(Lang::Bash),
-            _ => None,
-        }
-    }
-
-    fn of_fence(tag: &str) -> Option<Lang> {
-        let tag = tag
-            .trim()
-            .trim_start_matches('{')
-            .split([' ', ',', '}'])
-            .next()
-            .unwrap_or("")
-            .trim_start_matches('.')
-            .to_ascii_lowercase();
-        match tag.as_str() {
-            "python" | "py" | "python3" | "ipython" => Some(Lang::Python),
-            "js" | "javascript" | "node" | "nodejs" | "ts" | "typescript" | "mjs" | "jsx"
-            | "tsx" => Some(Lang::JavaScript),
-            "bash" | "sh" | "shell" | "zsh" | "console" | "shell-session" | "terminal" => {
-                Some(Lang::Bash)
-            }
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Lang::Python => "Python",
-            Lang::JavaScript => "JavaScript",
-            Lang::Bash => "Bash",
-        }
-    }
-}
 
 /// One finding of the flow analysis; `check` names the rule's check.
 #[derive(Debug, Clone)]
@@ -92,173 +36,6 @@ pub(crate) struct FlowHit {
     pub snippet: String,
     pub detail: String,
 }
-
-#[derive(Debug, Default)]
-pub(crate) struct Analysis {
-    pub hits: Vec<FlowHit>,
-    pub notes: Vec<String>,
-}
-
-// What a value carries.
-const CRED_FILE: u16 = 1;
-const ENV_DUMP: u16 = 1 << 1;
-const ENV_SECRET: u16 = 1 << 2;
-const HISTORY: u16 = 1 << 3;
-const USER_FILES: u16 = 1 << 4;
-const DOWNLOAD: u16 = 1 << 5;
-const DECODED: u16 = 1 << 6;
-const ENCODED: u16 = 1 << 7;
-const HARVEST: u16 = 1 << 8;
-/// Sources whose arrival at a network sink is exfiltration on its own.
-const STRONG_SECRET: u16 = CRED_FILE | ENV_DUMP | HISTORY | HARVEST;
-
-#[derive(Debug, Clone, Default)]
-struct Taint {
-    kinds: u16,
-    /// Human-readable steps with lines, source first.
-    steps: Vec<String>,
-    /// Names of secret environment variables that reached this value.
-    secrets: BTreeSet<String>,
-}
-
-impl Taint {
-    fn merge(&mut self, other: &Taint) {
-        self.kinds |= other.kinds;
-        for s in &other.steps {
-            if !self.steps.contains(s) && self.steps.len() < 8 {
-                self.steps.push(s.clone());
-            }
-        }
-        self.secrets.extend(other.secrets.iter().cloned());
-    }
-
-    fn step(&mut self, s: String) {
-        if !self.steps.contains(&s) && self.steps.len() < 8 {
-            self.steps.push(s);
-        }
-    }
-}
-
-/// A pattern of this file, compiled on first use (checked by a unit test).
-struct Pat(LazyLock<Option<Regex>>);
-
-impl Pat {
-    fn get(&self) -> Option<&Regex> {
-        self.0.as_ref()
-    }
-
-    fn is_match(&self, text: &str) -> bool {
-        self.get().is_some_and(|r| r.is_match(text))
-    }
-
-    fn count(&self, text: &str) -> usize {
-        self.get().map_or(0, |r| r.find_iter(text).count())
-    }
-
-    fn first(&self, text: &str) -> String {
-        self.get()
-            .and_then(|r| r.find(text))
-            .map(|m| m.as_str().chars().take(40).collect())
-            .unwrap_or_default()
-    }
-
-    fn captures<'t>(&self, text: &'t str) -> Vec<regex::Captures<'t>> {
-        self.get()
-            .map(|r| r.captures_iter(text).take(64).collect())
-            .unwrap_or_default()
-    }
-
-    fn remove(&self, text: &str) -> String {
-        match self.get() {
-            Some(r) => r.replace_all(text, "").into_owned(),
-            None => text.to_string(),
-        }
-    }
-}
-
-macro_rules! re {
-    ($name:ident, $src:expr) => {
-        static $name: Pat = Pat(LazyLock::new(|| Regex::new($src).ok()));
-    };
-}
-
-re!(
-    CRED_FILE_RE,
-    r"(?i)\.ssh/|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\.aws/(?:credentials|config)|\.netrc\b|\.pgpass\b|\.kube/config|\.docker/config\.json|\.git-credentials|\.pypirc|\.gnupg\b|/etc/shadow|\.config/gcloud|application_default_credentials|\.azure/|\bkeychain\b|find-(?:generic|internet)-password|login data|\bcookies(?:\.sqlite)?['\x22/]|local state|\bkey4\.db|logins\.json|wallet\.dat|\.ethereum/keystore|\.solana/id\.json|\.config/solana|\.electrum"
-);
-re!(
-    HISTORY_RE,
-    r"(?i)\.(?:bash|zsh|sh|python|node_repl|psql|mysql)_?history\b|\bHISTFILE\b"
-);
-re!(
-    ENV_DUMP_RE,
-    r"(?i)\bdict\(\s*os\.environ\s*\)|os\.environ\.(?:items|copy|keys|values)\(|\bos\.environ\s*[,)}\]]|\bos\.environ\s*$|in\s+os\.environ\b|json\.dumps\(\s*os\.environ|\bprocess\.env\s*[,)}\];]|\bprocess\.env\s*$|JSON\.stringify\(\s*process\.env|Object\.(?:entries|keys|values|assign)\([^)]*process\.env\s*\)|\.\.\.process\.env|\$\(\s*(?:env|printenv|set)\s*\)|`(?:env|printenv)`"
-);
-re!(
-    ENV_SECRET_RE,
-    r#"(?:os\.(?:environ\.get|getenv)\(\s*|os\.environ\[\s*|process\.env\[\s*)['"]([A-Za-z0-9_]+)['"]|process\.env\.([A-Za-z0-9_]+)|\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?"#
-);
-re!(
-    SECRET_NAME_RE,
-    r"(?i)KEY|TOKEN|SECRET|PASS(?:WORD|WD)?\b|PASSWORD|PWD$|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE"
-);
-re!(
-    USER_FILES_RE,
-    r#"(?i)expanduser\(\s*['"]~['"]\s*\)|Path\.home\(\)\s*[,)]|os\.walk\(\s*(?:os\.path\.expanduser|Path\.home|['"]~|['"]/home|['"]/Users)|~/(?:Documents|Desktop|Downloads|Pictures)\b|\$HOME/(?:Documents|Desktop|Downloads|Pictures)\b|os\.homedir\(\)\s*[,)]|\bclipboard\b|pyperclip\.paste"#
-);
-re!(
-    DOWNLOAD_RE,
-    r"(?i)\brequests\.get\(|\bhttpx\.get\(|\burlopen\(|\burlretrieve\(|\burllib\.request\b|\bfetch\(\s*['\x22`h]|\baxios\.get\(|\bhttps?\.get\(|\bcurl\b|\bwget\b|Invoke-WebRequest|\biwr\b"
-);
-re!(
-    DECODE_RE,
-    r"(?i)b(?:16|32|64|85)decode|a85decode|\bunhexlify|fromhex\(|codecs\.decode|(?:zlib|gzip|lzma|bz2)\.decompress|marshal\.loads|\batob\(|Buffer\.from\([^)]*['\x22](?:base64|hex)['\x22]|base64\s+(?:-d|--decode|-D)\b|xxd\s+-r|openssl\s+(?:enc\s+)?[^|;]*-d\b|\[::-1\]"
-);
-re!(
-    ENCODE_RE,
-    r"(?i)b(?:16|32|64|85)encode|\bhexlify|\.hex\(\)|\bbtoa\(|toString\(\s*['\x22](?:base64|hex)['\x22]|(?:zlib|gzip|lzma|bz2)\.compress|\bfernet\b|\bencrypt\(|\bxxd\s+-p|\bbase64\b|\bgzip\b|\bopenssl\s+enc\b"
-);
-re!(
-    NET_CALLEE_RE,
-    r"(?i)^(?:requests|httpx|aiohttp|urllib3|session|sess|s|client|http|api)\.(?:post|put|patch|get|request)$|(?:^|\.)urlopen$|(?:^|\.)Request$|\.(?:post|put|patch)$|(?:^|\.)(?:send|sendall|sendto|sendmail|send_message|storbinary)$|^fetch$|^axios(?:\.(?:post|put|get|request|patch))?$|^https?\.request$|^(?:curl|wget|nc|ncat|netcat|socat|telnet|scp|rsync|ftp|sftp|Invoke-WebRequest|Invoke-RestMethod)$"
-);
-re!(
-    DNS_CALLEE_RE,
-    r"(?i)(?:^|\.)(?:gethostbyname|gethostbyname_ex|getaddrinfo)$|^dns\.(?:lookup|resolve\w*)$|resolver\.(?:resolve|query)$|^(?:nslookup|dig|host|drill)$"
-);
-re!(
-    EXEC_ALWAYS_RE,
-    r"^(?:eval|exec|Function|execSync|os\.system|os\.popen|os\.exec\w*|subprocess\.getoutput|subprocess\.getstatusoutput|commands\.getoutput|child_process\.exec|child_process\.execSync|cp\.exec|cp\.execSync|vm\.runIn\w*|new Function)$"
-);
-re!(
-    EXEC_MAYBE_RE,
-    r"^(?:subprocess\.(?:run|call|Popen|check_output|check_call)|child_process\.(?:spawn|spawnSync|execFile|execFileSync)|spawn|spawnSync|execFile|pty\.spawn|asyncio\.create_subprocess_\w+)$"
-);
-re!(
-    SHELL_ARG_RE,
-    r#"(?i)shell\s*=\s*True|shell\s*:\s*true|['"](?:/bin/)?(?:ba|z|da)?sh['"]\s*,\s*['"]-c['"]|['"]python3?['"]\s*,\s*['"]-c['"]|create_subprocess_shell"#
-);
-re!(
-    SHELL_EXEC_CMD_RE,
-    r"^(?:/bin/|/usr/bin/)?(?:sh|bash|zsh|dash|ksh|eval|source|\.|python|python3|perl|ruby|node|php|iex|Invoke-Expression)$"
-);
-re!(
-    PERSIST_RE,
-    r"(?i)\.(?:bashrc|bash_profile|bash_login|zshrc|zprofile|zshenv|profile)\b|/etc/(?:profile|bash\.bashrc|rc\.local|cron|systemd)|\bcrontab\b|/var/spool/cron|\.config/autostart|LaunchAgents|LaunchDaemons|\.git/hooks/|\.github/workflows/|\.gitlab-ci\.yml|\.husky/|authorized_keys|\.claude/|\bCLAUDE\.md\b|\bAGENTS\.md\b|\.openclaw/|\.cursor/|\.mcp\.json|\.vscode/tasks\.json|systemd/user"
-);
-re!(
-    AUTH_CONTEXT_RE,
-    r#"(?i)['"]?\b(?:headers|auth|cookies|api_key|apikey|api-key|key|token|bearer_token|access_token)['"]?\s*[=:]\s*(?:\{[^}]*\}|\([^)]*\)|[\w.\[\]'"]+)|['"]?(?:authorization|x-api-key|api-key|x-auth-token)['"]?\s*:\s*[^,}]*|-H\s+['"][^'"]*['"]|--header\s+['"][^'"]*['"]|-u\s+\S+|--user\s+\S+"#
-);
-re!(
-    WRITE_MODE_RE,
-    r#"(?i)['"](?:w|a|wb|ab|w\+|a\+)['"]|mode\s*=\s*['"][wa]|\.write_(?:text|bytes)\(|appendFile|writeFile|>>?"#
-);
-re!(
-    PAYLOAD_CMD_RE,
-    r"(?i)\b(?:curl|wget|nc|ncat|base64|python3?\s+-c|bash\s+-i)\b|/dev/tcp"
-);
-re!(STRING_LIT_RE, r#"['"]([^'"\s]{2,200})['"]"#);
 
 fn short(text: &str) -> String {
     let one: Vec<&str> = text.split_whitespace().take(40).collect();
@@ -280,220 +57,13 @@ fn walked(n: Node<'_>) -> Vec<Node<'_>> {
     out
 }
 
-/// What `text` reads directly (no variables): source kinds and secret names.
-fn classify(text: &str, line: u32, lang: Lang) -> Taint {
-    let mut t = Taint::default();
-    if CRED_FILE_RE.is_match(text) {
-        t.kinds |= CRED_FILE;
-        t.step(format!(
-            "credential store {:?} (line {line})",
-            CRED_FILE_RE.first(text)
-        ));
-    }
-    if HISTORY_RE.is_match(text) {
-        t.kinds |= HISTORY;
-        t.step(format!("shell history (line {line})"));
-    }
-    if ENV_DUMP_RE.is_match(text) {
-        t.kinds |= ENV_DUMP;
-        t.step(format!("whole environment (line {line})"));
-    }
-    for c in ENV_SECRET_RE.captures(text) {
-        let name = c.get(1).or_else(|| c.get(2)).or_else(|| c.get(3));
-        let Some(name) = name.map(|m| m.as_str()) else {
-            continue;
-        };
-        // `$NAME` counts only in shell, where it is how the environment is read.
-        let bash_form = c.get(3).is_some();
-        if bash_form && lang != Lang::Bash {
-            continue;
-        }
-        if SECRET_NAME_RE.is_match(name) && t.secrets.len() < 16 {
-            t.kinds |= ENV_SECRET;
-            if t.secrets.insert(name.to_string()) {
-                t.step(format!("secret variable {name} (line {line})"));
-            }
-        }
-    }
-    if USER_FILES_RE.is_match(text) {
-        t.kinds |= USER_FILES;
-        t.step(format!("user files (line {line})"));
-    }
-    if DOWNLOAD_RE.is_match(text) {
-        t.kinds |= DOWNLOAD;
-        t.step(format!("download (line {line})"));
-    }
-    if DECODE_RE.is_match(text) {
-        t.kinds |= DECODED;
-        t.step(format!("decode (line {line})"));
-    }
-    if ENCODE_RE.is_match(text) && !DECODE_RE.is_match(text) {
-        t.kinds |= ENCODED;
-        t.step(format!("encode (line {line})"));
-    }
-    t
-}
-
-/// One parsed piece of code with where its lines start.
-struct CodeUnit<'a> {
-    location: &'a str,
-    lang: Lang,
-    text: &'a str,
-    first_line: u32,
-    /// Units with the same scope share variables (blocks of one Markdown file).
-    scope: usize,
-}
-
-/// Fenced code blocks of a Markdown text: (language, body, first line of body).
-fn fenced_blocks(text: &str) -> Vec<(Lang, &str, u32)> {
-    let mut out = Vec::new();
-    // (language, body start offset, body first line, fence character)
-    let mut open: Option<(Option<Lang>, usize, u32, char)> = None;
-    let mut offset = 0usize;
-    for (i, raw) in text.split_inclusive('\n').enumerate() {
-        let line_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let trimmed = raw.trim();
-        let fence = ['`', '~']
-            .into_iter()
-            .find(|c| trimmed.starts_with(&c.to_string().repeat(3)));
-        match (open, fence) {
-            (None, Some(c)) => {
-                let tag = trimmed.trim_start_matches(c);
-                open = Some((
-                    Lang::of_fence(tag),
-                    offset + raw.len(),
-                    line_no.saturating_add(1),
-                    c,
-                ));
-            }
-            (Some((lang, start, first, c)), Some(g))
-                if g == c && trimmed.chars().all(|x| x == c) =>
-            {
-                if let Some(lang) = lang {
-                    out.push((lang, &text[start..offset], first));
-                }
-                open = None;
-            }
-            _ => {}
-        }
-        offset += raw.len();
-    }
-    // A block left open runs to the end of the file.
-    if let Some((Some(lang), start, first, _)) = open {
-        out.push((lang, &text[start..], first));
-    }
-    out
-}
-
-/// Runs the flow analysis over the files of one skill (or one text).
-pub(crate) fn analyse(files: &[(&str, FileType, &str)]) -> Analysis {
-    let mut units = Vec::new();
-    for (scope, (location, ft, text)) in files.iter().enumerate() {
-        if let Some(lang) = Lang::of_file(*ft) {
-            units.push(CodeUnit {
-                location,
-                lang,
-                text,
-                first_line: 1,
-                scope,
-            });
-        } else if *ft == FileType::Markdown {
-            for (lang, body, first) in fenced_blocks(text) {
-                units.push(CodeUnit {
-                    location,
-                    lang,
-                    text: body,
-                    first_line: first,
-                    scope,
-                });
-            }
-        }
-    }
-    let mut analysis = Analysis::default();
-    let mut state = SkillState::default();
-    for unit in &units {
-        let vars = state.scopes.entry(unit.scope).or_default();
-        let mut vars = std::mem::take(vars);
-        match parse_unit(unit) {
-            Ok(tree) => {
-                let mut ctx = Ctx {
-                    unit,
-                    vars: &mut vars,
-                    downloaded: &mut state.downloaded,
-                    hits: &mut analysis.hits,
-                    nodes: 0,
-                    file_has_download: DOWNLOAD_RE.is_match(unit.text),
-                };
-                ctx.walk(tree.root_node());
-                if ctx.nodes >= MAX_NODES {
-                    analysis.notes.push(format!(
-                        "{}: code analysis stopped after {MAX_NODES} syntax nodes",
-                        unit.location
-                    ));
-                }
-            }
-            Err(why) => analysis.notes.push(format!(
-                "{} (line {}): {} code not analysed ({why}); line rules only",
-                unit.location,
-                unit.first_line,
-                unit.lang.name()
-            )),
-        }
-        state.scopes.insert(unit.scope, vars);
-    }
-    // At most a few findings per check and file, strongest evidence first.
-    let mut seen: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
-    analysis.hits.retain(|h| {
-        let n = seen.entry((h.check, h.location.clone())).or_default();
-        *n += 1;
-        *n <= MAX_HITS_PER_CHECK
-    });
-    analysis
-}
-
-#[derive(Default)]
-struct SkillState {
-    scopes: BTreeMap<usize, BTreeMap<String, Taint>>,
-    /// Paths written by a download anywhere in the skill, with where.
-    downloaded: BTreeMap<String, String>,
-}
-
-fn parse_unit(unit: &CodeUnit<'_>) -> Result<tree_sitter::Tree, String> {
-    if unit.text.len() > MAX_PARSE_BYTES {
-        return Err(format!(
-            "{} bytes, more than the {MAX_PARSE_BYTES}-byte parse limit",
-            unit.text.len()
-        ));
-    }
-    let language: tree_sitter::Language = match unit.lang {
-        Lang::Python => tree_sitter_python::LANGUAGE.into(),
-        Lang::JavaScript => tree_sitter_javascript::LANGUAGE.into(),
-        Lang::Bash => tree_sitter_bash::LANGUAGE.into(),
-    };
-    let mut parser = Parser::new();
-    parser
-        .set_language(&language)
-        .map_err(|e| format!("grammar not loadable: {e}"))?;
-    let bytes = unit.text.as_bytes();
-    let deadline = Instant::now() + PARSE_BUDGET;
-    let mut cancel = |_: &tree_sitter::ParseState| Instant::now() > deadline;
-    let options = ParseOptions::new().progress_callback(&mut cancel);
-    parser
-        .parse_with_options(
-            &mut |offset, _| bytes.get(offset..).unwrap_or(&[]),
-            None,
-            Some(options),
-        )
-        .ok_or_else(|| "parse timed out".to_string())
-}
-
-struct Ctx<'u, 's> {
-    unit: &'u CodeUnit<'u>,
-    vars: &'s mut BTreeMap<String, Taint>,
-    downloaded: &'s mut BTreeMap<String, String>,
-    hits: &'s mut Vec<FlowHit>,
-    nodes: usize,
-    file_has_download: bool,
+pub(super) struct Ctx<'u, 's> {
+    pub(super) unit: &'u CodeUnit<'u>,
+    pub(super) vars: &'s mut BTreeMap<String, Taint>,
+    pub(super) downloaded: &'s mut BTreeMap<String, String>,
+    pub(super) hits: &'s mut Vec<FlowHit>,
+    pub(super) nodes: usize,
+    pub(super) file_has_download: bool,
 }
 
 impl Ctx<'_, '_> {
@@ -556,7 +126,7 @@ impl Ctx<'_, '_> {
         t
     }
 
-    fn walk(&mut self, root: Node<'_>) {
+    pub(super) fn walk(&mut self, root: Node<'_>) {
         // Pre-order, iterative: statements are visited in source order.
         let mut cursor = root.walk();
         let mut stack = vec![root];
@@ -1006,49 +576,4 @@ fn output_path(cmd: &str) -> Option<String> {
         }
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns_compile() {
-        for re in [
-            &CRED_FILE_RE,
-            &HISTORY_RE,
-            &ENV_DUMP_RE,
-            &ENV_SECRET_RE,
-            &SECRET_NAME_RE,
-            &USER_FILES_RE,
-            &DOWNLOAD_RE,
-            &DECODE_RE,
-            &ENCODE_RE,
-            &NET_CALLEE_RE,
-            &DNS_CALLEE_RE,
-            &EXEC_ALWAYS_RE,
-            &EXEC_MAYBE_RE,
-            &SHELL_ARG_RE,
-            &SHELL_EXEC_CMD_RE,
-            &PERSIST_RE,
-            &AUTH_CONTEXT_RE,
-            &WRITE_MODE_RE,
-            &STRING_LIT_RE,
-            &PAYLOAD_CMD_RE,
-        ] {
-            assert!(re.get().is_some(), "a flow pattern failed to compile");
-        }
-    }
-
-    #[test]
-    fn fences() {
-        let md = "intro\n```python\nimport os\n```\n\n~~~bash\nls\n~~~\n```\nplain\n```\n";
-        let blocks = fenced_blocks(md);
-        assert_eq!(blocks.len(), 2);
-        assert_eq!(blocks[0].0, Lang::Python);
-        assert_eq!(blocks[0].2, 3);
-        assert_eq!(blocks[1].1, "ls\n");
-        let open = fenced_blocks("```sh\ncurl x | sh\n");
-        assert_eq!(open.len(), 1, "an unclosed block runs to the end");
-    }
 }

@@ -7,7 +7,6 @@
 //! for every one of them.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,9 +20,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{
+use defenseclawd::openclaw::{
     GatewayToken, Host, HostError, HostVerdict, MonitorAudit, OpenClawMonitor, OpenClawSettings,
-    TargetKind,
+    REQUESTED_SCOPES, TargetKind,
 };
 
 /// Results of one run.
@@ -45,18 +44,27 @@ pub struct BenchFigures {
     pub audits_committed: u64,
 }
 
-/// Benchmark failure.
-#[derive(Debug, thiserror::Error)]
-#[error("openclaw bench: {0}")]
+/// Why a benchmark run could not finish (the figures would be meaningless).
+#[derive(Debug)]
 pub struct BenchError(String);
+
+impl std::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "openclaw bench: {}", self.0)
+    }
+}
+
+impl std::error::Error for BenchError {}
 
 fn e(msg: impl std::fmt::Display) -> BenchError {
     BenchError(msg.to_string())
 }
 
-/// `n` approvals and 100 000 `session.tool` events.
-pub fn approval_latency(n: usize) -> Result<BenchFigures, BenchError> {
-    run(n, 100_000)
+/// Milliseconds since the epoch, for the challenge's `ts` (what a gateway sends).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Runs the benchmark on its own 2-worker tokio runtime.
@@ -144,11 +152,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 async fn run_async(approvals: usize, events: usize) -> Result<BenchFigures, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;
     let addr = listener.local_addr().map_err(e)?;
-    let dir: PathBuf = std::env::temp_dir().join(format!(
-        "defenseclaw-oc-bench-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    // The monitor's state directory (its device key); removed when dropped.
+    let dir = tempfile::Builder::new()
+        .prefix("defenseclaw-oc-bench-")
+        .tempdir()
+        .map_err(e)?;
     let host = Arc::new(CountingHost::default());
     let cancel = CancellationToken::new();
     let settings = OpenClawSettings {
@@ -159,7 +167,7 @@ async fn run_async(approvals: usize, events: usize) -> Result<BenchFigures, Benc
     let handle = OpenClawMonitor::start(
         settings,
         Some(GatewayToken::new("bench-token")),
-        &dir,
+        dir.path(),
         host.clone(),
         cancel.clone(),
     )
@@ -167,7 +175,7 @@ async fn run_async(approvals: usize, events: usize) -> Result<BenchFigures, Benc
     let result = drive(&listener, &host, approvals, events).await;
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), handle.stopped()).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     result
 }
 
@@ -183,10 +191,10 @@ async fn drive(
         .map_err(e)?;
     tcp.set_nodelay(true).map_err(e)?;
     let mut ws = tokio_tungstenite::accept_async(tcp).await.map_err(e)?;
-    send(&mut ws, &json!({"type": "event", "event": "connect.challenge", "payload": {"nonce": "bench-nonce", "ts": super::now_ms()}})).await?;
+    send(&mut ws, &json!({"type": "event", "event": "connect.challenge", "payload": {"nonce": "bench-nonce", "ts": now_ms()}})).await?;
     let req = until(&mut ws, |v| v["method"] == "connect").await?;
     let hello = json!({"type": "hello-ok", "protocol": 4, "server": {"version": "bench"},
-        "auth": {"scopes": super::REQUESTED_SCOPES}, "policy": {"tickIntervalMs": 30000}});
+        "auth": {"scopes": REQUESTED_SCOPES}, "policy": {"tickIntervalMs": 30000}});
     send(
         &mut ws,
         &json!({"type": "res", "id": req["id"], "ok": true, "payload": hello}),
@@ -260,4 +268,25 @@ async fn drive(
         events_per_sec: events as f64 / secs,
         audits_committed: host.count.load(Ordering::Relaxed) - start_count,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bench_runs_against_the_fake_gateway() {
+        let f = tokio::task::spawn_blocking(|| run(200, 5_000))
+            .await
+            .unwrap()
+            .unwrap();
+        eprintln!("openclaw bench: {f:?}");
+        assert_eq!(f.approvals, 200);
+        assert!(f.audits_committed >= 5_200, "audit entries lost: {f:?}");
+        assert_eq!(f.events, 5_000);
+        assert!(
+            f.p50_us > 0.0 && f.p99_us >= f.p50_us && f.events_per_sec > 0.0,
+            "{f:?}"
+        );
+    }
 }

@@ -1,0 +1,15 @@
+//! The gateway connection, one job per file, data flowing one way:
+//! `reconnect` (the task's outer loop) → `session` (one connected session's
+//! frame loop) → `handshake` (dial and signed connect) → `endpoint` (URL and
+//! TLS policy); `session` → `reconcile` (work after connect) → `rpc` (request
+//! correlation).
+
+mod endpoint;
+mod handshake;
+mod reconcile;
+mod reconnect;
+mod rpc;
+mod session;
+
+pub(crate) use endpoint::Endpoint;
+pub(crate) use reconnect::{Context, run};

@@ -1,0 +1,115 @@
+//! The monitor's entry point and the handle the daemon keeps: start validates
+//! the settings and spawns the connection task; the handle reads its state and
+//! queues enforcement changes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::conn;
+use super::device::DeviceIdentity;
+use super::host::{Host, TargetKind};
+use super::policy::Policy;
+use super::settings::{GatewayToken, OpenClawError, OpenClawSettings};
+use super::state::{ApprovalView, GatewayState, GatewayStatus, Shared, lock};
+
+/// Entry point of the monitor.
+#[derive(Debug)]
+pub struct OpenClawMonitor;
+
+impl OpenClawMonitor {
+    /// Validates the settings, loads (or creates) the device key in `state_dir`
+    /// and spawns the connection task on the current tokio runtime. With
+    /// `enabled = false` nothing is spawned and the status reads `disabled`.
+    pub fn start<H: Host>(
+        settings: OpenClawSettings,
+        token: Option<GatewayToken>,
+        state_dir: &Path,
+        host: Arc<H>,
+        cancel: CancellationToken,
+    ) -> Result<MonitorHandle, OpenClawError> {
+        let (done_tx, done_rx) = watch::channel(false);
+        let shared = Arc::new(Shared::new(&settings));
+        if !settings.enabled {
+            let _ = done_tx.send(true);
+            return Ok(MonitorHandle {
+                shared,
+                done: done_rx,
+            });
+        }
+        let endpoint = conn::Endpoint::parse(&settings)?;
+        let policy = Policy::from_settings(&settings)?;
+        let device = DeviceIdentity::load_or_create(state_dir)?;
+        shared.set_state(GatewayState::Connecting);
+        let ctx = conn::Context::new(
+            settings,
+            token,
+            endpoint,
+            policy,
+            device,
+            host,
+            shared.clone(),
+        );
+        tokio::spawn(async move {
+            conn::run(ctx, cancel).await;
+            let _ = done_tx.send(true);
+        });
+        Ok(MonitorHandle {
+            shared,
+            done: done_rx,
+        })
+    }
+}
+
+/// Handle to the running monitor; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MonitorHandle {
+    shared: Arc<Shared>,
+    done: watch::Receiver<bool>,
+}
+
+impl MonitorHandle {
+    /// Current connection status.
+    pub fn status(&self) -> GatewayStatus {
+        self.shared.status()
+    }
+
+    /// Approvals seen (pending and recently resolved) with the daemon's decision, newest last.
+    pub fn approvals(&self) -> Vec<ApprovalView> {
+        self.shared.approvals()
+    }
+
+    /// Pushes a committed block/allow decision into OpenClaw: a skill is
+    /// disabled/enabled with `skills.update`, an MCP server with a
+    /// `config.patch` on `mcp.servers.<name>.enabled`. When the gateway is not
+    /// connected the action stays pending and is applied on reconnect.
+    pub fn apply_enforcement(&self, kind: TargetKind, name: &str, blocked: bool) {
+        if self.status().state == GatewayState::Disabled {
+            // Monitor disabled (or stopped before it ever ran): nothing to push to.
+            return;
+        }
+        self.shared.push_enforcement(kind, name, blocked);
+    }
+
+    /// How many enforcement changes wait for the gateway (no copies made).
+    pub fn pending_enforcement_count(&self) -> usize {
+        lock(&self.shared.pending).len()
+    }
+
+    /// Enforcement actions not yet applied in OpenClaw.
+    pub fn pending_enforcements(&self) -> Vec<(TargetKind, String, bool)> {
+        lock(&self.shared.pending)
+            .iter()
+            .map(|((k, n), b)| (*k, n.clone(), *b))
+            .collect()
+    }
+
+    /// Resolves once the connection task has stopped (after cancellation) and
+    /// the audit queue has been drained into the host.
+    pub async fn stopped(&self) {
+        let mut rx = self.done.clone();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
