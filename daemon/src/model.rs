@@ -269,30 +269,6 @@ impl Actor {
     }
 }
 
-/// Stored timestamp format: RFC 3339, UTC, fixed microsecond precision, so
-/// timestamps sort as strings.
-const TS_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
-    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-);
-
-/// Formats a time in the stored format.
-pub fn format_ts(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    t.format(TS_FORMAT)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
-}
-
-/// Now, in the stored format.
-pub fn now_ts() -> String {
-    format_ts(time::OffsetDateTime::now_utc())
-}
-
-/// Parses an RFC 3339 timestamp given by a caller.
-pub fn parse_rfc3339(field: &'static str, s: &str) -> Result<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| Error::invalid(field, format!("{} is not RFC 3339: {e}", quoted(s))))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
