@@ -65,7 +65,7 @@ impl Clock {
         }
     }
 
-    /// Now.
+    /// Now: the manual time, or the system's.
     pub fn now(&self) -> OffsetDateTime {
         match &self.manual {
             Some(m) => *m.lock().unwrap_or_else(PoisonError::into_inner),

@@ -50,7 +50,7 @@ impl FromStr for TargetKind {
 /// A target: kind plus validated name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Target {
-    /// Kind.
+    /// Whether it is a skill or an MCP server.
     pub kind: TargetKind,
     /// Name, validated by [`crate::names::target_name`].
     pub name: String,
@@ -83,15 +83,15 @@ pub fn validate_text(field: &'static str, text: &str, max: usize) -> Result<()> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Severity {
-    /// Informational.
+    /// Worth knowing; no risk by itself.
     Info = 1,
-    /// Low.
+    /// A minor weakness.
     Low = 2,
-    /// Medium.
+    /// A weakness worth fixing.
     Medium = 3,
-    /// High.
+    /// Exploitable; by default changes on the target need a human approval.
     High = 4,
-    /// Critical.
+    /// Exploitable and severe; by default the daemon proposes a block.
     Critical = 5,
 }
 
@@ -143,11 +143,11 @@ impl FromStr for Severity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EnforcementState {
-    /// No decision.
+    /// Nobody decided: the target runs unless admission says otherwise.
     None,
-    /// Blocked.
+    /// Blocked: enforcers keep it from running.
     Blocked,
-    /// Allowed.
+    /// Allowed explicitly, whatever its findings.
     Allowed,
 }
 
@@ -175,9 +175,9 @@ impl EnforcementState {
 /// A requested enforcement change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnforcementAction {
-    /// Block.
+    /// Keep the target from running.
     Block,
-    /// Allow.
+    /// Let the target run.
     Allow,
     /// Remove the decision.
     Unblock,
@@ -206,9 +206,9 @@ impl EnforcementAction {
 /// The current decision on a target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
-    /// State.
+    /// Blocked, allowed or undecided.
     pub state: EnforcementState,
-    /// Why.
+    /// Why, in the decider's words.
     pub reason: String,
     /// Actor id of who decided.
     pub decided_by: String,

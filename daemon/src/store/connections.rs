@@ -96,13 +96,13 @@ pub struct GrantRow {
     pub granted_scopes: Vec<String>,
     /// Who approved it (`sub`, or the local actor id).
     pub approved_by: String,
-    /// When.
+    /// When it was approved.
     pub approved_at: String,
     /// Last token handed out.
     pub last_used: Option<String>,
     /// Tokens handed out.
     pub use_count: u64,
-    /// State.
+    /// Active, revoked or broken.
     pub status: GrantStatus,
     /// Why it is broken or revoked.
     pub status_reason: String,

@@ -159,3 +159,85 @@ impl Store {
         self.readers.read(f).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::NewEntry;
+    use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind};
+    use time::OffsetDateTime;
+
+    fn open(dir: &Path, clock: Clock) -> (Store, std::thread::JoinHandle<()>) {
+        let ctx = WriterContext {
+            cache: Arc::new(StateCache::default()),
+            head_log_every: 0,
+            clock,
+        };
+        Store::open(&dir.join("state.db"), ctx).unwrap()
+    }
+
+    fn skill(name: &str) -> Target {
+        Target {
+            kind: TargetKind::Skill,
+            name: name.into(),
+        }
+    }
+
+    fn block(target: Target) -> SetEnforcement {
+        SetEnforcement {
+            target,
+            action: EnforcementAction::Block,
+            reason: "test".into(),
+            actor: Actor::system(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    #[tokio::test]
+    async fn operations_answer_with_their_own_effect_stamped_by_the_store_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let clock = Clock::manual(start);
+        let (store, writer) = open(dir.path(), clock.clone());
+
+        let first = store.write(block(skill("a"))).await.unwrap();
+        assert!(first.changed);
+        assert_eq!(first.decision.state, EnforcementState::Blocked);
+        assert_eq!(first.decision.decided_at, "2023-11-14T22:13:20.000000Z");
+        assert_eq!(first.entry.ts, first.decision.decided_at);
+
+        clock.advance(std::time::Duration::from_secs(60));
+        let again = store.write(block(skill("a"))).await.unwrap();
+        assert!(!again.changed, "already blocked");
+        assert_eq!(again.entry.ts, "2023-11-14T22:14:20.000000Z");
+        assert_eq!(again.entry.seq, first.entry.seq + 1);
+
+        // A pair commits together: the failing half undoes the other.
+        let missing = DismissFinding {
+            id: 999,
+            reason: "none".into(),
+            actor: Actor::system(),
+        };
+        assert!(store.write((block(skill("b")), missing)).await.is_err());
+        assert!(store.get_target(skill("b")).await.unwrap().is_none());
+        assert_eq!(store.head().seq, again.entry.seq);
+
+        let entry = store
+            .write(Audit(NewEntry {
+                action: "observed".into(),
+                target: None,
+                severity: None,
+                outcome: "recorded".into(),
+                reason: "test".into(),
+                details: serde_json::Value::Null,
+                actor: Actor::system(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(entry.seq, again.entry.seq + 1);
+        assert!(store.verify_audit(Some(store.head())).await.unwrap().ok);
+
+        drop(store);
+        writer.join().unwrap();
+    }
+}

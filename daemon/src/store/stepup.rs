@@ -169,7 +169,7 @@ pub struct CapRefusal {
 pub struct StepUpRow {
     /// Request code, e.g. `DC-4F2A91C30B7E55D1` (also in the binding message).
     pub id: String,
-    /// Target.
+    /// The skill or MCP server the change is about.
     pub target: Target,
     /// Requested change.
     pub action: StepUpAction,
