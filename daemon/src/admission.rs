@@ -15,7 +15,9 @@ use crate::scanning::{ScanService, Scanned};
 use crate::state::{StateCache, Verdict};
 use crate::stepup::StepUps;
 use crate::store::stepup::StepUpAction;
-use crate::store::{ReportOrigin, Store, WriteEffect, WriteOp};
+use crate::store::{
+    Audit, Enforced, ReportOrigin, ReportStored, ScanReport, SetEnforcement, Store,
+};
 
 /// What to scan.
 #[derive(Debug, Clone)]
@@ -90,7 +92,7 @@ impl Admission {
                 tracing::warn!(target = %target, error = %e, "could not propose a block for approval");
                 let _ = self
                     .store
-                    .write(WriteOp::Audit(crate::audit::NewEntry {
+                    .write(Audit(crate::audit::NewEntry {
                         action: "stepup-error".into(),
                         target: Some(target.clone()),
                         severity: max,
@@ -190,7 +192,7 @@ impl Admission {
                 let reason = format!(
                     "name {claimed:?} differs from the skill folder's name {folder:?}; a skill is named after its folder"
                 );
-                let audit = WriteOp::Audit(crate::audit::NewEntry {
+                let audit = Audit(crate::audit::NewEntry {
                     action: "scan-target".into(),
                     target: Some(Target {
                         kind: TargetKind::Skill,
@@ -311,9 +313,9 @@ impl Admission {
         let mut max = None;
         for (scanner, findings) in s.by_scanner {
             result.scanners.push(scanner.clone());
-            let effect = self
+            let ReportStored { findings, .. } = self
                 .store
-                .write(WriteOp::ScanReport {
+                .write(ScanReport {
                     scanner,
                     target: target.clone(),
                     findings,
@@ -322,12 +324,10 @@ impl Admission {
                     keep_open_at: self.stepups.protection().report_keeps_open_at(),
                 })
                 .await?;
-            if let WriteEffect::Findings { findings, .. } = effect {
-                for f in &findings {
-                    max = max.max(Some(f.severity));
-                }
-                result.findings.extend(findings.iter().map(pb_finding));
+            for f in &findings {
+                max = max.max(Some(f.severity));
             }
+            result.findings.extend(findings.iter().map(pb_finding));
         }
         result.max_severity = max.map_or(0, |s| s as i32);
         let threshold = self.scan.admission.threshold(target.kind);
@@ -397,9 +397,14 @@ impl Admission {
         reason: String,
         details: serde_json::Value,
     ) -> Result<(bool, u64)> {
-        let effect = self
+        let Enforced {
+            decision,
+            changed,
+            entry,
+            ..
+        } = self
             .store
-            .write(WriteOp::SetEnforcement {
+            .write(SetEnforcement {
                 target: target.clone(),
                 action,
                 reason,
@@ -407,15 +412,6 @@ impl Admission {
                 details,
             })
             .await?;
-        let WriteEffect::Enforcement {
-            decision,
-            changed,
-            entry,
-            ..
-        } = effect
-        else {
-            return Err(Error::Internal("unexpected write effect".into()));
-        };
         if changed {
             let _ = self.enforcement.send(EnforcementChanged {
                 target: target.clone(),

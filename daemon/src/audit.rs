@@ -31,7 +31,7 @@ pub struct NewEntry {
     pub reason: String,
     /// Structured details (a JSON object).
     pub details: serde_json::Value,
-    /// Who.
+    /// Who did it (hashed into the entry).
     pub actor: Actor,
 }
 
@@ -50,9 +50,9 @@ pub struct Entry {
     pub target_name: String,
     /// Severity name or empty.
     pub severity: String,
-    /// Outcome.
+    /// How it ended: `success`, `unchanged`, `denied`, …
     pub outcome: String,
-    /// Reason.
+    /// Why, in the actor's words.
     pub reason: String,
     /// Canonical JSON of the details object.
     pub details: String,

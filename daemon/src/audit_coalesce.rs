@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::NewEntry;
-use crate::model::now_ts;
-use crate::store::{Store, WriteOp};
+use crate::clock::now_ts;
+use crate::store::{Audit, Store};
 
 /// Default bound on distinct keys per window.
 pub const DEFAULT_MAX_KEYS: usize = 4096;
@@ -203,13 +203,13 @@ impl AuditCoalescer {
             self.write(summary).await;
         }
         if let Some(first) = writes.first {
-            self.store.write(WriteOp::Audit(first)).await?;
+            self.store.write(Audit(first)).await?;
         }
         Ok(())
     }
 
     async fn write(&self, entry: NewEntry) {
-        if let Err(e) = self.store.write(WriteOp::Audit(entry)).await {
+        if let Err(e) = self.store.write(Audit(entry)).await {
             tracing::error!(error = %e, "could not write a coalesced audit summary");
         }
     }

@@ -23,7 +23,11 @@ use crate::model::{
 use crate::names;
 use crate::protection::{Change, Ruling};
 use crate::state::{StateCache, Verdict};
-use crate::store::{AuditQuery, FindingRow, ReportOrigin, Store, TargetRow, WriteEffect, WriteOp};
+use crate::store::{
+    Audit, AuditQuery, DismissFinding, DropForeignCredentials, Enforced, FindingRow,
+    GrantConnections, LinkAccount, ReportOrigin, ReportStored, RevokeConnection, Revoked,
+    ScanReport, SetEnforcement, Store, TargetRow,
+};
 
 /// Most findings one scan report may carry.
 pub const MAX_FINDINGS_PER_REPORT: usize = 10_000;
@@ -112,18 +116,15 @@ impl ControlService {
         connections: &[crate::store::connections::ConnectionDecl],
         actor: &Actor,
     ) -> Result<()> {
-        let effect = self
+        let dropped = self
             .store
-            .write(WriteOp::DropForeignCredentials {
+            .write(DropForeignCredentials {
                 server: server.to_owned(),
                 connections: connections.iter().map(|c| c.connection.clone()).collect(),
                 keep_sub: actor.id.clone(),
                 actor: actor.clone(),
             })
             .await?;
-        let WriteEffect::CredentialsDropped { dropped } = effect else {
-            return Err(unexpected(&effect));
-        };
         for (connection, _) in &dropped {
             self.vault.forget_others(server, connection, &actor.id);
         }
@@ -337,10 +338,6 @@ fn pb_head(h: &Head) -> pb::AuditHead {
     }
 }
 
-fn unexpected(effect: &WriteEffect) -> Error {
-    Error::Internal(format!("unexpected write effect {effect:?}"))
-}
-
 #[tonic::async_trait]
 impl Control for ControlService {
     async fn get_status(
@@ -369,7 +366,7 @@ impl Control for ControlService {
             jwks_last_refresh_ok_at: jwks
                 .as_ref()
                 .and_then(|h| h.last_refresh_ok_at)
-                .map(|t| crate::model::format_ts(time::OffsetDateTime::from(t)))
+                .map(|t| crate::clock::format_ts(time::OffsetDateTime::from(t)))
                 .unwrap_or_default(),
         };
         Ok(Response::new(pb::StatusReply {
@@ -444,7 +441,7 @@ impl Control for ControlService {
                 .store
                 .get_stepup(id)
                 .await?
-                .filter(|r| r.status == "pending")
+                .filter(|r| r.status.is_pending())
                 .map(|r| pb_pending(&r)),
             None => None,
         };
@@ -511,17 +508,22 @@ impl Control for ControlService {
                 pending: Some(pb_pending(&row)),
             }));
         }
-        let enforce = WriteOp::SetEnforcement {
+        let enforce = SetEnforcement {
             target: target.clone(),
             action,
             reason: req.reason,
             actor: actor.clone(),
             details: serde_json::Value::Null,
         };
-        let effect = if connections.is_empty() {
+        let Enforced {
+            decision,
+            changed,
+            entry,
+            open_findings,
+        } = if connections.is_empty() {
             self.store.write(enforce).await?
         } else {
-            let grant = WriteOp::GrantConnections {
+            let grant = GrantConnections {
                 server: target.name.clone(),
                 grants: connections,
                 approved_by: actor.id.clone(),
@@ -529,22 +531,7 @@ impl Control for ControlService {
                 actor,
                 details: serde_json::json!({"human_confirmed": false}),
             };
-            match self.store.write(WriteOp::All(vec![enforce, grant])).await? {
-                WriteEffect::All(effects) => effects
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| Error::Internal("empty write effect".into()))?,
-                other => return Err(unexpected(&other).into()),
-            }
-        };
-        let WriteEffect::Enforcement {
-            decision,
-            changed,
-            entry,
-            open_findings,
-        } = effect
-        else {
-            return Err(unexpected(&effect).into());
+            self.store.write((enforce, grant)).await?.0
         };
         if changed {
             // Nobody listening (no runtime enforcer) is fine.
@@ -616,7 +603,7 @@ impl Control for ControlService {
                 "scanner name {:?} is reserved for the daemon's own scans; submit reports under another scanner name",
                 report.scanner
             );
-            let audit = WriteOp::Audit(crate::audit::NewEntry {
+            let audit = Audit(crate::audit::NewEntry {
                 action: "scan-report".into(),
                 target: Some(target),
                 severity: None,
@@ -645,9 +632,9 @@ impl Control for ControlService {
             .enumerate()
             .map(|(i, f)| crate::scan_input::finding_from_pb(i, f))
             .collect::<Result<Vec<_>>>()?;
-        let effect = self
+        let ReportStored { findings, entry } = self
             .store
-            .write(WriteOp::ScanReport {
+            .write(ScanReport {
                 scanner: report.scanner,
                 target,
                 findings,
@@ -656,9 +643,6 @@ impl Control for ControlService {
                 keep_open_at: self.stepups.protection().report_keeps_open_at(),
             })
             .await?;
-        let WriteEffect::Findings { findings, entry } = effect else {
-            return Err(unexpected(&effect).into());
-        };
         if let Some(target) = findings.first().map(|f| f.target.clone()) {
             let max = findings.iter().map(|f| f.severity).max();
             self.admission.propose_block_if_critical(&target, max).await;
@@ -733,17 +717,15 @@ impl Control for ControlService {
                 pending: Some(pb_pending(&row)),
             }));
         }
-        let effect = self
+        let finding = self
             .store
-            .write(WriteOp::DismissFinding {
+            .write(DismissFinding {
                 id: req.id,
                 reason: req.reason,
                 actor,
             })
-            .await?;
-        let WriteEffect::Dismissed { finding, .. } = effect else {
-            return Err(unexpected(&effect).into());
-        };
+            .await?
+            .finding;
         Ok(Response::new(pb::DismissFindingReply {
             finding: Some(pb_finding(&finding)),
             pending: None,
@@ -935,7 +917,7 @@ impl Control for ControlService {
         let cancel = self.cancel.clone();
         let store = self.store.clone();
         tokio::spawn(async move {
-            let done = row.status != "pending";
+            let done = !row.status.is_pending();
             if tx.send(pb_stepup(&row)).await.is_err() || done {
                 return;
             }
@@ -945,12 +927,12 @@ impl Control for ControlService {
                     () = tx.closed() => break,
                     ev = events.recv() => match ev {
                         Ok(ev) if ev.row.id == id => {
-                            let end = ev.row.status != "pending";
+                            let end = !ev.row.status.is_pending();
                             if tx.send(pb_stepup(&ev.row)).await.is_err() || end { break; }
                         }
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => {
-                            if let Ok(Some(r)) = store.get_stepup(id.clone()).await && r.status != "pending" {
+                            if let Ok(Some(r)) = store.get_stepup(id.clone()).await && !r.status.is_pending() {
                                 let _ = tx.send(pb_stepup(&r)).await;
                                 break;
                             }
@@ -1060,18 +1042,15 @@ impl Control for ControlService {
         validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
         // Forget first: no token of a grant being revoked is handed out again.
         self.vault.forget(&req.server, Some(&req.connection));
-        let effect = self
+        let Revoked { grant, entry } = self
             .store
-            .write(WriteOp::RevokeConnection {
+            .write(RevokeConnection {
                 server: req.server,
                 connection: req.connection,
                 reason: req.reason,
                 actor,
             })
             .await?;
-        let WriteEffect::ConnectionRevoked { grant, entry } = effect else {
-            return Err(unexpected(&effect).into());
-        };
         Ok(Response::new(pb::RevokeConnectionReply {
             grant: Some(pb_grant(&grant)),
             audit_seq: entry.seq,
@@ -1092,18 +1071,15 @@ impl Control for ControlService {
             sub: actor.id.clone(),
             connection: req.connection,
             account_id: req.account_id,
-            linked_at: crate::model::now_ts(),
+            linked_at: crate::clock::now_ts(),
         };
-        let effect = self
+        let entry = self
             .store
-            .write(WriteOp::LinkAccount {
+            .write(LinkAccount {
                 account: account.clone(),
                 actor,
             })
             .await?;
-        let WriteEffect::AccountLinked { entry } = effect else {
-            return Err(unexpected(&effect).into());
-        };
         Ok(Response::new(pb::RecordConnectedAccountReply {
             account: Some(pb_account(&account)),
             audit_seq: entry.seq,
@@ -1137,7 +1113,7 @@ impl Control for ControlService {
 
 fn rfc3339_of_unix(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
-        .map(crate::model::format_ts)
+        .map(crate::clock::format_ts)
         .unwrap_or_default()
 }
 
@@ -1165,7 +1141,7 @@ pub(crate) fn pb_stepup(r: &crate::store::stepup::StepUpRow) -> pb::StepUp {
         binding_message: r.binding_message.clone(),
         created_at: r.created_at.clone(),
         expires_at: rfc3339_of_unix(r.deadline),
-        status: r.status.clone(),
+        status: r.status.as_str().to_owned(),
         outcome_reason: r.outcome_reason.clone(),
         decided_at: r.decided_at.clone().unwrap_or_default(),
         approver_json: r

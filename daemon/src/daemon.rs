@@ -132,6 +132,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         let ctx = WriterContext {
             cache: cache.clone(),
             head_log_every: settings.audit.head_log_every,
+            clock: crate::clock::Clock::system(),
         };
         tokio::task::spawn_blocking(move || Store::open(&path, ctx))
             .await
@@ -477,7 +478,7 @@ async fn record_refused_link(store: &Store, skill: &std::path::Path, actor: crat
         details: serde_json::json!({ "path": shown }),
         actor,
     };
-    if let Err(e) = store.write(crate::store::WriteOp::Audit(entry)).await {
+    if let Err(e) = store.write(crate::store::Audit(entry)).await {
         tracing::warn!(error = %e, "could not audit a refused skill folder");
     }
 }

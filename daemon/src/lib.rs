@@ -6,6 +6,7 @@ pub mod admission;
 pub mod audit;
 pub mod audit_coalesce;
 pub mod authn;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;

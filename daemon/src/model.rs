@@ -50,7 +50,7 @@ impl FromStr for TargetKind {
 /// A target: kind plus validated name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Target {
-    /// Kind.
+    /// Whether it is a skill or an MCP server.
     pub kind: TargetKind,
     /// Name, validated by [`crate::names::target_name`].
     pub name: String,
@@ -83,15 +83,15 @@ pub fn validate_text(field: &'static str, text: &str, max: usize) -> Result<()> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Severity {
-    /// Informational.
+    /// Worth knowing; no risk by itself.
     Info = 1,
-    /// Low.
+    /// A minor weakness.
     Low = 2,
-    /// Medium.
+    /// A weakness worth fixing.
     Medium = 3,
-    /// High.
+    /// Exploitable; by default changes on the target need a human approval.
     High = 4,
-    /// Critical.
+    /// Exploitable and severe; by default the daemon proposes a block.
     Critical = 5,
 }
 
@@ -143,11 +143,11 @@ impl FromStr for Severity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EnforcementState {
-    /// No decision.
+    /// Nobody decided: the target runs unless admission says otherwise.
     None,
-    /// Blocked.
+    /// Blocked: enforcers keep it from running.
     Blocked,
-    /// Allowed.
+    /// Allowed explicitly, whatever its findings.
     Allowed,
 }
 
@@ -175,9 +175,9 @@ impl EnforcementState {
 /// A requested enforcement change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnforcementAction {
-    /// Block.
+    /// Keep the target from running.
     Block,
-    /// Allow.
+    /// Let the target run.
     Allow,
     /// Remove the decision.
     Unblock,
@@ -206,9 +206,9 @@ impl EnforcementAction {
 /// The current decision on a target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
-    /// State.
+    /// Blocked, allowed or undecided.
     pub state: EnforcementState,
-    /// Why.
+    /// Why, in the decider's words.
     pub reason: String,
     /// Actor id of who decided.
     pub decided_by: String,
@@ -267,30 +267,6 @@ impl Actor {
             ..Self::default()
         }
     }
-}
-
-/// Stored timestamp format: RFC 3339, UTC, fixed microsecond precision, so
-/// timestamps sort as strings.
-const TS_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
-    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-);
-
-/// Formats a time in the stored format.
-pub fn format_ts(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    t.format(TS_FORMAT)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
-}
-
-/// Now, in the stored format.
-pub fn now_ts() -> String {
-    format_ts(time::OffsetDateTime::now_utc())
-}
-
-/// Parses an RFC 3339 timestamp given by a caller.
-pub fn parse_rfc3339(field: &'static str, s: &str) -> Result<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| Error::invalid(field, format!("{} is not RFC 3339: {e}", quoted(s))))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::control::EnforcementChanged;
 use crate::model::{Actor, EnforcementState, Target, TargetKind};
 use crate::openclaw::{self, Host, HostError, HostVerdict, MonitorAudit, MonitorHandle};
 use crate::state::{StateCache, Verdict};
-use crate::store::{Store, WriteOp};
+use crate::store::{Audit, RegisterTargets, Store};
 
 /// The governance core as the monitor sees it.
 #[derive(Debug)]
@@ -97,7 +97,7 @@ impl Host for GovernanceHost {
                 .or_insert_with(|| serde_json::json!(name));
         }
         self.store
-            .write(WriteOp::Audit(NewEntry {
+            .write(Audit(NewEntry {
                 action: entry.action,
                 target,
                 severity: None,
@@ -118,7 +118,7 @@ impl Host for GovernanceHost {
         }
         if let Err(e) = self
             .store
-            .write(WriteOp::RegisterTargets {
+            .write(RegisterTargets {
                 targets,
                 actor: monitor_actor(),
                 source: "openclaw".into(),

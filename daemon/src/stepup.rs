@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -13,14 +13,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::EnforcementChanged;
 use crate::error::{Error, Result};
-use crate::model::{Actor, EnforcementAction, EnforcementState, Severity, Target, now_ts};
+use crate::model::{Actor, EnforcementAction, EnforcementState, Severity, Target};
 use crate::oidc::RefreshToken;
 use crate::oidc::{AuthReqId, CibaClient, CibaOutcome, binding_message, new_request_code};
 use crate::protection::{Change, Protection, Ruling};
 use crate::state::StateCache;
 use crate::store::connections::{ConnectionDecl, SealedSubject};
 use crate::store::stepup::{CapRefusal, PendingCaps, StepUpAction, StepUpPayload, StepUpRow};
-use crate::store::{Store, WriteEffect, WriteOp};
+use crate::store::{
+    Audit, DismissFinding, GrantConnections, SetEnforcement, StepUpClose, StepUpCommit, StepUpOpen,
+    StepUpOpened, StepUpSent, StepUpStatus, Store,
+};
 use crate::vault::seal::Sealer;
 
 /// Auth0 accepts 5 CIBA requests per minute per user.
@@ -127,12 +130,6 @@ impl std::fmt::Debug for StepUps {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 impl StepUps {
     /// Builds the manager; `ciba` is `None` when step-up is disabled; `sealer`
     /// (the token vault key) lets approvals keep a refresh token for unattended use.
@@ -232,10 +229,10 @@ impl StepUps {
             requester,
             approver_sub: approver,
             auth_req_id: None,
-            created_at: now_ts(),
-            deadline: unix_now() + i64::from(self.settings.requested_expiry_secs),
+            created_at: self.store.clock().ts(),
+            deadline: self.store.clock().unix() + i64::from(self.settings.requested_expiry_secs),
             interval_secs: 5,
-            status: "pending".into(),
+            status: StepUpStatus::Pending,
             outcome_reason: String::new(),
             decided_at: None,
             approver: None,
@@ -246,17 +243,9 @@ impl StepUps {
             per_requester: self.settings.max_pending_per_requester,
             per_target: self.settings.max_pending_per_target,
         });
-        let effect = self
-            .store
-            .write(WriteOp::StepUpOpen {
-                row: Box::new(row),
-                caps,
-            })
-            .await?;
-        let (row, joined) = match effect {
-            WriteEffect::StepUpOpened { row, joined } => (row, joined),
-            WriteEffect::StepUpRefused(refusal) => return Err(self.refuse(*refusal).await),
-            _ => return Err(Error::Internal("unexpected write effect".into())),
+        let (row, joined) = match self.store.write(StepUpOpen { row, caps }).await? {
+            StepUpOpened::Opened { row, joined } => (row, joined),
+            StepUpOpened::Refused(refusal) => return Err(self.refuse(*refusal).await),
         };
         if holds(row.action) {
             self.cache.hold(&row.target, &row.id);
@@ -304,7 +293,7 @@ impl StepUps {
             }
         };
         if first {
-            let audit = WriteOp::Audit(crate::audit::NewEntry {
+            let audit = Audit(crate::audit::NewEntry {
                 action: "stepup-refused".into(),
                 target: Some(refusal.target.clone()),
                 severity: None,
@@ -377,20 +366,17 @@ impl StepUps {
         };
         // Queued behind the per-approver limit: a request whose deadline passes
         // meanwhile is never sent; it ends as timed out (under on_timeout).
-        let until_deadline = (UNIX_EPOCH
-            + Duration::from_secs(u64::try_from(row.deadline).unwrap_or(0)))
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
+        let until_deadline = self.store.clock().until_unix(row.deadline);
         let admitted = tokio::select! {
             () = self.admit(&row.approver_sub) => true,
             () = tokio::time::sleep(until_deadline) => false,
             // Shutdown: it stays pending and is resumed (or timed out) at the next start.
             () = self.cancel.cancelled() => return,
         };
-        if !admitted || row.deadline <= unix_now() {
+        if !admitted || row.deadline <= self.store.clock().unix() {
             self.finish_with(
                 &row,
-                "timed_out",
+                StepUpStatus::TimedOut,
                 "the deadline passed before the request could be sent; it was never sent to the identity provider",
                 None,
             )
@@ -399,7 +385,7 @@ impl StepUps {
         }
         // Cancelled while queued: nothing to send.
         match self.store.get_stepup(row.id.clone()).await {
-            Ok(Some(now)) if now.status == "pending" => {}
+            Ok(Some(now)) if now.status.is_pending() => {}
             Ok(_) => return,
             Err(e) => {
                 tracing::error!(request = %row.id, error = %e, "could not re-read a queued step-up");
@@ -434,7 +420,7 @@ impl StepUps {
             .map_or(row.deadline, |d| {
                 i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
             });
-        let sent = WriteOp::StepUpSent {
+        let sent = StepUpSent {
             id: row.id.clone(),
             auth_req_id: start.auth_req_id.expose().to_owned(),
             deadline,
@@ -462,7 +448,7 @@ impl StepUps {
         let Some(handle) = row.auth_req_id.clone() else {
             self.finish_with(
                 &row,
-                "error",
+                StepUpStatus::Error,
                 "the daemon stopped before the request reached the identity provider",
                 None,
             )
@@ -487,10 +473,10 @@ impl StepUps {
             if holds(row.action) {
                 self.cache.hold(&row.target, &row.id);
             }
-            if row.deadline <= unix_now() {
+            if row.deadline <= self.store.clock().unix() {
                 self.finish_with(
                     &row,
-                    "timed_out",
+                    StepUpStatus::TimedOut,
                     "the deadline passed while the daemon was down",
                     None,
                 )
@@ -499,8 +485,13 @@ impl StepUps {
                 let me = self.clone();
                 tokio::spawn(async move { me.resume(row).await });
             } else {
-                self.finish_with(&row, "error", "step-up is no longer configured", None)
-                    .await;
+                self.finish_with(
+                    &row,
+                    StepUpStatus::Error,
+                    "step-up is no longer configured",
+                    None,
+                )
+                .await;
             }
         }
         Ok(())
@@ -522,19 +513,33 @@ impl StepUps {
                     "approved by {} but {} was asked; not accepted",
                     a.sub, row.approver_sub
                 );
-                self.finish_with(row, "error", &reason, None).await;
+                self.finish_with(row, StepUpStatus::Error, &reason, None)
+                    .await;
             }
             CibaOutcome::Denied => {
-                self.finish_with(row, "denied", "denied on the approver's device", None)
-                    .await
+                self.finish_with(
+                    row,
+                    StepUpStatus::Denied,
+                    "denied on the approver's device",
+                    None,
+                )
+                .await
             }
             CibaOutcome::TimedOut => {
-                self.finish_with(row, "timed_out", "no answer before the deadline", None)
-                    .await;
+                self.finish_with(
+                    row,
+                    StepUpStatus::TimedOut,
+                    "no answer before the deadline",
+                    None,
+                )
+                .await;
             }
             // Shutdown: the request stays pending and is resumed at the next start.
             CibaOutcome::Cancelled => {}
-            CibaOutcome::Error(e) => self.finish_with(row, "error", &e.to_string(), None).await,
+            CibaOutcome::Error(e) => {
+                self.finish_with(row, StepUpStatus::Error, &e.to_string(), None)
+                    .await;
+            }
         }
     }
 
@@ -542,7 +547,7 @@ impl StepUps {
     pub async fn finish_with(
         &self,
         row: &StepUpRow,
-        status: &str,
+        status: StepUpStatus,
         reason: &str,
         approver: Option<serde_json::Value>,
     ) {
@@ -588,7 +593,7 @@ impl StepUps {
         };
         self.close(
             row,
-            "approved",
+            StepUpStatus::Approved,
             "approved on the approver's device",
             Some(approver),
             subject,
@@ -618,15 +623,23 @@ impl StepUps {
             ),
             Ruling::Commit | Ruling::NeedsApproval => ("cancelled by an operator", false),
         };
-        self.close(&row, "cancelled", reason, None, None, actor, fail_closed)
-            .await
+        self.close(
+            &row,
+            StepUpStatus::Cancelled,
+            reason,
+            None,
+            None,
+            actor,
+            fail_closed,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn close(
         &self,
         row: &StepUpRow,
-        status: &str,
+        status: StepUpStatus,
         reason: &str,
         approver: Option<serde_json::Value>,
         subject: Option<SealedSubject>,
@@ -635,11 +648,11 @@ impl StepUps {
     ) -> Result<StepUpRow> {
         let proposed = row.requester.auth_method == "system";
         let policy = match status {
-            "timed_out" => Some(self.settings.on_timeout),
-            "error" => Some(self.settings.on_error),
+            StepUpStatus::TimedOut => Some(self.settings.on_timeout),
+            StepUpStatus::Error => Some(self.settings.on_error),
             _ => None,
         };
-        let human = status == "approved";
+        let human = status == StepUpStatus::Approved;
         let mut details = serde_json::json!({"human_confirmed": human, "request_id": row.id});
         if let (Some(p), serde_json::Value::Object(map)) = (policy, &mut details) {
             map.insert("policy".into(), serde_json::json!(p));
@@ -647,91 +660,96 @@ impl StepUps {
         if let (true, serde_json::Value::Object(map)) = (fail_closed, &mut details) {
             map.insert("policy".into(), serde_json::json!("fail_closed"));
         }
-        let enforce = |action: EnforcementAction, why: String| {
-            Box::new(WriteOp::SetEnforcement {
-                target: row.target.clone(),
-                action,
-                reason: why,
-                actor: row.requester.clone(),
-                details: serde_json::json!({
-                    "stepup": row.id,
-                    "human_confirmed": human,
-                    "approver": approver.clone(),
-                    "binding_message": row.binding_message,
-                }),
-            })
-        };
-        let grant = |connections: Vec<ConnectionDecl>| {
-            Box::new(WriteOp::GrantConnections {
-                server: row.target.name.clone(),
-                grants: connections,
-                approved_by: row.approver_sub.clone(),
-                subject: subject.clone(),
-                actor: row.requester.clone(),
-                details: serde_json::json!({
-                    "stepup": row.id,
-                    "human_confirmed": human,
-                    "approver": approver.clone(),
-                }),
-            })
-        };
-        let commit: Option<Box<WriteOp>> = match (status, row.action) {
-            ("approved", StepUpAction::Block) => {
-                Some(enforce(EnforcementAction::Block, row.reason.clone()))
-            }
-            ("approved", StepUpAction::Allow) if !row.payload.connections.is_empty() => {
-                Some(Box::new(WriteOp::All(vec![
-                    *enforce(EnforcementAction::Allow, row.reason.clone()),
-                    *grant(row.payload.connections.clone()),
-                ])))
-            }
-            ("approved", StepUpAction::Allow) => {
-                Some(enforce(EnforcementAction::Allow, row.reason.clone()))
-            }
-            ("approved", StepUpAction::Grant) => Some(grant(row.payload.connections.clone())),
-            ("approved", StepUpAction::Unblock) => {
-                Some(enforce(EnforcementAction::Unblock, row.reason.clone()))
-            }
-            ("approved", StepUpAction::Dismiss) => row.finding_id.map(|id| {
-                Box::new(WriteOp::DismissFinding {
-                    id,
-                    reason: row.reason.clone(),
-                    actor: row.requester.clone(),
-                })
+        let enforce = |action: EnforcementAction, why: String| SetEnforcement {
+            target: row.target.clone(),
+            action,
+            reason: why,
+            actor: row.requester.clone(),
+            details: serde_json::json!({
+                "stepup": row.id,
+                "human_confirmed": human,
+                "approver": approver.clone(),
+                "binding_message": row.binding_message,
             }),
-            // The approver overrode the daemon's own proposal: the target is allowed.
-            ("denied", StepUpAction::Block) if proposed => Some(enforce(
-                EnforcementAction::Allow,
-                format!(
-                    "override: {} denied the proposed block ({})",
-                    row.approver_sub, row.id
-                ),
-            )),
-            ("cancelled", StepUpAction::Block) if fail_closed => Some(enforce(
-                EnforcementAction::Block,
-                format!(
-                    "{} (request {} cancelled; a pending block ends blocked)",
-                    row.reason, row.id
-                ),
-            )),
-            ("timed_out" | "error", StepUpAction::Block)
-                if policy == Some(Unconfirmed::KeepBlocked) =>
-            {
-                Some(enforce(
-                    EnforcementAction::Block,
-                    format!(
-                        "{} without confirmation ({status}); policy keeps it blocked",
-                        row.reason
-                    ),
-                ))
-            }
-            _ => None,
         };
-        let effect = self
+        let grant = |connections: Vec<ConnectionDecl>| GrantConnections {
+            server: row.target.name.clone(),
+            grants: connections,
+            approved_by: row.approver_sub.clone(),
+            subject: subject.clone(),
+            actor: row.requester.clone(),
+            details: serde_json::json!({
+                "stepup": row.id,
+                "human_confirmed": human,
+                "approver": approver.clone(),
+            }),
+        };
+        let commit: Option<StepUpCommit> =
+            match (status, row.action) {
+                (StepUpStatus::Approved, StepUpAction::Block) => Some(StepUpCommit::Enforce(
+                    enforce(EnforcementAction::Block, row.reason.clone()),
+                )),
+                (StepUpStatus::Approved, StepUpAction::Allow)
+                    if !row.payload.connections.is_empty() =>
+                {
+                    Some(StepUpCommit::EnforceAndGrant(
+                        enforce(EnforcementAction::Allow, row.reason.clone()),
+                        Box::new(grant(row.payload.connections.clone())),
+                    ))
+                }
+                (StepUpStatus::Approved, StepUpAction::Allow) => Some(StepUpCommit::Enforce(
+                    enforce(EnforcementAction::Allow, row.reason.clone()),
+                )),
+                (StepUpStatus::Approved, StepUpAction::Grant) => {
+                    Some(StepUpCommit::Grant(grant(row.payload.connections.clone())))
+                }
+                (StepUpStatus::Approved, StepUpAction::Unblock) => Some(StepUpCommit::Enforce(
+                    enforce(EnforcementAction::Unblock, row.reason.clone()),
+                )),
+                (StepUpStatus::Approved, StepUpAction::Dismiss) => row.finding_id.map(|id| {
+                    StepUpCommit::Dismiss(DismissFinding {
+                        id,
+                        reason: row.reason.clone(),
+                        actor: row.requester.clone(),
+                    })
+                }),
+                // The approver overrode the daemon's own proposal: the target is allowed.
+                (StepUpStatus::Denied, StepUpAction::Block) if proposed => {
+                    Some(StepUpCommit::Enforce(enforce(
+                        EnforcementAction::Allow,
+                        format!(
+                            "override: {} denied the proposed block ({})",
+                            row.approver_sub, row.id
+                        ),
+                    )))
+                }
+                (StepUpStatus::Cancelled, StepUpAction::Block) if fail_closed => {
+                    Some(StepUpCommit::Enforce(enforce(
+                        EnforcementAction::Block,
+                        format!(
+                            "{} (request {} cancelled; a pending block ends blocked)",
+                            row.reason, row.id
+                        ),
+                    )))
+                }
+                (StepUpStatus::TimedOut | StepUpStatus::Error, StepUpAction::Block)
+                    if policy == Some(Unconfirmed::KeepBlocked) =>
+                {
+                    Some(StepUpCommit::Enforce(enforce(
+                        EnforcementAction::Block,
+                        format!(
+                            "{} without confirmation ({status}); policy keeps it blocked",
+                            row.reason
+                        ),
+                    )))
+                }
+                _ => None,
+            };
+        let closed = self
             .store
-            .write(WriteOp::StepUpClose {
+            .write(StepUpClose {
                 id: row.id.clone(),
-                status: status.to_owned(),
+                status,
                 reason: reason.to_owned(),
                 approver,
                 actor,
@@ -739,14 +757,7 @@ impl StepUps {
                 details,
             })
             .await?;
-        let WriteEffect::StepUpClosed {
-            row: closed,
-            committed,
-            ..
-        } = effect
-        else {
-            return Err(Error::Internal("unexpected write effect".into()));
-        };
+        let (committed, closed) = (closed.committed, closed.row);
         if !holds(closed.action) {
             let _ = self.events.send(StepUpEvent {
                 row: (*closed).clone(),
@@ -754,16 +765,10 @@ impl StepUps {
             return Ok(*closed);
         }
         self.cache.release(&closed.target, &closed.id);
-        let committed = committed.map(|c| match *c {
-            WriteEffect::All(effects) => effects.into_iter().next(),
-            other => Some(other),
-        });
-        if let Some(Some(WriteEffect::Enforcement {
-            decision,
-            changed: true,
-            ..
-        })) = committed
+        if let Some(enforced) = committed.as_ref().and_then(|c| c.enforced())
+            && enforced.changed
         {
+            let decision = &enforced.decision;
             let _ = self.enforcement.send(EnforcementChanged {
                 target: closed.target.clone(),
                 state: decision.state,

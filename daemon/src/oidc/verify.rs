@@ -3,7 +3,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -206,13 +205,6 @@ fn peek_sub(payload_b64: &str) -> Option<String> {
     }
 }
 
-pub(crate) fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Verifies a compact JWS: RS256 only, signature with the provider's key for `kid`,
 /// then `iss` exactly, `aud` containing `audience`, `exp` (required) and `nbf` with
 /// `leeway`, and `sub`. Returns the claims and the `kid`.
@@ -324,7 +316,7 @@ pub(crate) async fn verify_jwt(
         ));
     }
     let leeway = i64::try_from(leeway.min(MAX_LEEWAY_SECS)).unwrap_or(0);
-    let now = now_unix();
+    let now = crate::clock::unix_now();
     let Some(exp) = claims.exp.filter(|e| e.is_finite()) else {
         return Err(reject(RejectReason::Malformed, "no exp claim".into()));
     };
@@ -407,7 +399,7 @@ impl TokenVerifier {
                 format!("token is larger than {MAX_TOKEN_BYTES} bytes"),
             ));
         }
-        let now = now_unix();
+        let now = crate::clock::unix_now();
         if let Ok(cache) = self.cache.read()
             && let Some(entry) = cache.get(bearer)
             && entry.valid_until > now

@@ -216,10 +216,8 @@ impl Shared {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
+/// Milliseconds since the epoch, from the daemon's one clock.
+pub(crate) use crate::clock::unix_now_ms as now_ms;
 
 fn format_ms(ms: i64) -> Option<String> {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;

@@ -4,11 +4,18 @@
 //! unattended use is sealed (AES-256-GCM) before it reaches this module.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use super::Store;
+use super::audit_log::merge_details;
+use super::enforcement::ensure_target;
+use super::writer::{Operation, Tx};
+use crate::audit::{Entry, NewEntry};
 use crate::error::{Error, Result};
+use crate::model::{Actor, Target, TargetKind};
 
 /// A connection an MCP server may use, with the provider scopes asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,12 +49,19 @@ impl GrantStatus {
         }
     }
 
+    /// From the stored name; anything unknown reads as active, as it always has.
     fn parse(s: &str) -> Self {
         match s {
             "revoked" => Self::Revoked,
             "broken" => Self::Broken,
             _ => Self::Active,
         }
+    }
+}
+
+impl rusqlite::ToSql for GrantStatus {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
     }
 }
 
@@ -82,13 +96,13 @@ pub struct GrantRow {
     pub granted_scopes: Vec<String>,
     /// Who approved it (`sub`, or the local actor id).
     pub approved_by: String,
-    /// When.
+    /// When it was approved.
     pub approved_at: String,
     /// Last token handed out.
     pub last_used: Option<String>,
     /// Tokens handed out.
     pub use_count: u64,
-    /// State.
+    /// Active, revoked or broken.
     pub status: GrantStatus,
     /// Why it is broken or revoked.
     pub status_reason: String,
@@ -195,12 +209,12 @@ pub(crate) fn upsert(
     conn.prepare_cached(
         "INSERT INTO connection_grants (server, connection, declared_scopes, approved_by, approved_at, status,
                                         subject_sub, subject_sealed)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?8, ?6, ?7)
          ON CONFLICT (server, connection) DO UPDATE SET
              declared_scopes = excluded.declared_scopes,
              approved_by = excluded.approved_by,
              approved_at = excluded.approved_at,
-             status = 'active',
+             status = ?8,
              status_reason = '',
              subject_sub = coalesce(excluded.subject_sub, subject_sub),
              subject_sealed = coalesce(excluded.subject_sealed, subject_sealed)",
@@ -214,6 +228,7 @@ pub(crate) fn upsert(
             now,
             subject.map(|s| s.sub.as_str()),
             subject.map(|s| s.sealed.as_slice()),
+            GrantStatus::Active,
         ])
     })
     .map(|_| ())
@@ -252,10 +267,10 @@ pub(crate) fn revoke(
     reason: &str,
 ) -> Result<bool> {
     conn.prepare_cached(
-        "UPDATE connection_grants SET status = 'revoked', status_reason = ?3, subject_sub = NULL, subject_sealed = NULL
+        "UPDATE connection_grants SET status = ?4, status_reason = ?3, subject_sub = NULL, subject_sealed = NULL
          WHERE server = ?1 AND connection = ?2",
     )
-    .and_then(|mut s| s.execute(params![server, connection, reason]))
+    .and_then(|mut s| s.execute(params![server, connection, reason, GrantStatus::Revoked]))
     .map(|n| n > 0)
     .map_err(Error::store("revoking a connection grant"))
 }
@@ -279,8 +294,8 @@ pub(crate) fn record_use(
              use_count = use_count + ?3,
              last_used = CASE WHEN ?3 > 0 THEN ?4 ELSE last_used END,
              granted_scopes = coalesce(?5, granted_scopes),
-             status = CASE WHEN status = 'revoked' THEN status ELSE coalesce(?6, status) END,
-             status_reason = CASE WHEN status = 'revoked' THEN status_reason ELSE coalesce(?7, status_reason) END
+             status = CASE WHEN status = ?8 THEN status ELSE coalesce(?6, status) END,
+             status_reason = CASE WHEN status = ?8 THEN status_reason ELSE coalesce(?7, status_reason) END
          WHERE server = ?1 AND connection = ?2",
     )
     .and_then(|mut s| {
@@ -292,6 +307,7 @@ pub(crate) fn record_use(
             granted_scopes.map(|g| g.join(" ")),
             status,
             reason,
+            GrantStatus::Revoked,
         ])
     })
     .map(|_| ())
@@ -306,4 +322,322 @@ pub(crate) fn link_account(conn: &Connection, row: &LinkedAccountRow) -> Result<
     .and_then(|mut s| s.execute(params![row.sub, row.connection, row.account_id, row.linked_at]))
     .map(|_| ())
     .map_err(Error::store("recording a linked account"))
+}
+
+impl Store {
+    /// Connection grants, of one server or all.
+    pub async fn list_grants(&self, server: Option<String>) -> Result<Vec<GrantRow>> {
+        self.read(move |c| list(c, server.as_deref())).await
+    }
+
+    /// One server's grant for one connection.
+    pub async fn get_grant(&self, server: String, connection: String) -> Result<Option<GrantRow>> {
+        self.read(move |c| get(c, &server, &connection)).await
+    }
+
+    /// Accounts operators linked.
+    pub async fn list_linked_accounts(&self) -> Result<Vec<LinkedAccountRow>> {
+        self.read(list_accounts).await
+    }
+}
+
+/// The MCP server a grant belongs to, as an audit target.
+fn server_target(server: &str) -> Target {
+    Target {
+        kind: TargetKind::Mcp,
+        name: server.to_owned(),
+    }
+}
+
+/// Declare (or re-declare) connections an MCP server may use.
+#[derive(Debug, Clone)]
+pub struct GrantConnections {
+    /// MCP server name.
+    pub server: String,
+    /// The connections and their scopes.
+    pub grants: Vec<ConnectionDecl>,
+    /// Who approved (`sub` of the CIBA approver, or the operator).
+    pub approved_by: String,
+    /// The approver's sealed refresh token, for unattended exchanges.
+    pub subject: Option<SealedSubject>,
+    /// Who made the change.
+    pub actor: Actor,
+    /// Extra audit details.
+    pub details: serde_json::Value,
+}
+
+/// What a [`GrantConnections`] recorded.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    /// The grants as stored now.
+    pub grants: Vec<GrantRow>,
+    /// Audit entry written.
+    pub entry: Arc<Entry>,
+}
+
+impl Operation for GrantConnections {
+    type Effect = Granted;
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<Granted> {
+        let Self {
+            server,
+            grants,
+            approved_by,
+            subject,
+            actor,
+            details,
+        } = self;
+        let now = tx.now();
+        let target = server_target(&server);
+        ensure_target(tx.conn(), &target, &now)?;
+        // A declaration approved by someone else does not inherit the
+        // previous approver's credential.
+        if subject.is_none() {
+            drop_foreign_credentials(
+                tx,
+                &server,
+                grants.iter().map(|g| g.connection.as_str()),
+                &approved_by,
+                &actor,
+            )?;
+        }
+        let conn = tx.conn();
+        for g in &grants {
+            upsert(conn, &server, g, &approved_by, subject.as_ref(), &now)?;
+        }
+        let stored = grants
+            .iter()
+            .map(|g| {
+                get(conn, &server, &g.connection)?.ok_or_else(|| {
+                    Error::Internal(format!("grant {server}/{} vanished", g.connection))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let names = grants
+            .iter()
+            .map(|g| g.connection.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let entry = tx.append(&NewEntry {
+            action: "connection-grant".into(),
+            target: Some(target),
+            severity: None,
+            outcome: "success".into(),
+            reason: format!("may use {names}"),
+            details: merge_details(
+                serde_json::json!({
+                    "connections": grants,
+                    "approved_by": approved_by,
+                    "unattended": subject.is_some(),
+                }),
+                details,
+            ),
+            actor,
+        })?;
+        Ok(Granted {
+            grants: stored,
+            entry,
+        })
+    }
+}
+
+/// Stored grant credentials dropped: (connection, whose credential) pairs.
+pub type DroppedCredentials = Vec<(String, String)>;
+
+/// A grant re-declared by someone other than the approver whose refresh
+/// token it keeps: that credential is dropped (and audited) until the new
+/// declaration is approved.
+#[derive(Debug, Clone)]
+pub struct DropForeignCredentials {
+    /// MCP server name.
+    pub server: String,
+    /// The connections re-declared.
+    pub connections: Vec<String>,
+    /// The declaring operator (`sub` or local actor id): their own credential stays.
+    pub keep_sub: String,
+    /// Who re-declared.
+    pub actor: Actor,
+}
+
+impl Operation for DropForeignCredentials {
+    type Effect = DroppedCredentials;
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<DroppedCredentials> {
+        drop_foreign_credentials(
+            tx,
+            &self.server,
+            self.connections.iter().map(String::as_str),
+            &self.keep_sub,
+            &self.actor,
+        )
+    }
+}
+
+/// Drops the stored credentials of `server`'s `connections` not owned by
+/// `keep_sub`, with one audit entry naming whose they were.
+fn drop_foreign_credentials<'a>(
+    tx: &mut Tx<'_>,
+    server: &str,
+    connections: impl Iterator<Item = &'a str>,
+    keep_sub: &str,
+    actor: &Actor,
+) -> Result<DroppedCredentials> {
+    let mut dropped = Vec::new();
+    for c in connections {
+        if let Some(owner) = drop_subject_unless(tx.conn(), server, c, keep_sub)? {
+            dropped.push((c.to_owned(), owner));
+        }
+    }
+    if dropped.is_empty() {
+        return Ok(dropped);
+    }
+    tx.append(&NewEntry {
+        action: "connection-credential-dropped".into(),
+        target: Some(server_target(server)),
+        severity: None,
+        outcome: "success".into(),
+        reason: format!(
+            "re-declared by {}: the previous approver's stored credential no longer starts it unattended until the new declaration is approved",
+            actor.name
+        ),
+        details: serde_json::json!({
+            "dropped": dropped
+                .iter()
+                .map(|(c, sub)| serde_json::json!({"connection": c, "subject_sub": sub}))
+                .collect::<Vec<_>>(),
+            "declared_by": keep_sub,
+            "subject_credential_dropped": true,
+        }),
+        actor: actor.clone(),
+    })?;
+    Ok(dropped)
+}
+
+/// Revoke a grant and drop its stored subject credential.
+#[derive(Debug, Clone)]
+pub struct RevokeConnection {
+    /// MCP server name.
+    pub server: String,
+    /// Connection name.
+    pub connection: String,
+    /// Why it is revoked.
+    pub reason: String,
+    /// Who revoked it.
+    pub actor: Actor,
+}
+
+/// What a [`RevokeConnection`] did.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    /// The grant after revocation.
+    pub grant: Box<GrantRow>,
+    /// Audit entry written.
+    pub entry: Arc<Entry>,
+}
+
+impl Operation for RevokeConnection {
+    type Effect = Revoked;
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<Revoked> {
+        let Self {
+            server,
+            connection,
+            reason,
+            actor,
+        } = self;
+        let conn = tx.conn();
+        if !revoke(conn, &server, &connection, &reason)? {
+            return Err(Error::NotFound(format!(
+                "{server} has no grant for connection {connection}"
+            )));
+        }
+        let grant = get(conn, &server, &connection)?
+            .ok_or_else(|| Error::Internal(format!("grant {server}/{connection} vanished")))?;
+        let entry = tx.append(&NewEntry {
+            action: "connection-revoke".into(),
+            target: Some(server_target(&server)),
+            severity: None,
+            outcome: "success".into(),
+            reason,
+            details: serde_json::json!({
+                "connection": connection,
+                "subject_credential_dropped": true,
+            }),
+            actor,
+        })?;
+        Ok(Revoked {
+            grant: Box::new(grant),
+            entry,
+        })
+    }
+}
+
+/// Tokens handed out for a grant, the grant's health after an exchange,
+/// and (for exchanges with the provider) their audit entry.
+#[derive(Debug, Clone)]
+pub struct ConnectionUsed {
+    /// MCP server name.
+    pub server: String,
+    /// Connection name.
+    pub connection: String,
+    /// Tokens handed out.
+    pub uses: u64,
+    /// Scopes the provider granted (after a successful exchange).
+    pub granted_scopes: Option<Vec<String>>,
+    /// New health, when an exchange decided it.
+    pub status: Option<(GrantStatus, String)>,
+    /// Audit entry for the exchange.
+    pub audit: Option<NewEntry>,
+}
+
+impl Operation for ConnectionUsed {
+    type Effect = ();
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<()> {
+        let now = tx.now();
+        record_use(
+            tx.conn(),
+            &self.server,
+            &self.connection,
+            self.uses,
+            self.granted_scopes.as_deref(),
+            self.status.as_ref().map(|(s, r)| (*s, r.as_str())),
+            &now,
+        )?;
+        if let Some(new) = &self.audit {
+            tx.append(new)?;
+        }
+        Ok(())
+    }
+}
+
+/// An operator linked an account (Connected Accounts); the effect is the
+/// audit entry.
+#[derive(Debug, Clone)]
+pub struct LinkAccount {
+    /// The account.
+    pub account: LinkedAccountRow,
+    /// Who linked it.
+    pub actor: Actor,
+}
+
+impl Operation for LinkAccount {
+    type Effect = Arc<Entry>;
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<Arc<Entry>> {
+        let Self { account, actor } = self;
+        link_account(tx.conn(), &account)?;
+        tx.append(&NewEntry {
+            action: "account-linked".into(),
+            target: None,
+            severity: None,
+            outcome: "success".into(),
+            reason: format!("linked a {} account", account.connection),
+            details: serde_json::json!({
+                "connection": account.connection,
+                "account_id": account.account_id,
+            }),
+            actor,
+        })
+    }
 }

@@ -131,7 +131,7 @@ pub enum OpenError {
     Refused {
         /// Database path.
         path: String,
-        /// Why.
+        /// Why it was refused.
         reason: String,
     },
     /// SQLite failed.

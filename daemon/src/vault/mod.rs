@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
@@ -29,7 +29,7 @@ use crate::state::{StateCache, Verdict};
 use crate::stepup::StepUps;
 use crate::store::connections::{ConnectionDecl, GrantRow, GrantStatus};
 use crate::store::stepup::{StepUpAction, StepUpPayload};
-use crate::store::{Store, WriteOp};
+use crate::store::{ConnectionUsed, Store};
 use seal::Sealer;
 
 /// Most scopes one connection declaration may ask for.
@@ -477,7 +477,7 @@ impl TokenBroker {
     /// caller does not wait for it.
     fn record_use(&self, key: &Key) {
         let store = self.store.clone();
-        let op = WriteOp::ConnectionUsed {
+        let op = ConnectionUsed {
             server: key.server.clone(),
             connection: key.connection.clone(),
             uses: 1,
@@ -520,7 +520,7 @@ impl TokenBroker {
             {
                 map.extend(extra);
             }
-            WriteOp::ConnectionUsed {
+            ConnectionUsed {
                 server: key.server.clone(),
                 connection: key.connection.clone(),
                 uses,
@@ -591,9 +591,8 @@ impl TokenBroker {
             .await;
             return Err(Failure::Precondition(reason));
         }
-        let expires_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        let expires_at = u64::try_from(crate::clock::unix_now())
+            .unwrap_or(0)
             .saturating_add(exchanged.expires_in);
         // Audited (and counted) before anyone sees the token.
         self.store
@@ -636,7 +635,7 @@ impl TokenBroker {
     }
 
     /// Records a failed exchange; the caller hears of the failure either way.
-    async fn audit_failure(&self, op: WriteOp) {
+    async fn audit_failure(&self, op: ConnectionUsed) {
         if let Err(e) = self.store.write(op).await {
             tracing::error!(error = %e, "could not audit a failed exchange");
         }
