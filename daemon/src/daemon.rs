@@ -11,14 +11,15 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::AccessPolicy;
-use crate::admission::{Admission, ScanRequest};
-use crate::authn::Authenticator;
 use crate::config::{ConfigFile, Settings};
-use crate::control::{ControlService, EnforcementChanged};
+use crate::events::EnforcementChanged;
+use crate::governance::admission::{Admission, ScanRequest};
+use crate::governance::openclaw_host::{GovernanceHost, forward_enforcement};
+use crate::governance::scanning::{ScanService, SkillWatcher};
 use crate::openclaw::{GatewayToken, OpenClawMonitor};
-use crate::openclaw_host::{GovernanceHost, forward_enforcement};
-use crate::scanning::{ScanService, SkillWatcher};
+use crate::rpc::ControlService;
+use crate::rpc::access::AccessPolicy;
+use crate::rpc::authn::Authenticator;
 use crate::secrets::SecretSources;
 use crate::state::StateCache;
 use crate::store::{Store, WriterContext};
@@ -188,7 +189,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     } else {
         None
     };
-    let sealer = crate::vault::seal::Sealer::load(
+    let sealer = crate::governance::vault::seal::Sealer::load(
         secrets.credentials_dir(),
         settings.token_vault.key_file.as_deref(),
         &state_dir,
@@ -196,7 +197,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     .map_err(|e| e.to_string())
     .inspect_err(|_| cleanup.run())?
     .map(Arc::new);
-    let stepups = crate::stepup::StepUps::new(
+    let stepups = crate::governance::stepup::StepUps::new(
         settings.stepup.clone(),
         store.clone(),
         cache.clone(),
@@ -227,7 +228,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         Duration::from_secs(settings.audit.coalesce_window_secs),
         crate::audit_coalesce::DEFAULT_MAX_KEYS,
     );
-    let vault = crate::vault::TokenBroker::new(
+    let vault = crate::governance::vault::TokenBroker::new(
         settings.token_vault.clone(),
         store.clone(),
         cache.clone(),
@@ -243,14 +244,16 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         cancel.child_token(),
     ));
     stepups.resume_pending().await.map_err(|e| e.to_string())?;
-    let scanners =
-        Arc::new(crate::scanning::Scanners::new(&settings.scanner).inspect_err(|_| cleanup.run())?);
+    let scanners = Arc::new(
+        crate::governance::scanning::Scanners::new(&settings.scanner)
+            .inspect_err(|_| cleanup.run())?,
+    );
     let admission = Admission {
         store: store.clone(),
         cache: cache.clone(),
         scan: Arc::new(ScanService {
             scanners,
-            pool: crate::scan_pool::ScanPool::new(
+            pool: crate::governance::scan_pool::ScanPool::new(
                 settings.scanner.scan_workers,
                 settings.scanner.scan_queue,
             )
@@ -322,7 +325,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         stepups,
         vault,
         coalescer: coalescer.clone(),
-        streams: crate::streams::StreamLimits::new(&settings.server),
+        streams: crate::rpc::streams::StreamLimits::new(&settings.server),
     };
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
@@ -484,8 +487,8 @@ async fn record_refused_link(store: &Store, skill: &std::path::Path, actor: crat
 
 /// A blocked server's cached provider tokens are dropped at once.
 async fn forget_blocked(
-    vault: Arc<crate::vault::TokenBroker>,
-    mut changes: broadcast::Receiver<crate::control::EnforcementChanged>,
+    vault: Arc<crate::governance::vault::TokenBroker>,
+    mut changes: broadcast::Receiver<crate::events::EnforcementChanged>,
     cancel: CancellationToken,
 ) {
     loop {

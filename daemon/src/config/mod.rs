@@ -36,13 +36,13 @@ pub struct Settings {
     /// The OpenClaw gateway monitor and runtime enforcement.
     pub openclaw: crate::openclaw::OpenClawSettings,
     /// Scanners: extra rules, watched skill directories, adapters.
-    pub scanner: crate::scanning::ScannerSettings,
+    pub scanner: crate::governance::scanning::ScannerSettings,
     /// What a scan decides.
-    pub admission: crate::scanning::AdmissionSettings,
+    pub admission: crate::governance::scanning::AdmissionSettings,
     /// Human approval (CIBA) of changes on HIGH/CRITICAL targets.
-    pub stepup: crate::stepup::StepUpSettings,
+    pub stepup: crate::governance::stepup::StepUpSettings,
     /// Token Vault: provider tokens for MCP servers, just in time.
-    pub token_vault: crate::vault::TokenVaultSettings,
+    pub token_vault: crate::governance::vault::TokenVaultSettings,
 }
 
 /// `[server]`

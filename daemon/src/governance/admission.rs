@@ -7,13 +7,14 @@ use std::sync::Arc;
 use defenseclaw_proto::v1 as pb;
 use tokio::sync::broadcast;
 
-use crate::control::{EnforcementChanged, pb_finding};
 use crate::error::{Error, Result};
+use crate::events::EnforcementChanged;
+use crate::governance::protection::{Change, Ruling};
+use crate::governance::scanning::{ScanService, Scanned};
+use crate::governance::stepup::StepUps;
 use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind};
-use crate::protection::{Change, Ruling};
-use crate::scanning::{ScanService, Scanned};
+use crate::rpc::pb_finding;
 use crate::state::{StateCache, Verdict};
-use crate::stepup::StepUps;
 use crate::store::stepup::StepUpAction;
 use crate::store::{ReportOrigin, Store, WriteEffect, WriteOp};
 

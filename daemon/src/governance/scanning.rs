@@ -460,7 +460,7 @@ pub struct ScanService {
     /// Scanners.
     pub scanners: Arc<Scanners>,
     /// Where scans run (bounded; never tokio's blocking pool).
-    pub pool: crate::scan_pool::ScanPool,
+    pub pool: crate::governance::scan_pool::ScanPool,
     /// Policy.
     pub admission: AdmissionSettings,
 }

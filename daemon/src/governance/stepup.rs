@@ -11,17 +11,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::EnforcementChanged;
 use crate::error::{Error, Result};
+use crate::events::EnforcementChanged;
+use crate::governance::protection::{Change, Protection, Ruling};
+use crate::governance::vault::seal::Sealer;
 use crate::model::{Actor, EnforcementAction, EnforcementState, Severity, Target, now_ts};
 use crate::oidc::RefreshToken;
 use crate::oidc::{AuthReqId, CibaClient, CibaOutcome, binding_message, new_request_code};
-use crate::protection::{Change, Protection, Ruling};
 use crate::state::StateCache;
 use crate::store::connections::{ConnectionDecl, SealedSubject};
 use crate::store::stepup::{CapRefusal, PendingCaps, StepUpAction, StepUpPayload, StepUpRow};
 use crate::store::{Store, WriteEffect, WriteOp};
-use crate::vault::seal::Sealer;
 
 /// Auth0 accepts 5 CIBA requests per minute per user.
 const PER_APPROVER_PER_MINUTE: usize = 5;
@@ -576,7 +576,10 @@ impl StepUps {
                 sealed: sealer
                     .seal(
                         token.expose().as_bytes(),
-                        &crate::vault::subject_context(&row.target.name, &row.approver_sub),
+                        &crate::governance::vault::subject_context(
+                            &row.target.name,
+                            &row.approver_sub,
+                        ),
                     )
                     .map_err(|e| Error::Internal(e.to_string()))?,
             }),

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tonic::Request;
 
-use crate::access::{AccessPolicy, Caller, UserNames};
 use crate::audit::NewEntry;
 use crate::error::Error;
 use crate::model::Actor;
@@ -15,6 +14,7 @@ use crate::oidc::{
     AuthMode, AuthRejection, AuthSettings, JwksHealth, Provider, Role, TokenVerifier,
     UserInfoCache, VerifiedToken, bearer_from_header,
 };
+use crate::rpc::access::{AccessPolicy, Caller, UserNames};
 
 /// What an RPC needs from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,11 @@
 //! caller, calls the store, converts to wire types. Errors become statuses in
 //! one place ([`crate::error`]).
 
+pub mod access;
+pub mod authn;
+pub mod convert;
+pub mod streams;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,14 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{Entry, Head};
-use crate::authn::{Authenticator, Need};
 use crate::error::{Error, Result};
+use crate::events::EnforcementChanged;
+use crate::governance::protection::{Change, Ruling};
 use crate::model::{
     Actor, Decision, EnforcementAction, EnforcementState, MAX_REASON_BYTES, Severity, Target,
     TargetKind, validate_text,
 };
 use crate::names;
-use crate::protection::{Change, Ruling};
+use crate::rpc::authn::{Authenticator, Need};
 use crate::state::{StateCache, Verdict};
 use crate::store::{AuditQuery, FindingRow, ReportOrigin, Store, TargetRow, WriteEffect, WriteOp};
 
@@ -30,16 +36,6 @@ pub const MAX_FINDINGS_PER_REPORT: usize = 10_000;
 /// Default and largest page of `ListAudit`.
 const DEFAULT_AUDIT_LIMIT: u32 = 100;
 const MAX_AUDIT_LIMIT: u32 = 10_000;
-
-/// A change of enforcement that committed; runtime enforcers (the OpenClaw
-/// monitor) follow these.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnforcementChanged {
-    /// Target.
-    pub target: Target,
-    /// State now in force.
-    pub state: EnforcementState,
-}
 
 /// Shared daemon state the service works on.
 pub struct ControlService {
@@ -51,11 +47,11 @@ pub struct ControlService {
     pub(crate) cancel: CancellationToken,
     pub(crate) enforcement: broadcast::Sender<EnforcementChanged>,
     pub(crate) openclaw: crate::openclaw::MonitorHandle,
-    pub(crate) admission: crate::admission::Admission,
-    pub(crate) stepups: Arc<crate::stepup::StepUps>,
-    pub(crate) vault: Arc<crate::vault::TokenBroker>,
+    pub(crate) admission: crate::governance::admission::Admission,
+    pub(crate) stepups: Arc<crate::governance::stepup::StepUps>,
+    pub(crate) vault: Arc<crate::governance::vault::TokenBroker>,
     pub(crate) coalescer: Arc<crate::audit_coalesce::AuditCoalescer>,
-    pub(crate) streams: crate::streams::StreamLimits,
+    pub(crate) streams: crate::rpc::streams::StreamLimits,
 }
 
 impl std::fmt::Debug for ControlService {
@@ -132,7 +128,7 @@ impl ControlService {
 
     /// Audits a refused call (coalesced with its like), then hands back the
     /// error for the caller.
-    async fn refuse(&self, refusal: crate::authn::Refusal) -> Error {
+    async fn refuse(&self, refusal: crate::rpc::authn::Refusal) -> Error {
         if let Err(e) = self
             .coalescer
             .record(refusal.coalesce_key, refusal.audit)
@@ -176,7 +172,7 @@ fn connections_from(
     let mut out: Vec<crate::store::connections::ConnectionDecl> = Vec::new();
     for d in declared {
         names::connection_name("connections.connection", &d.connection)?;
-        crate::vault::validate_scopes("connections.scopes", &d.scopes)?;
+        crate::governance::vault::validate_scopes("connections.scopes", &d.scopes)?;
         if out.iter().any(|o| o.connection == d.connection) {
             return Err(Error::invalid(
                 "connections",
@@ -643,7 +639,7 @@ impl Control for ControlService {
             .findings
             .into_iter()
             .enumerate()
-            .map(|(i, f)| crate::scan_input::finding_from_pb(i, f))
+            .map(|(i, f)| crate::rpc::convert::finding_from_pb(i, f))
             .collect::<Result<Vec<_>>>()?;
         let effect = self
             .store
@@ -870,7 +866,7 @@ impl Control for ControlService {
             .admission
             .run(
                 actor,
-                crate::admission::ScanRequest {
+                crate::governance::admission::ScanRequest {
                     kind,
                     path: std::path::PathBuf::from(&req.path),
                     name: (!req.name.is_empty()).then_some(req.name),
@@ -1001,7 +997,7 @@ impl Control for ControlService {
             .await?;
         // The caller's own token is the subject of an access-token exchange;
         // only a verified one (auth method oidc) is ever used.
-        let bearer = crate::oidc::bearer_from_header(crate::authn::authorization(&request))
+        let bearer = crate::oidc::bearer_from_header(crate::rpc::authn::authorization(&request))
             .ok()
             .map(str::to_owned);
         let req = request.into_inner();
@@ -1204,7 +1200,7 @@ const AUDIT_PAGE: u32 = 100;
 /// Errs when the receiver is gone.
 async fn catch_up(
     store: &Store,
-    tx: &crate::streams::StreamSender<pb::AuditEntry>,
+    tx: &crate::rpc::streams::StreamSender<pb::AuditEntry>,
     last: &mut u64,
     until: u64,
 ) -> Result<(), ()> {
