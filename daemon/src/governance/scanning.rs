@@ -9,132 +9,16 @@ use std::time::{Duration, Instant};
 
 use defenseclaw_scanner::adapters::{AdapterConfig, SkillScannerAdapter};
 use defenseclaw_scanner::{Engine, ScanReport};
-use serde::{Deserialize, Serialize};
 
+use crate::config::governance::{AdmissionSettings, ScannerSettings};
 use crate::error::{Error, Result, quoted};
-use crate::model::{Severity, Target, TargetKind};
+use crate::model::Severity;
 use crate::store::NewFinding;
 
 /// Name the built-in scanner's findings are stored under.
 pub const BUILTIN_SCANNER: &str = "defenseclaw";
 /// Name the Cisco skill scanner's findings are stored under.
 pub const CISCO_SKILL_SCANNER: &str = "cisco-ai-skill-scanner";
-
-/// `[scanner]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScannerSettings {
-    /// Extra rule directories (TOML rule files) added to the built-in rules.
-    #[serde(deserialize_with = "crate::config::path_list")]
-    pub rule_dirs: Vec<PathBuf>,
-    /// Skill directories to watch: each subfolder is a skill, rescanned when it changes.
-    #[serde(deserialize_with = "crate::config::path_list")]
-    pub watch_dirs: Vec<PathBuf>,
-    /// Quiet time after the last change before a rescan, in milliseconds.
-    pub watch_debounce_ms: u64,
-    /// Time budget of one scan's walk, in seconds: a scan still walking then
-    /// stops and is reported incomplete (a HIGH finding). Checked between files.
-    pub scan_timeout_secs: u64,
-    /// Threads of the scan pool (separate from the store's threads).
-    pub scan_workers: usize,
-    /// Scans waiting for a scan thread; one more is refused with RESOURCE_EXHAUSTED.
-    pub scan_queue: usize,
-    /// The Cisco `skill-scanner` adapter (`cisco-ai-skill-scanner` from PyPI).
-    pub cisco_skill_scanner: AdapterSettings,
-}
-
-impl Default for ScannerSettings {
-    fn default() -> Self {
-        Self {
-            rule_dirs: Vec::new(),
-            watch_dirs: Vec::new(),
-            watch_debounce_ms: 500,
-            scan_timeout_secs: 30,
-            scan_workers: 2,
-            scan_queue: 32,
-            cisco_skill_scanner: AdapterSettings {
-                enabled: false,
-                path: PathBuf::from("skill-scanner"),
-                timeout_secs: 120,
-            },
-        }
-    }
-}
-
-/// An external scanner run as a subprocess.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdapterSettings {
-    /// Run it (only when installed).
-    pub enabled: bool,
-    /// Executable name or path.
-    pub path: PathBuf,
-    /// Kill it after this many seconds.
-    pub timeout_secs: u64,
-}
-
-impl ScannerSettings {
-    /// Bounds serde cannot check.
-    pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
-        if !(1..=3600).contains(&self.scan_timeout_secs) {
-            return Err((
-                "scanner.scan_timeout_secs",
-                "must be between 1 and 3600".into(),
-            ));
-        }
-        if !(1..=64).contains(&self.scan_workers) {
-            return Err(("scanner.scan_workers", "must be between 1 and 64".into()));
-        }
-        if self.scan_queue > 4096 {
-            return Err(("scanner.scan_queue", "must be at most 4096".into()));
-        }
-        Ok(())
-    }
-}
-
-impl Default for AdapterSettings {
-    fn default() -> Self {
-        ScannerSettings::default().cisco_skill_scanner
-    }
-}
-
-/// `[admission]`: what a scan decides (defaults from upstream's `skill_actions`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdmissionSettings {
-    /// Skills with a finding at or above this are blocked.
-    pub block_at: Severity,
-    /// MCP servers with a finding at or above this are blocked (stricter by default).
-    pub mcp_block_at: Severity,
-    /// Targets (`skill/NAME`, `mcp/NAME`) admitted without scanning.
-    #[serde(deserialize_with = "crate::config::string_list")]
-    pub allow_list: Vec<String>,
-}
-
-impl Default for AdmissionSettings {
-    fn default() -> Self {
-        Self {
-            block_at: Severity::High,
-            mcp_block_at: Severity::Medium,
-            allow_list: Vec::new(),
-        }
-    }
-}
-
-impl AdmissionSettings {
-    /// The blocking threshold for a kind.
-    pub fn threshold(&self, kind: TargetKind) -> Severity {
-        match kind {
-            TargetKind::Skill => self.block_at,
-            TargetKind::Mcp => self.mcp_block_at,
-        }
-    }
-
-    /// Whether the target bypasses scanning.
-    pub fn allow_listed(&self, target: &Target) -> bool {
-        self.allow_list.iter().any(|e| *e == target.to_string())
-    }
-}
 
 /// One scanned target with what each scanner found.
 #[derive(Debug)]

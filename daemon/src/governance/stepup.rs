@@ -7,15 +7,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::governance::{StepUpSettings, Unconfirmed};
 use crate::error::{Error, Result};
 use crate::events::EnforcementChanged;
 use crate::governance::protection::{Change, Protection, Ruling};
 use crate::governance::vault::seal::Sealer;
-use crate::model::{Actor, EnforcementAction, EnforcementState, Severity, Target, now_ts};
+use crate::model::{Actor, EnforcementAction, EnforcementState, Target, now_ts};
 use crate::oidc::RefreshToken;
 use crate::oidc::{AuthReqId, CibaClient, CibaOutcome, binding_message, new_request_code};
 use crate::state::StateCache;
@@ -25,70 +25,6 @@ use crate::store::{Store, WriteEffect, WriteOp};
 
 /// Auth0 accepts 5 CIBA requests per minute per user.
 const PER_APPROVER_PER_MINUTE: usize = 5;
-
-/// What happens when nobody confirmed in time, or the provider failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Unconfirmed {
-    /// Fail closed: a requested or proposed block commits (without human confirmation); nothing else does.
-    KeepBlocked,
-    /// Nothing commits.
-    Allow,
-}
-
-/// `[stepup]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StepUpSettings {
-    /// Require human approval (needs `[auth] mode = "oidc"`, `daemon_client_id` and the client secret).
-    pub enabled: bool,
-    /// Changes on a target whose open findings reach this need approval.
-    pub min_severity: Severity,
-    /// A scan report with a finding at or above this makes the daemon propose a block.
-    pub auto_block_severity: Severity,
-    /// `"requester"` (the operator who asked) or a list of approver `sub`s
-    /// (used for the daemon's own proposals, which have no requester).
-    #[serde(deserialize_with = "crate::config::string_list")]
-    pub approver: Vec<String>,
-    /// How long the approver has, in seconds (≤ 300 keeps Auth0 on push).
-    pub requested_expiry_secs: u32,
-    /// When nobody answered in time.
-    pub on_timeout: Unconfirmed,
-    /// When the provider failed or refused.
-    pub on_error: Unconfirmed,
-    /// Most requests one operator may have pending at once (the daemon's own
-    /// proposals are bounded by the number of targets and not counted).
-    pub max_pending_per_requester: u32,
-    /// Most operator requests pending on one target at once.
-    pub max_pending_per_target: u32,
-}
-
-impl Default for StepUpSettings {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            min_severity: Severity::High,
-            auto_block_severity: Severity::Critical,
-            approver: vec!["requester".into()],
-            requested_expiry_secs: 300,
-            on_timeout: Unconfirmed::KeepBlocked,
-            on_error: Unconfirmed::KeepBlocked,
-            max_pending_per_requester: 10,
-            max_pending_per_target: 4,
-        }
-    }
-}
-
-impl StepUpSettings {
-    /// Approvers from the configured list (not "requester").
-    pub(crate) fn listed(&self) -> Vec<&str> {
-        self.approver
-            .iter()
-            .map(String::as_str)
-            .filter(|a| *a != "requester")
-            .collect()
-    }
-}
 
 /// A progress event for watchers.
 #[derive(Debug, Clone)]
@@ -576,7 +512,7 @@ impl StepUps {
                 sealed: sealer
                     .seal(
                         token.expose().as_bytes(),
-                        &crate::governance::vault::subject_context(
+                        &crate::governance::vault::seal::subject_context(
                             &row.target.name,
                             &row.approver_sub,
                         ),
