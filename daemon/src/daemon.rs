@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use defenseclaw_proto::v1::control_server::ControlServer;
 use tokio::sync::broadcast;
@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigFile, Settings};
 use crate::events::EnforcementChanged;
 use crate::governance::admission::{Admission, ScanRequest};
+use crate::governance::enforcer::Enforcer;
 use crate::governance::openclaw_host::{GovernanceHost, forward_enforcement};
-use crate::governance::scanning::{ScanService, SkillWatcher};
+use crate::governance::scanning::{ScanService, SkillWatcher, record_refused_link};
+use crate::governance::{Governance, Parts};
 use crate::openclaw::{GatewayToken, OpenClawMonitor};
 use crate::rpc::ControlService;
 use crate::rpc::access::AccessPolicy;
@@ -143,6 +145,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
 
     let cancel = CancellationToken::new();
     let (enforcement, _) = broadcast::channel(1024);
+    let enforcer = Enforcer::new(store.clone(), enforcement.clone());
     let gateway_token = secrets
         .get(crate::secrets::OPENCLAW_GATEWAY_TOKEN)?
         .map(|(token, _)| GatewayToken::new(token.expose()));
@@ -158,7 +161,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     if settings.openclaw.enabled {
         tokio::spawn(forward_enforcement(
             monitor.clone(),
-            enforcement.subscribe(),
+            enforcer.subscribe(),
             cache.clone(),
         ));
     }
@@ -203,7 +206,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         cache.clone(),
         ciba,
         sealer.clone(),
-        enforcement.clone(),
+        enforcer.clone(),
         cancel.child_token(),
     );
     let vault_client = match (
@@ -238,11 +241,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         coalescer.clone(),
     )
     .inspect_err(|_| cleanup.run())?;
-    tokio::spawn(forget_blocked(
-        vault.clone(),
-        enforcement.subscribe(),
-        cancel.child_token(),
-    ));
+    tokio::spawn(
+        vault
+            .clone()
+            .forget_blocked(enforcer.subscribe(), cancel.child_token()),
+    );
     stepups.resume_pending().await.map_err(|e| e.to_string())?;
     let scanners = Arc::new(
         crate::governance::scanning::Scanners::new(&settings.scanner)
@@ -260,7 +263,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
             .inspect_err(|_| cleanup.run())?,
             admission: settings.admission.clone(),
         }),
-        enforcement: enforcement.clone(),
+        enforcer: enforcer.clone(),
         stepups: stepups.clone(),
     };
     if !settings.scanner.watch_dirs.is_empty() {
@@ -312,21 +315,23 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
             },
         ));
     }
-    let service = ControlService {
+    let gov = Governance::new(Parts {
         store: store.clone(),
         cache,
-        authn,
-        started: Instant::now(),
-        socket: socket.display().to_string(),
-        cancel: cancel.clone(),
-        enforcement: enforcement.clone(),
+        enforcer,
         openclaw: monitor.clone(),
         admission,
         stepups,
         vault,
         coalescer: coalescer.clone(),
-        streams: crate::rpc::streams::StreamLimits::new(&settings.server),
-    };
+    });
+    let service = ControlService::new(
+        gov,
+        authn,
+        socket.display().to_string(),
+        cancel.clone(),
+        crate::rpc::streams::StreamLimits::new(&settings.server),
+    );
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
         .max_decoding_message_size(max)
@@ -451,65 +456,5 @@ pub async fn run(opts: DaemonOptions, log: Option<LogReload>) -> Result<(), Stri
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "sd_notify failed");
-    }
-}
-
-/// A skill folder in a watched directory that is a symlink is not scanned
-/// (it could lead anywhere, e.g. into the daemon's own state directory): the
-/// refusal is logged and audited once per link.
-async fn record_refused_link(store: &Store, skill: &std::path::Path, actor: crate::model::Actor) {
-    let shown = defenseclaw_scanner::shown(skill);
-    tracing::warn!(skill = %shown, "a symlinked skill folder in a watched directory is not scanned");
-    let name = skill
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let target = crate::names::target_name("name", &name)
-        .ok()
-        .map(|()| crate::model::Target {
-            kind: crate::model::TargetKind::Skill,
-            name,
-        });
-    let entry = crate::audit::NewEntry {
-        action: "scan-refused".into(),
-        target,
-        severity: None,
-        outcome: "refused".into(),
-        reason: "the skill folder is a symlink; symlinks in watched directories are not followed"
-            .into(),
-        details: serde_json::json!({ "path": shown }),
-        actor,
-    };
-    if let Err(e) = store.write(crate::store::WriteOp::Audit(entry)).await {
-        tracing::warn!(error = %e, "could not audit a refused skill folder");
-    }
-}
-
-/// A blocked server's cached provider tokens are dropped at once.
-async fn forget_blocked(
-    vault: Arc<crate::governance::vault::TokenBroker>,
-    mut changes: broadcast::Receiver<crate::events::EnforcementChanged>,
-    cancel: CancellationToken,
-) {
-    loop {
-        // The broker holds a sender itself: stop on shutdown, not on close.
-        let change = tokio::select! {
-            () = cancel.cancelled() => return,
-            change = changes.recv() => change,
-        };
-        match change {
-            Ok(change) => {
-                if change.target.kind == crate::model::TargetKind::Mcp
-                    && change.state == crate::model::EnforcementState::Blocked
-                {
-                    vault.forget(&change.target.name, None);
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                tracing::warn!("missed enforcement changes; dropping every cached provider token");
-                vault.forget_all();
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
     }
 }

@@ -13,7 +13,7 @@ use defenseclaw_scanner::{Engine, ScanReport};
 use crate::config::governance::{AdmissionSettings, ScannerSettings};
 use crate::error::{Error, Result, quoted};
 use crate::model::Severity;
-use crate::store::NewFinding;
+use crate::store::{NewFinding, Store, WriteOp};
 
 /// Name the built-in scanner's findings are stored under.
 pub const BUILTIN_SCANNER: &str = "defenseclaw";
@@ -356,5 +356,35 @@ impl ScanService {
             .names()
             .iter()
             .any(|n| n.eq_ignore_ascii_case(scanner))
+    }
+}
+/// A skill folder in a watched directory that is a symlink is not scanned
+/// (it could lead anywhere, e.g. into the daemon's own state directory): the
+/// refusal is logged and audited once per link.
+pub async fn record_refused_link(store: &Store, skill: &Path, actor: crate::model::Actor) {
+    let shown = defenseclaw_scanner::shown(skill);
+    tracing::warn!(skill = %shown, "a symlinked skill folder in a watched directory is not scanned");
+    let name = skill
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = crate::names::target_name("name", &name)
+        .ok()
+        .map(|()| crate::model::Target {
+            kind: crate::model::TargetKind::Skill,
+            name,
+        });
+    let entry = crate::audit::NewEntry {
+        action: "scan-refused".into(),
+        target,
+        severity: None,
+        outcome: "refused".into(),
+        reason: "the skill folder is a symlink; symlinks in watched directories are not followed"
+            .into(),
+        details: serde_json::json!({ "path": shown }),
+        actor,
+    };
+    if let Err(e) = store.write(WriteOp::Audit(entry)).await {
+        tracing::warn!(error = %e, "could not audit a refused skill folder");
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::governance::{StepUpSettings, Unconfirmed};
 use crate::error::{Error, Result};
-use crate::events::EnforcementChanged;
+use crate::governance::enforcer::Enforcer;
 use crate::governance::protection::{Change, Protection, Ruling};
 use crate::governance::vault::seal::Sealer;
 use crate::model::{Actor, EnforcementAction, EnforcementState, Target, now_ts};
@@ -39,7 +39,7 @@ pub struct StepUps {
     store: Store,
     cache: Arc<StateCache>,
     ciba: Option<Arc<CibaClient>>,
-    enforcement: broadcast::Sender<EnforcementChanged>,
+    enforcer: Enforcer,
     events: broadcast::Sender<StepUpEvent>,
     cancel: CancellationToken,
     limiter: Mutex<HashMap<String, VecDeque<Instant>>>,
@@ -78,7 +78,7 @@ impl StepUps {
         cache: Arc<StateCache>,
         ciba: Option<Arc<CibaClient>>,
         sealer: Option<Arc<Sealer>>,
-        enforcement: broadcast::Sender<EnforcementChanged>,
+        enforcer: Enforcer,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
@@ -94,7 +94,7 @@ impl StepUps {
             store,
             cache,
             ciba,
-            enforcement,
+            enforcer,
             events,
             cancel,
             limiter: Mutex::new(HashMap::new()),
@@ -197,10 +197,8 @@ impl StepUps {
         if holds(row.action) {
             self.cache.hold(&row.target, &row.id);
             // Runtime enforcers treat a held target as blocked.
-            let _ = self.enforcement.send(EnforcementChanged {
-                target: row.target.clone(),
-                state: EnforcementState::Blocked,
-            });
+            self.enforcer
+                .publish(&row.target, EnforcementState::Blocked);
         }
         let _ = self.events.send(StepUpEvent {
             row: (*row).clone(),
@@ -587,18 +585,18 @@ impl StepUps {
             map.insert("policy".into(), serde_json::json!("fail_closed"));
         }
         let enforce = |action: EnforcementAction, why: String| {
-            Box::new(WriteOp::SetEnforcement {
-                target: row.target.clone(),
+            Box::new(Enforcer::op(
+                &row.target,
                 action,
-                reason: why,
-                actor: row.requester.clone(),
-                details: serde_json::json!({
+                why,
+                row.requester.clone(),
+                serde_json::json!({
                     "stepup": row.id,
                     "human_confirmed": human,
                     "approver": approver.clone(),
                     "binding_message": row.binding_message,
                 }),
-            })
+            ))
         };
         let grant = |connections: Vec<ConnectionDecl>| {
             Box::new(WriteOp::GrantConnections {
@@ -693,28 +691,15 @@ impl StepUps {
             return Ok(*closed);
         }
         self.cache.release(&closed.target, &closed.id);
-        let committed = committed.map(|c| match *c {
-            WriteEffect::All(effects) => effects.into_iter().next(),
-            other => Some(other),
-        });
-        if let Some(Some(WriteEffect::Enforcement {
-            decision,
-            changed: true,
-            ..
-        })) = committed
-        {
-            let _ = self.enforcement.send(EnforcementChanged {
-                target: closed.target.clone(),
-                state: decision.state,
-            });
-        } else if self.cache.check(closed.target.kind, &closed.target.name)
-            == crate::state::Verdict::Unknown
+        if !self
+            .enforcer
+            .published(&closed.target, committed.map(|c| *c))
+            && self.cache.check(closed.target.kind, &closed.target.name)
+                == crate::state::Verdict::Unknown
         {
             // Released hold with no decision: runtime enforcers re-enable it.
-            let _ = self.enforcement.send(EnforcementChanged {
-                target: closed.target.clone(),
-                state: EnforcementState::None,
-            });
+            self.enforcer
+                .publish(&closed.target, EnforcementState::None);
         }
         let _ = self.events.send(StepUpEvent {
             row: (*closed).clone(),

@@ -15,14 +15,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, broadcast};
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::NewEntry;
 use crate::audit_coalesce::AuditCoalescer;
 use crate::config::governance::TokenVaultSettings;
 use crate::error::{Error, Result};
+use crate::events::EnforcementChanged;
 use crate::governance::stepup::StepUps;
-use crate::model::{Actor, Target, TargetKind};
+use crate::model::{Actor, EnforcementState, Target, TargetKind};
 use crate::oidc::token_vault::{Subject, TokenVaultClient, VaultError};
 use crate::oidc::{ProviderToken, RefreshToken};
 use crate::state::{StateCache, Verdict};
@@ -709,5 +711,38 @@ fn failure_of(e: &VaultError, subject: Subject<'_>, server: &str, connection: &s
             Failure::Unavailable(e.to_string())
         }
         _ => Failure::Precondition(e.to_string()),
+    }
+}
+impl TokenBroker {
+    /// Follows committed enforcement changes until `cancel`: a blocked
+    /// server's cached provider tokens are dropped at once.
+    pub async fn forget_blocked(
+        self: Arc<Self>,
+        mut changes: broadcast::Receiver<EnforcementChanged>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            // Senders live as long as the daemon: stop on shutdown, not on close.
+            let change = tokio::select! {
+                () = cancel.cancelled() => return,
+                change = changes.recv() => change,
+            };
+            match change {
+                Ok(change) => {
+                    if change.target.kind == TargetKind::Mcp
+                        && change.state == EnforcementState::Blocked
+                    {
+                        self.forget(&change.target.name, None);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    tracing::warn!(
+                        "missed enforcement changes; dropping every cached provider token"
+                    );
+                    self.forget_all();
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 }
