@@ -28,16 +28,66 @@ use crate::store::{Store, WriterContext};
 use crate::telemetry::LogReload;
 use crate::{listener, paths};
 
+/// Why the daemon did not start or stopped with an error. The messages are the
+/// operator's: each names what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state directory could not be resolved or made private.
+    #[error("{0}")]
+    StateDir(String),
+    /// A secret source (the environment, systemd credentials, `.env`) could not be read.
+    #[error("{0}")]
+    Secrets(String),
+    /// The configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The socket could not be bound (or another daemon already answers on it).
+    #[error("{0}")]
+    Socket(String),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Open(#[from] crate::store::OpenError),
+    /// The store could not be read (pending step-ups were not resumed).
+    #[error(transparent)]
+    Store(#[from] crate::error::Error),
+    /// The OpenClaw monitor could not start.
+    #[error(transparent)]
+    OpenClaw(#[from] crate::openclaw::OpenClawError),
+    /// The Token Vault key could not be loaded.
+    #[error(transparent)]
+    Seal(#[from] crate::governance::vault::seal::SealError),
+    /// A governance service could not be set up from its settings (the
+    /// authenticator, step-up, Token Vault, the scanners, the skill watcher).
+    #[error("{0}")]
+    Service(String),
+    /// A task of the daemon failed.
+    #[error("{what}: {reason}")]
+    Task {
+        /// Which task.
+        what: &'static str,
+        /// What it reported.
+        reason: String,
+    },
+    /// A signal handler could not be installed.
+    #[error("{signal} handler: {source}")]
+    Signal {
+        /// Which signal.
+        signal: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
 /// Everything needed to start a daemon.
 #[derive(Debug)]
 pub struct DaemonOptions {
-    /// Effective settings.
+    /// Effective settings: defaults, then the file, then the environment.
     pub settings: Settings,
     /// Where the config file layer came from (re-read on SIGHUP).
     pub config_file: ConfigFile,
     /// The environment (the process's in production, a map in tests).
     pub env: HashMap<String, String>,
-    /// State directory.
+    /// State directory (store, device key, `.env`), private to the daemon.
     pub state_dir: PathBuf,
 }
 
@@ -47,8 +97,8 @@ impl DaemonOptions {
         settings: Settings,
         config_file: ConfigFile,
         env: HashMap<String, String>,
-    ) -> Result<Self, String> {
-        let state_dir = paths::state_dir(&env)?;
+    ) -> Result<Self, StartError> {
+        let state_dir = paths::state_dir(&env).map_err(StartError::StateDir)?;
         Ok(Self {
             settings,
             config_file,
@@ -62,10 +112,10 @@ impl DaemonOptions {
 pub struct DaemonHandle {
     /// Socket path clients connect to.
     pub socket: PathBuf,
-    /// Database path.
+    /// Database path, for callers that inspect the store after a stop.
     pub store_path: PathBuf,
     cancel: CancellationToken,
-    supervisor: JoinHandle<Result<(), String>>,
+    supervisor: JoinHandle<Result<(), StartError>>,
     enforcement: broadcast::Sender<EnforcementChanged>,
     store: Store,
 }
@@ -100,32 +150,30 @@ impl DaemonHandle {
     }
 
     /// Waits until the daemon has stopped and its store is closed.
-    pub async fn wait(self) -> Result<(), String> {
+    pub async fn wait(self) -> Result<(), StartError> {
         drop(self.store);
-        self.supervisor
-            .await
-            .map_err(|e| format!("daemon task failed: {e}"))?
+        self.supervisor.await.map_err(|e| StartError::Task {
+            what: "daemon task failed",
+            reason: e.to_string(),
+        })?
     }
 }
 
 /// Opens the store, binds the socket and starts serving. Returns once the
 /// socket accepts connections.
-pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
+pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     let DaemonOptions {
         settings,
         state_dir,
         env,
         ..
     } = opts;
-    paths::ensure_private_dir(&state_dir)?;
+    paths::ensure_private_dir(&state_dir).map_err(StartError::StateDir)?;
     // Read now so a bad .env stops the start, not a later request.
-    let secrets = SecretSources::load(&env, &state_dir)?;
+    let secrets = SecretSources::load(&env, &state_dir).map_err(StartError::Secrets)?;
     // The socket first: a second daemon must stop here, before touching the store.
-    let mode = settings
-        .server
-        .socket_mode_bits()
-        .map_err(|e| e.to_string())?;
-    let bound = listener::bind(&settings.socket_path(), mode)?;
+    let mode = settings.server.socket_mode_bits()?;
+    let bound = listener::bind(&settings.socket_path(), mode).map_err(StartError::Socket)?;
     let socket = bound.path.clone();
     let cleanup = listener::BoundSocket::cleanup_token(&bound.path, bound.owned_id());
     let store_path = settings.store_path(&state_dir);
@@ -138,8 +186,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         };
         tokio::task::spawn_blocking(move || Store::open(&path, ctx))
             .await
-            .map_err(|e| format!("store open task failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| StartError::Task {
+                what: "store open task failed",
+                reason: e.to_string(),
+            })
+            .and_then(|r| r.map_err(StartError::from))
             .inspect_err(|_| cleanup.run())?
     };
 
@@ -147,7 +198,8 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     let (enforcement, _) = broadcast::channel(1024);
     let enforcer = Enforcer::new(store.clone(), enforcement.clone());
     let gateway_token = secrets
-        .get(crate::secrets::OPENCLAW_GATEWAY_TOKEN)?
+        .get(crate::secrets::OPENCLAW_GATEWAY_TOKEN)
+        .map_err(StartError::Secrets)?
         .map(|(token, _)| GatewayToken::new(token.expose()));
     let monitor = OpenClawMonitor::start(
         settings.openclaw.clone(),
@@ -156,7 +208,6 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         Arc::new(GovernanceHost::new(cache.clone(), store.clone())),
         cancel.child_token(),
     )
-    .map_err(|e| e.to_string())
     .inspect_err(|_| cleanup.run())?;
     if settings.openclaw.enabled {
         tokio::spawn(forward_enforcement(
@@ -170,21 +221,23 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
             settings.auth.clone(),
             AccessPolicy::from_settings(&settings.access),
         )
+        .map_err(StartError::Service)
         .inspect_err(|_| cleanup.run())?,
     );
     // The daemon's confidential client (CIBA step-up and Token Vault).
     let client_secret = secrets
         .get(crate::secrets::AUTH_CLIENT_SECRET)
+        .map_err(StartError::Secrets)
         .inspect_err(|_| cleanup.run())?
         .map(|(secret, _)| crate::oidc::ClientSecret::new(secret.expose()));
     let ciba = if settings.stepup.enabled {
         let secret = client_secret.clone().ok_or_else(|| {
             cleanup.run();
-            "[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env".to_owned()
+            StartError::Service("[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env".to_owned())
         })?;
-        let provider = authn
-            .provider()
-            .ok_or_else(|| "[stepup] needs [auth] mode = \"oidc\"".to_owned())?;
+        let provider = authn.provider().ok_or_else(|| {
+            StartError::Service("[stepup] needs [auth] mode = \"oidc\"".to_owned())
+        })?;
         let client_id = settings.auth.daemon_client_id.clone().unwrap_or_default();
         Some(Arc::new(crate::oidc::CibaClient::new(
             provider, client_id, secret,
@@ -197,7 +250,6 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         settings.token_vault.key_file.as_deref(),
         &state_dir,
     )
-    .map_err(|e| e.to_string())
     .inspect_err(|_| cleanup.run())?
     .map(Arc::new);
     let stepups = crate::governance::stepup::StepUps::new(
@@ -240,15 +292,17 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         stepups.clone(),
         coalescer.clone(),
     )
+    .map_err(StartError::Service)
     .inspect_err(|_| cleanup.run())?;
     tokio::spawn(
         vault
             .clone()
             .forget_blocked(enforcer.subscribe(), cancel.child_token()),
     );
-    stepups.resume_pending().await.map_err(|e| e.to_string())?;
+    stepups.resume_pending().await?;
     let scanners = Arc::new(
         crate::governance::scanning::Scanners::new(&settings.scanner)
+            .map_err(StartError::Service)
             .inspect_err(|_| cleanup.run())?,
     );
     let admission = Admission {
@@ -260,6 +314,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
                 settings.scanner.scan_workers,
                 settings.scanner.scan_queue,
             )
+            .map_err(StartError::Service)
             .inspect_err(|_| cleanup.run())?,
             admission: settings.admission.clone(),
         }),
@@ -271,6 +326,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
             &settings.scanner.watch_dirs,
             Duration::from_millis(settings.scanner.watch_debounce_ms),
         )
+        .map_err(StartError::Service)
         .inspect_err(|_| cleanup.run())?;
         let watch_admission = admission.clone();
         let refuse_store = store.clone();
@@ -344,13 +400,19 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         .register_encoded_file_descriptor_set(defenseclaw_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| format!("reflection service: {e}"))?;
+        .map_err(|e| StartError::Task {
+            what: "reflection service",
+            reason: e.to_string(),
+        })?;
     // Older grpcurl releases only speak v1alpha.
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(defenseclaw_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .map_err(|e| format!("reflection service: {e}"))?;
+        .map_err(|e| StartError::Task {
+            what: "reflection service",
+            reason: e.to_string(),
+        })?;
 
     // Started last, so a failed start leaves no task holding the store.
     let coalescer_stop = CancellationToken::new();
@@ -373,7 +435,9 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     let supervisor = tokio::spawn(async move {
         let mut server = server;
         let served = tokio::select! {
-            r = &mut server => r.map_err(|e| format!("server task: {e}")).and_then(|r| r.map_err(|e| format!("server: {e}"))),
+            r = &mut server => r
+                .map_err(|e| StartError::Task { what: "server task", reason: e.to_string() })
+                .and_then(|r| r.map_err(|e| StartError::Task { what: "server", reason: e.to_string() })),
             () = async { supervisor_cancel.cancelled().await; tokio::time::sleep(drain).await; } => {
                 tracing::warn!(?drain, "drain timeout: closing the remaining connections");
                 server.abort();
@@ -407,12 +471,21 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
 }
 
 /// Runs until SIGTERM/SIGINT, reloading on SIGHUP, speaking sd_notify.
-pub async fn run(opts: DaemonOptions, log: Option<LogReload>) -> Result<(), String> {
+pub async fn run(opts: DaemonOptions, log: Option<LogReload>) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     // Register once, before anything can deliver them.
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|source| StartError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| StartError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|source| StartError::Signal {
+        signal: "SIGHUP",
+        source,
+    })?;
     let config_file = opts.config_file.clone();
     let env = opts.env.clone();
     let handle = start(opts).await?;

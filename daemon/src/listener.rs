@@ -8,7 +8,7 @@ use tokio::net::UnixListener;
 /// A listening socket and what to clean up after it.
 #[derive(Debug)]
 pub struct BoundSocket {
-    /// The listener.
+    /// The bound listener the server accepts on.
     pub listener: UnixListener,
     /// Path clients connect to.
     pub path: PathBuf,

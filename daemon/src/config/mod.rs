@@ -35,7 +35,7 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Who may call mutating RPCs.
     pub access: AccessSettings,
-    /// Logging.
+    /// Log level and format (`[log]`); the level is reloaded on SIGHUP.
     pub log: LogSettings,
     /// The tamper-evident audit log.
     pub audit: AuditSettings,

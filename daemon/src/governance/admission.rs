@@ -60,9 +60,9 @@ pub struct ScanResult {
 /// Everything the admission path works on.
 #[derive(Debug, Clone)]
 pub struct Admission {
-    /// Store.
+    /// Findings and decisions are written here.
     pub store: Store,
-    /// In-memory state.
+    /// In-memory decisions, to know what is already blocked without the store.
     pub cache: Arc<StateCache>,
     /// Scanners and policy.
     pub scan: Arc<ScanService>,

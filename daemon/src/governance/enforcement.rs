@@ -25,8 +25,8 @@ pub enum EnforcementOutcome {
     },
     /// The change waits for a human's approval.
     Pending {
-        /// The step-up request holding it.
-        request: StepUpRow,
+        /// The step-up request holding it (boxed: a row is large).
+        request: Box<StepUpRow>,
         /// The target as it stands meanwhile, when the daemon knows it.
         summary: Option<TargetRow>,
     },
@@ -73,7 +73,10 @@ impl Governance {
                 .request(actor, target.clone(), action, reason, None, payload)
                 .await?;
             let summary = self.store.get_target(target).await?;
-            return Ok(EnforcementOutcome::Pending { request, summary });
+            return Ok(EnforcementOutcome::Pending {
+                request: Box::new(request),
+                summary,
+            });
         }
         let with = if connections.is_empty() {
             Vec::new()

@@ -20,7 +20,7 @@ use crate::store::{AuditQuery, FindingRow, TargetRow};
 /// What `GetStatus` reports about the governance state.
 #[derive(Debug)]
 pub struct StatusView {
-    /// Database path.
+    /// Database path, reported so operators know which store answers.
     pub store_path: PathBuf,
     /// Known targets, blocked ones and allowed ones (from memory).
     pub targets: (u64, u64, u64),

@@ -341,11 +341,11 @@ impl SkillWatcher {
 /// Shared scanning state for the control service.
 #[derive(Debug)]
 pub struct ScanService {
-    /// Scanners.
+    /// The scanners a scan runs (built-in engine and configured adapters).
     pub scanners: Arc<Scanners>,
     /// Where scans run (bounded; never tokio's blocking pool).
     pub pool: crate::governance::scan_pool::ScanPool,
-    /// Policy.
+    /// The admission policy that turns findings into a decision.
     pub admission: AdmissionSettings,
 }
 

@@ -33,7 +33,8 @@ pub struct StepUpEvent {
     pub row: StepUpRow,
 }
 
-/// Runs step-ups.
+/// Runs step-up requests: opens them, drives each to an end (approval,
+/// denial, timeout, cancel) and commits what an approval allows.
 pub struct StepUps {
     settings: StepUpSettings,
     store: Store,
@@ -117,7 +118,7 @@ impl StepUps {
         self.settings.enabled && self.ciba.is_some()
     }
 
-    /// The settings.
+    /// The `[stepup]` settings this manager runs with.
     pub fn settings(&self) -> &StepUpSettings {
         &self.settings
     }

@@ -23,7 +23,7 @@ pub enum Need {
     Read,
     /// Changing enforcement, submitting scans, dismissing findings.
     Operate,
-    /// Administrative actions.
+    /// Administrative actions, beyond what an operator may do.
     Admin,
     /// A provider token for an MCP server: an operator token, or (unattended,
     /// no token) a local peer the access policy lets mutate.

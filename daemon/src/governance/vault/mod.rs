@@ -66,7 +66,7 @@ pub fn validate_scopes(field: &'static str, scopes: &[String]) -> Result<()> {
 /// A provider token handed to a caller.
 #[derive(Debug, Clone)]
 pub struct Issued {
-    /// The token.
+    /// The provider token itself (never logged; `Debug` redacts it).
     pub token: ProviderToken,
     /// When it expires, seconds since the epoch.
     pub expires_at: i64,
