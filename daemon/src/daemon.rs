@@ -36,14 +36,14 @@ pub enum StartError {
     #[error("{0}")]
     StateDir(String),
     /// A secret source (the environment, systemd credentials, `.env`) could not be read.
-    #[error("{0}")]
-    Secrets(String),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     /// The configuration is inconsistent.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// The socket could not be bound (or another daemon already answers on it).
-    #[error("{0}")]
-    Socket(String),
+    #[error(transparent)]
+    Socket(#[from] crate::listener::BindError),
     /// The store could not be opened.
     #[error(transparent)]
     Open(#[from] crate::store::OpenError),
