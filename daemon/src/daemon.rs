@@ -56,10 +56,18 @@ pub enum StartError {
     /// The Token Vault key could not be loaded.
     #[error(transparent)]
     Seal(#[from] crate::governance::vault::seal::SealError),
-    /// A governance service could not be set up from its settings (the
-    /// authenticator, step-up, Token Vault, the scanners, the skill watcher).
+    /// The authenticator could not be built from `[auth]`.
+    #[error(transparent)]
+    Auth(#[from] crate::rpc::authn::AuthSetupError),
+    /// The scanners or the skill watcher could not be set up.
+    #[error(transparent)]
+    Scanner(#[from] crate::governance::scanning::ScannerSetupError),
+    /// The scan pool could not start.
+    #[error(transparent)]
+    ScanPool(#[from] crate::governance::scan_pool::PoolError),
+    /// Step-up is on but what it needs is missing.
     #[error("{0}")]
-    Service(String),
+    StepUp(&'static str),
     /// A task of the daemon failed.
     #[error("{what}: {reason}")]
     Task {
@@ -221,7 +229,6 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             settings.auth.clone(),
             AccessPolicy::from_settings(&settings.access),
         )
-        .map_err(StartError::Service)
         .inspect_err(|_| cleanup.run())?,
     );
     // The daemon's confidential client (CIBA step-up and Token Vault).
@@ -233,11 +240,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     let ciba = if settings.stepup.enabled {
         let secret = client_secret.clone().ok_or_else(|| {
             cleanup.run();
-            StartError::Service("[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env".to_owned())
+            StartError::StepUp("[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env")
         })?;
-        let provider = authn.provider().ok_or_else(|| {
-            StartError::Service("[stepup] needs [auth] mode = \"oidc\"".to_owned())
-        })?;
+        let provider = authn
+            .provider()
+            .ok_or_else(|| StartError::StepUp("[stepup] needs [auth] mode = \"oidc\""))?;
         let client_id = settings.auth.daemon_client_id.clone().unwrap_or_default();
         Some(Arc::new(crate::oidc::CibaClient::new(
             provider, client_id, secret,
@@ -292,7 +299,6 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         stepups.clone(),
         coalescer.clone(),
     )
-    .map_err(StartError::Service)
     .inspect_err(|_| cleanup.run())?;
     tokio::spawn(
         vault
@@ -302,7 +308,6 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     stepups.resume_pending().await?;
     let scanners = Arc::new(
         crate::governance::scanning::Scanners::new(&settings.scanner)
-            .map_err(StartError::Service)
             .inspect_err(|_| cleanup.run())?,
     );
     let admission = Admission {
@@ -314,7 +319,6 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
                 settings.scanner.scan_workers,
                 settings.scanner.scan_queue,
             )
-            .map_err(StartError::Service)
             .inspect_err(|_| cleanup.run())?,
             admission: settings.admission.clone(),
         }),
@@ -326,7 +330,6 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             &settings.scanner.watch_dirs,
             Duration::from_millis(settings.scanner.watch_debounce_ms),
         )
-        .map_err(StartError::Service)
         .inspect_err(|_| cleanup.run())?;
         let watch_admission = admission.clone();
         let refuse_store = store.clone();

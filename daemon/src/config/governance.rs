@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::ConfigError;
 use crate::model::{Severity, Target, TargetKind};
 
 /// What happens when nobody confirmed in time, or the provider failed.
@@ -119,23 +120,28 @@ impl Default for TokenVaultSettings {
 
 impl TokenVaultSettings {
     /// `server_uids` as server name → uids; an error says which entry is wrong.
-    pub fn server_uid_map(&self) -> std::result::Result<HashMap<String, Vec<u32>>, String> {
+    pub fn server_uid_map(&self) -> Result<HashMap<String, Vec<u32>>, ConfigError> {
+        let bad = |reason: String| ConfigError::Value {
+            field: "token_vault.server_uids",
+            reason,
+        };
         let mut map = HashMap::new();
         for entry in &self.server_uids {
             let Some((server, uids)) = entry.rsplit_once('=') else {
-                return Err(format!("{entry:?} is not SERVER=UID[,UID...]"));
+                return Err(bad(format!("{entry:?} is not SERVER=UID[,UID...]")));
             };
-            crate::names::server_name("server", server).map_err(|e| format!("{entry:?}: {e}"))?;
+            crate::names::server_name("server", server)
+                .map_err(|e| bad(format!("{entry:?}: {e}")))?;
             let uids = uids
                 .split(',')
                 .map(|u| {
                     u.trim()
                         .parse::<u32>()
-                        .map_err(|_| format!("{entry:?}: {u:?} is not a numeric uid"))
+                        .map_err(|_| bad(format!("{entry:?}: {u:?} is not a numeric uid")))
                 })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
             if map.insert(server.to_owned(), uids).is_some() {
-                return Err(format!("{server:?} is listed twice"));
+                return Err(bad(format!("{server:?} is listed twice")));
             }
         }
         Ok(map)

@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths;
 
+mod error;
 pub mod governance;
 pub mod lists;
 
+pub use error::ConfigError;
 pub use governance::{
     AdapterSettings, AdmissionSettings, ScannerSettings, StepUpSettings, TokenVaultSettings,
     Unconfirmed,
@@ -281,22 +283,6 @@ impl Default for AuditSettings {
     }
 }
 
-/// A configuration problem, with the offending source named.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file or env could not be read or did not match the schema.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-    /// The configured values are inconsistent.
-    #[error("invalid configuration: {field}: {reason}")]
-    Value {
-        /// Dotted key.
-        field: &'static str,
-        /// Why.
-        reason: String,
-    },
-}
-
 /// Where the file layer comes from.
 #[derive(Debug, Clone)]
 pub enum ConfigFile {
@@ -463,12 +449,7 @@ impl Settings {
                 reason: "must be at least 1 (every refusal would be its own audit entry)".into(),
             });
         }
-        self.token_vault
-            .server_uid_map()
-            .map_err(|reason| ConfigError::Value {
-                field: "token_vault.server_uids",
-                reason,
-            })?;
+        self.token_vault.server_uid_map()?;
         if self.token_vault.request_timeout_secs == 0 {
             return Err(ConfigError::Value {
                 field: "token_vault.request_timeout_secs",

@@ -15,6 +15,33 @@ use crate::error::{Error, Result, quoted};
 use crate::model::Severity;
 use crate::store::{NewFinding, Store, WriteOp};
 
+/// Why the scanners or the skill watcher could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ScannerSetupError {
+    /// The rules (built-in or from `rule_dirs`) did not load.
+    #[error("[scanner] rules: {0}")]
+    Rules(#[source] defenseclaw_scanner::ScanError),
+    /// A watched directory could not be resolved.
+    #[error("[scanner] watch_dirs {}: {source}", dir.display())]
+    WatchDir {
+        /// The directory as configured.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file watcher could not start.
+    #[error("[scanner] watch: {0}")]
+    Watcher(#[source] notify::Error),
+    /// A directory could not be watched.
+    #[error("[scanner] watch {}: {source}", dir.display())]
+    Watch {
+        /// The resolved directory.
+        dir: PathBuf,
+        /// Why.
+        source: notify::Error,
+    },
+}
+
 /// Name the built-in scanner's findings are stored under.
 pub const BUILTIN_SCANNER: &str = "defenseclaw";
 /// Name the Cisco skill scanner's findings are stored under.
@@ -95,13 +122,13 @@ impl Scanners {
     }
 
     /// Loads the rules (built-in plus `rule_dirs`) and the enabled adapters.
-    pub fn new(settings: &ScannerSettings) -> std::result::Result<Self, String> {
+    pub fn new(settings: &ScannerSettings) -> std::result::Result<Self, ScannerSetupError> {
         let engine = if settings.rule_dirs.is_empty() {
             Engine::builtin()
         } else {
             Engine::load(&settings.rule_dirs)
         }
-        .map_err(|e| format!("[scanner] rules: {e}"))?
+        .map_err(ScannerSetupError::Rules)?
         .with_limits(defenseclaw_scanner::Limits {
             time_budget: Some(Duration::from_secs(settings.scan_timeout_secs)),
             ..defenseclaw_scanner::Limits::default()
@@ -239,14 +266,19 @@ impl SkillWatcher {
     /// Watches `roots` recursively. A root that is a symlink is resolved
     /// once, here, at start; below the roots no symlink is followed (not by
     /// the watch, not by a scan).
-    pub fn new(roots: &[PathBuf], debounce: Duration) -> std::result::Result<Self, String> {
+    pub fn new(
+        roots: &[PathBuf],
+        debounce: Duration,
+    ) -> std::result::Result<Self, ScannerSetupError> {
         use notify::Watcher;
         let mut canonical = Vec::new();
         for root in roots {
-            canonical.push(
-                std::fs::canonicalize(root)
-                    .map_err(|e| format!("[scanner] watch_dirs {}: {e}", root.display()))?,
-            );
+            canonical.push(std::fs::canonicalize(root).map_err(|source| {
+                ScannerSetupError::WatchDir {
+                    dir: root.clone(),
+                    source,
+                }
+            })?);
         }
         let roots = Arc::new(canonical);
         let pending = Arc::new(Pending::default());
@@ -263,11 +295,14 @@ impl SkillWatcher {
             },
             notify::Config::default().with_follow_symlinks(false),
         )
-        .map_err(|e| format!("[scanner] watch: {e}"))?;
+        .map_err(ScannerSetupError::Watcher)?;
         for root in roots.iter() {
             watcher
                 .watch(root, notify::RecursiveMode::Recursive)
-                .map_err(|e| format!("[scanner] watch {}: {e}", root.display()))?;
+                .map_err(|source| ScannerSetupError::Watch {
+                    dir: root.clone(),
+                    source,
+                })?;
         }
         Ok(Self {
             _watcher: watcher,

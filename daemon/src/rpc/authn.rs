@@ -65,18 +65,29 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// Why the authenticator could not be built from `[auth]`.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    /// The identity provider's settings are unusable.
+    #[error(transparent)]
+    Provider(#[from] crate::oidc::OidcError),
+    /// `oidc` mode without the audience tokens must carry.
+    #[error("[auth] mode = \"oidc\" needs audience")]
+    MissingAudience,
+}
+
 impl Authenticator {
     /// Builds the authenticator; in `oidc` mode starts fetching the issuer's keys
     /// in the background (start-up does not wait for the identity provider).
-    pub fn new(settings: AuthSettings, policy: AccessPolicy) -> Result<Self, String> {
+    pub fn new(settings: AuthSettings, policy: AccessPolicy) -> Result<Self, AuthSetupError> {
         let oidc = match settings.mode {
             AuthMode::Local => None,
             AuthMode::Oidc => {
-                let provider = Provider::from_settings(&settings).map_err(|e| e.to_string())?;
+                let provider = Provider::from_settings(&settings)?;
                 let audience = settings
                     .audience
                     .clone()
-                    .ok_or_else(|| "[auth] mode = \"oidc\" needs audience".to_owned())?;
+                    .ok_or(AuthSetupError::MissingAudience)?;
                 let verifier = TokenVerifier::new(provider.clone(), audience, settings.leeway_secs);
                 let userinfo = UserInfoCache::new(
                     provider.clone(),

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::NewEntry;
 use crate::audit_coalesce::AuditCoalescer;
+use crate::config::ConfigError;
 use crate::config::governance::TokenVaultSettings;
 use crate::error::{Error, Result};
 use crate::events::EnforcementChanged;
@@ -165,10 +166,8 @@ impl TokenBroker {
         sealer: Option<Arc<Sealer>>,
         stepups: Arc<StepUps>,
         coalescer: Arc<AuditCoalescer>,
-    ) -> std::result::Result<Arc<Self>, String> {
-        let server_uids = settings
-            .server_uid_map()
-            .map_err(|e| format!("invalid configuration: token_vault.server_uids: {e}"))?;
+    ) -> std::result::Result<Arc<Self>, ConfigError> {
+        let server_uids = settings.server_uid_map()?;
         Ok(Arc::new(Self {
             server_uids,
             coalescer,
