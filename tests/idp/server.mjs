@@ -912,6 +912,9 @@ async function handleAdmin(req, res, path, body) {
       return requestLog;
     case 'POST /__admin/sign':
       return signArbitrary(body);
+    case 'GET /__admin/key':
+      // The public half only: attack tests key HMAC forgeries with it.
+      return { kid, alg: 'RS256', public_pem: publicKey.export({ type: 'spki', format: 'pem' }) };
     case 'GET /__admin/connections':
       return [...linkedAccounts.values()];
     case 'POST /__admin/connections':

@@ -1,9 +1,12 @@
 //! Shared test support: gRPC clients over Unix sockets, waiting helpers, and
-//! (in submodules) the real protocol peers the integration tests run against.
+//! (in submodules) the test daemon builder, request builders and the real
+//! protocol peers the integration tests run against.
 
+pub mod daemon;
 pub mod idp;
 pub mod impostor;
 pub mod openclaw;
+pub mod requests;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

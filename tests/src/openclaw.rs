@@ -172,9 +172,19 @@ fn install_locked() -> anyhow::Result<Install> {
     Ok(install)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port free a moment ago. The gateway only takes a fixed port
+/// (its `--port` must be 1-65535, and a restart must come back on the same
+/// URL), so another process can take this one before the gateway binds it:
+/// [`OpenClawGateway::start_with`] then tries again on another port.
+fn unused_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
+}
+
+/// Whether a failed start was the gateway losing its port to another process.
+fn lost_its_port(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}");
+    text.contains("EADDRINUSE") || text.contains("address already in use")
 }
 
 /// Recursive JSON merge (objects merged, everything else replaced).
@@ -217,15 +227,27 @@ impl OpenClawGateway {
         let token = format!("test-{}", hex::encode(rand::random::<[u8; 16]>()));
         let mut gw = Self {
             child: None,
-            port: free_port()?,
+            port: unused_port()?,
             token,
             state,
             install,
             extra_config,
         };
-        gw.spawn()?;
-        gw.wait_ready(Duration::from_secs(120)).await?;
-        Ok(gw)
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            gw.spawn()?;
+            match gw.wait_ready(Duration::from_secs(120)).await {
+                Ok(()) => return Ok(gw),
+                Err(e) if attempts < 3 && lost_its_port(&e) => {
+                    gw.stop();
+                    gw.port = unused_port()?;
+                    // The config file names the port: write it again.
+                    let _ = std::fs::remove_file(gw.state.path().join("openclaw.json"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `ws://127.0.0.1:<port>/`

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Daemon, Run, ctl_at};
+use crate::cli::{Bounded, Ctl, Run, ctl_at};
+use defenseclaw_testkit::daemon::TestDaemon;
 
 const WAIT: Duration = Duration::from_secs(30);
 const NOBODY: u32 = 65534;
@@ -28,6 +29,7 @@ async fn ctl_with_token(socket: &Path, args: &[&str]) -> Run {
         .env_remove("DEFENSECLAW_SOCKET")
         .env("DEFENSECLAW_TOKEN", OPERATOR_TOKEN)
         .output()
+        .bounded()
         .await
         .unwrap();
     Run::from(out)
@@ -55,7 +57,11 @@ async fn ctl_as_nobody(groups: &[u32], env: &[(&str, &str)], args: &[&str]) -> R
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().await.expect("running setpriv (util-linux)");
+    let out = cmd
+        .output()
+        .bounded()
+        .await
+        .expect("running setpriv (util-linux)");
     let run = Run::from(out);
     assert_ne!(
         run.code, 126,
@@ -175,7 +181,9 @@ async fn access_groups_come_from_the_callers_process() {
             .any(|g| g == "4242"),
         "this test needs nobody outside group 4242 in NSS"
     );
-    let d = Daemon::start_with(&[("DEFENSECLAW_ACCESS__MUTATE_GIDS", "4242")]).await;
+    let d = TestDaemon::start_with(&[("DEFENSECLAW_ACCESS__MUTATE_GIDS", "4242")])
+        .await
+        .unwrap();
     // The test lets uid 65534 reach the socket (the daemon refuses to grant
     // others access itself).
     world_searchable(d.dir.path());
@@ -227,6 +235,89 @@ async fn access_groups_come_from_the_callers_process() {
             .any(|e| e["target"]["name"] == "first" || e["target"]["name"] == "third"),
         "a refused caller changed something: {by_nobody:#?}"
     );
+}
+
+/// The daemon's own socket mode (0660, root's group) keeps another user out
+/// before any RPC: the connection itself is refused, so nothing is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_mode_keeps_another_user_out() {
+    let d = TestDaemon::start().await.unwrap();
+    world_searchable(d.dir.path());
+    world_searchable(d.socket.parent().unwrap());
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let socket = d.socket.display().to_string();
+    let run = ctl_as_nobody(&[], &[], &["--socket", &socket, "-o", "json", "status"]).await;
+    assert_eq!(
+        run.code, 69,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stderr.to_lowercase().contains("permission denied"),
+        "{}",
+        run.stderr
+    );
+    let audit = d.ctl(&["-o", "json", "audit", "list"]).await.ok();
+    assert!(!audit.stdout.contains("uid:65534"), "{}", audit.stdout);
+}
+
+/// A peer that is not root reaches a socket opened to it: it may read, its
+/// mutation is refused, and the audit names it by its own uid (not uid 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_root_peer_reads_but_its_mutation_is_refused_under_its_own_uid() {
+    let d = TestDaemon::start().await.unwrap();
+    world_searchable(d.dir.path());
+    world_searchable(d.socket.parent().unwrap());
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let socket = d.socket.display().to_string();
+    let as_nobody = |args: &'static [&'static str]| {
+        let socket = socket.clone();
+        async move {
+            let mut full = vec!["--socket", socket.as_str()];
+            full.extend_from_slice(args);
+            ctl_as_nobody(&[], &[], &full).await
+        }
+    };
+    let list = as_nobody(&["-o", "json", "skill", "list"]).await;
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let refused = as_nobody(&["skill", "block", "evil", "--reason", "x"]).await;
+    assert_eq!(refused.code, 77, "{}", refused.stderr);
+    let v = d.ctl(&["-o", "json", "skill", "show", "evil"]).await;
+    assert_ne!(
+        v.code, 0,
+        "a refused mutation left state behind: {}",
+        v.stdout
+    );
+
+    let mine = d
+        .ctl(&["-o", "json", "audit", "list", "--actor", "uid:65534"])
+        .await
+        .ok();
+    let entries: Vec<Value> = mine
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .flat_map(|l| match serde_json::from_str::<Value>(l).unwrap() {
+            Value::Array(a) => a,
+            v => vec![v],
+        })
+        .collect();
+    assert!(
+        !entries.is_empty(),
+        "no entry for uid 65534: {}",
+        mine.stdout
+    );
+    for e in &entries {
+        assert_eq!(e["actor"]["uid"], NOBODY, "{e:#}");
+        assert_eq!(e["actor"]["id"], "uid:65534", "{e:#}");
+        assert_eq!(
+            (e["action"].as_str(), e["outcome"].as_str()),
+            (Some("permission-denied"), Some("refused")),
+            "{e:#}"
+        );
+        assert_eq!(e["details"]["rpc"], "SetEnforcement", "{e:#}");
+    }
 }
 
 /// The smallest gateway that gets one exec approval to the daemon.
@@ -286,12 +377,13 @@ async fn escape_sequences_in_an_approval_never_reach_the_terminal() {
     // hide a word: all from the agent's command line.
     let command = "ls \u{1b}[2J\u{1b}]0;owned\u{7}\u{202e}gnp.exe\u{200b}\u{9b}31m done".to_owned();
     tokio::spawn(gateway_with_approval(listener, command.clone()));
-    let d = Daemon::start_with(&[
+    let d = TestDaemon::start_with(&[
         ("DEFENSECLAW_OPENCLAW__ENABLED", "true"),
         ("DEFENSECLAW_OPENCLAW__URL", &url),
         ("OPENCLAW_GATEWAY_TOKEN", "gw-token-esc"),
     ])
-    .await;
+    .await
+    .unwrap();
     let json = wait_for("the approval in the daemon", WAIT, || async {
         let run = d.ctl(&["-o", "json", "openclaw", "approvals"]).await;
         (run.code == 0 && run.stdout.contains("appr-esc-1")).then_some(run)
@@ -330,6 +422,6 @@ async fn escape_sequences_in_an_approval_never_reach_the_terminal() {
 async fn ctl_at_is_unchanged_for_a_trusted_daemon() {
     // The checks do not get in the way of the normal case (root's 0700 temp
     // directory, a daemon run by the same uid).
-    let d = Daemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     ctl_at(&d.socket, &["status"]).await.ok();
 }

@@ -106,6 +106,16 @@ fn device_polls(log: &[defenseclaw_testkit::idp::RequestLogEntry]) -> Vec<(i64, 
         .collect()
 }
 
+/// Waits (bounded by [`WAIT`]) until the provider has answered a device-code poll with `status`.
+async fn first_poll_answered(idp: &IdentityProvider, status: i64) {
+    defenseclaw_testkit::wait_for("a device-code poll answered", WAIT, || async move {
+        let polls = device_polls(&idp.requests().await.ok()?);
+        polls.iter().any(|p| p.1 == status).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn login_approved_writes_a_protected_session_and_prints_json_lines() {
     let idp = start(IdpOptions::default()).await;
@@ -261,13 +271,7 @@ async fn slow_down_adds_five_seconds_to_all_later_polls() {
     let (res, approved) = tokio::join!(f.auth.login_until(&opts, std::future::pending()), async {
         let code = idp.wait_for_device_code(WAIT).await?;
         // Let the first poll receive slow_down, then approve.
-        loop {
-            let polls = device_polls(&idp.requests().await?);
-            if polls.iter().any(|p| p.1 == 429) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        first_poll_answered(&idp, 429).await;
         idp.approve_device(&code.user_code, OPERATOR).await
     });
     approved.unwrap();
@@ -334,9 +338,10 @@ async fn provider_failing_until_expiry_is_reported_as_unavailable() {
 async fn ctrl_c_while_polling_cancels_cleanly() {
     let idp = start(IdpOptions::default()).await;
     let f = fixture();
+    // Ctrl-C once the CLI is polling: the provider has answered a poll `authorization_pending` (403, as Auth0).
     let cancel = async {
         let _ = idp.wait_for_device_code(WAIT).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        first_poll_answered(&idp, 403).await;
     };
     let err = f
         .auth
@@ -624,11 +629,19 @@ async fn id_tokens_are_validated_before_their_claims_are_trusted() {
         json!({ "aud": cid, "sub": "auth0|evil", "iss": iss, "exp": now + 300 }).to_string(),
     );
     let none = format!("{}.{payload}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#));
-    assert!(verify_id_token(&iss, &cid, &none).await.is_err());
+    let err = verify_id_token(&iss, &cid, &none).await.unwrap_err();
+    assert!(
+        matches!(err, AuthError::InvalidIdToken(_)),
+        "alg none: {err:?}"
+    );
     let mut parts: Vec<&str> = good.split('.').collect();
     parts[1] = &payload;
     let tampered = parts.join(".");
     let err = verify_id_token(&iss, &cid, &tampered).await.unwrap_err();
     assert!(matches!(err, AuthError::InvalidIdToken(_)), "{err:?}");
-    assert!(verify_id_token(&iss, &cid, "garbage").await.is_err());
+    let err = verify_id_token(&iss, &cid, "garbage").await.unwrap_err();
+    assert!(
+        matches!(err, AuthError::InvalidIdToken(_)),
+        "garbage: {err:?}"
+    );
 }

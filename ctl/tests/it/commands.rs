@@ -2,11 +2,12 @@
 
 use serde_json::Value;
 
-use crate::support::{Daemon, ctl_at};
+use crate::cli::{Bounded, Ctl, ctl_at};
+use defenseclaw_testkit::daemon::TestDaemon;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_reports_the_daemon() {
-    let d = Daemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     let s = d.ctl(&["-o", "json", "status"]).await.ok().json();
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(s["socket"], d.socket.display().to_string());
@@ -43,7 +44,7 @@ async fn status_reports_the_daemon() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn skill_and_mcp_lifecycle_with_json_shapes() {
-    let d = Daemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     let blocked = d
         .ctl(&[
             "-o",
@@ -113,7 +114,7 @@ async fn skill_and_mcp_lifecycle_with_json_shapes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exit_codes_are_distinct() {
-    let d = Daemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     let missing = d.ctl(&["skill", "show", "nope"]).await;
     assert_eq!(missing.code, 3, "{}", missing.stderr);
     assert!(missing.stderr.contains("not found"));
@@ -150,7 +151,9 @@ async fn exit_codes_are_distinct() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn permission_denied_exits_77() {
-    let d = Daemon::start_with(&[("DEFENSECLAW_ACCESS__MUTATE_UIDS", "4242420")]).await;
+    let d = TestDaemon::start_with(&[("DEFENSECLAW_ACCESS__MUTATE_UIDS", "4242420")])
+        .await
+        .unwrap();
     let denied = d.ctl(&["skill", "block", "x"]).await;
     assert_eq!(denied.code, 77, "{}", denied.stderr);
     d.ctl(&["skill", "list"]).await.ok();
@@ -158,7 +161,7 @@ async fn permission_denied_exits_77() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scan_report_findings_and_dismissal() {
-    let d = Daemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     std::fs::write(
@@ -270,7 +273,7 @@ async fn scan_report_findings_and_dismissal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_list_export_verify_and_tail() {
-    let d = Daemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     d.ctl(&["skill", "block", "a", "--reason", "first"])
         .await
         .ok();
@@ -369,14 +372,14 @@ async fn audit_list_export_verify_and_tail() {
     let stdout = tail.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
     for expected in 1..=3u64 {
-        let line = lines.next_line().await.unwrap().unwrap();
+        let line = lines.next_line().bounded().await.unwrap().unwrap();
         assert_eq!(
             serde_json::from_str::<Value>(&line).unwrap()["seq"],
             expected
         );
     }
     d.ctl(&["skill", "block", "live"]).await.ok();
-    let line = lines.next_line().await.unwrap().unwrap();
+    let line = lines.next_line().bounded().await.unwrap().unwrap();
     let live: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(
         (live["seq"].as_u64(), live["target"]["name"].as_str()),

@@ -13,7 +13,9 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
-use crate::support::Daemon;
+use defenseclaw_testkit::daemon::TestDaemon;
+
+use crate::cli::Bounded;
 
 const OPERATOR: &str = "auth0|operator1";
 const OTHER: &str = "auth0|operator2";
@@ -28,8 +30,8 @@ async fn idp(opts: IdpOptions) -> IdentityProvider {
 }
 
 /// A daemon that knows the provider (`mode` is `oidc` or `local`).
-async fn daemon(idp: &IdentityProvider, mode: &str) -> Daemon {
-    Daemon::start_with(&[
+async fn daemon(idp: &IdentityProvider, mode: &str) -> TestDaemon {
+    TestDaemon::start_with(&[
         ("DEFENSECLAW_AUTH__MODE", mode),
         ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
         ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
@@ -38,6 +40,7 @@ async fn daemon(idp: &IdentityProvider, mode: &str) -> Daemon {
         ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
     ])
     .await
+    .unwrap()
 }
 
 struct Home {
@@ -100,6 +103,7 @@ impl Home {
             .env_remove("DEFENSECLAW_SOCKET")
             .stdin(Stdio::null())
             .output()
+            .bounded()
             .await
             .unwrap();
         Finished {
@@ -174,7 +178,7 @@ impl Running {
             .expect("the CLI printed nothing in time")
             .unwrap();
         let Some(line) = line else {
-            let status = self.child.wait().await.unwrap();
+            let status = self.child.wait().bounded().await.unwrap();
             let stderr = (&mut self.stderr).await.unwrap();
             panic!(
                 "the CLI ended ({status}) before printing a line\nstdout: {}\nstderr: {stderr}",
@@ -199,7 +203,7 @@ impl Running {
             .expect("the CLI did not exit in time")
             .unwrap();
         let mut stdout = self.seen.join("\n");
-        while let Ok(Some(line)) = self.lines.next_line().await {
+        while let Ok(Some(line)) = self.lines.next_line().bounded().await {
             stdout.push('\n');
             stdout.push_str(&line);
         }
@@ -294,7 +298,12 @@ fn assert_result(run: &Finished, account: &LinkedAccount) -> u64 {
 }
 
 /// The daemon's inventory lists the link (connection and account id) for `sub`.
-async fn assert_daemon_lists(home: &Home, d: &Daemon, account: &LinkedAccount, sub: Option<&str>) {
+async fn assert_daemon_lists(
+    home: &Home,
+    d: &TestDaemon,
+    account: &LinkedAccount,
+    sub: Option<&str>,
+) {
     let list = home
         .ctl(&d.socket, &["-o", "json", "connections", "list"])
         .await;
@@ -754,11 +763,12 @@ async fn a_daemon_refusal_fails_and_says_the_account_is_linked() {
 async fn a_new_operator_allows_links_and_starts_a_server() {
     use sha2::Digest;
     let idp = idp(IdpOptions::default()).await;
-    let d = crate::support::oidc_daemon(
+    let d = TestDaemon::start_oidc(
         &idp,
         &[("DEFENSECLAW_AUTH__CLI_CLIENT_ID", idp.cli_client_id())],
     )
-    .await;
+    .await
+    .unwrap();
     let home = Home::new();
     home.login(&idp, OPERATOR).await;
 

@@ -9,14 +9,16 @@ use defenseclaw_testkit::idp::{IdentityProvider, IdpOptions};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
-use crate::support::Daemon;
+use defenseclaw_testkit::daemon::TestDaemon;
+
+use crate::cli::Bounded;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
     let idp = IdentityProvider::start(IdpOptions::default())
         .await
         .expect("starting the local identity provider (needs node and npm)");
-    let d = Daemon::start_with(&[
+    let d = TestDaemon::start_with(&[
         ("DEFENSECLAW_AUTH__MODE", "oidc"),
         ("DEFENSECLAW_AUTH__ISSUER", idp.issuer()),
         ("DEFENSECLAW_AUTH__AUDIENCE", idp.audience()),
@@ -24,7 +26,8 @@ async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
         ("DEFENSECLAW_AUTH__ROLES__VIEWER", "read:status"),
         ("DEFENSECLAW_AUTH__ROLES__OPERATOR", "skills:write"),
     ])
-    .await;
+    .await
+    .unwrap();
     let home = tempfile::tempdir().unwrap();
     let session = home.path().join(".defenseclaw/session.json");
     let ctl = |args: &[&str]| {
@@ -43,6 +46,7 @@ async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
     // Before login a mutation is refused with the "log in again" code.
     let refused = ctl(&["skill", "block", "evil-skill"])
         .output()
+        .bounded()
         .await
         .unwrap();
     assert_eq!(
@@ -60,7 +64,8 @@ async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(login.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let first: Value =
+        serde_json::from_str(&lines.next_line().bounded().await.unwrap().unwrap()).unwrap();
     for key in [
         "user_code",
         "verification_uri",
@@ -75,7 +80,8 @@ async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
     idp.approve_device(first["user_code"].as_str().unwrap(), "auth0|operator1")
         .await
         .unwrap();
-    let last: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let last: Value =
+        serde_json::from_str(&lines.next_line().bounded().await.unwrap().unwrap()).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(60), login.wait())
         .await
         .unwrap()
@@ -103,6 +109,7 @@ async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
         "exfiltrates ~/.aws",
     ])
     .output()
+    .bounded()
     .await
     .unwrap();
     assert!(
@@ -119,6 +126,7 @@ async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
         "skill/evil-skill",
     ])
     .output()
+    .bounded()
     .await
     .unwrap();
     let entries: Value = serde_json::from_slice(&audit.stdout).unwrap();
@@ -132,7 +140,7 @@ async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
     // No token material in the audit log or the daemon's database.
     let access: Value = serde_json::from_str(&stored).unwrap();
     let token = access["access_token"].as_str().unwrap();
-    let export = ctl(&["audit", "export"]).output().await.unwrap();
+    let export = ctl(&["audit", "export"]).output().bounded().await.unwrap();
     assert!(!String::from_utf8_lossy(&export.stdout).contains(token));
     let db = std::fs::read(d.db_path()).unwrap();
     assert!(!String::from_utf8_lossy(&db).contains(token));
@@ -140,11 +148,12 @@ async fn login_approve_block_and_see_the_operator_on_the_audit_entry() {
     // auth status and logout.
     let st = ctl(&["-o", "json", "auth", "status"])
         .output()
+        .bounded()
         .await
         .unwrap();
     let st: Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["sub"], "auth0|operator1");
-    let out = ctl(&["auth", "logout"]).output().await.unwrap();
+    let out = ctl(&["auth", "logout"]).output().bounded().await.unwrap();
     assert!(
         out.status.success(),
         "{}",

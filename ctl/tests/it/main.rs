@@ -1,7 +1,7 @@
 //! defenseclawctl integration tests: the real binary against a real daemon.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+mod cli;
 
 mod attacks_local;
 mod auth;

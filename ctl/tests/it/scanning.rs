@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 
-use crate::support::{Daemon, ctl_at};
+use crate::cli::{Ctl, ctl_at};
+use defenseclaw_testkit::daemon::TestDaemon;
 
 fn skill(dir: &std::path::Path, name: &str, body: &str) -> String {
     let skill = dir.join(name);
@@ -64,7 +65,10 @@ async fn offline_scan_prints_json_lines_sarif_and_honours_fail_on() {
     ] {
         assert!(f.get(key).is_some(), "finding lacks {key}: {f}");
     }
-    assert!(lines[1]["max_severity"].is_null() || lines[1]["max_severity"] != "HIGH");
+    // The benign skill has no finding at all (not merely none at HIGH: CRITICAL would pass that).
+    assert_eq!(lines[1]["name"], "good");
+    assert!(lines[1]["max_severity"].is_null(), "{}", lines[1]);
+    assert_eq!(lines[1]["findings"], serde_json::json!([]), "{}", lines[1]);
 
     let fail = ctl_at(
         &nowhere,
@@ -133,7 +137,7 @@ async fn offline_scan_prints_json_lines_sarif_and_honours_fail_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn install_through_the_daemon_and_rule_commands() {
-    let d = Daemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let evil = skill(dir.path(), "evil", EVIL);
     let r = d

@@ -8,14 +8,16 @@ use defenseclaw_testkit::idp::{CibaSelector, IdentityProvider, IdpOptions};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use crate::support::oidc_daemon;
+use defenseclaw_testkit::daemon::TestDaemon;
+
+use crate::cli::Bounded;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_for_approval_from_the_cli() {
     let idp = IdentityProvider::start(IdpOptions::default())
         .await
         .expect("starting the local identity provider (needs node and npm)");
-    let d = oidc_daemon(
+    let d = TestDaemon::start_oidc(
         &idp,
         &[
             ("DEFENSECLAW_STEPUP__ENABLED", "true"),
@@ -23,7 +25,8 @@ async fn waiting_for_approval_from_the_cli() {
             ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
         ],
     )
-    .await;
+    .await
+    .unwrap();
     let token = idp
         .sign_token(
             json!({}),
@@ -51,6 +54,7 @@ async fn waiting_for_approval_from_the_cli() {
     assert!(
         ctl(&["scan", "report", "--file", report.to_str().unwrap()])
             .status()
+            .bounded()
             .await
             .unwrap()
             .success()
@@ -63,12 +67,14 @@ async fn waiting_for_approval_from_the_cli() {
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let first: Value =
+        serde_json::from_str(&lines.next_line().bounded().await.unwrap().unwrap()).unwrap();
     for key in ["request_id", "binding_message", "approver", "expires_at"] {
         assert!(first.get(key).is_some(), "{key} missing: {first}");
     }
     let show = ctl(&["-o", "json", "skill", "show", "risky"])
         .output()
+        .bounded()
         .await
         .unwrap();
     let show: Value = serde_json::from_slice(&show.stdout).unwrap();
@@ -79,7 +85,8 @@ async fn waiting_for_approval_from_the_cli() {
     ))
     .await
     .unwrap();
-    let last: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let last: Value =
+        serde_json::from_str(&lines.next_line().bounded().await.unwrap().unwrap()).unwrap();
     assert_eq!(last["outcome"], "approved");
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(30), child.wait())
@@ -97,14 +104,16 @@ async fn waiting_for_approval_from_the_cli() {
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let first: Value =
+        serde_json::from_str(&lines.next_line().bounded().await.unwrap().unwrap()).unwrap();
     wait_sent(&idp, &first).await;
     idp.deny_ciba(&CibaSelector::BindingMessage(
         first["binding_message"].as_str().unwrap().into(),
     ))
     .await
     .unwrap();
-    let last: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let last: Value =
+        serde_json::from_str(&lines.next_line().bounded().await.unwrap().unwrap()).unwrap();
     assert_eq!(last["outcome"], "denied");
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(30), child.wait())
@@ -122,7 +131,8 @@ async fn waiting_for_approval_from_the_cli() {
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let first: Value =
+        serde_json::from_str(&lines.next_line().bounded().await.unwrap().unwrap()).unwrap();
     child.kill().await.unwrap();
     wait_sent(&idp, &first).await;
     idp.approve_ciba(&CibaSelector::BindingMessage(
@@ -133,6 +143,7 @@ async fn waiting_for_approval_from_the_cli() {
     let id = first["request_id"].as_str().unwrap().to_owned();
     let watched = ctl(&["-o", "json", "approvals", "watch", &id])
         .output()
+        .bounded()
         .await
         .unwrap();
     assert!(
@@ -142,6 +153,7 @@ async fn waiting_for_approval_from_the_cli() {
     );
     let show = ctl(&["-o", "json", "skill", "show", "risky"])
         .output()
+        .bounded()
         .await
         .unwrap();
     let show: Value = serde_json::from_slice(&show.stdout).unwrap();
@@ -150,6 +162,7 @@ async fn waiting_for_approval_from_the_cli() {
     // --no-wait returns at once; cancel ends it (exit 13 when watched).
     let out = ctl(&["-o", "json", "--no-wait", "skill", "block", "risky"])
         .output()
+        .bounded()
         .await
         .unwrap();
     assert!(out.status.success());
@@ -157,6 +170,7 @@ async fn waiting_for_approval_from_the_cli() {
     let id = first["request_id"].as_str().unwrap().to_owned();
     let list = ctl(&["-o", "json", "approvals", "list", "--pending"])
         .output()
+        .bounded()
         .await
         .unwrap();
     let list: Value = serde_json::from_slice(&list.stdout).unwrap();
@@ -169,11 +183,16 @@ async fn waiting_for_approval_from_the_cli() {
     assert!(
         ctl(&["approvals", "cancel", &id])
             .status()
+            .bounded()
             .await
             .unwrap()
             .success()
     );
-    let watched = ctl(&["approvals", "watch", &id]).output().await.unwrap();
+    let watched = ctl(&["approvals", "watch", &id])
+        .output()
+        .bounded()
+        .await
+        .unwrap();
     assert_eq!(watched.status.code(), Some(13));
 }
 

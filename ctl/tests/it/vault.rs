@@ -11,7 +11,9 @@ use defenseclaw_testkit::idp::{IdentityProvider, IdpOptions};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use crate::support::{Daemon, oidc_daemon};
+use defenseclaw_testkit::daemon::TestDaemon;
+
+use crate::cli::Bounded;
 
 const OPERATOR: &str = "auth0|operator1";
 /// Upper bound for readiness waits (never a timing assertion).
@@ -58,7 +60,7 @@ async fn operator_token(idp: &IdentityProvider) -> String {
     .unwrap()
 }
 
-async fn ctl(d: &Daemon, token: &str, args: &[&str]) -> std::process::Output {
+async fn ctl(d: &TestDaemon, token: &str, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"))
         .arg("--socket")
         .arg(&d.socket)
@@ -67,6 +69,7 @@ async fn ctl(d: &Daemon, token: &str, args: &[&str]) -> std::process::Output {
         .env("DEFENSECLAW_TOKEN", token)
         .env("HOME", d.dir.path())
         .output()
+        .bounded()
         .await
         .unwrap()
 }
@@ -85,7 +88,9 @@ async fn mcp_exec_puts_the_token_in_the_environment_only() {
     let idp = IdentityProvider::start(IdpOptions::default())
         .await
         .expect("starting the local identity provider (needs node and npm)");
-    let d = oidc_daemon(&idp, &[("DEFENSECLAW_TOKEN_VAULT__CACHE_MAX_SECS", "0")]).await;
+    let d = TestDaemon::start_oidc(&idp, &[("DEFENSECLAW_TOKEN_VAULT__CACHE_MAX_SECS", "0")])
+        .await
+        .unwrap();
     let token = operator_token(&idp).await;
     // The operator linked their GitHub account (the connect flow has its own tests).
     idp.link_account(OPERATOR, "github", "repo read:org")
@@ -275,7 +280,7 @@ async fn unattended_start_uses_the_approvers_sealed_credential() {
         "github-mcp={}",
         defenseclaw_proto::paths::current_uid().unwrap()
     );
-    let d = oidc_daemon(
+    let d = TestDaemon::start_oidc(
         &idp,
         &[
             ("DEFENSECLAW_STEPUP__ENABLED", "true"),
@@ -285,7 +290,8 @@ async fn unattended_start_uses_the_approvers_sealed_credential() {
             ("DEFENSECLAW_TOKEN_VAULT__SERVER_UIDS", &agent),
         ],
     )
-    .await;
+    .await
+    .unwrap();
     let token = operator_token(&idp).await;
     idp.link_account(OPERATOR, "github", "repo").await.unwrap();
 
@@ -343,6 +349,7 @@ async fn unattended_start_uses_the_approvers_sealed_credential() {
         .env_remove("DEFENSECLAW_TOKEN")
         .env("HOME", dir.path())
         .output()
+        .bounded()
         .await
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

@@ -12,7 +12,8 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
-use crate::support::{TestDaemon, mcp, set, skill};
+use defenseclaw_testkit::daemon::TestDaemon;
+use defenseclaw_testkit::requests::{mcp, set, skill};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -43,8 +44,9 @@ async fn surplus_streams_are_refused_and_a_reader_that_stops_is_cut_off() {
         ("DEFENSECLAW_SERVER__STREAM_BUFFER_BYTES", "65536"),
         ("DEFENSECLAW_SERVER__STREAM_STALL_TIMEOUT_SECS", "1"),
     ])
-    .await;
-    let mut c = d.client().await;
+    .await
+    .unwrap();
+    let mut c = d.client().await.unwrap();
     // About 1.2 MB of audit log: more than the reader's flow-control window,
     // the daemon's HTTP/2 send buffer and the stream's queue together.
     let reason = "r".repeat(2000);
@@ -122,9 +124,10 @@ async fn silent_connections_are_closed_and_calls_in_progress_are_not() {
         ("DEFENSECLAW_SERVER__HANDSHAKE_TIMEOUT_SECS", "1"),
         ("DEFENSECLAW_SERVER__IDLE_TIMEOUT_SECS", "1"),
     ])
-    .await;
+    .await
+    .unwrap();
     // A call in progress (a follower waiting for entries) opened first.
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let mut follow = c
         .follow_audit(pb::FollowAuditRequest::default())
         .await
@@ -142,7 +145,7 @@ async fn silent_connections_are_closed_and_calls_in_progress_are_not() {
 
     // Both deadlines have passed for the follower's connection too, yet its
     // call still gets what happens next.
-    let mut other = d.client().await;
+    let mut other = d.client().await.unwrap();
     other
         .set_enforcement(set(skill("after-idle"), Block, "still followed"))
         .await
@@ -157,7 +160,9 @@ async fn silent_connections_are_closed_and_calls_in_progress_are_not() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_are_closed_at_once() {
-    let d = TestDaemon::start_with(&[("DEFENSECLAW_SERVER__MAX_CONNECTIONS", "2")]).await;
+    let d = TestDaemon::start_with(&[("DEFENSECLAW_SERVER__MAX_CONNECTIONS", "2")])
+        .await
+        .unwrap();
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut conn = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
@@ -199,8 +204,10 @@ fn assert_short_refusal(what: &str, status: &tonic::Status, input: &str) {
 
 #[tokio::test]
 async fn huge_fields_are_refused_with_a_short_message() {
-    let d = TestDaemon::start_with(&[("DEFENSECLAW_SERVER__MAX_MESSAGE_BYTES", "8388608")]).await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start_with(&[("DEFENSECLAW_SERVER__MAX_MESSAGE_BYTES", "8388608")])
+        .await
+        .unwrap();
+    let mut c = d.client().await.unwrap();
     let huge = "x".repeat(1 << 20);
     let r = c
         .set_enforcement(set(skill(&huge), Block, "r"))
@@ -290,7 +297,9 @@ async fn raw_call(channel: Channel, method: &'static str, body: Vec<u8>) -> toni
 
 #[tokio::test]
 async fn malformed_messages_are_invalid_argument_and_oversized_resource_exhausted() {
-    let d = TestDaemon::start_with(&[("DEFENSECLAW_SERVER__MAX_MESSAGE_BYTES", "65536")]).await;
+    let d = TestDaemon::start_with(&[("DEFENSECLAW_SERVER__MAX_MESSAGE_BYTES", "65536")])
+        .await
+        .unwrap();
     let channel = defenseclaw_testkit::uds_channel(&d.socket).await.unwrap();
     let garbage: [(&str, Vec<u8>); 3] = [
         // Field 1, length-delimited, claims 2^35 bytes.
@@ -337,8 +346,8 @@ async fn malformed_messages_are_invalid_argument_and_oversized_resource_exhauste
 
 #[tokio::test]
 async fn unsigned_cursors_at_their_top_replay_and_find_nothing() {
-    let mut d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let mut d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     c.set_enforcement(set(skill("before"), Block, "r"))
         .await
         .unwrap();
@@ -371,7 +380,7 @@ async fn unsigned_cursors_at_their_top_replay_and_find_nothing() {
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
     // Ending the daemon ends the streams; the top follower got nothing.
     drop(c);
-    d.stop().await;
+    d.stop().await.unwrap();
     let mut replayed = Vec::new();
     while let Ok(Some(entry)) = top.message().await {
         replayed.push(entry.seq);
@@ -384,8 +393,8 @@ async fn unsigned_cursors_at_their_top_replay_and_find_nothing() {
 
 #[tokio::test]
 async fn names_outside_the_alphabet_are_refused_for_every_kind() {
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     let hostile = [
         ".",
         "..",

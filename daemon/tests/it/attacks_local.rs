@@ -16,14 +16,14 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{TestDaemon, env_for};
+use defenseclaw_testkit::daemon::{TestDaemon, daemon_env};
 
 const WAIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "gw-token-local-attack-5e1d7b";
 const NOBODY: u32 = 65534;
 
 async fn openclaw_status(d: &TestDaemon) -> pb::OpenClawStatus {
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     c.get_status(pb::GetStatusRequest {})
         .await
         .unwrap()
@@ -58,7 +58,7 @@ fn monitor_env(url: &str) -> Vec<(&'static str, String)> {
 
 async fn daemon_with(env: &[(&'static str, String)]) -> TestDaemon {
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    TestDaemon::start_with(&pairs).await
+    TestDaemon::start_with(&pairs).await.unwrap()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -92,7 +92,7 @@ async fn gateway_token_is_withheld_from_a_listener_of_another_uid() {
     assert!(!contains(&received, TOKEN.as_bytes()));
 
     // Recorded once per change of state, not once per attempt.
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let audit = c
         .list_audit(pb::ListAuditRequest::default())
         .await
@@ -259,7 +259,7 @@ async fn trace_logging_never_prints_the_gateway_token() {
 async fn start_error(socket_dir: &std::path::Path) -> String {
     let dir = tempfile::tempdir().unwrap();
     let socket = socket_dir.join("defenseclawd.sock");
-    let env = env_for(dir.path(), &socket, &[]);
+    let env = daemon_env(dir.path(), &socket, &[]);
     let settings = Settings::load(&ConfigFile::None, &env).unwrap();
     let opts = DaemonOptions::new(settings, ConfigFile::None, env).unwrap();
     match daemon::start(opts).await {

@@ -20,7 +20,8 @@ use crate::scanning::{BENIGN, MALICIOUS, write_skill};
 use crate::stepup::{
     OPERATOR, SECOND, answer_ciba, bearer, operator_token, outcome, provider, verdict,
 };
-use crate::support::{TestDaemon, skill};
+use defenseclaw_testkit::daemon::TestDaemon;
+use defenseclaw_testkit::requests::skill;
 
 type Client = ControlClient<Channel>;
 
@@ -48,7 +49,7 @@ fn stepup_env(idp: &IdentityProvider, extra: &[(&str, &str)]) -> Vec<(String, St
 
 async fn start(env: &[(String, String)]) -> TestDaemon {
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    TestDaemon::start_with(&pairs).await
+    TestDaemon::start_with(&pairs).await.unwrap()
 }
 
 fn report(scanner: &str, name: &str, findings: &[(&str, pb::Severity)]) -> pb::ScanReport {
@@ -153,7 +154,7 @@ async fn open_findings(c: &mut Client, name: &str) -> Vec<pb::Finding> {
 async fn an_empty_report_then_unblock_does_not_lower_protection() {
     let idp = provider().await;
     let d = start(&stepup_env(&idp, &[])).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
 
     // CRITICAL → the daemon proposes a block → the approver approves it.
@@ -241,8 +242,8 @@ async fn an_empty_report_then_unblock_does_not_lower_protection() {
 
 #[tokio::test]
 async fn scan_target_cannot_claim_another_skills_name() {
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     let skills = tempfile::tempdir().unwrap();
     let evil = write_skill(skills.path(), "evil", BENIGN);
     let mut req = scan(&evil, true);
@@ -274,8 +275,8 @@ async fn scan_target_cannot_claim_another_skills_name() {
 
 #[tokio::test]
 async fn the_daemons_scanner_names_are_reserved_and_unscanned_targets_audited_with_the_peer() {
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     for name in ["defenseclaw", "DefenseClaw"] {
         let err = c
             .submit_scan_report(report(name, "victim", &[]))
@@ -313,7 +314,7 @@ async fn the_daemons_scanner_names_are_reserved_and_unscanned_targets_audited_wi
 async fn install_on_a_clean_rescan_waits_for_a_human() {
     let idp = provider().await;
     let d = start(&stepup_env(&idp, &[])).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     // HIGH (below auto_block_severity): protected, not blocked.
     c.submit_scan_report(bearer(
@@ -372,7 +373,7 @@ async fn an_allow_list_match_does_not_unblock_a_critical_target() {
         &[("DEFENSECLAW_ADMISSION__ALLOW_LIST", "skill/victim")],
     ))
     .await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     c.submit_scan_report(bearer(
         report("ext", "victim", &[("X-1", pb::Severity::Critical)]),
@@ -397,8 +398,9 @@ async fn a_skill_md_naming_another_skill_cannot_take_over_its_findings() {
         ),
         ("DEFENSECLAW_SCANNER__WATCH_DEBOUNCE_MS", "100"),
     ])
-    .await;
-    let mut c = d.client().await;
+    .await
+    .unwrap();
+    let mut c = d.client().await.unwrap();
     let victim = write_skill(elsewhere.path(), "victim", MALICIOUS);
     let results = c
         .scan_target(scan(&victim, true))
@@ -454,7 +456,7 @@ async fn a_skill_md_naming_another_skill_cannot_take_over_its_findings() {
 async fn cancelling_the_daemons_proposal_ends_blocked() {
     let idp = provider().await;
     let d = start(&stepup_env(&idp, &[])).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     c.submit_scan_report(bearer(
         report("ext", "victim", &[("X-1", pb::Severity::Critical)]),
@@ -552,10 +554,12 @@ fn contradictions() -> Vec<(Vec<(&'static str, &'static str)>, &'static str)> {
     ]
 }
 
-fn run_binary(home: &Path, env: &[(&str, &str)], check_config: bool) -> std::process::Output {
+/// Runs the daemon binary to completion; a start that should have been refused
+/// but serves instead fails the test after 30 s rather than hanging it.
+async fn run_binary(home: &Path, env: &[(&str, &str)], check_config: bool) -> std::process::Output {
     let config = home.join("empty.toml");
     std::fs::write(&config, "").unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_defenseclawd"));
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawd"));
     cmd.arg("--config")
         .arg(&config)
         .arg("--socket")
@@ -564,14 +568,18 @@ fn run_binary(home: &Path, env: &[(&str, &str)], check_config: bool) -> std::pro
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DEFENSECLAW_HOME", home.join("home"))
         .env("DEFENSECLAW_OPENCLAW__ENABLED", "false")
-        .stdin(std::process::Stdio::null());
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
     if check_config {
         cmd.arg("--check-config");
     }
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
+    tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
+        .await
+        .expect("the daemon binary did not exit within 30 s")
+        .unwrap()
 }
 
 #[tokio::test]
@@ -579,11 +587,12 @@ async fn misconfigured_step_up_stops_the_start_and_the_check() {
     use defenseclawd::config::{ConfigFile, Settings};
     let dir = tempfile::tempdir().unwrap();
     for (vars, key) in contradictions() {
-        let env = crate::support::env_for(dir.path(), &dir.path().join("s.sock"), &vars);
+        let env =
+            defenseclaw_testkit::daemon::daemon_env(dir.path(), &dir.path().join("s.sock"), &vars);
         let err = Settings::load(&ConfigFile::None, &env).unwrap_err();
         assert!(err.to_string().contains(key), "{key}: {err}");
         for check_config in [true, false] {
-            let out = run_binary(dir.path(), &vars, check_config);
+            let out = run_binary(dir.path(), &vars, check_config).await;
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(
                 out.status.code(),
@@ -597,7 +606,7 @@ async fn misconfigured_step_up_stops_the_start_and_the_check() {
     let mut vars = contradictions().remove(0).0;
     vars.retain(|(k, _)| *k != "DEFENSECLAW_STEPUP__APPROVER");
     vars.push(("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|a"));
-    let out = run_binary(dir.path(), &vars, true);
+    let out = run_binary(dir.path(), &vars, true).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
@@ -605,7 +614,7 @@ async fn misconfigured_step_up_stops_the_start_and_the_check() {
         "{stderr}"
     );
     // The embedded defaults still pass.
-    let out = run_binary(dir.path(), &[], true);
+    let out = run_binary(dir.path(), &[], true).await;
     assert!(
         out.status.success(),
         "{}",
@@ -664,7 +673,7 @@ async fn pending_caps_refuse_and_audit_once() {
         ],
     ))
     .await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     for name in ["a", "b", "c", "d"] {
         c.submit_scan_report(bearer(
@@ -732,7 +741,7 @@ async fn a_request_expired_in_the_queue_never_reaches_the_provider() {
         &[("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "3")],
     ))
     .await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     let sent_before = bc_authorize_count(&idp).await;
     // Six requests for one approver: five are sent this minute, the sixth queues
@@ -949,13 +958,13 @@ mod property {
         ops: &[Op],
     ) -> Result<(), TestCaseError> {
         let mut d = start(env).await;
-        let mut c = d.client().await;
+        let mut c = d.client().await.unwrap();
         let skills = tempfile::tempdir().unwrap();
         for op in ops {
             apply(&mut c, token, skills.path(), op).await;
         }
         let checked = assert_invariant(&mut c).await;
-        d.stop().await;
+        d.stop().await.unwrap();
         checked
     }
 

@@ -11,8 +11,9 @@ use defenseclaw_proto::v1::control_client::ControlClient;
 use nix::sys::stat::Mode;
 use tonic::transport::Channel;
 
-use crate::support::{TestDaemon, skill};
 use crate::token_vault::audit;
+use defenseclaw_testkit::daemon::TestDaemon;
+use defenseclaw_testkit::requests::skill;
 
 /// Longest any single call may take before the test calls it a hang.
 const HANG: Duration = Duration::from_secs(120);
@@ -72,8 +73,8 @@ async fn reads_answer(c: &ControlClient<Channel>) {
 
 #[tokio::test]
 async fn sixteen_fifo_mcp_configs_are_refused_and_reads_keep_answering() {
-    let d = TestDaemon::start().await;
-    let c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let c = d.client().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join(".mcp.json");
     mkfifo(&fifo);
@@ -128,8 +129,8 @@ async fn sixteen_fifo_mcp_configs_are_refused_and_reads_keep_answering() {
 
 #[tokio::test]
 async fn an_oversized_mcp_config_is_refused_before_any_work() {
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.json");
     std::fs::write(&big, vec![b' '; (2 << 20) + 1]).unwrap();
@@ -149,8 +150,8 @@ async fn an_oversized_mcp_config_is_refused_before_any_work() {
 
 #[tokio::test]
 async fn scanning_the_root_directory_is_bounded_and_reported_incomplete() {
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     // `/` names no skill folder: refused at once, nothing walked.
     let status = tokio::time::timeout(
         HANG,
@@ -199,8 +200,9 @@ async fn a_symlinked_skill_folder_into_the_state_directory_is_refused_once() {
         ),
         ("DEFENSECLAW_SCANNER__WATCH_DEBOUNCE_MS", "100"),
     ])
-    .await;
-    let mut c = d.client().await;
+    .await
+    .unwrap();
+    let mut c = d.client().await.unwrap();
     let state_dir = d.db_path().parent().unwrap().to_path_buf();
     // Something in the state directory a scan would surely flag.
     std::fs::write(
@@ -387,8 +389,8 @@ fn held_scans_never_hold_back_store_reads() {
         let (script, gate) = held_adapter(tools.path());
         let env = held_scanner_env(&script, "4");
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let d = TestDaemon::start_with(&env).await;
-        let c = d.client().await;
+        let d = TestDaemon::start_with(&env).await.unwrap();
+        let c = d.client().await.unwrap();
         let skills = tempfile::tempdir().unwrap();
         let held: Vec<_> = (0..4)
             .map(|i| {
@@ -429,8 +431,9 @@ async fn a_full_scan_pool_answers_resource_exhausted_and_reads_still_answer() {
             "120",
         ),
     ])
-    .await;
-    let c = d.client().await;
+    .await
+    .unwrap();
+    let c = d.client().await.unwrap();
     let skills = tempfile::tempdir().unwrap();
     let held = write_skill(skills.path(), "held", "Summarise text.");
     let other = write_skill(skills.path(), "other", "Summarise text.");

@@ -13,11 +13,12 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::stepup::answer_ciba;
-use crate::support::{TestDaemon, set, skill, verify};
 use crate::token_vault::{
     OPERATOR, SERVER, allow, assert_not_in_state_dir, audit, bearer, env, grants, key_file,
     operator_token, provider, start, token_for, until, want,
 };
+use defenseclaw_testkit::daemon::TestDaemon;
+use defenseclaw_testkit::requests::{set, skill, verify};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// A server the test process's uid is not listed for.
@@ -118,7 +119,7 @@ async fn a_peer_gets_tokens_only_for_servers_its_uid_is_listed_for_and_every_han
         ],
     );
     let d = start(None, &settings).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     unattended_grant(&idp, &mut c, &token, SERVER, OPERATOR).await;
     unattended_grant(&idp, &mut c, &token, VICTIM, OPERATOR).await;
@@ -205,10 +206,10 @@ async fn a_peer_gets_tokens_only_for_servers_its_uid_is_listed_for_and_every_han
 
     // At shutdown the open window is written as one summary with the count.
     let mut d = d;
-    d.stop().await;
+    d.stop().await.unwrap();
     let TestDaemon { dir, .. } = d;
     let d = start(Some(dir), &settings).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let entries = audit(&mut c).await;
     let handouts: Vec<_> = entries
         .iter()
@@ -231,14 +232,14 @@ async fn a_peer_gets_tokens_only_for_servers_its_uid_is_listed_for_and_every_han
             .unwrap()
             .contains(&serde_json::json!(std::process::id()))
     );
-    assert!(verify(&mut c, "").await.ok);
+    assert!(verify(&mut c, "").await.unwrap().ok);
     // The token itself is nowhere in the log or the state directory.
     for e in &entries {
         assert!(!e.details_json.contains(&first.access_token));
         assert!(!e.reason.contains(&first.access_token));
     }
     let mut d = d;
-    d.stop().await;
+    d.stop().await.unwrap();
     assert_not_in_state_dir(&d, &first.access_token);
 }
 
@@ -264,7 +265,7 @@ async fn a_grant_redeclared_by_another_operator_drops_the_previous_approvers_cre
         ),
     )
     .await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token1 = operator_token(&idp).await;
     let token2 = token_for(&idp, OPERATOR2, "operator2@example.com", "Operator Two").await;
     unattended_grant(&idp, &mut c, &token1, SERVER, OPERATOR).await;
@@ -323,7 +324,7 @@ async fn a_grant_redeclared_by_another_operator_drops_the_previous_approvers_cre
     until(WAIT, || {
         let mut c = c.clone();
         async move {
-            c.check_target(crate::support::mcp(SERVER).unwrap())
+            c.check_target(defenseclaw_testkit::requests::mcp(SERVER).unwrap())
                 .await
                 .is_ok_and(|r| r.into_inner().verdict == pb::Verdict::Allowed as i32)
         }
@@ -359,8 +360,8 @@ async fn read_only_daemon(dir: Option<tempfile::TempDir>, window: &str) -> TestD
         ("DEFENSECLAW_AUDIT__COALESCE_WINDOW_SECS", window),
     ];
     match dir {
-        Some(dir) => TestDaemon::start_in(dir, &overrides).await,
-        None => TestDaemon::start_with(&overrides).await,
+        Some(dir) => TestDaemon::start_in(dir, &overrides).await.unwrap(),
+        None => TestDaemon::start_with(&overrides).await.unwrap(),
     }
 }
 
@@ -393,7 +394,7 @@ async fn refused_calls(c: &ControlClient<Channel>, n: usize) {
 async fn a_flood_of_refused_calls_grows_the_audit_log_by_two_entries() {
     const FLOOD: u64 = 5_000;
     let d = read_only_daemon(None, "3600").await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let before = head(&mut c).await;
     refused_calls(&c, FLOOD as usize).await;
 
@@ -409,10 +410,10 @@ async fn a_flood_of_refused_calls_grows_the_audit_log_by_two_entries() {
 
     // Shutdown writes the window's summary; nothing else was added.
     let mut d = d;
-    d.stop().await;
+    d.stop().await.unwrap();
     let TestDaemon { dir, .. } = d;
     let d = read_only_daemon(Some(dir), "3600").await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let after = audit_after(&mut c, before).await;
     assert_eq!(after.len(), 2, "{after:#?}");
     assert_eq!(after.iter().map(count).sum::<u64>(), FLOOD);
@@ -425,14 +426,17 @@ async fn a_flood_of_refused_calls_grows_the_audit_log_by_two_entries() {
     assert!(sd["first_at"].as_str().is_some_and(|t| !t.is_empty()));
     assert!(sd["last_at"].as_str() >= sd["first_at"].as_str());
     assert_eq!(summary.actor.as_ref().unwrap().uid, my_uid());
-    assert!(verify(&mut c, "").await.ok, "the chain stays intact");
+    assert!(
+        verify(&mut c, "").await.unwrap().ok,
+        "the chain stays intact"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_are_summarised_when_their_window_ends() {
     const CALLS: u64 = 400;
     let d = read_only_daemon(None, "1").await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let before = head(&mut c).await;
     refused_calls(&c, CALLS as usize).await;
 
@@ -467,5 +471,5 @@ async fn refusals_are_summarised_when_their_window_ends() {
         assert!(sd["first_at"].as_str().is_some_and(|t| !t.is_empty()));
         assert!(sd["last_at"].as_str() >= sd["first_at"].as_str());
     }
-    assert!(verify(&mut c, "").await.ok);
+    assert!(verify(&mut c, "").await.unwrap().ok);
 }

@@ -4,12 +4,13 @@ use defenseclaw_proto::v1 as pb;
 use pb::EnforcementAction::{Allow, Block, Unblock};
 use tonic::Code;
 
-use crate::support::{TestDaemon, mcp, set, skill, verify};
+use defenseclaw_testkit::daemon::TestDaemon;
+use defenseclaw_testkit::requests::{mcp, set, skill, verify};
 
 #[tokio::test]
 async fn block_allow_unblock_are_idempotent_audited_and_checked_from_memory() {
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
 
     let check = |v: pb::CheckReply| pb::Verdict::try_from(v.verdict).unwrap();
     assert_eq!(
@@ -119,13 +120,13 @@ async fn block_allow_unblock_are_idempotent_audited_and_checked_from_memory() {
         .unwrap()
         .into_inner();
     assert_eq!(list.targets.len(), 1);
-    assert!(verify(&mut c, "").await.ok);
+    assert!(verify(&mut c, "").await.unwrap().ok);
 }
 
 #[tokio::test]
 async fn invalid_input_is_rejected_naming_the_field_and_writes_nothing() {
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     let cases = [
         (set(skill("a/b"), Block, ""), "target.name"),
         (set(skill(""), Block, ""), "target.name"),
@@ -203,8 +204,10 @@ async fn invalid_input_is_rejected_naming_the_field_and_writes_nothing() {
 
 #[tokio::test]
 async fn oversized_messages_are_refused() {
-    let d = TestDaemon::start_with(&[("DEFENSECLAW_SERVER__MAX_MESSAGE_BYTES", "65536")]).await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start_with(&[("DEFENSECLAW_SERVER__MAX_MESSAGE_BYTES", "65536")])
+        .await
+        .unwrap();
+    let mut c = d.client().await.unwrap();
     let report = pb::ScanReport {
         scanner: "s".into(),
         target: skill("t"),
@@ -233,8 +236,8 @@ async fn oversized_messages_are_refused() {
 
 #[tokio::test]
 async fn findings_are_recorded_replaced_listed_and_dismissed_with_audit() {
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     let finding = |rule: &str, sev: pb::Severity| pb::FindingInput {
         rule_id: rule.into(),
         severity: sev as i32,
@@ -346,8 +349,10 @@ async fn findings_are_recorded_replaced_listed_and_dismissed_with_audit() {
 #[tokio::test]
 async fn a_disallowed_uid_is_refused_and_the_refusal_is_audited() {
     // Only a uid nobody has may mutate: the test's own (root) calls are refused.
-    let d = TestDaemon::start_with(&[("DEFENSECLAW_ACCESS__MUTATE_UIDS", "4242420")]).await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start_with(&[("DEFENSECLAW_ACCESS__MUTATE_UIDS", "4242420")])
+        .await
+        .unwrap();
+    let mut c = d.client().await.unwrap();
     let err = c
         .set_enforcement(set(skill("x"), Block, ""))
         .await
@@ -385,16 +390,17 @@ async fn group_membership_grants_mutation() {
         ("DEFENSECLAW_ACCESS__MUTATE_UIDS", "4242420"),
         ("DEFENSECLAW_ACCESS__MUTATE_GIDS", "0"),
     ])
-    .await;
-    let mut c = d.client().await;
+    .await
+    .unwrap();
+    let mut c = d.client().await.unwrap();
     c.set_enforcement(set(skill("x"), Block, "")).await.unwrap();
 }
 
 #[tokio::test]
 async fn audit_filters_and_follow_stream() {
     use tokio_stream::StreamExt;
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     c.set_enforcement(set(skill("a"), Block, "")).await.unwrap();
     let mut follow = c
         .follow_audit(pb::FollowAuditRequest {
@@ -471,10 +477,10 @@ async fn audit_filters_and_follow_stream() {
 
 #[tokio::test]
 async fn concurrent_clients_lose_no_update_and_keep_the_chain_linear() {
-    let d = TestDaemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     let mut handles = Vec::new();
     for client_no in 0..16 {
-        let mut c = d.client().await;
+        let mut c = d.client().await.unwrap();
         handles.push(tokio::spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..25 {
@@ -514,7 +520,7 @@ async fn concurrent_clients_lose_no_update_and_keep_the_chain_linear() {
     all.sort_unstable();
     all.dedup();
     assert_eq!(all.len(), 16 * 25, "every call got its own audit entry");
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let status = c
         .get_status(pb::GetStatusRequest {})
         .await
@@ -523,7 +529,7 @@ async fn concurrent_clients_lose_no_update_and_keep_the_chain_linear() {
     let counts = status.counts.unwrap();
     assert_eq!(counts.targets, 16 * 25 + 1);
     assert_eq!(counts.audit_entries, 16 * 25 * 2);
-    let v = verify(&mut c, "").await;
+    let v = verify(&mut c, "").await.unwrap();
     assert!(v.ok, "{}", v.problem);
     assert_eq!(v.entries_checked, 16 * 25 * 2);
 }

@@ -9,11 +9,16 @@ use defenseclawd::config::{ConfigFile, Settings};
 use defenseclawd::daemon::{self, DaemonOptions};
 use pb::EnforcementAction::Block;
 
-use crate::support::{DaemonProcess, TestDaemon, env_for, set, skill, verify};
+use defenseclaw_testkit::daemon::{DaemonProcess, TestDaemon, daemon_env};
+use defenseclaw_testkit::requests::{set, skill, verify};
+use nix::sys::signal::Signal;
+
+/// The daemon binary the crash and signal tests run.
+const DAEMON_BIN: &str = env!("CARGO_BIN_EXE_defenseclawd");
 
 async fn try_start(dir: &std::path::Path) -> Result<defenseclawd::daemon::DaemonHandle, String> {
-    let socket = dir.join("run/defenseclawd.sock");
-    let env = env_for(dir, &socket, &[]);
+    let socket = defenseclaw_testkit::daemon::socket_in(dir);
+    let env = daemon_env(dir, &socket, &[]);
     let settings = Settings::load(&ConfigFile::None, &env).unwrap();
     daemon::start(DaemonOptions::new(settings, ConfigFile::None, env).unwrap())
         .await
@@ -22,7 +27,7 @@ async fn try_start(dir: &std::path::Path) -> Result<defenseclawd::daemon::Daemon
 
 #[tokio::test]
 async fn socket_is_0660_and_a_second_daemon_is_refused_without_touching_the_store() {
-    let d = TestDaemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     let db_mode = std::fs::metadata(d.db_path()).unwrap().permissions().mode() & 0o777;
@@ -38,6 +43,7 @@ async fn socket_is_0660_and_a_second_daemon_is_refused_without_touching_the_stor
     // The first daemon still serves.
     d.client()
         .await
+        .unwrap()
         .get_status(pb::GetStatusRequest {})
         .await
         .unwrap();
@@ -50,13 +56,14 @@ async fn a_stale_socket_is_replaced_and_a_non_socket_is_refused() {
     let socket = dir.path().join("run/defenseclawd.sock");
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(socket.exists(), "a stale socket file is left behind");
-    let mut d = TestDaemon::start_in(dir, &[]).await;
+    let mut d = TestDaemon::start_in(dir, &[]).await.unwrap();
     d.client()
         .await
+        .unwrap()
         .get_status(pb::GetStatusRequest {})
         .await
         .unwrap();
-    d.stop().await;
+    d.stop().await.unwrap();
     assert!(!d.socket.exists(), "the daemon removes its socket at exit");
 
     std::fs::write(&d.socket, "not a socket").unwrap();
@@ -112,7 +119,7 @@ async fn foreign_and_corrupted_databases_are_refused_and_left_untouched() {
 
 #[tokio::test]
 async fn health_and_reflection_are_served() {
-    let d = TestDaemon::start().await;
+    let d = TestDaemon::start().await.unwrap();
     let channel = defenseclaw_testkit::uds_channel(&d.socket).await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let reply = health
@@ -152,8 +159,8 @@ async fn health_and_reflection_are_served() {
 
 #[tokio::test]
 async fn shutdown_ends_follow_streams_and_keeps_every_committed_change() {
-    let mut d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let mut d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     c.set_enforcement(set(skill("a"), Block, "")).await.unwrap();
     let mut follow = c
         .follow_audit(pb::FollowAuditRequest {
@@ -165,7 +172,7 @@ async fn shutdown_ends_follow_streams_and_keeps_every_committed_change() {
         .into_inner();
     assert_eq!(follow.message().await.unwrap().unwrap().seq, 1);
     let stopping = tokio::spawn(async move {
-        d.stop().await;
+        d.stop().await.unwrap();
         d
     });
     // The stream ends (cleanly or with an error) instead of holding shutdown forever.
@@ -175,8 +182,8 @@ async fn shutdown_ends_follow_streams_and_keeps_every_committed_change() {
     .await;
     assert!(ended.is_ok(), "follow stream did not end on shutdown");
     let d = stopping.await.unwrap();
-    let restarted = TestDaemon::start_in(d.dir, &[]).await;
-    let mut c = restarted.client().await;
+    let restarted = TestDaemon::start_in(d.dir, &[]).await.unwrap();
+    let mut c = restarted.client().await.unwrap();
     let v = c
         .check_target(skill("a").unwrap())
         .await
@@ -187,13 +194,15 @@ async fn shutdown_ends_follow_streams_and_keeps_every_committed_change() {
         pb::Verdict::Blocked as i32,
         "state reloaded from the store"
     );
-    assert!(verify(&mut c, "").await.ok);
+    assert!(verify(&mut c, "").await.unwrap().ok);
 }
 
 #[tokio::test]
 async fn kill_9_during_mutations_loses_nothing_that_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = DaemonProcess::spawn(dir.path()).await;
+    let mut daemon = DaemonProcess::spawn(DAEMON_BIN.as_ref(), dir.path())
+        .await
+        .unwrap();
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut writers = Vec::new();
     for w in 0..8 {
@@ -233,7 +242,9 @@ async fn kill_9_during_mutations_loses_nothing_that_was_acknowledged() {
     }
     let acked = acked.lock().unwrap().clone();
 
-    let daemon = DaemonProcess::spawn(dir.path()).await;
+    let daemon = DaemonProcess::spawn(DAEMON_BIN.as_ref(), dir.path())
+        .await
+        .unwrap();
     let mut c = defenseclaw_testkit::control_client(&daemon.socket)
         .await
         .unwrap();
@@ -249,7 +260,7 @@ async fn kill_9_during_mutations_loses_nothing_that_was_acknowledged() {
             "{name} was acknowledged but lost"
         );
     }
-    let v = verify(&mut c, "").await;
+    let v = verify(&mut c, "").await.unwrap();
     assert!(v.ok, "{}", v.problem);
     assert!(v.entries_checked >= acked.len() as u64);
 }
@@ -257,16 +268,13 @@ async fn kill_9_during_mutations_loses_nothing_that_was_acknowledged() {
 #[tokio::test]
 async fn sigterm_stops_the_process_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = DaemonProcess::spawn(dir.path()).await;
-    daemon.signal(15);
-    let status = tokio::task::spawn_blocking(move || {
-        let s = daemon.child.wait().unwrap();
-        (s, daemon)
-    })
-    .await
-    .unwrap();
-    assert!(status.0.success(), "{:?}", status.0);
-    assert!(!status.1.socket.exists());
+    let mut daemon = DaemonProcess::spawn(DAEMON_BIN.as_ref(), dir.path())
+        .await
+        .unwrap();
+    daemon.signal(Signal::SIGTERM).unwrap();
+    let status = daemon.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!daemon.socket.exists());
 }
 
 #[test]
@@ -314,7 +322,7 @@ fn dotenv_with_process_keys_stops_the_start() {
     let dotenv = home.join(".env");
     std::fs::write(&dotenv, "LD_PRELOAD=/tmp/evil.so\n").unwrap();
     std::fs::set_permissions(&dotenv, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let env: HashMap<String, String> = env_for(dir.path(), &dir.path().join("s.sock"), &[]);
+    let env: HashMap<String, String> = daemon_env(dir.path(), &dir.path().join("s.sock"), &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let settings = Settings::load(&ConfigFile::None, &env).unwrap();
     let err = rt

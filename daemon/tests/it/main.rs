@@ -1,8 +1,6 @@
 //! defenseclawd integration tests: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 mod attacks_client;
 mod attacks_local;
 mod attacks_protection;
@@ -12,6 +10,7 @@ mod audit_chain;
 mod governance;
 mod lifecycle;
 mod oidc;
+mod oidc_tokens;
 mod openclaw;
 mod openclaw_e2e;
 mod scanning;

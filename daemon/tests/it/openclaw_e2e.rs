@@ -7,7 +7,8 @@ use defenseclaw_testkit::openclaw::{GatewayClient, OpenClawGateway};
 use serde_json::json;
 
 use crate::openclaw::{eventually, first_enabled_skill, request_exec, skill_disabled};
-use crate::support::{TestDaemon, set, skill};
+use defenseclaw_testkit::daemon::TestDaemon;
+use defenseclaw_testkit::requests::{set, skill};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_connects_blocks_skills_and_denies_dangerous_exec_in_the_real_gateway() {
@@ -20,8 +21,9 @@ async fn daemon_connects_blocks_skills_and_denies_dangerous_exec_in_the_real_gat
         ("DEFENSECLAW_OPENCLAW__URL", &url),
         ("OPENCLAW_GATEWAY_TOKEN", &gw.token),
     ])
-    .await;
-    let mut c = d.client().await;
+    .await
+    .unwrap();
+    let mut c = d.client().await.unwrap();
     let status = eventually("the daemon connected to the gateway", || {
         let mut c = c.clone();
         async move {

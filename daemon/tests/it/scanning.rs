@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use defenseclaw_proto::v1 as pb;
 
-use crate::support::TestDaemon;
+use defenseclaw_testkit::daemon::TestDaemon;
 
 pub(crate) fn write_skill(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
     let skill = dir.join(name);
@@ -34,8 +34,8 @@ fn install(path: &Path) -> pb::ScanTargetRequest {
 
 #[tokio::test]
 async fn install_admits_or_blocks_per_policy_with_an_audit_entry() {
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     let skills = tempfile::tempdir().unwrap();
     let evil = write_skill(skills.path(), "evil-helper", MALICIOUS);
     let good = write_skill(skills.path(), "summarise", BENIGN);
@@ -51,7 +51,7 @@ async fn install_admits_or_blocks_per_policy_with_an_audit_entry() {
     assert!(r[0].max_severity >= pb::Severity::High as i32);
     assert!(!r[0].findings.is_empty());
     let v = c
-        .check_target(crate::support::skill("evil-helper").unwrap())
+        .check_target(defenseclaw_testkit::requests::skill("evil-helper").unwrap())
         .await
         .unwrap()
         .into_inner();
@@ -64,11 +64,18 @@ async fn install_admits_or_blocks_per_policy_with_an_audit_entry() {
         .into_inner()
         .results;
     assert_eq!(r[0].decision, "allowed", "{:?}", r[0]);
-    assert!(r[0].max_severity < pb::Severity::High as i32);
+    // Benign: no finding at all, not merely none at the blocking threshold.
+    assert!(r[0].findings.is_empty(), "{:?}", r[0]);
+    assert_eq!(
+        r[0].max_severity,
+        pb::Severity::Unspecified as i32,
+        "{:?}",
+        r[0]
+    );
 
     let entries = c
         .list_audit(pb::ListAuditRequest {
-            target: crate::support::skill("evil-helper"),
+            target: defenseclaw_testkit::requests::skill("evil-helper"),
             ..Default::default()
         })
         .await
@@ -101,9 +108,10 @@ async fn install_admits_or_blocks_per_policy_with_an_audit_entry() {
 
 #[tokio::test]
 async fn an_allow_listed_skill_is_not_scanned() {
-    let d =
-        TestDaemon::start_with(&[("DEFENSECLAW_ADMISSION__ALLOW_LIST", "skill/evil-helper")]).await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start_with(&[("DEFENSECLAW_ADMISSION__ALLOW_LIST", "skill/evil-helper")])
+        .await
+        .unwrap();
+    let mut c = d.client().await.unwrap();
     let skills = tempfile::tempdir().unwrap();
     let evil = write_skill(skills.path(), "evil-helper", MALICIOUS);
     let r = c
@@ -118,8 +126,8 @@ async fn an_allow_listed_skill_is_not_scanned() {
 
 #[tokio::test]
 async fn mcp_configs_are_scanned_per_server() {
-    let d = TestDaemon::start().await;
-    let mut c = d.client().await;
+    let d = TestDaemon::start().await.unwrap();
+    let mut c = d.client().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(".mcp.json");
     std::fs::write(
@@ -161,8 +169,9 @@ async fn the_watcher_rescans_a_skill_edited_after_approval() {
         ),
         ("DEFENSECLAW_SCANNER__WATCH_DEBOUNCE_MS", "100"),
     ])
-    .await;
-    let mut c = d.client().await;
+    .await
+    .unwrap();
+    let mut c = d.client().await.unwrap();
     let r = c
         .scan_target(install(&skill))
         .await
@@ -179,7 +188,7 @@ async fn the_watcher_rescans_a_skill_edited_after_approval() {
             let mut c = c.clone();
             async move {
                 let v = c
-                    .check_target(crate::support::skill("notes").unwrap())
+                    .check_target(defenseclaw_testkit::requests::skill("notes").unwrap())
                     .await
                     .ok()?
                     .into_inner();

@@ -10,7 +10,8 @@ use defenseclaw_testkit::idp::{CibaSelector, IdentityProvider, IdpOptions};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
-use crate::support::{TestDaemon, skill};
+use defenseclaw_testkit::daemon::TestDaemon;
+use defenseclaw_testkit::requests::skill;
 
 pub(crate) const OPERATOR: &str = "auth0|operator1";
 pub(crate) const SECOND: &str = "auth0|operator2";
@@ -40,8 +41,8 @@ fn env(idp: &IdentityProvider, expiry: &str) -> Vec<(String, String)> {
 async fn start(dir: Option<tempfile::TempDir>, env: &[(String, String)]) -> TestDaemon {
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     match dir {
-        Some(d) => TestDaemon::start_in(d, &pairs).await,
-        None => TestDaemon::start_with(&pairs).await,
+        Some(d) => TestDaemon::start_in(d, &pairs).await.unwrap(),
+        None => TestDaemon::start_with(&pairs).await.unwrap(),
     }
 }
 
@@ -133,7 +134,7 @@ pub(crate) fn verdict(c: &pb::CheckReply) -> pb::Verdict {
 async fn approve_deny_coalesce_and_auto_proposal() {
     let idp = provider().await;
     let d = start(None, &env(&idp, "120")).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
 
     // A HIGH finding makes the skill need a human for changes.
@@ -310,7 +311,7 @@ async fn timeout_is_distinct_from_deny_and_restart_resumes_or_times_out() {
     let idp = provider().await;
     let dir = tempfile::tempdir().unwrap();
     let mut d = start(Some(dir), &env(&idp, "3")).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     c.submit_scan_report(bearer(report("slow", pb::Severity::High), &token))
         .await
@@ -361,11 +362,22 @@ async fn timeout_is_distinct_from_deny_and_restart_resumes_or_times_out() {
         .into_inner()
         .pending
         .unwrap();
-    d.stop().await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    d.stop().await.unwrap();
+    // Restart only once the request's own deadline (as the daemon reported it) has passed.
+    let deadline = time::OffsetDateTime::parse(
+        &pending.expires_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    defenseclaw_testkit::wait_for("the request's deadline", Duration::from_secs(30), || {
+        let passed = time::OffsetDateTime::now_utc() >= deadline;
+        async move { passed.then_some(()) }
+    })
+    .await
+    .unwrap();
     let dir = d.dir;
     let d = start(Some(dir), &env(&idp, "120")).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let s = c
         .get_step_up(pb::StepUpRef {
             id: pending.request_id.clone(),
@@ -400,13 +412,13 @@ async fn timeout_is_distinct_from_deny_and_restart_resumes_or_times_out() {
         .await
         .unwrap();
     let mut d = d;
-    d.stop().await;
+    d.stop().await.unwrap();
     idp.approve_ciba(&CibaSelector::AuthReqId(asked.auth_req_id))
         .await
         .unwrap();
     let dir = d.dir;
     let d = start(Some(dir), &env(&idp, "120")).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     assert_eq!(
         outcome(&mut c, &pending.request_id).await.status,
         "approved"
@@ -430,7 +442,7 @@ async fn provider_down_and_user_without_push_end_as_error_under_policy() {
         "requester,auth0|nopush".into(),
     ));
     let d = start(None, &vars).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
 
     // CRITICAL scan → proposed block → the approver has no push: error, and the

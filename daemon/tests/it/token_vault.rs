@@ -16,7 +16,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 pub(crate) use crate::stepup::bearer;
-use crate::support::{TestDaemon, mcp};
+use defenseclaw_testkit::daemon::TestDaemon;
+use defenseclaw_testkit::requests::mcp;
 
 pub(crate) const OPERATOR: &str = "auth0|operator1";
 pub(crate) const SERVER: &str = "github-mcp";
@@ -40,8 +41,8 @@ pub(crate) fn env(idp: &IdentityProvider, extra: &[(&str, &str)]) -> Vec<(String
 pub(crate) async fn start(dir: Option<tempfile::TempDir>, env: &[(String, String)]) -> TestDaemon {
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     match dir {
-        Some(d) => TestDaemon::start_in(d, &pairs).await,
-        None => TestDaemon::start_with(&pairs).await,
+        Some(d) => TestDaemon::start_in(d, &pairs).await.unwrap(),
+        None => TestDaemon::start_with(&pairs).await.unwrap(),
     }
 }
 
@@ -146,7 +147,7 @@ async fn operator_token_exchange_cache_and_inventory() {
         .await
         .unwrap();
     let d = start(None, &env(&idp, &[])).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
 
     // Invalid declarations are refused with the field named, and change nothing.
@@ -157,7 +158,7 @@ async fn operator_token_exchange_cache_and_inventory() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("connections.connection"), "{err:?}");
     let mut skill_allow = allow("a-skill", &[("github", &[])]);
-    skill_allow.target = crate::support::skill("a-skill");
+    skill_allow.target = defenseclaw_testkit::requests::skill("a-skill");
     let err = c
         .set_enforcement(bearer(skill_allow, &token))
         .await
@@ -292,7 +293,7 @@ async fn operator_token_exchange_cache_and_inventory() {
     assert_eq!(wide.status, "broken");
 
     let mut d = d;
-    d.stop().await;
+    d.stop().await.unwrap();
     assert_not_in_state_dir(&d, &first.access_token);
 }
 
@@ -315,7 +316,7 @@ async fn undeclared_connection_is_refused_and_put_to_the_approver() {
         ),
     )
     .await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     // No findings and no key: the allow commits at once.
     let reply = c
@@ -441,7 +442,7 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
     let mut with_key = base.to_vec();
     with_key.push(("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &key_env));
     let d = start(None, &env(&idp, &with_key)).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
 
     // Granting credentials with a key configured asks the operator's phone.
@@ -495,7 +496,7 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
 
     // At rest the credential is sealed: version byte, nonce, ciphertext.
     let mut d = d;
-    d.stop().await;
+    d.stop().await.unwrap();
     let db = rusqlite::Connection::open(d.db_path()).unwrap();
     let (sub, sealed): (String, Vec<u8>) = db
         .query_row(
@@ -512,7 +513,7 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
     // Without its key the credential is unreadable, and the daemon says why.
     let TestDaemon { dir, .. } = d;
     let d = start(Some(dir), &env(&idp, &base)).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let err = c
         .get_connection_token(want(SERVER, "github"))
         .await
@@ -520,14 +521,14 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("no token vault key"), "{err:?}");
     let mut d = d;
-    d.stop().await;
+    d.stop().await.unwrap();
     // With another key it does not open either.
     let other = key_file(keys.path(), 8).display().to_string();
     let mut wrong = base.to_vec();
     wrong.push(("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", &other));
     let TestDaemon { dir, .. } = d;
     let d = start(Some(dir), &env(&idp, &wrong)).await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let err = c
         .get_connection_token(want(SERVER, "github"))
         .await
@@ -538,7 +539,7 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
     // A key file others can read is refused at start.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut d = d;
-    d.stop().await;
+    d.stop().await.unwrap();
     let TestDaemon { dir, .. } = d;
     let socket = dir.path().join("run/defenseclawd.sock");
     let pairs = env(&idp, &with_key);
@@ -546,7 +547,7 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let env_map = crate::support::env_for(dir.path(), &socket, &pairs);
+    let env_map = defenseclaw_testkit::daemon::daemon_env(dir.path(), &socket, &pairs);
     let settings =
         defenseclawd::config::Settings::load(&defenseclawd::config::ConfigFile::None, &env_map)
             .unwrap();
@@ -572,7 +573,7 @@ async fn concurrent_requests_share_one_exchange() {
         &env(&idp, &[("DEFENSECLAW_TOKEN_VAULT__CACHE_MAX_SECS", "0")]),
     )
     .await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     c.set_enforcement(bearer(allow(SERVER, &[("github", &[])]), &token))
         .await
@@ -628,7 +629,7 @@ async fn revocation_block_and_provider_failures() {
         ),
     )
     .await;
-    let mut c = d.client().await;
+    let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     c.set_enforcement(bearer(allow(SERVER, &[("github", &[])]), &token))
         .await

@@ -417,10 +417,22 @@ async fn token_vault_refusals_use_auth0_error_codes() {
         error_of(&r),
         (401, "federated_connection_refresh_token_not_found")
     );
-    assert!(idp.unlink_account(OPERATOR, "slack").await.is_err());
+    let err = idp.unlink_account(OPERATOR, "slack").await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("unknown_connected_account"),
+        "{err:#}"
+    );
     assert!(idp.linked_accounts().await.unwrap().is_empty());
     // An unknown connection cannot be linked unless configured.
-    assert!(idp.link_account(OPERATOR, "jira", "read").await.is_err());
+    let err = idp
+        .link_account(OPERATOR, "jira", "read")
+        .await
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("400") && err.contains("invalid_request"),
+        "{err}"
+    );
 
     let stats = idp.token_vault_stats().await.unwrap();
     assert_eq!(
