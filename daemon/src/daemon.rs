@@ -4,37 +4,98 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use defenseclaw_proto::v1::control_server::ControlServer;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::AccessPolicy;
-use crate::admission::{Admission, ScanRequest};
-use crate::authn::Authenticator;
 use crate::config::{ConfigFile, Settings};
-use crate::control::{ControlService, EnforcementChanged};
+use crate::events::EnforcementChanged;
+use crate::governance::admission::{Admission, ScanRequest};
+use crate::governance::enforcer::Enforcer;
+use crate::governance::openclaw_host::{GovernanceHost, forward_enforcement};
+use crate::governance::scanning::{ScanService, SkillWatcher, record_refused_link};
+use crate::governance::{Governance, Parts};
 use crate::openclaw::{GatewayToken, OpenClawMonitor};
-use crate::openclaw_host::{GovernanceHost, forward_enforcement};
-use crate::scanning::{ScanService, SkillWatcher};
+use crate::rpc::ControlService;
+use crate::rpc::access::AccessPolicy;
+use crate::rpc::authn::Authenticator;
 use crate::secrets::SecretSources;
 use crate::state::StateCache;
 use crate::store::{Store, WriterContext};
 use crate::telemetry::LogReload;
 use crate::{listener, paths};
 
+/// Why the daemon did not start or stopped with an error. The messages are the
+/// operator's: each names what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state directory could not be resolved or made private.
+    #[error("{0}")]
+    StateDir(String),
+    /// A secret source (the environment, systemd credentials, `.env`) could not be read.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
+    /// The configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The socket could not be bound (or another daemon already answers on it).
+    #[error(transparent)]
+    Socket(#[from] crate::listener::BindError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Open(#[from] crate::store::OpenError),
+    /// The store could not be read (pending step-ups were not resumed).
+    #[error(transparent)]
+    Store(#[from] crate::error::Error),
+    /// The OpenClaw monitor could not start.
+    #[error(transparent)]
+    OpenClaw(#[from] crate::openclaw::OpenClawError),
+    /// The Token Vault key could not be loaded.
+    #[error(transparent)]
+    Seal(#[from] crate::governance::vault::seal::SealError),
+    /// The authenticator could not be built from `[auth]`.
+    #[error(transparent)]
+    Auth(#[from] crate::rpc::authn::AuthSetupError),
+    /// The scanners or the skill watcher could not be set up.
+    #[error(transparent)]
+    Scanner(#[from] crate::governance::scanning::ScannerSetupError),
+    /// The scan pool could not start.
+    #[error(transparent)]
+    ScanPool(#[from] crate::governance::scan_pool::PoolError),
+    /// Step-up is on but what it needs is missing.
+    #[error("{0}")]
+    StepUp(&'static str),
+    /// A task of the daemon failed.
+    #[error("{what}: {reason}")]
+    Task {
+        /// Which task.
+        what: &'static str,
+        /// What it reported.
+        reason: String,
+    },
+    /// A signal handler could not be installed.
+    #[error("{signal} handler: {source}")]
+    Signal {
+        /// Which signal.
+        signal: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
 /// Everything needed to start a daemon.
 #[derive(Debug)]
 pub struct DaemonOptions {
-    /// Effective settings.
+    /// Effective settings: defaults, then the file, then the environment.
     pub settings: Settings,
     /// Where the config file layer came from (re-read on SIGHUP).
     pub config_file: ConfigFile,
     /// The environment (the process's in production, a map in tests).
     pub env: HashMap<String, String>,
-    /// State directory.
+    /// State directory (store, device key, `.env`), private to the daemon.
     pub state_dir: PathBuf,
 }
 
@@ -44,8 +105,8 @@ impl DaemonOptions {
         settings: Settings,
         config_file: ConfigFile,
         env: HashMap<String, String>,
-    ) -> Result<Self, String> {
-        let state_dir = paths::state_dir(&env)?;
+    ) -> Result<Self, StartError> {
+        let state_dir = paths::state_dir(&env).map_err(StartError::StateDir)?;
         Ok(Self {
             settings,
             config_file,
@@ -59,10 +120,10 @@ impl DaemonOptions {
 pub struct DaemonHandle {
     /// Socket path clients connect to.
     pub socket: PathBuf,
-    /// Database path.
+    /// Database path, for callers that inspect the store after a stop.
     pub store_path: PathBuf,
     cancel: CancellationToken,
-    supervisor: JoinHandle<Result<(), String>>,
+    supervisor: JoinHandle<Result<(), StartError>>,
     enforcement: broadcast::Sender<EnforcementChanged>,
     store: Store,
 }
@@ -97,32 +158,30 @@ impl DaemonHandle {
     }
 
     /// Waits until the daemon has stopped and its store is closed.
-    pub async fn wait(self) -> Result<(), String> {
+    pub async fn wait(self) -> Result<(), StartError> {
         drop(self.store);
-        self.supervisor
-            .await
-            .map_err(|e| format!("daemon task failed: {e}"))?
+        self.supervisor.await.map_err(|e| StartError::Task {
+            what: "daemon task failed",
+            reason: e.to_string(),
+        })?
     }
 }
 
 /// Opens the store, binds the socket and starts serving. Returns once the
 /// socket accepts connections.
-pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
+pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     let DaemonOptions {
         settings,
         state_dir,
         env,
         ..
     } = opts;
-    paths::ensure_private_dir(&state_dir)?;
+    paths::ensure_private_dir(&state_dir).map_err(StartError::StateDir)?;
     // Read now so a bad .env stops the start, not a later request.
-    let secrets = SecretSources::load(&env, &state_dir)?;
+    let secrets = SecretSources::load(&env, &state_dir).map_err(StartError::Secrets)?;
     // The socket first: a second daemon must stop here, before touching the store.
-    let mode = settings
-        .server
-        .socket_mode_bits()
-        .map_err(|e| e.to_string())?;
-    let bound = listener::bind(&settings.socket_path(), mode)?;
+    let mode = settings.server.socket_mode_bits()?;
+    let bound = listener::bind(&settings.socket_path(), mode).map_err(StartError::Socket)?;
     let socket = bound.path.clone();
     let cleanup = listener::BoundSocket::cleanup_token(&bound.path, bound.owned_id());
     let store_path = settings.store_path(&state_dir);
@@ -136,15 +195,20 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         };
         tokio::task::spawn_blocking(move || Store::open(&path, ctx))
             .await
-            .map_err(|e| format!("store open task failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| StartError::Task {
+                what: "store open task failed",
+                reason: e.to_string(),
+            })
+            .and_then(|r| r.map_err(StartError::from))
             .inspect_err(|_| cleanup.run())?
     };
 
     let cancel = CancellationToken::new();
     let (enforcement, _) = broadcast::channel(1024);
+    let enforcer = Enforcer::new(store.clone(), enforcement.clone());
     let gateway_token = secrets
-        .get(crate::secrets::OPENCLAW_GATEWAY_TOKEN)?
+        .get(crate::secrets::OPENCLAW_GATEWAY_TOKEN)
+        .map_err(StartError::Secrets)?
         .map(|(token, _)| GatewayToken::new(token.expose()));
     let monitor = OpenClawMonitor::start(
         settings.openclaw.clone(),
@@ -153,12 +217,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         Arc::new(GovernanceHost::new(cache.clone(), store.clone())),
         cancel.child_token(),
     )
-    .map_err(|e| e.to_string())
     .inspect_err(|_| cleanup.run())?;
     if settings.openclaw.enabled {
         tokio::spawn(forward_enforcement(
             monitor.clone(),
-            enforcement.subscribe(),
+            enforcer.subscribe(),
             cache.clone(),
         ));
     }
@@ -172,16 +235,17 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     // The daemon's confidential client (CIBA step-up and Token Vault).
     let client_secret = secrets
         .get(crate::secrets::AUTH_CLIENT_SECRET)
+        .map_err(StartError::Secrets)
         .inspect_err(|_| cleanup.run())?
         .map(|(secret, _)| crate::oidc::ClientSecret::new(secret.expose()));
     let ciba = if settings.stepup.enabled {
         let secret = client_secret.clone().ok_or_else(|| {
             cleanup.run();
-            "[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env".to_owned()
+            StartError::StepUp("[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env")
         })?;
         let provider = authn
             .provider()
-            .ok_or_else(|| "[stepup] needs [auth] mode = \"oidc\"".to_owned())?;
+            .ok_or_else(|| StartError::StepUp("[stepup] needs [auth] mode = \"oidc\""))?;
         let client_id = settings.auth.daemon_client_id.clone().unwrap_or_default();
         Some(Arc::new(crate::oidc::CibaClient::new(
             provider, client_id, secret,
@@ -189,21 +253,20 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     } else {
         None
     };
-    let sealer = crate::vault::seal::Sealer::load(
+    let sealer = crate::governance::vault::seal::Sealer::load(
         secrets.credentials_dir(),
         settings.token_vault.key_file.as_deref(),
         &state_dir,
     )
-    .map_err(|e| e.to_string())
     .inspect_err(|_| cleanup.run())?
     .map(Arc::new);
-    let stepups = crate::stepup::StepUps::new(
+    let stepups = crate::governance::stepup::StepUps::new(
         settings.stepup.clone(),
         store.clone(),
         cache.clone(),
         ciba,
         sealer.clone(),
-        enforcement.clone(),
+        enforcer.clone(),
         cancel.child_token(),
     );
     let vault_client = match (
@@ -228,7 +291,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         Duration::from_secs(settings.audit.coalesce_window_secs),
         crate::audit_coalesce::DEFAULT_MAX_KEYS,
     );
-    let vault = crate::vault::TokenBroker::new(
+    let vault = crate::governance::vault::TokenBroker::new(
         settings.token_vault.clone(),
         store.clone(),
         cache.clone(),
@@ -238,27 +301,29 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         coalescer.clone(),
     )
     .inspect_err(|_| cleanup.run())?;
-    tokio::spawn(forget_blocked(
-        vault.clone(),
-        enforcement.subscribe(),
-        cancel.child_token(),
-    ));
-    stepups.resume_pending().await.map_err(|e| e.to_string())?;
-    let scanners =
-        Arc::new(crate::scanning::Scanners::new(&settings.scanner).inspect_err(|_| cleanup.run())?);
+    tokio::spawn(
+        vault
+            .clone()
+            .forget_blocked(enforcer.subscribe(), cancel.child_token()),
+    );
+    stepups.resume_pending().await?;
+    let scanners = Arc::new(
+        crate::governance::scanning::Scanners::new(&settings.scanner)
+            .inspect_err(|_| cleanup.run())?,
+    );
     let admission = Admission {
         store: store.clone(),
         cache: cache.clone(),
         scan: Arc::new(ScanService {
             scanners,
-            pool: crate::scan_pool::ScanPool::new(
+            pool: crate::governance::scan_pool::ScanPool::new(
                 settings.scanner.scan_workers,
                 settings.scanner.scan_queue,
             )
             .inspect_err(|_| cleanup.run())?,
             admission: settings.admission.clone(),
         }),
-        enforcement: enforcement.clone(),
+        enforcer: enforcer.clone(),
         stepups: stepups.clone(),
     };
     if !settings.scanner.watch_dirs.is_empty() {
@@ -310,21 +375,23 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
             },
         ));
     }
-    let service = ControlService {
+    let gov = Governance::new(Parts {
         store: store.clone(),
         cache,
-        authn,
-        started: Instant::now(),
-        socket: socket.display().to_string(),
-        cancel: cancel.clone(),
-        enforcement: enforcement.clone(),
+        enforcer,
         openclaw: monitor.clone(),
         admission,
         stepups,
         vault,
         coalescer: coalescer.clone(),
-        streams: crate::streams::StreamLimits::new(&settings.server),
-    };
+    });
+    let service = ControlService::new(
+        gov,
+        authn,
+        socket.display().to_string(),
+        cancel.clone(),
+        crate::rpc::streams::StreamLimits::new(&settings.server),
+    );
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
         .max_decoding_message_size(max)
@@ -337,13 +404,19 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
         .register_encoded_file_descriptor_set(defenseclaw_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| format!("reflection service: {e}"))?;
+        .map_err(|e| StartError::Task {
+            what: "reflection service",
+            reason: e.to_string(),
+        })?;
     // Older grpcurl releases only speak v1alpha.
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(defenseclaw_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .map_err(|e| format!("reflection service: {e}"))?;
+        .map_err(|e| StartError::Task {
+            what: "reflection service",
+            reason: e.to_string(),
+        })?;
 
     // Started last, so a failed start leaves no task holding the store.
     let coalescer_stop = CancellationToken::new();
@@ -366,7 +439,9 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
     let supervisor = tokio::spawn(async move {
         let mut server = server;
         let served = tokio::select! {
-            r = &mut server => r.map_err(|e| format!("server task: {e}")).and_then(|r| r.map_err(|e| format!("server: {e}"))),
+            r = &mut server => r
+                .map_err(|e| StartError::Task { what: "server task", reason: e.to_string() })
+                .and_then(|r| r.map_err(|e| StartError::Task { what: "server", reason: e.to_string() })),
             () = async { supervisor_cancel.cancelled().await; tokio::time::sleep(drain).await; } => {
                 tracing::warn!(?drain, "drain timeout: closing the remaining connections");
                 server.abort();
@@ -400,12 +475,21 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, String> {
 }
 
 /// Runs until SIGTERM/SIGINT, reloading on SIGHUP, speaking sd_notify.
-pub async fn run(opts: DaemonOptions, log: Option<LogReload>) -> Result<(), String> {
+pub async fn run(opts: DaemonOptions, log: Option<LogReload>) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     // Register once, before anything can deliver them.
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|source| StartError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| StartError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|source| StartError::Signal {
+        signal: "SIGHUP",
+        source,
+    })?;
     let config_file = opts.config_file.clone();
     let env = opts.env.clone();
     let handle = start(opts).await?;
@@ -449,65 +533,5 @@ pub async fn run(opts: DaemonOptions, log: Option<LogReload>) -> Result<(), Stri
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "sd_notify failed");
-    }
-}
-
-/// A skill folder in a watched directory that is a symlink is not scanned
-/// (it could lead anywhere, e.g. into the daemon's own state directory): the
-/// refusal is logged and audited once per link.
-async fn record_refused_link(store: &Store, skill: &std::path::Path, actor: crate::model::Actor) {
-    let shown = defenseclaw_scanner::shown(skill);
-    tracing::warn!(skill = %shown, "a symlinked skill folder in a watched directory is not scanned");
-    let name = skill
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let target = crate::names::target_name("name", &name)
-        .ok()
-        .map(|()| crate::model::Target {
-            kind: crate::model::TargetKind::Skill,
-            name,
-        });
-    let entry = crate::audit::NewEntry {
-        action: "scan-refused".into(),
-        target,
-        severity: None,
-        outcome: "refused".into(),
-        reason: "the skill folder is a symlink; symlinks in watched directories are not followed"
-            .into(),
-        details: serde_json::json!({ "path": shown }),
-        actor,
-    };
-    if let Err(e) = store.write(crate::store::Audit(entry)).await {
-        tracing::warn!(error = %e, "could not audit a refused skill folder");
-    }
-}
-
-/// A blocked server's cached provider tokens are dropped at once.
-async fn forget_blocked(
-    vault: Arc<crate::vault::TokenBroker>,
-    mut changes: broadcast::Receiver<crate::control::EnforcementChanged>,
-    cancel: CancellationToken,
-) {
-    loop {
-        // The broker holds a sender itself: stop on shutdown, not on close.
-        let change = tokio::select! {
-            () = cancel.cancelled() => return,
-            change = changes.recv() => change,
-        };
-        match change {
-            Ok(change) => {
-                if change.target.kind == crate::model::TargetKind::Mcp
-                    && change.state == crate::model::EnforcementState::Blocked
-                {
-                    vault.forget(&change.target.name, None);
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                tracing::warn!("missed enforcement changes; dropping every cached provider token");
-                vault.forget_all();
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
     }
 }

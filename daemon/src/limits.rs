@@ -127,7 +127,7 @@ impl Drop for CallGuard {
 }
 
 /// What a request learns about its connection: the peer (as tonic's
-/// [`UdsConnectInfo`], re-inserted for [`crate::access`]) and its activity.
+/// [`UdsConnectInfo`], re-inserted for [`crate::rpc::access`]) and its activity.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     uds: UdsConnectInfo,

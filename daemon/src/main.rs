@@ -115,7 +115,7 @@ fn check_config(opts: &DaemonOptions) -> ExitCode {
         return ExitCode::from(78);
     }
     // The token vault key is checked like at start (mode, owner, place, length).
-    let key = defenseclawd::vault::seal::Sealer::load(
+    let key = defenseclawd::governance::vault::seal::Sealer::load(
         secrets.credentials_dir(),
         opts.settings.token_vault.key_file.as_deref(),
         &opts.state_dir,

@@ -114,28 +114,70 @@ impl fmt::Debug for SecretSources {
     }
 }
 
+/// Why a secret source could not be read. Messages name the file, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    /// `.env` is readable by others than the daemon.
+    #[error("{} has mode {mode:o}; it holds secrets and must be 0600: run `chmod 600 {}`", path.display(), path.display())]
+    Mode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A file could not be read or inspected.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// `read`, `inspect` or `read credential`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line of `.env` is malformed or sets a forbidden key.
+    #[error("{}: {reason}", path.display())]
+    Dotenv {
+        /// The file.
+        path: PathBuf,
+        /// Which line, and what is wrong with it (never its value).
+        reason: String,
+    },
+}
+
 impl SecretSources {
     /// Reads `<state_dir>/.env` if present (it must be 0600 or tighter and may not
     /// set process-control keys) and remembers the environment.
-    pub fn load(env: &HashMap<String, String>, state_dir: &Path) -> Result<Self, String> {
+    pub fn load(env: &HashMap<String, String>, state_dir: &Path) -> Result<Self, SecretsError> {
         let dotenv_path = state_dir.join(".env");
         let dotenv = match std::fs::metadata(&dotenv_path) {
             Ok(meta) => {
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
-                    return Err(format!(
-                        "{} has mode {:o}; it holds secrets and must be 0600: run `chmod 600 {}`",
-                        dotenv_path.display(),
+                    return Err(SecretsError::Mode {
+                        path: dotenv_path,
                         mode,
-                        dotenv_path.display()
-                    ));
+                    });
                 }
-                let text = std::fs::read_to_string(&dotenv_path)
-                    .map_err(|e| format!("cannot read {}: {e}", dotenv_path.display()))?;
-                parse_dotenv(&text).map_err(|e| format!("{}: {e}", dotenv_path.display()))?
+                let text =
+                    std::fs::read_to_string(&dotenv_path).map_err(|source| SecretsError::Io {
+                        action: "read",
+                        path: dotenv_path.clone(),
+                        source,
+                    })?;
+                parse_dotenv(&text).map_err(|reason| SecretsError::Dotenv {
+                    path: dotenv_path.clone(),
+                    reason,
+                })?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(format!("cannot inspect {}: {e}", dotenv_path.display())),
+            Err(source) => {
+                return Err(SecretsError::Io {
+                    action: "inspect",
+                    path: dotenv_path,
+                    source,
+                });
+            }
         };
         Ok(Self {
             env: env.clone(),
@@ -153,7 +195,10 @@ impl SecretSources {
     }
 
     /// Looks a secret up by env variable, then systemd credential, then `.env` key.
-    pub fn get(&self, name: SecretName) -> Result<Option<(SecretString, SecretOrigin)>, String> {
+    pub fn get(
+        &self,
+        name: SecretName,
+    ) -> Result<Option<(SecretString, SecretOrigin)>, SecretsError> {
         let (env_name, credential_name) = (name.env, name.credential);
         if let Some(v) = self.env.get(env_name).filter(|v| !v.is_empty()) {
             return Ok(Some((SecretString::new(v.clone()), SecretOrigin::Env)));
@@ -168,7 +213,13 @@ impl SecretSources {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("cannot read credential {}: {e}", path.display())),
+                Err(source) => {
+                    return Err(SecretsError::Io {
+                        action: "read credential",
+                        path,
+                        source,
+                    });
+                }
             }
         }
         Ok(self
@@ -268,6 +319,7 @@ mod tests {
         assert!(
             SecretSources::load(&env, dir.path())
                 .unwrap_err()
+                .to_string()
                 .contains("0600")
         );
     }

@@ -11,9 +11,9 @@ use crate::model::{Decision, EnforcementState, Target, TargetKind};
 pub enum Verdict {
     /// Never seen or no decision.
     Unknown,
-    /// Explicitly allowed.
+    /// An operator or admission allowed it; the decision says who and why.
     Allowed(Decision),
-    /// Blocked.
+    /// Blocked (or held by a pending step-up); the decision says who and why.
     Blocked(Decision),
 }
 

@@ -48,11 +48,22 @@ impl std::fmt::Debug for LogReload {
     }
 }
 
+/// A log filter that could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum LogReloadError {
+    /// The filter string does not parse.
+    #[error(transparent)]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    /// The running subscriber is gone.
+    #[error(transparent)]
+    Reload(#[from] reload::Error),
+}
+
 impl LogReload {
     /// Applies a new filter string.
-    pub fn apply(&self, level: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        self.0.reload(filter).map_err(|e| e.to_string())
+    pub fn apply(&self, level: &str) -> Result<(), LogReloadError> {
+        let filter = EnvFilter::try_new(level)?;
+        Ok(self.0.reload(filter)?)
     }
 }
 

@@ -168,13 +168,13 @@ impl AuthSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct RoleScopes {
     /// Read-only access.
-    #[serde(deserialize_with = "crate::config::word_list")]
+    #[serde(deserialize_with = "crate::config::lists::word_list")]
     pub viewer: Vec<String>,
     /// Block, allow, unblock, scan reports, dismissals.
-    #[serde(deserialize_with = "crate::config::word_list")]
+    #[serde(deserialize_with = "crate::config::lists::word_list")]
     pub operator: Vec<String>,
     /// Everything, including administrative actions.
-    #[serde(deserialize_with = "crate::config::word_list")]
+    #[serde(deserialize_with = "crate::config::lists::word_list")]
     pub admin: Vec<String>,
 }
 

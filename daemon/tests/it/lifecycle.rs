@@ -20,7 +20,9 @@ async fn try_start(dir: &std::path::Path) -> Result<defenseclawd::daemon::Daemon
     let socket = defenseclaw_testkit::daemon::socket_in(dir);
     let env = daemon_env(dir, &socket, &[]);
     let settings = Settings::load(&ConfigFile::None, &env).unwrap();
-    daemon::start(DaemonOptions::new(settings, ConfigFile::None, env).unwrap()).await
+    daemon::start(DaemonOptions::new(settings, ConfigFile::None, env).unwrap())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -327,6 +329,7 @@ fn dotenv_with_process_keys_stops_the_start() {
         .block_on(daemon::start(
             DaemonOptions::new(settings, ConfigFile::None, env).unwrap(),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("LD_PRELOAD"), "{err}");
 }

@@ -557,7 +557,10 @@ async fn unattended_grant_keeps_a_sealed_refresh_token() {
         env_map,
     )
     .unwrap();
-    let err = defenseclawd::daemon::start(opts).await.unwrap_err();
+    let err = defenseclawd::daemon::start(opts)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("chmod 600"), "{err}");
 }
 

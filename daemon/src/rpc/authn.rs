@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tonic::Request;
 
-use crate::access::{AccessPolicy, Caller, UserNames};
 use crate::audit::NewEntry;
 use crate::error::Error;
 use crate::model::Actor;
@@ -15,6 +14,7 @@ use crate::oidc::{
     AuthMode, AuthRejection, AuthSettings, JwksHealth, Provider, Role, TokenVerifier,
     UserInfoCache, VerifiedToken, bearer_from_header,
 };
+use crate::rpc::access::{AccessPolicy, Caller, UserNames};
 
 /// What an RPC needs from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub enum Need {
     Read,
     /// Changing enforcement, submitting scans, dismissing findings.
     Operate,
-    /// Administrative actions.
+    /// Administrative actions, beyond what an operator may do.
     Admin,
     /// A provider token for an MCP server: an operator token, or (unattended,
     /// no token) a local peer the access policy lets mutate.
@@ -65,18 +65,29 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// Why the authenticator could not be built from `[auth]`.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    /// The identity provider's settings are unusable.
+    #[error(transparent)]
+    Provider(#[from] crate::oidc::OidcError),
+    /// `oidc` mode without the audience tokens must carry.
+    #[error("[auth] mode = \"oidc\" needs audience")]
+    MissingAudience,
+}
+
 impl Authenticator {
     /// Builds the authenticator; in `oidc` mode starts fetching the issuer's keys
     /// in the background (start-up does not wait for the identity provider).
-    pub fn new(settings: AuthSettings, policy: AccessPolicy) -> Result<Self, String> {
+    pub fn new(settings: AuthSettings, policy: AccessPolicy) -> Result<Self, AuthSetupError> {
         let oidc = match settings.mode {
             AuthMode::Local => None,
             AuthMode::Oidc => {
-                let provider = Provider::from_settings(&settings).map_err(|e| e.to_string())?;
+                let provider = Provider::from_settings(&settings)?;
                 let audience = settings
                     .audience
                     .clone()
-                    .ok_or_else(|| "[auth] mode = \"oidc\" needs audience".to_owned())?;
+                    .ok_or(AuthSetupError::MissingAudience)?;
                 let verifier = TokenVerifier::new(provider.clone(), audience, settings.leeway_secs);
                 let userinfo = UserInfoCache::new(
                     provider.clone(),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::audit::NewEntry;
-use crate::control::EnforcementChanged;
+use crate::events::EnforcementChanged;
 use crate::model::{Actor, EnforcementState, Target, TargetKind};
 use crate::openclaw::{self, Host, HostError, HostVerdict, MonitorAudit, MonitorHandle};
 use crate::state::{StateCache, Verdict};

@@ -7,16 +7,17 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::EnforcementChanged;
+use crate::config::governance::{StepUpSettings, Unconfirmed};
 use crate::error::{Error, Result};
-use crate::model::{Actor, EnforcementAction, EnforcementState, Severity, Target};
+use crate::governance::enforcer::Enforcer;
+use crate::governance::protection::{Change, Protection, Ruling};
+use crate::governance::vault::seal::Sealer;
+use crate::model::{Actor, EnforcementAction, EnforcementState, Target};
 use crate::oidc::RefreshToken;
 use crate::oidc::{AuthReqId, CibaClient, CibaOutcome, binding_message, new_request_code};
-use crate::protection::{Change, Protection, Ruling};
 use crate::state::StateCache;
 use crate::store::connections::{ConnectionDecl, SealedSubject};
 use crate::store::stepup::{CapRefusal, PendingCaps, StepUpAction, StepUpPayload, StepUpRow};
@@ -24,74 +25,9 @@ use crate::store::{
     Audit, DismissFinding, GrantConnections, SetEnforcement, StepUpClose, StepUpCommit, StepUpOpen,
     StepUpOpened, StepUpSent, StepUpStatus, Store,
 };
-use crate::vault::seal::Sealer;
 
 /// Auth0 accepts 5 CIBA requests per minute per user.
 const PER_APPROVER_PER_MINUTE: usize = 5;
-
-/// What happens when nobody confirmed in time, or the provider failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Unconfirmed {
-    /// Fail closed: a requested or proposed block commits (without human confirmation); nothing else does.
-    KeepBlocked,
-    /// Nothing commits.
-    Allow,
-}
-
-/// `[stepup]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StepUpSettings {
-    /// Require human approval (needs `[auth] mode = "oidc"`, `daemon_client_id` and the client secret).
-    pub enabled: bool,
-    /// Changes on a target whose open findings reach this need approval.
-    pub min_severity: Severity,
-    /// A scan report with a finding at or above this makes the daemon propose a block.
-    pub auto_block_severity: Severity,
-    /// `"requester"` (the operator who asked) or a list of approver `sub`s
-    /// (used for the daemon's own proposals, which have no requester).
-    #[serde(deserialize_with = "crate::config::string_list")]
-    pub approver: Vec<String>,
-    /// How long the approver has, in seconds (≤ 300 keeps Auth0 on push).
-    pub requested_expiry_secs: u32,
-    /// When nobody answered in time.
-    pub on_timeout: Unconfirmed,
-    /// When the provider failed or refused.
-    pub on_error: Unconfirmed,
-    /// Most requests one operator may have pending at once (the daemon's own
-    /// proposals are bounded by the number of targets and not counted).
-    pub max_pending_per_requester: u32,
-    /// Most operator requests pending on one target at once.
-    pub max_pending_per_target: u32,
-}
-
-impl Default for StepUpSettings {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            min_severity: Severity::High,
-            auto_block_severity: Severity::Critical,
-            approver: vec!["requester".into()],
-            requested_expiry_secs: 300,
-            on_timeout: Unconfirmed::KeepBlocked,
-            on_error: Unconfirmed::KeepBlocked,
-            max_pending_per_requester: 10,
-            max_pending_per_target: 4,
-        }
-    }
-}
-
-impl StepUpSettings {
-    /// Approvers from the configured list (not "requester").
-    pub(crate) fn listed(&self) -> Vec<&str> {
-        self.approver
-            .iter()
-            .map(String::as_str)
-            .filter(|a| *a != "requester")
-            .collect()
-    }
-}
 
 /// A progress event for watchers.
 #[derive(Debug, Clone)]
@@ -100,13 +36,14 @@ pub struct StepUpEvent {
     pub row: StepUpRow,
 }
 
-/// Runs step-ups.
+/// Runs step-up requests: opens them, drives each to an end (approval,
+/// denial, timeout, cancel) and commits what an approval allows.
 pub struct StepUps {
     settings: StepUpSettings,
     store: Store,
     cache: Arc<StateCache>,
     ciba: Option<Arc<CibaClient>>,
-    enforcement: broadcast::Sender<EnforcementChanged>,
+    enforcer: Enforcer,
     events: broadcast::Sender<StepUpEvent>,
     cancel: CancellationToken,
     limiter: Mutex<HashMap<String, VecDeque<Instant>>>,
@@ -139,7 +76,7 @@ impl StepUps {
         cache: Arc<StateCache>,
         ciba: Option<Arc<CibaClient>>,
         sealer: Option<Arc<Sealer>>,
-        enforcement: broadcast::Sender<EnforcementChanged>,
+        enforcer: Enforcer,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
@@ -155,7 +92,7 @@ impl StepUps {
             store,
             cache,
             ciba,
-            enforcement,
+            enforcer,
             events,
             cancel,
             limiter: Mutex::new(HashMap::new()),
@@ -178,7 +115,7 @@ impl StepUps {
         self.settings.enabled && self.ciba.is_some()
     }
 
-    /// The settings.
+    /// The `[stepup]` settings this manager runs with.
     pub fn settings(&self) -> &StepUpSettings {
         &self.settings
     }
@@ -250,10 +187,8 @@ impl StepUps {
         if holds(row.action) {
             self.cache.hold(&row.target, &row.id);
             // Runtime enforcers treat a held target as blocked.
-            let _ = self.enforcement.send(EnforcementChanged {
-                target: row.target.clone(),
-                state: EnforcementState::Blocked,
-            });
+            self.enforcer
+                .publish(&row.target, EnforcementState::Blocked);
         }
         let _ = self.events.send(StepUpEvent {
             row: (*row).clone(),
@@ -581,7 +516,10 @@ impl StepUps {
                 sealed: sealer
                     .seal(
                         token.expose().as_bytes(),
-                        &crate::vault::subject_context(&row.target.name, &row.approver_sub),
+                        &crate::governance::vault::seal::subject_context(
+                            &row.target.name,
+                            &row.approver_sub,
+                        ),
                     )
                     .map_err(|e| Error::Internal(e.to_string()))?,
             }),
@@ -765,22 +703,15 @@ impl StepUps {
             return Ok(*closed);
         }
         self.cache.release(&closed.target, &closed.id);
-        if let Some(enforced) = committed.as_ref().and_then(|c| c.enforced())
-            && enforced.changed
-        {
-            let decision = &enforced.decision;
-            let _ = self.enforcement.send(EnforcementChanged {
-                target: closed.target.clone(),
-                state: decision.state,
-            });
-        } else if self.cache.check(closed.target.kind, &closed.target.name)
+        if !self.enforcer.published(
+            &closed.target,
+            committed.as_ref().and_then(|c| c.enforced()),
+        ) && self.cache.check(closed.target.kind, &closed.target.name)
             == crate::state::Verdict::Unknown
         {
             // Released hold with no decision: runtime enforcers re-enable it.
-            let _ = self.enforcement.send(EnforcementChanged {
-                target: closed.target.clone(),
-                state: EnforcementState::None,
-            });
+            self.enforcer
+                .publish(&closed.target, EnforcementState::None);
         }
         let _ = self.events.send(StepUpEvent {
             row: (*closed).clone(),

@@ -10,6 +10,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths;
 
+mod error;
+pub mod governance;
+pub mod lists;
+
+pub use error::ConfigError;
+pub use governance::{
+    AdapterSettings, AdmissionSettings, ScannerSettings, StepUpSettings, TokenVaultSettings,
+    Unconfirmed,
+};
+
 /// The system-wide config file read when `--config` is not given.
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/defenseclaw/defenseclawd.toml";
 /// Prefix of environment overrides; nested keys are joined with `__`, e.g.
@@ -27,7 +37,7 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Who may call mutating RPCs.
     pub access: AccessSettings,
-    /// Logging.
+    /// Log level and format (`[log]`); the level is reloaded on SIGHUP.
     pub log: LogSettings,
     /// The tamper-evident audit log.
     pub audit: AuditSettings,
@@ -36,13 +46,13 @@ pub struct Settings {
     /// The OpenClaw gateway monitor and runtime enforcement.
     pub openclaw: crate::openclaw::OpenClawSettings,
     /// Scanners: extra rules, watched skill directories, adapters.
-    pub scanner: crate::scanning::ScannerSettings,
+    pub scanner: ScannerSettings,
     /// What a scan decides.
-    pub admission: crate::scanning::AdmissionSettings,
+    pub admission: AdmissionSettings,
     /// Human approval (CIBA) of changes on HIGH/CRITICAL targets.
-    pub stepup: crate::stepup::StepUpSettings,
+    pub stepup: StepUpSettings,
     /// Token Vault: provider tokens for MCP servers, just in time.
-    pub token_vault: crate::vault::TokenVaultSettings,
+    pub token_vault: TokenVaultSettings,
 }
 
 /// `[server]`
@@ -113,50 +123,6 @@ pub struct AccessSettings {
     /// Groups (gids) whose members may call mutating RPCs, primary or supplementary.
     #[serde(default, deserialize_with = "one_or_many")]
     pub mutate_gids: Vec<u32>,
-}
-
-/// A list from TOML (`["a", "b"]`), or one string from the environment split
-/// on `separators` (`"a,b"`).
-fn split_list<'de, D: serde::Deserializer<'de>>(
-    d: D,
-    separators: &[char],
-) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split(separators)
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        OneOrMany::Many(v) => v,
-    })
-}
-
-/// A list of strings; from the environment, comma-separated.
-pub(crate) fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    split_list(d, &[','])
-}
-
-/// A list of words (scope names); from the environment, separated by commas or spaces.
-pub(crate) fn word_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    split_list(d, &[',', ' '])
-}
-
-/// A list of entries that may themselves hold commas; from the environment,
-/// separated by semicolons.
-pub(crate) fn entry_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    split_list(d, &[';'])
-}
-
-/// A list of paths; from the environment, comma-separated.
-pub(crate) fn path_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
-    string_list(d).map(|v| v.into_iter().map(PathBuf::from).collect())
 }
 
 /// A list of numeric ids from TOML (`[0, 1000]`) or env (`"0,1000"` or `"0"`).
@@ -315,22 +281,6 @@ impl Default for AuditSettings {
             coalesce_window_secs: 60,
         }
     }
-}
-
-/// A configuration problem, with the offending source named.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file or env could not be read or did not match the schema.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-    /// The configured values are inconsistent.
-    #[error("invalid configuration: {field}: {reason}")]
-    Value {
-        /// Dotted key.
-        field: &'static str,
-        /// Why.
-        reason: String,
-    },
 }
 
 /// Where the file layer comes from.
@@ -499,12 +449,7 @@ impl Settings {
                 reason: "must be at least 1 (every refusal would be its own audit entry)".into(),
             });
         }
-        self.token_vault
-            .server_uid_map()
-            .map_err(|reason| ConfigError::Value {
-                field: "token_vault.server_uids",
-                reason,
-            })?;
+        self.token_vault.server_uid_map()?;
         if self.token_vault.request_timeout_secs == 0 {
             return Err(ConfigError::Value {
                 field: "token_vault.request_timeout_secs",

@@ -11,103 +11,31 @@
 pub mod seal;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, broadcast};
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::NewEntry;
 use crate::audit_coalesce::AuditCoalescer;
+use crate::config::ConfigError;
+use crate::config::governance::TokenVaultSettings;
 use crate::error::{Error, Result};
-use crate::model::{Actor, Target, TargetKind};
+use crate::events::EnforcementChanged;
+use crate::governance::stepup::StepUps;
+use crate::model::{Actor, EnforcementState, Target, TargetKind};
 use crate::oidc::token_vault::{Subject, TokenVaultClient, VaultError};
 use crate::oidc::{ProviderToken, RefreshToken};
 use crate::state::{StateCache, Verdict};
-use crate::stepup::StepUps;
 use crate::store::connections::{ConnectionDecl, GrantRow, GrantStatus};
 use crate::store::stepup::{StepUpAction, StepUpPayload};
 use crate::store::{ConnectionUsed, Store};
-use seal::Sealer;
+use seal::{Sealer, subject_context};
 
 /// Most scopes one connection declaration may ask for.
 const MAX_SCOPES: usize = 64;
-
-/// `[token_vault]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TokenVaultSettings {
-    /// Serve `GetConnectionToken` (needs `[auth] mode = "oidc"`,
-    /// `daemon_client_id` and the daemon's client secret).
-    pub enabled: bool,
-    /// Longest a provider token is kept in memory, seconds; 0 disables caching
-    /// (every request is an exchange; concurrent ones still share one).
-    pub cache_max_secs: u64,
-    /// Tokens are dropped this many seconds before they expire.
-    pub cache_margin_secs: u64,
-    /// Bound on one exchange with the identity provider, seconds.
-    pub request_timeout_secs: u64,
-    /// AES-256-GCM key for stored subject credentials: 32 raw bytes or 64 hex
-    /// digits, mode 0600, outside the state directory. The systemd credential
-    /// `token-vault-key` wins over this.
-    pub key_file: Option<PathBuf>,
-    /// When step-up is on and a key is configured, granting connections asks
-    /// the approver for `offline_access` and keeps their refresh token (sealed)
-    /// so the server can start unattended.
-    pub unattended: bool,
-    /// Which local uids may receive a server's tokens without an operator
-    /// token (through the approver's sealed credential): entries
-    /// `"SERVER=UID[,UID...]"`; from the environment, separated by `;`.
-    /// A server with no entry gets tokens only for a caller with an operator token.
-    #[serde(deserialize_with = "crate::config::entry_list")]
-    pub server_uids: Vec<String>,
-}
-
-impl Default for TokenVaultSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            cache_max_secs: 3600,
-            cache_margin_secs: 60,
-            request_timeout_secs: 10,
-            key_file: None,
-            unattended: true,
-            server_uids: Vec::new(),
-        }
-    }
-}
-
-impl TokenVaultSettings {
-    /// `server_uids` as server name → uids; an error says which entry is wrong.
-    pub fn server_uid_map(&self) -> std::result::Result<HashMap<String, Vec<u32>>, String> {
-        let mut map = HashMap::new();
-        for entry in &self.server_uids {
-            let Some((server, uids)) = entry.rsplit_once('=') else {
-                return Err(format!("{entry:?} is not SERVER=UID[,UID...]"));
-            };
-            crate::names::server_name("server", server).map_err(|e| format!("{entry:?}: {e}"))?;
-            let uids = uids
-                .split(',')
-                .map(|u| {
-                    u.trim()
-                        .parse::<u32>()
-                        .map_err(|_| format!("{entry:?}: {u:?} is not a numeric uid"))
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            if map.insert(server.to_owned(), uids).is_some() {
-                return Err(format!("{server:?} is listed twice"));
-            }
-        }
-        Ok(map)
-    }
-}
-
-/// Associated data binding a sealed refresh token to its server and owner.
-pub fn subject_context(server: &str, sub: &str) -> Vec<u8> {
-    format!("defenseclaw-token-vault-v1\0{server}\0{sub}").into_bytes()
-}
 
 /// Checks requested provider scopes.
 pub fn validate_scopes(field: &'static str, scopes: &[String]) -> Result<()> {
@@ -139,7 +67,7 @@ pub fn validate_scopes(field: &'static str, scopes: &[String]) -> Result<()> {
 /// A provider token handed to a caller.
 #[derive(Debug, Clone)]
 pub struct Issued {
-    /// The token.
+    /// The provider token itself (never logged; `Debug` redacts it).
     pub token: ProviderToken,
     /// When it expires, seconds since the epoch.
     pub expires_at: i64,
@@ -238,10 +166,8 @@ impl TokenBroker {
         sealer: Option<Arc<Sealer>>,
         stepups: Arc<StepUps>,
         coalescer: Arc<AuditCoalescer>,
-    ) -> std::result::Result<Arc<Self>, String> {
-        let server_uids = settings
-            .server_uid_map()
-            .map_err(|e| format!("invalid configuration: token_vault.server_uids: {e}"))?;
+    ) -> std::result::Result<Arc<Self>, ConfigError> {
+        let server_uids = settings.server_uid_map()?;
         Ok(Arc::new(Self {
             server_uids,
             coalescer,
@@ -783,5 +709,38 @@ fn failure_of(e: &VaultError, subject: Subject<'_>, server: &str, connection: &s
             Failure::Unavailable(e.to_string())
         }
         _ => Failure::Precondition(e.to_string()),
+    }
+}
+impl TokenBroker {
+    /// Follows committed enforcement changes until `cancel`: a blocked
+    /// server's cached provider tokens are dropped at once.
+    pub async fn forget_blocked(
+        self: Arc<Self>,
+        mut changes: broadcast::Receiver<EnforcementChanged>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            // Senders live as long as the daemon: stop on shutdown, not on close.
+            let change = tokio::select! {
+                () = cancel.cancelled() => return,
+                change = changes.recv() => change,
+            };
+            match change {
+                Ok(change) => {
+                    if change.target.kind == TargetKind::Mcp
+                        && change.state == EnforcementState::Blocked
+                    {
+                        self.forget(&change.target.name, None);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    tracing::warn!(
+                        "missed enforcement changes; dropping every cached provider token"
+                    );
+                    self.forget_all();
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 }

@@ -9,132 +9,43 @@ use std::time::{Duration, Instant};
 
 use defenseclaw_scanner::adapters::{AdapterConfig, SkillScannerAdapter};
 use defenseclaw_scanner::{Engine, ScanReport};
-use serde::{Deserialize, Serialize};
 
+use crate::config::governance::{AdmissionSettings, ScannerSettings};
 use crate::error::{Error, Result, quoted};
-use crate::model::{Severity, Target, TargetKind};
-use crate::store::NewFinding;
+use crate::model::Severity;
+use crate::store::{Audit, NewFinding, Store};
+
+/// Why the scanners or the skill watcher could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ScannerSetupError {
+    /// The rules (built-in or from `rule_dirs`) did not load.
+    #[error("[scanner] rules: {0}")]
+    Rules(#[source] defenseclaw_scanner::ScanError),
+    /// A watched directory could not be resolved.
+    #[error("[scanner] watch_dirs {}: {source}", dir.display())]
+    WatchDir {
+        /// The directory as configured.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file watcher could not start.
+    #[error("[scanner] watch: {0}")]
+    Watcher(#[source] notify::Error),
+    /// A directory could not be watched.
+    #[error("[scanner] watch {}: {source}", dir.display())]
+    Watch {
+        /// The resolved directory.
+        dir: PathBuf,
+        /// Why.
+        source: notify::Error,
+    },
+}
 
 /// Name the built-in scanner's findings are stored under.
 pub const BUILTIN_SCANNER: &str = "defenseclaw";
 /// Name the Cisco skill scanner's findings are stored under.
 pub const CISCO_SKILL_SCANNER: &str = "cisco-ai-skill-scanner";
-
-/// `[scanner]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScannerSettings {
-    /// Extra rule directories (TOML rule files) added to the built-in rules.
-    #[serde(deserialize_with = "crate::config::path_list")]
-    pub rule_dirs: Vec<PathBuf>,
-    /// Skill directories to watch: each subfolder is a skill, rescanned when it changes.
-    #[serde(deserialize_with = "crate::config::path_list")]
-    pub watch_dirs: Vec<PathBuf>,
-    /// Quiet time after the last change before a rescan, in milliseconds.
-    pub watch_debounce_ms: u64,
-    /// Time budget of one scan's walk, in seconds: a scan still walking then
-    /// stops and is reported incomplete (a HIGH finding). Checked between files.
-    pub scan_timeout_secs: u64,
-    /// Threads of the scan pool (separate from the store's threads).
-    pub scan_workers: usize,
-    /// Scans waiting for a scan thread; one more is refused with RESOURCE_EXHAUSTED.
-    pub scan_queue: usize,
-    /// The Cisco `skill-scanner` adapter (`cisco-ai-skill-scanner` from PyPI).
-    pub cisco_skill_scanner: AdapterSettings,
-}
-
-impl Default for ScannerSettings {
-    fn default() -> Self {
-        Self {
-            rule_dirs: Vec::new(),
-            watch_dirs: Vec::new(),
-            watch_debounce_ms: 500,
-            scan_timeout_secs: 30,
-            scan_workers: 2,
-            scan_queue: 32,
-            cisco_skill_scanner: AdapterSettings {
-                enabled: false,
-                path: PathBuf::from("skill-scanner"),
-                timeout_secs: 120,
-            },
-        }
-    }
-}
-
-/// An external scanner run as a subprocess.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdapterSettings {
-    /// Run it (only when installed).
-    pub enabled: bool,
-    /// Executable name or path.
-    pub path: PathBuf,
-    /// Kill it after this many seconds.
-    pub timeout_secs: u64,
-}
-
-impl ScannerSettings {
-    /// Bounds serde cannot check.
-    pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
-        if !(1..=3600).contains(&self.scan_timeout_secs) {
-            return Err((
-                "scanner.scan_timeout_secs",
-                "must be between 1 and 3600".into(),
-            ));
-        }
-        if !(1..=64).contains(&self.scan_workers) {
-            return Err(("scanner.scan_workers", "must be between 1 and 64".into()));
-        }
-        if self.scan_queue > 4096 {
-            return Err(("scanner.scan_queue", "must be at most 4096".into()));
-        }
-        Ok(())
-    }
-}
-
-impl Default for AdapterSettings {
-    fn default() -> Self {
-        ScannerSettings::default().cisco_skill_scanner
-    }
-}
-
-/// `[admission]`: what a scan decides (defaults from upstream's `skill_actions`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdmissionSettings {
-    /// Skills with a finding at or above this are blocked.
-    pub block_at: Severity,
-    /// MCP servers with a finding at or above this are blocked (stricter by default).
-    pub mcp_block_at: Severity,
-    /// Targets (`skill/NAME`, `mcp/NAME`) admitted without scanning.
-    #[serde(deserialize_with = "crate::config::string_list")]
-    pub allow_list: Vec<String>,
-}
-
-impl Default for AdmissionSettings {
-    fn default() -> Self {
-        Self {
-            block_at: Severity::High,
-            mcp_block_at: Severity::Medium,
-            allow_list: Vec::new(),
-        }
-    }
-}
-
-impl AdmissionSettings {
-    /// The blocking threshold for a kind.
-    pub fn threshold(&self, kind: TargetKind) -> Severity {
-        match kind {
-            TargetKind::Skill => self.block_at,
-            TargetKind::Mcp => self.mcp_block_at,
-        }
-    }
-
-    /// Whether the target bypasses scanning.
-    pub fn allow_listed(&self, target: &Target) -> bool {
-        self.allow_list.iter().any(|e| *e == target.to_string())
-    }
-}
 
 /// One scanned target with what each scanner found.
 #[derive(Debug)]
@@ -211,13 +122,13 @@ impl Scanners {
     }
 
     /// Loads the rules (built-in plus `rule_dirs`) and the enabled adapters.
-    pub fn new(settings: &ScannerSettings) -> std::result::Result<Self, String> {
+    pub fn new(settings: &ScannerSettings) -> std::result::Result<Self, ScannerSetupError> {
         let engine = if settings.rule_dirs.is_empty() {
             Engine::builtin()
         } else {
             Engine::load(&settings.rule_dirs)
         }
-        .map_err(|e| format!("[scanner] rules: {e}"))?
+        .map_err(ScannerSetupError::Rules)?
         .with_limits(defenseclaw_scanner::Limits {
             time_budget: Some(Duration::from_secs(settings.scan_timeout_secs)),
             ..defenseclaw_scanner::Limits::default()
@@ -355,14 +266,19 @@ impl SkillWatcher {
     /// Watches `roots` recursively. A root that is a symlink is resolved
     /// once, here, at start; below the roots no symlink is followed (not by
     /// the watch, not by a scan).
-    pub fn new(roots: &[PathBuf], debounce: Duration) -> std::result::Result<Self, String> {
+    pub fn new(
+        roots: &[PathBuf],
+        debounce: Duration,
+    ) -> std::result::Result<Self, ScannerSetupError> {
         use notify::Watcher;
         let mut canonical = Vec::new();
         for root in roots {
-            canonical.push(
-                std::fs::canonicalize(root)
-                    .map_err(|e| format!("[scanner] watch_dirs {}: {e}", root.display()))?,
-            );
+            canonical.push(std::fs::canonicalize(root).map_err(|source| {
+                ScannerSetupError::WatchDir {
+                    dir: root.clone(),
+                    source,
+                }
+            })?);
         }
         let roots = Arc::new(canonical);
         let pending = Arc::new(Pending::default());
@@ -379,11 +295,14 @@ impl SkillWatcher {
             },
             notify::Config::default().with_follow_symlinks(false),
         )
-        .map_err(|e| format!("[scanner] watch: {e}"))?;
+        .map_err(ScannerSetupError::Watcher)?;
         for root in roots.iter() {
             watcher
                 .watch(root, notify::RecursiveMode::Recursive)
-                .map_err(|e| format!("[scanner] watch {}: {e}", root.display()))?;
+                .map_err(|source| ScannerSetupError::Watch {
+                    dir: root.clone(),
+                    source,
+                })?;
         }
         Ok(Self {
             _watcher: watcher,
@@ -457,11 +376,11 @@ impl SkillWatcher {
 /// Shared scanning state for the control service.
 #[derive(Debug)]
 pub struct ScanService {
-    /// Scanners.
+    /// The scanners a scan runs (built-in engine and configured adapters).
     pub scanners: Arc<Scanners>,
     /// Where scans run (bounded; never tokio's blocking pool).
-    pub pool: crate::scan_pool::ScanPool,
-    /// Policy.
+    pub pool: crate::governance::scan_pool::ScanPool,
+    /// The admission policy that turns findings into a decision.
     pub admission: AdmissionSettings,
 }
 
@@ -472,5 +391,35 @@ impl ScanService {
             .names()
             .iter()
             .any(|n| n.eq_ignore_ascii_case(scanner))
+    }
+}
+/// A skill folder in a watched directory that is a symlink is not scanned
+/// (it could lead anywhere, e.g. into the daemon's own state directory): the
+/// refusal is logged and audited once per link.
+pub async fn record_refused_link(store: &Store, skill: &Path, actor: crate::model::Actor) {
+    let shown = defenseclaw_scanner::shown(skill);
+    tracing::warn!(skill = %shown, "a symlinked skill folder in a watched directory is not scanned");
+    let name = skill
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = crate::names::target_name("name", &name)
+        .ok()
+        .map(|()| crate::model::Target {
+            kind: crate::model::TargetKind::Skill,
+            name,
+        });
+    let entry = crate::audit::NewEntry {
+        action: "scan-refused".into(),
+        target,
+        severity: None,
+        outcome: "refused".into(),
+        reason: "the skill folder is a symlink; symlinks in watched directories are not followed"
+            .into(),
+        details: serde_json::json!({ "path": shown }),
+        actor,
+    };
+    if let Err(e) = store.write(Audit(entry)).await {
+        tracing::warn!(error = %e, "could not audit a refused skill folder");
     }
 }

@@ -13,11 +13,11 @@ use crate::model::Actor;
 /// The peer of a call, as the kernel reports it (`SO_PEERCRED`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Caller {
-    /// User id.
+    /// User id of the calling process; policy decisions key on it.
     pub uid: Option<u32>,
     /// Primary group id.
     pub gid: Option<u32>,
-    /// Process id.
+    /// Process id, recorded in the audit trail to tell callers apart.
     pub pid: Option<u32>,
 }
 

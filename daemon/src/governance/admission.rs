@@ -4,20 +4,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use defenseclaw_proto::v1 as pb;
-use tokio::sync::broadcast;
-
-use crate::control::{EnforcementChanged, pb_finding};
 use crate::error::{Error, Result};
-use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind};
-use crate::protection::{Change, Ruling};
-use crate::scanning::{ScanService, Scanned};
+use crate::governance::enforcer::Enforcer;
+use crate::governance::protection::{Change, Ruling};
+use crate::governance::scanning::{ScanService, Scanned};
+use crate::governance::stepup::StepUps;
+use crate::model::{Actor, EnforcementAction, EnforcementState, Severity, Target, TargetKind};
 use crate::state::{StateCache, Verdict};
-use crate::stepup::StepUps;
 use crate::store::stepup::StepUpAction;
-use crate::store::{
-    Audit, Enforced, ReportOrigin, ReportStored, ScanReport, SetEnforcement, Store,
-};
+use crate::store::{Audit, FindingRow, ReportOrigin, ReportStored, ScanReport, Store};
 
 /// What to scan.
 #[derive(Debug, Clone)]
@@ -35,17 +30,44 @@ pub struct ScanRequest {
     pub install: bool,
 }
 
+/// What one scanned target came to: its stored findings and the admission decision.
+#[derive(Debug, Clone)]
+pub struct ScanResult {
+    /// The skill or MCP server scanned.
+    pub target: Target,
+    /// The path the scanners read.
+    pub path: String,
+    /// Highest severity among the stored findings.
+    pub max_severity: Option<Severity>,
+    /// Stored findings (with ids) from every scanner that ran.
+    pub findings: Vec<FindingRow>,
+    /// How long the scan took.
+    pub duration_ms: f64,
+    /// What the scanners skipped (binary files, size limits, links out of the target).
+    pub notes: Vec<String>,
+    /// `blocked`, `allowed`, `unchanged`, `bypassed` or `pending` (held for a human).
+    pub decision: String,
+    /// Why the decision was taken.
+    pub decision_reason: String,
+    /// The audit entry of the decision (0 when nothing was decided).
+    pub audit_seq: u64,
+    /// Scanners that ran.
+    pub scanners: Vec<String>,
+    /// Scanners that were configured but failed (never silently ignored).
+    pub scanner_errors: Vec<String>,
+}
+
 /// Everything the admission path works on.
 #[derive(Debug, Clone)]
 pub struct Admission {
-    /// Store.
+    /// Findings and decisions are written here.
     pub store: Store,
-    /// In-memory state.
+    /// In-memory decisions, to know what is already blocked without the store.
     pub cache: Arc<StateCache>,
     /// Scanners and policy.
     pub scan: Arc<ScanService>,
-    /// Committed enforcement changes go here (runtime enforcement follows them).
-    pub enforcement: broadcast::Sender<EnforcementChanged>,
+    /// Commits enforcement changes and tells runtime enforcers about them.
+    pub enforcer: Enforcer,
     /// Human approval of blocks on CRITICAL findings.
     pub stepups: Arc<StepUps>,
 }
@@ -56,7 +78,7 @@ impl Admission {
     pub async fn propose_block_if_critical(
         &self,
         target: &Target,
-        max: Option<crate::model::Severity>,
+        max: Option<Severity>,
     ) -> Option<String> {
         if !self.stepups.enabled()
             || max.is_none_or(|m| m < self.stepups.settings().auto_block_severity)
@@ -108,7 +130,7 @@ impl Admission {
     }
 
     /// Scans, stores each scanner's findings and applies the admission policy.
-    pub async fn run(&self, actor: Actor, req: ScanRequest) -> Result<Vec<pb::ScanResult>> {
+    pub async fn run(&self, actor: Actor, req: ScanRequest) -> Result<Vec<ScanResult>> {
         if !req.path.is_absolute() {
             return Err(Error::invalid(
                 "path",
@@ -226,7 +248,7 @@ impl Admission {
         target: &Target,
         reason: String,
         details: serde_json::Value,
-        result: &mut pb::ScanResult,
+        result: &mut ScanResult,
     ) -> Result<()> {
         match self
             .stepups
@@ -276,20 +298,19 @@ impl Admission {
         target: Target,
         s: Scanned,
         install: bool,
-    ) -> Result<pb::ScanResult> {
-        let mut result = pb::ScanResult {
-            target: Some(pb::TargetRef {
-                kind: match target.kind {
-                    TargetKind::Skill => pb::TargetKind::Skill as i32,
-                    TargetKind::Mcp => pb::TargetKind::Mcp as i32,
-                },
-                name: target.name.clone(),
-            }),
+    ) -> Result<ScanResult> {
+        let mut result = ScanResult {
+            target: target.clone(),
             path: s.report.path.clone(),
+            max_severity: None,
+            findings: Vec::new(),
             duration_ms: s.report.duration_ms,
             notes: s.report.notes.clone(),
+            decision: String::new(),
+            decision_reason: String::new(),
+            audit_seq: 0,
+            scanners: Vec::new(),
             scanner_errors: s.errors.clone(),
-            ..Default::default()
         };
         if self.scan.admission.allow_listed(&target) {
             result.decision = "bypassed".into();
@@ -327,9 +348,9 @@ impl Admission {
             for f in &findings {
                 max = max.max(Some(f.severity));
             }
-            result.findings.extend(findings.iter().map(pb_finding));
+            result.findings.extend(findings);
         }
-        result.max_severity = max.map_or(0, |s| s as i32);
+        result.max_severity = max;
         let threshold = self.scan.admission.threshold(target.kind);
         let summary = serde_json::json!({
             "admission": true,
@@ -397,30 +418,13 @@ impl Admission {
         reason: String,
         details: serde_json::Value,
     ) -> Result<(bool, u64)> {
-        let Enforced {
-            decision,
-            changed,
-            entry,
-            ..
-        } = self
-            .store
-            .write(SetEnforcement {
-                target: target.clone(),
-                action,
-                reason,
-                actor: actor.clone(),
-                details,
-            })
+        let done = self
+            .enforcer
+            .commit(target, action, reason, actor.clone(), details)
             .await?;
-        if changed {
-            let _ = self.enforcement.send(EnforcementChanged {
-                target: target.clone(),
-                state: decision.state,
-            });
-        }
         debug_assert!(
-            decision.state != EnforcementState::None || action == EnforcementAction::Unblock
+            done.decision.state != EnforcementState::None || action == EnforcementAction::Unblock
         );
-        Ok((changed, entry.seq))
+        Ok((done.changed, done.entry.seq))
     }
 }

@@ -39,9 +39,14 @@ impl Drop for Slot {
     }
 }
 
+/// The scan pool could not start its threads.
+#[derive(Debug, thiserror::Error)]
+#[error("[scanner] cannot start a scan thread: {0}")]
+pub struct PoolError(#[source] std::io::Error);
+
 impl ScanPool {
     /// Starts `workers` threads taking at most `workers + queue` scans at a time.
-    pub fn new(workers: usize, queue: usize) -> std::result::Result<Self, String> {
+    pub fn new(workers: usize, queue: usize) -> std::result::Result<Self, PoolError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers {
@@ -62,7 +67,7 @@ impl ScanPool {
                         }
                     }
                 })
-                .map_err(|e| format!("[scanner] cannot start a scan thread: {e}"))?;
+                .map_err(PoolError)?;
         }
         Ok(Self {
             jobs,

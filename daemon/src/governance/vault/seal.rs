@@ -192,6 +192,11 @@ fn read_key(path: &Path, check_mode: bool) -> Result<Vec<u8>, SealError> {
     }
 }
 
+/// Associated data binding a sealed refresh token to its server and owner.
+pub fn subject_context(server: &str, sub: &str) -> Vec<u8> {
+    format!("defenseclaw-token-vault-v1\0{server}\0{sub}").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

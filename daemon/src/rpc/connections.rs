@@ -1,0 +1,106 @@
+//! Adapters for Token Vault connections: handing out a provider token,
+//! listing grants and linked accounts, revoking, recording a linked account.
+
+use defenseclaw_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::authn::{Need, authorization};
+use super::convert::{pb_account, pb_grant};
+use super::service::ControlService;
+use crate::model::{MAX_REASON_BYTES, validate_text};
+use crate::names;
+
+pub(super) async fn get_connection_token(
+    svc: &ControlService,
+    request: Request<pb::GetConnectionTokenRequest>,
+) -> Result<Response<pb::ConnectionToken>, Status> {
+    let actor = svc
+        .authorize(&request, "GetConnectionToken", Need::Credential)
+        .await?;
+    // The caller's own token is the subject of an access-token exchange;
+    // only a verified one (auth method oidc) is ever used.
+    let bearer = crate::oidc::bearer_from_header(authorization(&request))
+        .ok()
+        .map(str::to_owned);
+    let req = request.into_inner();
+    names::server_name("server", &req.server)?;
+    names::connection_name("connection", &req.connection)?;
+    let issued = svc
+        .gov
+        .connection_token(
+            &actor,
+            bearer.as_deref(),
+            &req.server,
+            &req.connection,
+            req.fresh,
+        )
+        .await?;
+    Ok(Response::new(pb::ConnectionToken {
+        access_token: issued.token.expose().to_owned(),
+        expires_at: issued.expires_at,
+        scopes: issued.scopes,
+        cached: issued.cached,
+        subject: issued.subject.to_owned(),
+    }))
+}
+
+pub(super) async fn list_connections(
+    svc: &ControlService,
+    request: Request<pb::ListConnectionsRequest>,
+) -> Result<Response<pb::ListConnectionsReply>, Status> {
+    svc.authorize(&request, "ListConnections", Need::Read)
+        .await?;
+    let req = request.into_inner();
+    let server = if req.server.is_empty() {
+        None
+    } else {
+        names::server_name("server", &req.server)?;
+        Some(req.server)
+    };
+    let (grants, accounts) = svc.gov.list_connections(server).await?;
+    Ok(Response::new(pb::ListConnectionsReply {
+        grants: grants.iter().map(pb_grant).collect(),
+        accounts: accounts.iter().map(pb_account).collect(),
+    }))
+}
+
+pub(super) async fn revoke_connection(
+    svc: &ControlService,
+    request: Request<pb::RevokeConnectionRequest>,
+) -> Result<Response<pb::RevokeConnectionReply>, Status> {
+    let actor = svc
+        .authorize(&request, "RevokeConnection", Need::Operate)
+        .await?;
+    let req = request.into_inner();
+    names::server_name("server", &req.server)?;
+    names::connection_name("connection", &req.connection)?;
+    validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
+    let (grant, audit_seq) = svc
+        .gov
+        .revoke_connection(actor, req.server, req.connection, req.reason)
+        .await?;
+    Ok(Response::new(pb::RevokeConnectionReply {
+        grant: Some(pb_grant(&grant)),
+        audit_seq,
+    }))
+}
+
+pub(super) async fn record_connected_account(
+    svc: &ControlService,
+    request: Request<pb::RecordConnectedAccountRequest>,
+) -> Result<Response<pb::RecordConnectedAccountReply>, Status> {
+    let actor = svc
+        .authorize(&request, "RecordConnectedAccount", Need::Operate)
+        .await?;
+    let req = request.into_inner();
+    names::connection_name("connection", &req.connection)?;
+    names::account_id("account_id", &req.account_id)?;
+    let (account, audit_seq) = svc
+        .gov
+        .record_connected_account(actor, req.connection, req.account_id)
+        .await?;
+    Ok(Response::new(pb::RecordConnectedAccountReply {
+        account: Some(pb_account(&account)),
+        audit_seq,
+    }))
+}

@@ -1,0 +1,66 @@
+//! Adapters for the daemon's status and the authentication settings clients
+//! need before they can call anything else.
+
+use defenseclaw_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::authn::Need;
+use super::convert::{pb_actor, pb_auth_mode, pb_counts, pb_head, pb_openclaw_status};
+use super::service::ControlService;
+use crate::clock::format_ts;
+
+pub(super) async fn get_status(
+    svc: &ControlService,
+    request: Request<pb::GetStatusRequest>,
+) -> Result<Response<pb::StatusReply>, Status> {
+    let actor = svc.authorize(&request, "GetStatus", Need::Read).await?;
+    let view = svc.gov.status().await?;
+    let settings = svc.authn.settings();
+    let jwks = svc.authn.jwks_health();
+    let auth = pb::AuthStatus {
+        mode: pb_auth_mode(settings.mode),
+        issuer: settings.issuer_url().unwrap_or_default(),
+        audience: settings.audience.clone().unwrap_or_default(),
+        jwks_keys: jwks
+            .as_ref()
+            .map_or(0, |h| u32::try_from(h.keys).unwrap_or(u32::MAX)),
+        jwks_serving_stale: jwks.as_ref().is_some_and(|h| h.serving_stale),
+        jwks_last_error: jwks
+            .as_ref()
+            .and_then(|h| h.last_error.clone())
+            .unwrap_or_default(),
+        jwks_last_refresh_ok_at: jwks
+            .as_ref()
+            .and_then(|h| h.last_refresh_ok_at)
+            .map(|t| format_ts(time::OffsetDateTime::from(t)))
+            .unwrap_or_default(),
+    };
+    let counts = pb_counts(&view);
+    Ok(Response::new(pb::StatusReply {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: svc.started.elapsed().as_secs(),
+        socket: svc.socket.clone(),
+        store_path: view.store_path.display().to_string(),
+        counts: Some(counts),
+        audit_head: Some(pb_head(&view.head)),
+        caller: Some(pb_actor(&actor)),
+        daemon_pid: std::process::id(),
+        auth: Some(auth),
+        openclaw: Some(pb_openclaw_status(view.openclaw, view.pending_enforcements)),
+    }))
+}
+
+/// Unauthenticated on purpose: a client reads it to learn how to authenticate.
+pub(super) fn get_auth_config(
+    svc: &ControlService,
+    _request: Request<pb::GetAuthConfigRequest>,
+) -> Result<Response<pb::AuthConfig>, Status> {
+    let settings = svc.authn.settings();
+    Ok(Response::new(pb::AuthConfig {
+        mode: pb_auth_mode(settings.mode),
+        issuer: settings.issuer_url().unwrap_or_default(),
+        audience: settings.audience.clone().unwrap_or_default(),
+        cli_client_id: settings.cli_client_id.clone().unwrap_or_default(),
+        scopes: settings.roles.mapping().into_keys().collect(),
+    }))
+}
