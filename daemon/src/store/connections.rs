@@ -70,7 +70,7 @@ impl rusqlite::ToSql for GrantStatus {
 pub struct SealedSubject {
     /// Whose credential it is.
     pub sub: String,
-    /// AES-256-GCM output (see [`crate::vault::seal`]).
+    /// AES-256-GCM output (see [`crate::governance::vault::seal`]).
     pub sealed: Vec<u8>,
 }
 

@@ -59,7 +59,7 @@ pub struct ScanReport {
     pub origin: ReportOrigin,
     /// Open findings at or above this stay open unless the report carries
     /// them again (same rule, place and at least that severity); from
-    /// [`crate::protection::Protection::report_keeps_open_at`].
+    /// [`crate::governance::protection::Protection::report_keeps_open_at`].
     pub keep_open_at: Option<Severity>,
 }
 
