@@ -71,6 +71,18 @@ async fn ctl_as_nobody(groups: &[u32], env: &[(&str, &str)], args: &[&str]) -> R
     run
 }
 
+/// The entries of `audit list -o json` output (one JSON value or array per line).
+fn audit_entries(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .flat_map(|l| match serde_json::from_str::<Value>(l).unwrap() {
+            Value::Array(a) => a,
+            v => vec![v],
+        })
+        .collect()
+}
+
 fn world_searchable(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
@@ -204,15 +216,7 @@ async fn access_groups_come_from_the_callers_process() {
     assert_eq!(refused_again.code, 77, "{}", refused_again.stderr);
 
     let audit = d.ctl(&["-o", "json", "audit", "list"]).await.ok();
-    let entries: Vec<Value> = audit
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .flat_map(|l| match serde_json::from_str::<Value>(l).unwrap() {
-            Value::Array(a) => a,
-            v => vec![v],
-        })
-        .collect();
+    let entries = audit_entries(&audit.stdout);
     let by_nobody: Vec<&Value> = entries
         .iter()
         .filter(|e| e["actor"]["uid"] == NOBODY)
@@ -294,15 +298,7 @@ async fn a_non_root_peer_reads_but_its_mutation_is_refused_under_its_own_uid() {
         .ctl(&["-o", "json", "audit", "list", "--actor", "uid:65534"])
         .await
         .ok();
-    let entries: Vec<Value> = mine
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .flat_map(|l| match serde_json::from_str::<Value>(l).unwrap() {
-            Value::Array(a) => a,
-            v => vec![v],
-        })
-        .collect();
+    let entries = audit_entries(&mine.stdout);
     assert!(
         !entries.is_empty(),
         "no entry for uid 65534: {}",
