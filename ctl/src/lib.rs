@@ -43,6 +43,42 @@ async fn auth_command(
             } else {
                 None
             };
+            if let Some(config) = &from_daemon
+                && config.mode == "local"
+                && issuer.is_none()
+            {
+                return local_mode_needs_no_login(json);
+            }
+            let missing: Vec<&str> = [
+                (
+                    issuer.is_none(),
+                    from_daemon.as_ref().map(|c| &c.issuer),
+                    "--issuer",
+                ),
+                (
+                    audience.is_none(),
+                    from_daemon.as_ref().map(|c| &c.audience),
+                    "--audience",
+                ),
+                (
+                    client_id.is_none(),
+                    from_daemon.as_ref().map(|c| &c.cli_client_id),
+                    "--client-id",
+                ),
+            ]
+            .into_iter()
+            .filter(|(unset, daemon, _)| *unset && daemon.is_none_or(|v| v.is_empty()))
+            .map(|(_, _, flag)| flag)
+            .collect();
+            if !missing.is_empty() {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!(
+                        "the daemon's [auth] section does not say where to log in; pass {}",
+                        missing.join(" and ")
+                    ),
+                ));
+            }
             let pick = |flag: Option<String>,
                         daemon: Option<&String>,
                         what: &str|
@@ -89,6 +125,22 @@ async fn auth_command(
             auth::logout(json).await?;
             Ok(())
         }
+    }
+}
+
+/// `auth login` against a local-mode daemon: nothing to log in to, and why.
+fn local_mode_needs_no_login(json: bool) -> Result<(), Failure> {
+    const WHY: &str = "defenseclawd runs in local mode: it knows each caller by the Unix user \
+                       behind the socket (peer credentials), so there is no login. Operator \
+                       login applies to a daemon with [auth] mode = \"oidc\".";
+    if json {
+        render::print_json(&serde_json::json!({
+            "mode": "local",
+            "login_needed": false,
+            "reason": WHY,
+        }))
+    } else {
+        render::write_line(WHY)
     }
 }
 

@@ -508,3 +508,38 @@ async fn completions_and_man_pages_are_generated() {
     let bad = ctl_at(nowhere, &["completions", "tcsh"]).await;
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 }
+
+/// `auth login` against a local-mode daemon says there is nothing to log in
+/// to, and why, instead of asking for an issuer; with an issuer and nothing
+/// else, every missing flag is named at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_login_explains_itself() {
+    let d = TestDaemon::start().await.unwrap();
+    let run = d.ctl(&["auth", "login", "--no-browser"]).await.ok();
+    assert!(
+        run.stdout.contains("local mode") && run.stdout.contains("peer credentials"),
+        "{}",
+        run.stdout
+    );
+    let v = d
+        .ctl(&["-o", "json", "auth", "login", "--no-browser"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v["login_needed"], false);
+    let partial = d
+        .ctl(&[
+            "auth",
+            "login",
+            "--no-browser",
+            "--issuer",
+            "https://idp.invalid/",
+        ])
+        .await;
+    assert_eq!(partial.code, 2, "{}", partial.stderr);
+    assert!(
+        partial.stderr.contains("--audience and --client-id"),
+        "{}",
+        partial.stderr
+    );
+}
