@@ -543,3 +543,37 @@ async fn local_mode_login_explains_itself() {
         partial.stderr
     );
 }
+
+/// `scan report` reads a bounded amount: an endless input is refused at the
+/// documented limit (not read into memory), and a report over the daemon's
+/// request limit names that limit instead of a transport error.
+#[tokio::test(flavor = "multi_thread")]
+async fn scan_report_files_are_bounded_with_clear_messages() {
+    let d = TestDaemon::start().await.unwrap();
+    let endless = d.ctl(&["scan", "report", "--file", "/dev/zero"]).await;
+    assert_eq!(endless.code, 2, "{}", endless.stderr);
+    assert!(
+        endless.stderr.contains("larger than 16 MiB"),
+        "{}",
+        endless.stderr
+    );
+
+    // About 6 MiB of valid findings: under the file limit, over the 4 MiB request limit.
+    let finding = serde_json::json!({
+        "rule_id": "R-1", "severity": "LOW", "title": "t",
+        "description": "x".repeat(1000), "location": "a.sh", "line": 1
+    });
+    let report = serde_json::json!({
+        "scanner": "bulk", "target": {"kind": "skill", "name": "big"},
+        "findings": vec![finding; 6000],
+    });
+    let path = d.dir.path().join("big.json");
+    std::fs::write(&path, report.to_string()).unwrap();
+    let big = d
+        .ctl(&["scan", "report", "--file", path.to_str().unwrap()])
+        .await;
+    assert_eq!(big.code, 2, "{}", big.stderr);
+    assert!(big.stderr.contains("max_message_bytes"), "{}", big.stderr);
+    let listed = d.ctl(&["-o", "json", "finding", "list"]).await.ok();
+    assert!(!listed.stdout.contains("\"big\""), "{}", listed.stdout);
+}
