@@ -325,6 +325,9 @@ pub struct InstallArgs {
     /// The skill's name, checked against the folder: a skill is named after its folder (never its SKILL.md), and another name is refused.
     #[arg(long)]
     pub name: Option<String>,
+    /// Exit 9 when a finding reaches this severity (a blocked skill exits 14 first).
+    #[arg(long, value_name = "SEVERITY")]
+    pub fail_on: Option<String>,
 }
 
 /// Arguments of block/allow/unblock.

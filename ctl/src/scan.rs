@@ -22,8 +22,11 @@ fn engine(rule_dirs: &[PathBuf]) -> Result<Engine, Failure> {
 }
 
 fn fail_on(args: &ScanArgs) -> Result<Option<Severity>, Failure> {
-    args.fail_on
-        .as_deref()
+    parse_fail_on(args.fail_on.as_deref())
+}
+
+fn parse_fail_on(fail_on: Option<&str>) -> Result<Option<Severity>, Failure> {
+    fail_on
         .map(|s| {
             s.parse::<Severity>().map_err(|_| {
                 Failure::new(
@@ -249,19 +252,7 @@ pub async fn through_daemon(
         results.extend(client.scan_target(req).await?.into_inner().results);
     }
     print_results(&results, output)?;
-    if let Some(t) = threshold {
-        let hits = results
-            .iter()
-            .filter(|r| r.max_severity >= t as i32 && r.max_severity != 0)
-            .count();
-        if hits > 0 {
-            return Err(Failure::new(
-                SCAN_FAIL_ON,
-                format!("{hits} target(s) have findings at or above {}", t.as_str()),
-            ));
-        }
-    }
-    Ok(())
+    fail_on_hits(&results, threshold)
 }
 
 /// `skill install PATH`.
@@ -280,7 +271,38 @@ pub async fn install(
         })
         .await?
         .into_inner();
-    print_results(&reply.results, output)
+    let threshold = parse_fail_on(args.fail_on.as_deref())?;
+    print_results(&reply.results, output)?;
+    // "unchanged" is admission's block finding the skill already blocked.
+    if let Some(r) = reply
+        .results
+        .iter()
+        .find(|r| matches!(r.decision.as_str(), "blocked" | "unchanged"))
+    {
+        return Err(Failure::new(
+            crate::exit::INSTALL_BLOCKED,
+            format!("the skill is blocked: {}", r.decision_reason),
+        ));
+    }
+    fail_on_hits(&reply.results, threshold)
+}
+
+/// Exit 9 when any result has a finding at or above `threshold`.
+fn fail_on_hits(results: &[pb::ScanResult], threshold: Option<Severity>) -> Result<(), Failure> {
+    let Some(t) = threshold else {
+        return Ok(());
+    };
+    let hits = results
+        .iter()
+        .filter(|r| r.max_severity >= t as i32 && r.max_severity != 0)
+        .count();
+    if hits > 0 {
+        return Err(Failure::new(
+            SCAN_FAIL_ON,
+            format!("{hits} target(s) have findings at or above {}", t.as_str()),
+        ));
+    }
+    Ok(())
 }
 
 fn result_json(r: &pb::ScanResult) -> Value {
