@@ -8,6 +8,7 @@ pub mod commands;
 pub mod connect;
 pub mod connections;
 pub mod exit;
+pub mod quarantine;
 pub mod render;
 pub mod scan;
 

@@ -311,7 +311,23 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         crate::governance::scanning::Scanners::new(&settings.scanner)
             .inspect_err(|_| cleanup.run())?,
     );
+    // Where skills are known to be: quarantine moves only those folders.
+    let known_skills = Arc::new(crate::governance::skill_dirs::KnownSkills::new(
+        settings
+            .scanner
+            .watch_dirs
+            .iter()
+            .filter_map(|d| std::fs::canonicalize(d).ok())
+            .collect(),
+    ));
+    let quarantine = Arc::new(crate::governance::quarantine::Quarantine::new(
+        store.clone(),
+        &state_dir,
+        known_skills.clone(),
+        settings.admission.quarantine_max_bytes,
+    ));
     let admission = Admission {
+        quarantine: settings.admission.quarantine.then(|| quarantine.clone()),
         store: store.clone(),
         cache: cache.clone(),
         scan: Arc::new(ScanService {
@@ -384,6 +400,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         stepups,
         vault,
         coalescer: coalescer.clone(),
+        quarantine,
     });
     let service = ControlService::new(
         gov,
