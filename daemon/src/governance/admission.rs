@@ -240,6 +240,19 @@ impl Admission {
         }
     }
 
+    /// Records what a scan of `target` found (a scan the daemon ran itself,
+    /// e.g. of OpenClaw's tool catalog) and applies the admission policy as a
+    /// watched-folder scan does (never an install).
+    pub async fn record_scanned(
+        &self,
+        actor: Actor,
+        target: Target,
+        scanned: Scanned,
+    ) -> Result<ScanResult> {
+        crate::names::target_name("name", &target.name)?;
+        self.record_and_decide(&actor, target, scanned, false).await
+    }
+
     /// The skill's name: its folder's. A caller-supplied name that differs is
     /// refused (and audited): it would let a scan of one folder claim another skill.
     async fn skill_name(&self, actor: &Actor, req: &ScanRequest) -> Result<String> {

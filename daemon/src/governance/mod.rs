@@ -13,6 +13,7 @@ pub mod quarantine;
 pub mod queries;
 pub mod scan_pool;
 pub mod scanning;
+pub mod skill_coverage;
 pub mod skill_dirs;
 pub mod stepup;
 pub mod vault;
