@@ -12,6 +12,7 @@ mod lifecycle;
 mod oidc;
 mod oidc_tokens;
 mod openclaw;
+mod openclaw_coverage;
 mod openclaw_e2e;
 mod quarantine;
 mod scanning;

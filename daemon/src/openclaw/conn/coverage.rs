@@ -1,7 +1,8 @@
 //! What the daemon scans of OpenClaw without running anything: the skills
 //! `skills.status` reports (handed to the host as [`ReportedSkills`]) and the
 //! MCP tool descriptions its tool catalog exposes (`tools.catalog` with
-//! plugins, `tools.effective` of the main session), handed over as
+//! plugins, `tools.effective` of the main session; `source: "mcp"` entries
+//! with their `mcpServer`), handed over as
 //! [`ReportedTool`]s. No MCP server is started for it.
 
 use serde_json::{Value, json};
@@ -73,11 +74,11 @@ pub(super) fn reported_tools(v: &Value, out: &mut Vec<ReportedTool>) {
             return;
         }
         let source = tool["source"].as_str().unwrap_or_default();
-        let server = match source {
-            "mcp" => tool["mcpServer"].as_str().or(tool["pluginId"].as_str()),
-            "plugin" => tool["pluginId"].as_str(),
-            _ => None,
-        };
+        // MCP tools only (named by their server); core and plugin tools are
+        // OpenClaw's own code, not an MCP server's description.
+        let server = (source == "mcp")
+            .then(|| tool["mcpServer"].as_str())
+            .flatten();
         let Some(server) = server else { continue };
         let description = ["rawDescription", "fullDescription", "description"]
             .iter()
@@ -148,9 +149,13 @@ mod tests {
         let mut tools = Vec::new();
         reported_tools(&cat, &mut tools);
         reported_tools(&cat, &mut tools);
-        assert_eq!(tools.len(), 2, "core tools skipped, duplicates once");
+        assert_eq!(
+            tools.len(),
+            1,
+            "core and plugin tools skipped, duplicates once"
+        );
         assert_eq!(tools[0].server, "srv");
         assert_eq!(tools[0].name, "t");
-        assert_eq!(tools[1].description, "Plugs");
+        assert_eq!(tools[0].description, "Reads files");
     }
 }
