@@ -17,8 +17,14 @@ use nix::sys::signal::Signal;
 const DAEMON_BIN: &str = env!("CARGO_BIN_EXE_defenseclawd");
 
 async fn try_start(dir: &std::path::Path) -> Result<defenseclawd::daemon::DaemonHandle, String> {
-    let socket = defenseclaw_testkit::daemon::socket_in(dir);
-    let env = daemon_env(dir, &socket, &[]);
+    try_start_on(dir, &defenseclaw_testkit::daemon::socket_in(dir)).await
+}
+
+async fn try_start_on(
+    dir: &std::path::Path,
+    socket: &std::path::Path,
+) -> Result<defenseclawd::daemon::DaemonHandle, String> {
+    let env = daemon_env(dir, socket, &[]);
     let settings = Settings::load(&ConfigFile::None, &env).unwrap();
     daemon::start(DaemonOptions::new(settings, ConfigFile::None, env).unwrap())
         .await
@@ -38,8 +44,13 @@ async fn socket_is_0660_and_a_second_daemon_is_refused_without_touching_the_stor
         .mode()
         & 0o777;
     assert_eq!(home_mode, 0o700);
+    // Same state directory and socket: the state directory's lock refuses it first.
     let err = try_start(d.dir.path()).await.unwrap_err();
-    assert!(err.contains("already answering"), "{err}");
+    let holder = format!("pid {}", std::process::id());
+    assert!(
+        err.contains("already uses the state directory") && err.contains(&holder),
+        "{err}"
+    );
     // The first daemon still serves.
     d.client()
         .await
@@ -47,6 +58,62 @@ async fn socket_is_0660_and_a_second_daemon_is_refused_without_touching_the_stor
         .get_status(pb::GetStatusRequest {})
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_another_socket_is_refused_by_the_store_lock() {
+    let d = TestDaemon::start().await.unwrap();
+    let mut client = d.client().await.unwrap();
+    client
+        .set_enforcement(set(skill("before"), Block, "first"))
+        .await
+        .unwrap();
+    let other_socket = d.dir.path().join("other.sock");
+    let err = try_start_on(d.dir.path(), &other_socket).await.unwrap_err();
+    let holder = format!("pid {}", std::process::id());
+    assert!(
+        err.contains("already uses the state directory") && err.contains(&holder),
+        "{err}"
+    );
+    assert!(
+        !other_socket.exists(),
+        "the refused daemon bound its socket"
+    );
+    // Mutations on the first daemon still commit (no second writer on the chain).
+    client
+        .set_enforcement(set(skill("after"), Block, "second"))
+        .await
+        .unwrap();
+    let report = verify(&mut client, "").await.unwrap();
+    assert!(report.ok, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_daemon_socket_still_answering_refuses_a_daemon_on_another_store() {
+    let d = TestDaemon::start().await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let err = try_start_on(other.path(), &d.socket).await.unwrap_err();
+    assert!(err.contains("already answering"), "{err}");
+    d.client()
+        .await
+        .unwrap()
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_lock_file_refuses_a_planted_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, "untouched").unwrap();
+    std::os::unix::fs::symlink(&target, home.join("defenseclawd.lock")).unwrap();
+    let err = try_start(dir.path()).await.unwrap_err();
+    assert!(err.contains("lock file"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
 }
 
 #[tokio::test]
