@@ -215,7 +215,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         .map(|(token, _)| GatewayToken::new(token.expose()));
     // What OpenClaw reports (skills, tool catalog), for runtime coverage.
     let (coverage_inbox, coverage_reports) = CoverageInbox::new(
-        settings.openclaw.scan_skills,
+        settings.openclaw.scan_skills || settings.openclaw.watch_skill_dirs,
         settings.openclaw.scan_tool_catalog,
     );
     let monitor = OpenClawMonitor::start(
@@ -403,6 +403,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     }
     if settings.openclaw.enabled {
         tokio::spawn(crate::governance::skill_coverage::run_skills(
+            settings.openclaw.scan_skills,
             skill_scans,
             known_skills.clone(),
             watch_handle.filter(|_| watch_openclaw),

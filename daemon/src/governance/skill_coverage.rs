@@ -116,10 +116,10 @@ fn walk(
                     hash.update(&buf[..n]);
                 }
             }
-        } else if ft.is_symlink() {
-            if let Ok(target) = std::fs::read_link(&path) {
-                hash.update(target.as_os_str().as_encoded_bytes());
-            }
+        } else if ft.is_symlink()
+            && let Ok(target) = std::fs::read_link(&path)
+        {
+            hash.update(target.as_os_str().as_encoded_bytes());
         }
     }
     Ok(())
@@ -262,7 +262,7 @@ impl SkillScans {
 pub struct CoverageInbox {
     skills: watch::Sender<Option<ReportedSkills>>,
     tools: watch::Sender<Option<Vec<ReportedTool>>>,
-    scan_skills: bool,
+    want_skills: bool,
     scan_tools: bool,
 }
 
@@ -276,15 +276,16 @@ pub struct CoverageReports {
 }
 
 impl CoverageInbox {
-    /// A new inbox; `scan_skills`/`scan_tools` from `[openclaw]`.
-    pub fn new(scan_skills: bool, scan_tools: bool) -> (Self, CoverageReports) {
+    /// A new inbox; `want_skills` (to scan them or watch their directories)
+    /// and `scan_tools` from `[openclaw]`.
+    pub fn new(want_skills: bool, scan_tools: bool) -> (Self, CoverageReports) {
         let (skills, skills_rx) = watch::channel(None);
         let (tools, tools_rx) = watch::channel(None);
         (
             Self {
                 skills,
                 tools,
-                scan_skills,
+                want_skills,
                 scan_tools,
             },
             CoverageReports {
@@ -296,7 +297,7 @@ impl CoverageInbox {
 
     /// Keeps the latest skills report (never blocks).
     pub fn skills(&self, report: ReportedSkills) {
-        if self.scan_skills {
+        if self.want_skills {
             self.skills.send_replace(Some(report));
         }
     }
@@ -359,8 +360,11 @@ fn resolve(report: &ReportedSkills) -> (Vec<PathBuf>, BTreeMap<String, PathBuf>)
     (dirs, folders)
 }
 
-/// Works through OpenClaw's skills reports until cancelled.
+/// Works through OpenClaw's skills reports until cancelled: records its
+/// skill directories as known (and watches them when `watcher` is given) and,
+/// when `scan` is on, scans each new or changed skill folder.
 pub async fn run_skills(
+    scan: bool,
     scans: Arc<SkillScans>,
     known: Arc<KnownSkills>,
     watcher: Option<WatchHandle>,
@@ -403,6 +407,9 @@ pub async fn run_skills(
         }
         known.set_reported(folders.clone());
         retry = false;
+        if !scan {
+            continue;
+        }
         for dir in folders.into_values() {
             match scans.scan(dir.clone(), openclaw_actor()).await {
                 Attempt::Scanned(results) => {
