@@ -27,6 +27,10 @@ pub const SYSTEM_CONFIG_PATH: &str = "/etc/defenseclaw/defenseclawd.toml";
 /// `DEFENSECLAW_HOME`) are not config keys and are left alone.
 pub const ENV_PREFIX: &str = "DEFENSECLAW";
 
+/// The commented example configuration shipped as
+/// `/etc/defenseclaw/defenseclawd.toml`, printed by `--print-example-config`.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/config/defenseclawd.toml");
+
 /// Everything the daemon can be configured with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -817,6 +821,8 @@ mod tests {
     fn shipped_example_parses() {
         let example =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/defenseclawd.toml");
-        Settings::load(&ConfigFile::Explicit(example), &env(&[])).unwrap();
+        Settings::load(&ConfigFile::Explicit(example.clone()), &env(&[])).unwrap();
+        // The embedded copy is the shipped file, byte for byte.
+        assert_eq!(std::fs::read_to_string(example).unwrap(), EXAMPLE_CONFIG);
     }
 }
