@@ -195,6 +195,13 @@ impl Quarantine {
         crate::names::target_name("name", name)?;
         if let Some(row) = self.store.quarantined(name).await? {
             self.settle_stale(&row, &actor).await?;
+            if let Some(row) = self.store.quarantined(name).await? {
+                return Err(Error::FailedPrecondition(format!(
+                    "a skill named {} is already quarantined (from {}); restore it first",
+                    quoted(name),
+                    row.original_path
+                )));
+            }
         }
         let src = self.source(name, path).await?;
         let dir = self.dir.clone();

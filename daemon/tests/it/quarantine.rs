@@ -312,3 +312,80 @@ async fn admission_quarantines_a_skill_it_blocks_when_configured() {
     );
     assert!(stray.join("SKILL.md").exists());
 }
+
+#[tokio::test]
+async fn an_interrupted_quarantine_is_settled_from_what_is_on_disk() {
+    use defenseclawd::store::quarantine::QuarantineBegin;
+    let watched = tempfile::tempdir().unwrap();
+    let done = write_skill(watched.path(), "half-moved", MALICIOUS);
+    let undone = write_skill(watched.path(), "not-moved", MALICIOUS);
+    let d = TestDaemon::start_with(&[(
+        "DEFENSECLAW_SCANNER__WATCH_DIRS",
+        watched.path().to_str().unwrap(),
+    )])
+    .await
+    .unwrap();
+    let store = d.handle.as_ref().unwrap().store().clone();
+    let qdir = d.dir.path().join("home/quarantine");
+    std::fs::create_dir_all(&qdir).unwrap();
+    let begin = |name: &str, original: &Path| QuarantineBegin {
+        name: name.into(),
+        original_path: std::fs::canonicalize(original)
+            .unwrap()
+            .display()
+            .to_string(),
+        stored_path: qdir.join(name).display().to_string(),
+        reason: "crash test".into(),
+        actor: defenseclawd::model::Actor::system(),
+    };
+    // A crash after the copy was renamed into place, before the source went.
+    write_skill(&qdir, "half-moved", MALICIOUS);
+    store.write(begin("half-moved", &done)).await.unwrap();
+    // A crash in the middle of a copy: a partial copy, nothing in place.
+    std::fs::create_dir(qdir.join(".not-moved.dc-partial-00aa")).unwrap();
+    store.write(begin("not-moved", &undone)).await.unwrap();
+
+    let mut c = d.client().await.unwrap();
+    let err = c
+        .quarantine_skill(quarantine("half-moved"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("already quarantined"), "{err:?}");
+    assert!(
+        !done.exists(),
+        "the finished copy wins: the source is removed"
+    );
+    assert!(qdir.join("half-moved/SKILL.md").exists());
+
+    let q = c
+        .quarantine_skill(quarantine("not-moved"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(q.record.unwrap().state, "quarantined");
+    assert!(!undone.exists());
+    assert!(
+        !qdir.join(".not-moved.dc-partial-00aa").exists(),
+        "the partial copy is cleaned"
+    );
+    let records = c
+        .list_quarantined(pb::ListQuarantinedRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(records.len(), 2);
+    assert!(
+        records.iter().all(|r| r.state == "quarantined"),
+        "{records:?}"
+    );
+    let entries = audit(&mut c).await;
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.action == "skill-quarantine-recovered")
+            .count(),
+        2
+    );
+}
