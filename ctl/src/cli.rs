@@ -265,6 +265,30 @@ pub enum TargetCommand {
     /// MCP servers: run the server with its connection tokens in its environment
     /// (put this in OpenClaw's `mcp.servers.NAME.command`).
     Exec(ExecArgs),
+    /// Skills: move the skill's folder to the daemon's quarantine (audited;
+    /// nothing is ever replaced; enforcement is unchanged).
+    Quarantine(QuarantineArgs),
+    /// Skills: move a quarantined skill's folder back where it was (a blocked
+    /// skill stays blocked).
+    Restore {
+        /// Skill name.
+        name: String,
+    },
+    /// Skills: the quarantined skills and where they came from.
+    Quarantined,
+}
+
+/// Arguments of `skill quarantine`.
+#[derive(Debug, Args)]
+pub struct QuarantineArgs {
+    /// Skill name (its folder's name).
+    pub name: String,
+    /// The folder, when the daemon knows several skill folders of that name.
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+    /// Why (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 /// Arguments of allow.

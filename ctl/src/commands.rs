@@ -313,6 +313,23 @@ async fn target_command(
             return crate::connections::exec(client, args).await;
         }
         TargetCommand::Unblock(d) => decide(d, pb::EnforcementAction::Unblock),
+        TargetCommand::Quarantine(_)
+        | TargetCommand::Restore { .. }
+        | TargetCommand::Quarantined
+            if kind != pb::TargetKind::Skill =>
+        {
+            return Err(Failure::new(
+                USAGE,
+                "quarantine is for skills (`skill quarantine NAME`)",
+            ));
+        }
+        TargetCommand::Quarantine(args) => {
+            return crate::quarantine::quarantine(client, args, output).await;
+        }
+        TargetCommand::Restore { name } => {
+            return crate::quarantine::restore(client, name, output).await;
+        }
+        TargetCommand::Quarantined => return crate::quarantine::list(client, output).await,
     };
     let reply = client.set_enforcement(request).await?.into_inner();
     if let Some(pending) = &reply.pending {

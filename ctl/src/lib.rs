@@ -9,6 +9,7 @@ pub mod connect;
 pub mod connections;
 pub mod exit;
 pub mod meta;
+pub mod quarantine;
 pub mod render;
 pub mod scan;
 

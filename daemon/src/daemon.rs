@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigFile, Settings};
 use crate::events::EnforcementChanged;
-use crate::governance::admission::{Admission, ScanRequest};
+use crate::governance::admission::Admission;
 use crate::governance::enforcer::Enforcer;
 use crate::governance::openclaw_host::{GovernanceHost, forward_enforcement};
 use crate::governance::scanning::{ScanService, SkillWatcher, record_refused_link};
+use crate::governance::skill_coverage::{Attempt, CoverageInbox, SkillScans};
 use crate::governance::{Governance, Parts};
 use crate::openclaw::{GatewayToken, OpenClawMonitor};
 use crate::rpc::ControlService;
@@ -212,11 +213,19 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         .get(crate::secrets::OPENCLAW_GATEWAY_TOKEN)
         .map_err(StartError::Secrets)?
         .map(|(token, _)| GatewayToken::new(token.expose()));
+    // What OpenClaw reports (skills, tool catalog), for runtime coverage.
+    let (coverage_inbox, coverage_reports) = CoverageInbox::new(
+        settings.openclaw.scan_skills || settings.openclaw.watch_skill_dirs,
+        settings.openclaw.scan_tool_catalog,
+    );
     let monitor = OpenClawMonitor::start(
         settings.openclaw.clone(),
         gateway_token,
         &state_dir,
-        Arc::new(GovernanceHost::new(cache.clone(), store.clone())),
+        Arc::new(
+            GovernanceHost::new(cache.clone(), store.clone())
+                .with_coverage(Arc::new(coverage_inbox)),
+        ),
         cancel.child_token(),
     )
     .inspect_err(|_| cleanup.run())?;
@@ -313,7 +322,23 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         crate::governance::scanning::Scanners::new(&settings.scanner)
             .inspect_err(|_| cleanup.run())?,
     );
+    // Where skills are known to be: quarantine moves only those folders.
+    let known_skills = Arc::new(crate::governance::skill_dirs::KnownSkills::new(
+        settings
+            .scanner
+            .watch_dirs
+            .iter()
+            .filter_map(|d| std::fs::canonicalize(d).ok())
+            .collect(),
+    ));
+    let quarantine = Arc::new(crate::governance::quarantine::Quarantine::new(
+        store.clone(),
+        &state_dir,
+        known_skills.clone(),
+        settings.admission.quarantine_max_bytes,
+    ));
     let admission = Admission {
+        quarantine: settings.admission.quarantine.then(|| quarantine.clone()),
         store: store.clone(),
         cache: cache.clone(),
         scan: Arc::new(ScanService {
@@ -328,13 +353,18 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         enforcer: enforcer.clone(),
         stepups: stepups.clone(),
     };
-    if !settings.scanner.watch_dirs.is_empty() {
+    // Skill folders are scanned only when their content changed since the last scan.
+    let skill_scans = Arc::new(SkillScans::new(admission.clone()));
+    let watch_openclaw = settings.openclaw.enabled && settings.openclaw.watch_skill_dirs;
+    let mut watch_handle = None;
+    if !settings.scanner.watch_dirs.is_empty() || watch_openclaw {
         let watcher = SkillWatcher::new(
             &settings.scanner.watch_dirs,
             Duration::from_millis(settings.scanner.watch_debounce_ms),
         )
         .inspect_err(|_| cleanup.run())?;
-        let watch_admission = admission.clone();
+        watch_handle = Some(watcher.handle());
+        let watch_scans = skill_scans.clone();
         let refuse_store = store.clone();
         let watcher_actor = || crate::model::Actor {
             id: "system:watcher".into(),
@@ -344,30 +374,24 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         tokio::spawn(watcher.run(
             cancel.child_token(),
             move |skill| {
-                let admission = watch_admission.clone();
+                let scans = watch_scans.clone();
                 async move {
-                    let req = ScanRequest {
-                        kind: crate::model::TargetKind::Skill,
-                        path: skill.clone(),
-                        name: None,
-                        server: None,
-                        install: false,
-                    };
-                    match admission.run(watcher_actor(), req).await {
-                        Ok(results) => {
+                    match scans.scan(skill.clone(), watcher_actor()).await {
+                        Attempt::Scanned(results) => {
                             for r in results {
                                 tracing::info!(skill = %skill.display(), decision = %r.decision, findings = r.findings.len(), "rescanned a changed skill");
                             }
                             true
                         }
-                        Err(crate::error::Error::ResourceExhausted(e)) => {
-                            tracing::debug!(skill = %skill.display(), error = %e, "scan pool full; rescanning later");
+                        Attempt::Busy => {
+                            tracing::debug!(skill = %skill.display(), "scan pool full; rescanning later");
                             false
                         }
-                        Err(e) => {
+                        Attempt::Failed(e) => {
                             tracing::warn!(skill = %skill.display(), error = %e, "rescan failed");
                             true
                         }
+                        Attempt::Unchanged | Attempt::Skipped(_) => true,
                     }
                 }
             },
@@ -375,6 +399,21 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
                 let store = refuse_store.clone();
                 async move { record_refused_link(&store, &skill, watcher_actor()).await }
             },
+        ));
+    }
+    if settings.openclaw.enabled {
+        tokio::spawn(crate::governance::skill_coverage::run_skills(
+            settings.openclaw.scan_skills,
+            skill_scans,
+            known_skills.clone(),
+            watch_handle.filter(|_| watch_openclaw),
+            coverage_reports.skills,
+            cancel.child_token(),
+        ));
+        tokio::spawn(crate::governance::skill_coverage::run_tools(
+            admission.clone(),
+            coverage_reports.tools,
+            cancel.child_token(),
         ));
     }
     let gov = Governance::new(Parts {
@@ -386,6 +425,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         stepups,
         vault,
         coalescer: coalescer.clone(),
+        quarantine,
     });
     let service = ControlService::new(
         gov,

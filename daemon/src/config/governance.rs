@@ -237,6 +237,11 @@ pub struct AdmissionSettings {
     /// Targets (`skill/NAME`, `mcp/NAME`) admitted without scanning.
     #[serde(deserialize_with = "crate::config::lists::string_list")]
     pub allow_list: Vec<String>,
+    /// Move a skill's folder to `<state dir>/quarantine/` when a scan blocks it
+    /// (only folders the daemon knows as skills: OpenClaw-reported or in a watched directory).
+    pub quarantine: bool,
+    /// A quarantine or restore across file systems copies at most this many bytes.
+    pub quarantine_max_bytes: u64,
 }
 
 impl Default for AdmissionSettings {
@@ -245,6 +250,8 @@ impl Default for AdmissionSettings {
             block_at: Severity::High,
             mcp_block_at: Severity::Medium,
             allow_list: Vec::new(),
+            quarantine: false,
+            quarantine_max_bytes: 256 << 20,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::audit::NewEntry;
 use crate::events::EnforcementChanged;
+use crate::governance::skill_coverage::CoverageInbox;
 use crate::model::{Actor, EnforcementState, Target, TargetKind};
 use crate::openclaw::{self, Host, HostError, HostVerdict, MonitorAudit, MonitorHandle};
 use crate::state::{StateCache, Verdict};
@@ -15,12 +16,23 @@ use crate::store::{Audit, RegisterTargets, Store};
 pub struct GovernanceHost {
     cache: Arc<StateCache>,
     store: Store,
+    coverage: Option<Arc<CoverageInbox>>,
 }
 
 impl GovernanceHost {
     /// Wraps the store and the in-memory state.
     pub fn new(cache: Arc<StateCache>, store: Store) -> Self {
-        Self { cache, store }
+        Self {
+            cache,
+            store,
+            coverage: None,
+        }
+    }
+
+    /// Hands the skills and tools OpenClaw reports to runtime coverage.
+    pub fn with_coverage(mut self, inbox: Arc<CoverageInbox>) -> Self {
+        self.coverage = Some(inbox);
+        self
     }
 }
 
@@ -109,6 +121,22 @@ impl Host for GovernanceHost {
             .await
             .map(|_| ())
             .map_err(|e| HostError(e.to_string()))
+    }
+
+    fn skills_reported(&self, skills: openclaw::ReportedSkills) {
+        if let Some(c) = &self.coverage {
+            c.skills(skills);
+        }
+    }
+
+    fn tools_reported(&self, tools: Vec<openclaw::ReportedTool>) {
+        if let Some(c) = &self.coverage {
+            c.tools(tools);
+        }
+    }
+
+    fn wants_tool_catalog(&self) -> bool {
+        self.coverage.as_ref().is_some_and(|c| c.wants_tools())
     }
 
     async fn observe_targets(&self, kind: openclaw::TargetKind, names: Vec<String>) {

@@ -168,6 +168,21 @@ impl Scanners {
         })
     }
 
+    /// Scans the tool descriptions an MCP server exposes (as OpenClaw's tool
+    /// catalog shows them: `{"tools": [{name, description}]}`) for tool
+    /// poisoning. Blocking: run it on the scan pool.
+    pub fn scan_mcp_tools(&self, server: &str, tools: &serde_json::Value) -> Scanned {
+        let def = serde_json::json!({ "tools": tools["tools"].clone() });
+        let report = self
+            .engine
+            .scan_mcp_server(server, &def, "openclaw tools.catalog");
+        Scanned {
+            by_scanner: vec![(BUILTIN_SCANNER.to_owned(), findings(&report))],
+            report,
+            errors: Vec::new(),
+        }
+    }
+
     /// Scans the MCP servers of a config file. Blocking: run it on the scan
     /// pool. The file is opened first, without blocking or following a
     /// symlink, and must be a regular file within the size limit.
@@ -203,10 +218,69 @@ impl Scanners {
 /// (a set, not a queue), so a folder that changes without pause while a
 /// scan runs costs one entry, not one per event.
 pub struct SkillWatcher {
-    _watcher: notify::RecommendedWatcher,
+    watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
     pending: Arc<Pending>,
-    roots: Arc<Vec<PathBuf>>,
+    roots: Roots,
     debounce: Duration,
+}
+
+/// The watched roots; more are added at run time (OpenClaw's skill directories).
+type Roots = Arc<std::sync::RwLock<Vec<PathBuf>>>;
+
+/// Adds roots to a running [`SkillWatcher`].
+#[derive(Clone)]
+pub struct WatchHandle {
+    watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
+    roots: Roots,
+}
+
+impl std::fmt::Debug for WatchHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchHandle").finish_non_exhaustive()
+    }
+}
+
+/// Roots watched at most (configured plus added).
+pub const MAX_WATCH_ROOTS: usize = 64;
+
+impl WatchHandle {
+    /// Watches `root` too (resolved once, here). Returns the resolved root
+    /// when it was added, `None` when already watched or at the cap.
+    pub fn add(&self, root: &Path) -> std::result::Result<Option<PathBuf>, ScannerSetupError> {
+        use notify::Watcher;
+        let canonical =
+            std::fs::canonicalize(root).map_err(|source| ScannerSetupError::WatchDir {
+                dir: root.to_path_buf(),
+                source,
+            })?;
+        // The watcher lock serialises adds; the roots lock is never held
+        // while notify works (its event thread reads the roots).
+        let watcher = self
+            .watcher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        {
+            let roots = self
+                .roots
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if roots.contains(&canonical) || roots.len() >= MAX_WATCH_ROOTS {
+                return Ok(None);
+            }
+        }
+        let mut watcher = watcher;
+        watcher
+            .watch(&canonical, notify::RecursiveMode::Recursive)
+            .map_err(|source| ScannerSetupError::Watch {
+                dir: canonical.clone(),
+                source,
+            })?;
+        self.roots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(canonical.clone());
+        Ok(Some(canonical))
+    }
 }
 
 /// Changed skill folders: when each first and last changed.
@@ -280,14 +354,18 @@ impl SkillWatcher {
                 }
             })?);
         }
-        let roots = Arc::new(canonical);
+        let roots: Roots = Arc::new(std::sync::RwLock::new(canonical));
         let pending = Arc::new(Pending::default());
         let (event_roots, event_pending) = (roots.clone(), pending.clone());
         let mut watcher = notify::RecommendedWatcher::new(
             move |res: notify::Result<notify::Event>| {
                 if let Ok(event) = res {
+                    let roots = event_roots
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
                     for path in event.paths {
-                        if let Some(skill) = skill_of(&event_roots, &path) {
+                        if let Some(skill) = skill_of(&roots, &path) {
                             event_pending.mark(skill);
                         }
                     }
@@ -296,7 +374,11 @@ impl SkillWatcher {
             notify::Config::default().with_follow_symlinks(false),
         )
         .map_err(ScannerSetupError::Watcher)?;
-        for root in roots.iter() {
+        for root in roots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             watcher
                 .watch(root, notify::RecursiveMode::Recursive)
                 .map_err(|source| ScannerSetupError::Watch {
@@ -305,11 +387,19 @@ impl SkillWatcher {
                 })?;
         }
         Ok(Self {
-            _watcher: watcher,
+            watcher: Arc::new(std::sync::Mutex::new(watcher)),
             pending,
             roots,
             debounce,
         })
+    }
+
+    /// A handle that adds roots while the watcher runs.
+    pub fn handle(&self) -> WatchHandle {
+        WatchHandle {
+            watcher: self.watcher.clone(),
+            roots: self.roots.clone(),
+        }
     }
 
     /// Runs until cancelled, calling `rescan` for each quiet changed skill

@@ -51,7 +51,10 @@ mod state;
 mod tls;
 mod tool_frame;
 
-pub use host::{Host, HostError, HostVerdict, MonitorAudit, TargetKind};
+pub use host::{
+    Host, HostError, HostVerdict, MonitorAudit, ReportedSkill, ReportedSkills, ReportedTool,
+    TargetKind,
+};
 pub use monitor::{MonitorHandle, OpenClawMonitor};
 pub use policy::{BUILTIN_DENY_RULES, Policy, PolicyDecision};
 pub use settings::{

@@ -55,6 +55,16 @@ pub struct OpenClawSettings {
     /// Use the built-in deny rules (download piped to a shell, reverse shells,
     /// credential files, destructive deletes). Default `true`.
     pub builtin_deny_rules: bool,
+    /// Scan each skill OpenClaw reports (`skills.status`, again on
+    /// `skills.changed`) when it appears and when its content changes, and
+    /// apply admission (default `true`).
+    pub scan_skills: bool,
+    /// Add OpenClaw's skill directories (workspace and managed skills, each
+    /// reported skill's parent) to the watched directories (default `true`).
+    pub watch_skill_dirs: bool,
+    /// Scan the MCP tool descriptions OpenClaw's tool catalog exposes for tool
+    /// poisoning (default `true`; no MCP server is started for it).
+    pub scan_tool_catalog: bool,
     /// Timeout for one gateway RPC, in seconds (default 30).
     pub request_timeout_secs: u64,
     /// Timeout for dialing plus the `connect` handshake, in seconds (default 15).
@@ -89,6 +99,9 @@ impl Default for OpenClawSettings {
             deny_patterns: Vec::new(),
             allow_patterns: Vec::new(),
             builtin_deny_rules: true,
+            scan_skills: true,
+            watch_skill_dirs: true,
+            scan_tool_catalog: true,
             request_timeout_secs: 30,
             handshake_timeout_secs: 15,
             backoff_initial_ms: 1000,

@@ -474,3 +474,26 @@ pub fn pb_account(a: &LinkedAccountRow) -> pb::LinkedAccount {
         linked_at: a.linked_at.clone(),
     }
 }
+
+/// A quarantine record on the wire.
+pub fn pb_quarantine_record(r: &crate::store::quarantine::QuarantineRow) -> pb::QuarantineRecord {
+    pb::QuarantineRecord {
+        name: r.name.clone(),
+        original_path: r.original_path.clone(),
+        stored_path: r.stored_path.clone(),
+        state: r.state.as_str().to_owned(),
+        reason: r.reason.clone(),
+        quarantined_by: r.quarantined_by.clone(),
+        quarantined_at: r.quarantined_at.clone(),
+    }
+}
+
+/// A quarantine or restore on the wire.
+pub fn pb_quarantine(o: &crate::governance::quarantine::QuarantineOutcome) -> pb::QuarantineReply {
+    pb::QuarantineReply {
+        record: Some(pb_quarantine_record(&o.record)),
+        how: o.how.to_owned(),
+        notes: o.notes.clone(),
+        audit_seq: o.audit_seq,
+    }
+}

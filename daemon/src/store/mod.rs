@@ -7,13 +7,14 @@
 //!
 //! Each family of operations has its own module with its SQL, its
 //! [`Operation`]s and their audit entries: [`enforcement`], [`findings`],
-//! [`scan_reports`], [`stepup`], [`connections`] and [`audit_log`].
+//! [`scan_reports`], [`stepup`], [`connections`], [`quarantine`] and [`audit_log`].
 //! [`Store::write`] answers with the operation's own effect type.
 
 pub mod audit_log;
 pub mod connections;
 pub mod enforcement;
 pub mod findings;
+pub mod quarantine;
 mod readers;
 pub mod scan_reports;
 mod schema;

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 /// `PRAGMA application_id` of a DefenseClaw database ("DCLW").
 pub const APPLICATION_ID: i64 = 0x4443_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -119,6 +119,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (sub, connection)
     );
     ALTER TABLE stepups ADD COLUMN payload TEXT NOT NULL DEFAULT '';
+    "#,
+    ),
+    (
+        4,
+        r#"
+    CREATE TABLE quarantine (
+        name           TEXT PRIMARY KEY,
+        original_path  TEXT NOT NULL,
+        stored_path    TEXT NOT NULL,
+        state          TEXT NOT NULL,
+        reason         TEXT NOT NULL DEFAULT '',
+        quarantined_by TEXT NOT NULL,
+        quarantined_at TEXT NOT NULL
+    );
     "#,
     ),
 ];
