@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod events;
+pub mod gate;
 pub mod governance;
 pub mod limits;
 pub mod listener;

@@ -7,12 +7,15 @@ pub mod connections;
 pub mod enforcement;
 pub mod enforcer;
 pub mod findings;
+pub mod gate_calls;
 pub mod openclaw_host;
 pub mod protection;
 pub mod queries;
 pub mod scan_pool;
 pub mod scanning;
 pub mod stepup;
+pub mod tool_ask;
+pub mod tool_gate;
 pub mod vault;
 
 use std::sync::Arc;
