@@ -607,8 +607,8 @@ impl GatewayClient {
 /// `exec` tool call running `command`; once a tool result is in the
 /// conversation it answers with plain text and stops.
 ///
-/// The user's message can script the call instead: `<<exec:COMMAND>>` runs
-/// `exec` with COMMAND, `<<tool:NAME:JSON>>` calls the first offered tool whose
+/// The user's message can script the call instead: `@@exec:COMMAND@@` runs
+/// `exec` with COMMAND, `@@tool:NAME:JSON@@` calls the first offered tool whose
 /// name is NAME or ends with NAME, with JSON as its arguments. Every tool
 /// result the model is shown is kept in [`MockModel::tool_results`].
 #[derive(Debug)]
@@ -617,8 +617,10 @@ pub struct MockModel {
     pub port: u16,
     /// Completion requests served.
     pub completions: Arc<std::sync::atomic::AtomicUsize>,
-    /// Text of every `role: tool` message seen, in order (deduplicated).
+    /// Text of every `role: tool` message seen, in order, once per tool call.
     pub tool_results: Arc<Mutex<Vec<String>>>,
+    /// The last completion request, for failure messages.
+    pub last_request: Arc<Mutex<Value>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -629,16 +631,22 @@ impl MockModel {
         let port = listener.local_addr()?.port();
         let completions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let tool_results = Arc::new(Mutex::new(Vec::new()));
+        let last_request = Arc::new(Mutex::new(Value::Null));
         let count = completions.clone();
         let results = tool_results.clone();
+        let last = last_request.clone();
+        // Tool call ids already recorded (a result is kept once per call).
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
         let command = command.to_owned();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let count = count.clone();
                 let command = command.clone();
                 let results = results.clone();
+                let last = last.clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
-                    let _ = serve_model(sock, &command, &count, &results).await;
+                    let _ = serve_model(sock, &command, &count, &results, &last, &seen).await;
                 });
             }
         });
@@ -646,6 +654,7 @@ impl MockModel {
             port,
             completions,
             tool_results,
+            last_request,
             task,
         })
     }
@@ -689,6 +698,8 @@ async fn serve_model(
     command: &str,
     count: &std::sync::atomic::AtomicUsize,
     results: &Mutex<Vec<String>>,
+    last: &Mutex<Value>,
+    seen_ids: &Mutex<Vec<String>>,
 ) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
@@ -733,15 +744,22 @@ async fn serve_model(
         } else if path.ends_with("/chat/completions") {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if let Ok(mut seen) = results.lock() {
+            if let (Ok(mut seen), Ok(mut ids)) = (results.lock(), seen_ids.lock()) {
                 for m in req["messages"].as_array().into_iter().flatten() {
                     if m["role"] == "tool" {
                         let text = message_text(&m["content"]);
-                        if !seen.contains(&text) {
+                        let id = m["tool_call_id"]
+                            .as_str()
+                            .map_or_else(|| text.clone(), str::to_owned);
+                        if !ids.contains(&id) {
+                            ids.push(id);
                             seen.push(text);
                         }
                     }
                 }
+            }
+            if let Ok(mut l) = last.lock() {
+                l.clone_from(&req);
             }
             completion(&req, command)
         } else {
@@ -772,7 +790,8 @@ fn message_text(content: &Value) -> String {
     }
 }
 
-/// The tool call a user message scripts: `<<exec:CMD>>` or `<<tool:NAME:JSON>>`.
+/// The tool call a message scripts: `@@exec:CMD@@` or `@@tool:NAME:JSON@@`
+/// (the last message holding one).
 fn scripted_call(messages: &[Value], tools: &[Value], command: &str) -> Option<(String, String)> {
     let names: Vec<&str> = tools
         .iter()
@@ -781,23 +800,30 @@ fn scripted_call(messages: &[Value], tools: &[Value], command: &str) -> Option<(
     let text = messages
         .iter()
         .rev()
-        .find(|m| m["role"] == "user")
         .map(|m| message_text(&m["content"]))
+        .find(|t| t.contains("@@exec:") || t.contains("@@tool:"))
         .unwrap_or_default();
     let directive = text
-        .find("<<")
-        .and_then(|i| text[i + 2..].find(">>").map(|j| &text[i + 2..i + 2 + j]));
+        .find("@@")
+        .and_then(|i| text[i + 2..].find("@@").map(|j| &text[i + 2..i + 2 + j]));
     match directive {
         Some(d) if d.starts_with("exec:") => names
             .contains(&"exec")
             .then(|| ("exec".to_owned(), json!({"command": &d[5..]}).to_string())),
         Some(d) if d.starts_with("tool:") => {
             let (name, args) = d[5..].split_once(':')?;
-            let tool = names
-                .iter()
-                .find(|n| **n == name || n.ends_with(name))?
-                .to_string();
-            Some((tool, args.to_owned()))
+            match names.iter().find(|n| **n == name || n.ends_with(name)) {
+                Some(tool) => Some((tool.to_string(), args.to_owned())),
+                // A deferred tool (MCP tools usually are): through the `tool_call` meta-tool.
+                None if names.contains(&"tool_call") => {
+                    let args: Value = serde_json::from_str(args).unwrap_or(Value::Null);
+                    Some((
+                        "tool_call".to_owned(),
+                        json!({"id": name, "args": args}).to_string(),
+                    ))
+                }
+                None => None,
+            }
         }
         _ => names
             .contains(&"exec")

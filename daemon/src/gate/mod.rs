@@ -386,6 +386,40 @@ mod tests {
         assert!(buf.len() <= 16);
     }
 
+    /// The shipped plugin is versioned with the binaries and its config schema
+    /// has exactly the keys `openclaw setup` writes.
+    #[test]
+    fn shipped_plugin_matches_the_release() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/openclaw-plugin");
+        let read = |f: &str| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+        };
+        let pkg = read("package.json");
+        assert_eq!(pkg["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(pkg["type"], "module");
+        assert_eq!(pkg["openclaw"]["extensions"], json!(["./index.mjs"]));
+        assert!(pkg.get("dependencies").is_none(), "no npm dependencies");
+        let manifest = read("openclaw.plugin.json");
+        assert_eq!(manifest["id"], crate::governance::tool_gate::GATE_PLUGIN_ID);
+        assert_eq!(manifest["activation"]["onStartup"], true);
+        let schema = &manifest["configSchema"];
+        assert_eq!(schema["additionalProperties"], false);
+        let mut keys: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["decisionTimeoutMs", "onDaemonUnreachable", "socketPath"]
+        );
+        assert_eq!(
+            schema["properties"]["onDaemonUnreachable"]["default"],
+            "deny"
+        );
+        let src = std::fs::read_to_string(dir.join("index.mjs")).unwrap();
+        for line in src.lines().filter(|l| l.starts_with("import ")) {
+            assert!(line.contains("\"node:"), "only Node built-ins: {line}");
+        }
+    }
+
     #[test]
     fn ids_are_echoed_only_when_simple() {
         assert_eq!(request_id(&json!({"id": 7})), json!(7));

@@ -73,7 +73,7 @@ impl Governance {
         let decision = gate.decide(&call, &|k, n| verdict_in(&self.cache, k, n));
         let subject = truncate(&redact_text(&call.subject()), MAX_COMMAND_CHARS);
         let (args_sha256, args_preview) = hash_and_preview(&call.params);
-        let mcp = call.mcp.clone();
+        let mcp = call.mcp_of();
         let mut details = json!({
             "tool": call.tool,
             "command": call.command.as_ref().map(|_| subject.clone()),

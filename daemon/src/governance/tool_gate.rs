@@ -7,7 +7,6 @@
 //! `ask_patterns`; a `tool_rules` ask; a `tool_rules` allow or the exec
 //! `allow_patterns`; otherwise no rule decided (the caller's default).
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
@@ -85,13 +84,20 @@ impl ToolCall {
     /// The plugin's `call` object: `{tool, params, agentId, sessionKey,
     /// sessionId, runId, toolCallId, mcp: {server, tool}}`.
     pub fn from_plugin(v: &Value) -> Result<Self, String> {
-        let tool = opt(&v["tool"]).ok_or("call.tool is missing")?;
+        let mut tool = opt(&v["tool"]).ok_or("call.tool is missing")?;
+        let mut params = v.get("params").cloned().unwrap_or(Value::Null);
+        // OpenClaw's deferred-tool meta-tool: decide on the tool it calls.
+        if tool == "tool_call"
+            && let Some(inner) = opt(&params["id"]).or_else(|| opt(&params["name"]))
+        {
+            tool = inner;
+            params = params.get("args").cloned().unwrap_or(Value::Null);
+        }
         if tool.len() > 256 {
             return Err("call.tool is longer than 256 bytes".into());
         }
-        let params = v.get("params").cloned().unwrap_or(Value::Null);
         let mcp = match (opt(&v["mcp"]["server"]), opt(&v["mcp"]["tool"])) {
-            (Some(s), t) => Some((s, t.unwrap_or_default())),
+            (Some(s), t) if v["tool"] != "tool_call" => Some((s, t.unwrap_or_default())),
             _ => None,
         };
         let mut call = Self {
@@ -123,19 +129,20 @@ impl ToolCall {
     }
 
     /// `(server, tool)` of an MCP call: given, or from the tool name
-    /// (`<server>__<tool>` with a server OpenClaw knows, `mcp__<server>__<tool>`).
-    pub fn mcp_of(&self, known_servers: &BTreeSet<String>) -> Option<(String, String)> {
+    /// (`<server>__<tool>`, OpenClaw's MCP form, or `mcp__<server>__<tool>`).
+    /// A name of that form is taken as MCP whether or not OpenClaw reported
+    /// the server: checking a server that does not exist costs nothing,
+    /// missing a blocked one would let its tool run.
+    pub fn mcp_of(&self) -> Option<(String, String)> {
         if let Some(m) = &self.mcp {
             return Some(m.clone());
         }
-        if let Some(rest) = self.tool.strip_prefix("mcp__") {
-            let (s, t) = rest.split_once("__")?;
-            return Some((s.to_owned(), t.to_owned()));
+        let name = self.tool.strip_prefix("mcp__").unwrap_or(&self.tool);
+        let (s, t) = name.split_once("__")?;
+        if s.is_empty() || t.is_empty() {
+            return None;
         }
-        let (s, t) = self.tool.split_once("__")?;
-        known_servers
-            .contains(s)
-            .then(|| (s.to_owned(), t.to_owned()))
+        Some((s.to_owned(), t.to_owned()))
     }
 
     /// The text rules look at: the command for exec tools, else
@@ -283,7 +290,6 @@ pub struct ToolGate {
     /// Literal paths of this installation (sockets, state, config, plugin).
     protected_paths: RwLock<Vec<String>>,
     skills: RwLock<Vec<GateSkill>>,
-    mcp_servers: RwLock<BTreeSet<String>>,
     /// Decision counters.
     pub stats: GateStats,
     /// Calls waiting for a human.
@@ -326,7 +332,6 @@ impl ToolGate {
             protect_names: SELF_PROTECTION.iter().map(|(n, _)| *n).collect(),
             protected_paths: RwLock::new(Vec::new()),
             skills: RwLock::new(Vec::new()),
-            mcp_servers: RwLock::new(BTreeSet::new()),
             stats: GateStats::default(),
             asks: Asks::new(s.max_pending_asks, s.max_pending_asks_per_session),
             backend: OnceLock::new(),
@@ -369,14 +374,6 @@ impl ToolGate {
     /// The skills OpenClaw reports.
     pub fn set_skills(&self, skills: Vec<GateSkill>) {
         *self.skills.write().unwrap_or_else(PoisonError::into_inner) = skills;
-    }
-
-    /// The MCP servers OpenClaw knows (to recognise `<server>__<tool>` names).
-    pub fn set_mcp_servers(&self, servers: impl IntoIterator<Item = String>) {
-        *self
-            .mcp_servers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = servers.into_iter().collect();
     }
 
     fn self_protection(&self, forms: &[String]) -> Option<GateDecision> {
@@ -489,13 +486,7 @@ impl ToolGate {
         if let Some(d) = self.self_protection(&forms) {
             return d;
         }
-        let mcp = {
-            let known = self
-                .mcp_servers
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            call.mcp_of(&known)
-        };
+        let mcp = call.mcp_of();
         if let Some(d) = self.blocked_mcp(&mcp, verdict) {
             return d;
         }
@@ -658,14 +649,23 @@ mod tests {
     #[test]
     fn blocked_mcp_and_skill() {
         let g = gate(|_| {});
-        g.set_mcp_servers(["evil".to_owned(), "fs".to_owned()]);
         assert_eq!(
             d(&g, &call("evil__anything", json!({}))),
             (GateVerdict::Deny, "blocked-mcp".into())
         );
         assert_eq!(d(&g, &call("fs__delete", json!({}))).0, GateVerdict::Deny);
         assert_eq!(d(&g, &call("fs__read", json!({}))).0, GateVerdict::NoRule);
+        assert_eq!(
+            d(&g, &call("evil__y", json!({}))).0,
+            GateVerdict::Deny,
+            "MCP form without the server list"
+        );
         assert_eq!(d(&g, &call("mcp__evil__x", json!({}))).0, GateVerdict::Deny);
+        assert_eq!(
+            d(&g, &call("tool_call", json!({"id": "evil__x", "args": {}}))).0,
+            GateVerdict::Deny,
+            "the deferred-tool meta-tool is decided on the tool it calls"
+        );
         let explicit = ToolCall::from_plugin(
             &json!({"tool": "weird", "mcp": {"server": "evil", "tool": "t"}}),
         )
@@ -702,7 +702,6 @@ mod tests {
             ];
             s.ask_patterns = vec![r"\brm\s+-rf\b".into(), "git push".into()];
         });
-        g.set_mcp_servers(["github".to_owned()]);
         assert_eq!(
             d(&g, &call("browser", json!({}))),
             (GateVerdict::Deny, "tool_rules[0]".into())

@@ -211,7 +211,6 @@ impl<H: Host> Engine<H> {
     }
 
     pub(crate) fn set_mcp_servers(&self, servers: BTreeMap<String, bool>) {
-        self.gate.set_mcp_servers(servers.keys().cloned());
         *lock(&self.mcp) = servers;
     }
 
