@@ -192,7 +192,7 @@ pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
         "pending_enforcements": o.pending_enforcements,
         "gateway_check": empty_null(&o.gateway_check),
         "gate": o.gate.as_ref().map(|g| {
-            let n = g.decisions.clone().unwrap_or_default();
+            let n = g.decisions.unwrap_or_default();
             json!({
                 "last_decision_at": empty_null(&g.last_decision_at),
                 "decisions": {
