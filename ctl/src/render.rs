@@ -191,6 +191,18 @@ pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
         "last_error": empty_null(&o.last_error),
         "pending_enforcements": o.pending_enforcements,
         "gateway_check": empty_null(&o.gateway_check),
+        "gate": o.gate.as_ref().map(|g| {
+            let n = g.decisions.unwrap_or_default();
+            json!({
+                "last_decision_at": empty_null(&g.last_decision_at),
+                "decisions": {
+                    "allowed": n.allowed,
+                    "denied": n.denied,
+                    "approved": n.approved,
+                    "timed_out": n.timed_out,
+                },
+            })
+        }),
     })
 }
 

@@ -175,7 +175,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         settings,
         state_dir,
         env,
-        ..
+        config_file,
     } = opts;
     paths::ensure_private_dir(&state_dir).map_err(StartError::StateDir)?;
     // One daemon per store, decided before the socket or the store is touched.
@@ -249,7 +249,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         .map_err(StartError::Secrets)
         .inspect_err(|_| cleanup.run())?
         .map(|(secret, _)| crate::oidc::ClientSecret::new(secret.expose()));
-    let ciba = if settings.stepup.enabled {
+    let ciba: Option<Arc<crate::oidc::CibaClient>> = if settings.stepup.enabled {
         let secret = client_secret.clone().ok_or_else(|| {
             cleanup.run();
             StartError::StepUp("[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env")
@@ -264,6 +264,17 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     } else {
         None
     };
+    // Tool calls an ask rule holds go to the first listed [stepup] approver.
+    if let (Some(ciba), Some(approver)) = (&ciba, settings.stepup.listed().first()) {
+        monitor
+            .gate()
+            .set_backend(crate::governance::tool_gate::AskBackend::new(
+                ciba.clone(),
+                (*approver).to_owned(),
+                settings.stepup.requested_expiry_secs,
+                cancel.child_token(),
+            ));
+    }
     let sealer = crate::governance::vault::seal::Sealer::load(
         secrets.credentials_dir(),
         settings.token_vault.key_file.as_deref(),
@@ -427,6 +438,30 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         coalescer: coalescer.clone(),
         quarantine,
     });
+    // The gate socket the OpenClaw plugin asks, beside the control socket.
+    let gate_path = crate::gate::socket_path(&settings.openclaw, &socket);
+    let gate_bound = listener::bind_path(&gate_path, mode)
+        .inspect_err(|_| cleanup.run())
+        .map_err(StartError::Socket)?;
+    let gate_cleanup =
+        listener::BoundSocket::cleanup_token(&gate_bound.path, gate_bound.owned_id());
+    // Agents must not reach DefenseClaw's own files and sockets.
+    let mut protected = vec![
+        socket.clone(),
+        gate_bound.path.clone(),
+        state_dir.clone(),
+        store_path.clone(),
+    ];
+    if let ConfigFile::Explicit(path) = &config_file {
+        protected.push(path.clone());
+    }
+    monitor.gate().protect_paths(protected);
+    let gate_task = crate::gate::spawn(
+        gate_bound.listener,
+        gov.clone(),
+        crate::gate::GateLimits::from_settings(&settings.openclaw),
+        cancel.child_token(),
+    );
     let service = ControlService::new(
         gov,
         authn,
@@ -491,6 +526,8 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             }
         };
         cleanup.run();
+        gate_task.abort();
+        gate_cleanup.run();
         // Held until the very end: the store is released below, then the directory.
         let _state_lock = state_lock;
         // No call is left to refuse: write the summaries of the open windows.

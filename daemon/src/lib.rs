@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod fs_move;
+pub mod gate;
 pub mod governance;
 pub mod limits;
 pub mod listener;

@@ -394,6 +394,9 @@ impl Settings {
         self.auth
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.openclaw
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.scanner
             .validate()
             .map_err(|(field, reason)| ConfigError::Value { field, reason })?;
@@ -815,6 +818,43 @@ mod tests {
             err.to_string().contains("audit.coalesce_window_secs"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn gate_keys_from_env_and_bad_regex_is_named() {
+        let s = Settings::load(
+            &ConfigFile::None,
+            &env(&[
+                (
+                    "DEFENSECLAW_OPENCLAW__ASK_PATTERNS",
+                    r"\brm\s+-rf\b, ^git push",
+                ),
+                (
+                    "DEFENSECLAW_OPENCLAW__TOOL_RULES",
+                    "browser=deny,mcp:github/delete_repo=ask",
+                ),
+                ("DEFENSECLAW_OPENCLAW__ON_DAEMON_UNREACHABLE", "allow"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.openclaw.ask_patterns, vec![r"\brm\s+-rf\b", "^git push"]);
+        assert_eq!(s.openclaw.tool_rules.len(), 2);
+        assert_eq!(
+            s.openclaw.on_daemon_unreachable,
+            crate::openclaw::OnUnreachable::Allow
+        );
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_OPENCLAW__ASK_PATTERNS", "rm -rf (")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ask_patterns[0]"), "{err}");
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_OPENCLAW__ON_DAEMON_UNREACHABLE", "maybe")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("maybe"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod connections;
 pub mod enforcement;
 pub mod enforcer;
 pub mod findings;
+pub mod gate_calls;
 pub mod openclaw_host;
 pub mod protection;
 pub mod quarantine;
@@ -16,6 +17,8 @@ pub mod scanning;
 pub mod skill_coverage;
 pub mod skill_dirs;
 pub mod stepup;
+pub mod tool_ask;
+pub mod tool_gate;
 pub mod vault;
 
 use std::sync::Arc;

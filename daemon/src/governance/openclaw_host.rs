@@ -51,7 +51,7 @@ fn from_kind(kind: TargetKind) -> openclaw::TargetKind {
 }
 
 /// A monitor name as a daemon target: an MCP tool `server/tool` belongs to its server.
-fn target_of(kind: openclaw::TargetKind, name: &str) -> Option<Target> {
+pub(crate) fn target_of(kind: openclaw::TargetKind, name: &str) -> Option<Target> {
     let name = match kind {
         openclaw::TargetKind::Mcp => name.split('/').next().unwrap_or(name),
         openclaw::TargetKind::Skill => name,
@@ -71,20 +71,25 @@ fn monitor_actor() -> Actor {
     }
 }
 
+/// The daemon's enforcement verdict on a monitor target, from memory.
+pub fn verdict_in(cache: &StateCache, kind: openclaw::TargetKind, name: &str) -> HostVerdict {
+    let whole = match cache.check(to_kind(kind), name) {
+        Verdict::Blocked(d) => return HostVerdict::Blocked { reason: d.reason },
+        Verdict::Allowed(_) => HostVerdict::Allowed,
+        Verdict::Unknown => HostVerdict::Unknown,
+    };
+    // A tool of a blocked MCP server is blocked with it.
+    if let (openclaw::TargetKind::Mcp, Some((server, _))) = (kind, name.split_once('/'))
+        && let Verdict::Blocked(d) = cache.check(TargetKind::Mcp, server)
+    {
+        return HostVerdict::Blocked { reason: d.reason };
+    }
+    whole
+}
+
 impl Host for GovernanceHost {
     fn verdict(&self, kind: openclaw::TargetKind, name: &str) -> HostVerdict {
-        let whole = match self.cache.check(to_kind(kind), name) {
-            Verdict::Blocked(d) => return HostVerdict::Blocked { reason: d.reason },
-            Verdict::Allowed(_) => HostVerdict::Allowed,
-            Verdict::Unknown => HostVerdict::Unknown,
-        };
-        // A tool of a blocked MCP server is blocked with it.
-        if let (openclaw::TargetKind::Mcp, Some((server, _))) = (kind, name.split_once('/'))
-            && let Verdict::Blocked(d) = self.cache.check(TargetKind::Mcp, server)
-        {
-            return HostVerdict::Blocked { reason: d.reason };
-        }
-        whole
+        verdict_in(&self.cache, kind, name)
     }
 
     async fn enforced_targets(&self) -> Vec<(openclaw::TargetKind, String, bool)> {

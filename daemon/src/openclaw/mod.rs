@@ -45,7 +45,7 @@ mod host;
 mod monitor;
 mod peer;
 mod policy;
-mod redact;
+pub(crate) mod redact;
 mod settings;
 mod state;
 mod tls;
@@ -58,7 +58,7 @@ pub use host::{
 pub use monitor::{MonitorHandle, OpenClawMonitor};
 pub use policy::{BUILTIN_DENY_RULES, Policy, PolicyDecision};
 pub use settings::{
-    DEFAULT_URL, DEVICE_KEY_FILE, ExecDefault, GatewayToken, OpenClawError, OpenClawSettings,
-    REQUESTED_SCOPES,
+    DEFAULT_URL, DEVICE_KEY_FILE, ExecDefault, GatewayToken, OnUnreachable, OpenClawError,
+    OpenClawSettings, REQUESTED_SCOPES, ToolAction, ToolRule,
 };
 pub use state::{ApprovalKind, ApprovalView, GatewayState, GatewayStatus};

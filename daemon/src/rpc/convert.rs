@@ -368,7 +368,11 @@ pub fn pb_counts(v: &StatusView) -> pb::TargetCounts {
 }
 
 /// Wire form of the OpenClaw monitor's status.
-pub fn pb_openclaw_status(s: GatewayStatus, pending_enforcements: usize) -> pb::OpenClawStatus {
+pub fn pb_openclaw_status(
+    s: GatewayStatus,
+    pending_enforcements: usize,
+    gate: crate::governance::tool_gate::GateCounts,
+) -> pb::OpenClawStatus {
     let state = serde_json::to_value(s.state)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -384,6 +388,15 @@ pub fn pb_openclaw_status(s: GatewayStatus, pending_enforcements: usize) -> pb::
         last_error: s.last_error.unwrap_or_default(),
         gateway_check: s.gateway_check.unwrap_or_default(),
         pending_enforcements: u32::try_from(pending_enforcements).unwrap_or(u32::MAX),
+        gate: Some(pb::OpenClawGate {
+            last_decision_at: gate.last_decision_at.unwrap_or_default(),
+            decisions: Some(pb::GateDecisions {
+                allowed: gate.allowed,
+                denied: gate.denied,
+                approved: gate.approved,
+                timed_out: gate.timed_out,
+            }),
+        }),
     }
 }
 

@@ -2,11 +2,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod attacks_client;
+mod attacks_gate;
 mod attacks_local;
 mod attacks_protection;
 mod attacks_scan;
 mod attacks_vault;
 mod audit_chain;
+mod gate_e2e;
 mod governance;
 mod lifecycle;
 mod oidc;

@@ -1173,7 +1173,7 @@ const REAL_WAIT: Duration = Duration::from_secs(60);
 
 /// One real gateway at a time: each is a heavy Node process, and CI machines
 /// may have two cores.
-static REAL_GATEWAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static REAL_GATEWAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn real_connected(m: &Running) {
     m.wait_state_within(REAL_WAIT, GatewayState::Connected)

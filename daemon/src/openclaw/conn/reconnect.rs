@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 use super::endpoint::Endpoint;
 use super::handshake::{Conn, End};
 use super::session::session;
+use crate::governance::tool_gate::ToolGate;
 use crate::openclaw::audit_queue::audit_writer;
 use crate::openclaw::device::DeviceIdentity;
 use crate::openclaw::engine::Engine;
 use crate::openclaw::host::{Host, MonitorAudit};
-use crate::openclaw::policy::Policy;
 use crate::openclaw::settings::{GatewayToken, OpenClawSettings};
 use crate::openclaw::state::{GatewayState, Shared};
 
@@ -24,7 +24,7 @@ pub(crate) struct Context<H> {
     settings: OpenClawSettings,
     token: Option<GatewayToken>,
     endpoint: Endpoint,
-    policy: Policy,
+    gate: Arc<ToolGate>,
     device: DeviceIdentity,
     host: Arc<H>,
     shared: Arc<Shared>,
@@ -35,7 +35,7 @@ impl<H: Host> Context<H> {
         settings: OpenClawSettings,
         token: Option<GatewayToken>,
         endpoint: Endpoint,
-        policy: Policy,
+        gate: Arc<ToolGate>,
         device: DeviceIdentity,
         host: Arc<H>,
         shared: Arc<Shared>,
@@ -44,7 +44,7 @@ impl<H: Host> Context<H> {
             settings,
             token,
             endpoint,
-            policy,
+            gate,
             device,
             host,
             shared,
@@ -77,14 +77,14 @@ pub(crate) async fn run<H: Host>(ctx: Context<H>, cancel: CancellationToken) {
         settings,
         token,
         endpoint,
-        policy,
+        gate,
         device,
         host,
         shared,
     } = ctx;
     let (audit_tx, audit_rx) = mpsc::channel(settings.audit_queue_capacity.max(16));
     let writer = tokio::spawn(audit_writer(host.clone(), audit_rx));
-    let engine = Arc::new(Engine::new(policy, host, shared.clone(), audit_tx));
+    let engine = Arc::new(Engine::new(gate, host, shared.clone(), audit_tx));
     let conn = Conn {
         settings,
         token,
