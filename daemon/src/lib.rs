@@ -17,6 +17,7 @@ pub mod events;
 pub mod governance;
 pub mod limits;
 pub mod listener;
+pub mod llm;
 pub mod model;
 pub mod names;
 pub mod oidc;

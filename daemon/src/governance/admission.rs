@@ -187,8 +187,14 @@ impl Admission {
                     ),
                 )
             })?;
+            let target = Target { kind, name };
+            // The LLM analyzer (when on and the skill is in its band); an
+            // allow-listed target is not scanned, so not reviewed either.
+            if !self.scan.admission.allow_listed(&target) {
+                self.scan.scanners.review(&mut s).await;
+            }
             results.push(
-                self.record_and_decide(&actor, Target { kind, name }, s, req.install)
+                self.record_and_decide(&actor, target, s, req.install)
                     .await?,
             );
         }

@@ -9,6 +9,7 @@ mod attacks_vault;
 mod audit_chain;
 mod governance;
 mod lifecycle;
+mod llm;
 mod oidc;
 mod oidc_tokens;
 mod openclaw;
