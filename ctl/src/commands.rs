@@ -9,7 +9,7 @@ use crate::cli::{
     AuditCommand, Command, Decide, FindingCommand, OpenclawCommand, Output, ScanCommand,
     TargetCommand,
 };
-use crate::exit::{AUDIT_BROKEN, FAILURE, Failure, USAGE};
+use crate::exit::{AUDIT_BROKEN, Failure, USAGE};
 use crate::render::{self, print_json, print_text, s};
 
 use crate::client::Client;
@@ -37,7 +37,11 @@ pub async fn run(
         Command::Connections { action } => {
             crate::connections::command(client, action, output).await
         }
-        Command::Auth { .. } | Command::Rule { .. } => Err(Failure::new(
+        Command::Auth { .. }
+        | Command::Rule { .. }
+        | Command::Version
+        | Command::Completions { .. }
+        | Command::Man { .. } => Err(Failure::new(
             crate::exit::FAILURE,
             "this command runs without a daemon client",
         )),
@@ -446,6 +450,30 @@ struct ReportFinding {
     snippet: String,
 }
 
+/// Largest report file `scan report` reads: more is refused before it is
+/// parsed (a report is findings, not data; the daemon takes at most 10 000).
+pub const MAX_REPORT_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads at most [`MAX_REPORT_FILE_BYTES`] (plus one, to tell) of a report.
+fn read_report(source: impl std::io::Read, name: &str) -> Result<String, Failure> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    source
+        .take(MAX_REPORT_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Failure::new(USAGE, format!("reading {name}: {e}")))?;
+    if text.len() as u64 > MAX_REPORT_FILE_BYTES {
+        return Err(Failure::new(
+            USAGE,
+            format!(
+                "{name}: the report is larger than {} MiB, the limit for `scan report`",
+                MAX_REPORT_FILE_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 /// Parses a scan report document into the wire request.
 pub fn parse_report(text: &str) -> Result<pb::ScanReport, Failure> {
     let file: ReportFile =
@@ -486,14 +514,30 @@ async fn scan_command(
 ) -> Result<(), Failure> {
     let ScanCommand::Report { file } = action;
     let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())
-            .map_err(|e| Failure::new(FAILURE, format!("reading stdin: {e}")))?
+        read_report(std::io::stdin(), "stdin")?
     } else {
-        std::fs::read_to_string(&file)
-            .map_err(|e| Failure::new(USAGE, format!("reading {}: {e}", file.display())))?
+        let opened = std::fs::File::open(&file)
+            .map_err(|e| Failure::new(USAGE, format!("reading {}: {e}", file.display())))?;
+        read_report(opened, &file.display().to_string())?
     };
     let report = parse_report(&text)?;
-    let reply = client.submit_scan_report(report).await?.into_inner();
+    let encoded = prost::Message::encoded_len(&report);
+    let reply = client
+        .submit_scan_report(report)
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => Failure::new(
+                USAGE,
+                format!(
+                    "the report is {encoded} bytes on the wire, over the daemon's request limit \
+                     ([server] max_message_bytes, 4 MiB by default): split it by target, or raise \
+                     the limit ({})",
+                    status.message()
+                ),
+            ),
+            _ => Failure::from_status(&status),
+        })?
+        .into_inner();
     let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
     match output {
         Output::Json | Output::Sarif => {
@@ -567,7 +611,15 @@ async fn audit_command(
                 })
                 .await?
                 .into_inner();
-            while let Some(item) = stream.next().await {
+            let reader_gone = render::stdout_closed();
+            tokio::pin!(reader_gone);
+            loop {
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    // `audit tail | head`: the reader left while nothing was printing.
+                    () = &mut reader_gone => return Ok(()),
+                };
+                let Some(item) = item else { break };
                 let v = render::entry(&item?);
                 match output {
                     Output::Json | Output::Sarif => print_json(&v)?,

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod connect;
 pub mod connections;
 pub mod exit;
+pub mod meta;
 pub mod render;
 pub mod scan;
 
@@ -42,6 +43,42 @@ async fn auth_command(
             } else {
                 None
             };
+            if let Some(config) = &from_daemon
+                && config.mode == "local"
+                && issuer.is_none()
+            {
+                return local_mode_needs_no_login(json);
+            }
+            let missing: Vec<&str> = [
+                (
+                    issuer.is_none(),
+                    from_daemon.as_ref().map(|c| &c.issuer),
+                    "--issuer",
+                ),
+                (
+                    audience.is_none(),
+                    from_daemon.as_ref().map(|c| &c.audience),
+                    "--audience",
+                ),
+                (
+                    client_id.is_none(),
+                    from_daemon.as_ref().map(|c| &c.cli_client_id),
+                    "--client-id",
+                ),
+            ]
+            .into_iter()
+            .filter(|(unset, daemon, _)| *unset && daemon.is_none_or(|v| v.is_empty()))
+            .map(|(_, _, flag)| flag)
+            .collect();
+            if !missing.is_empty() {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!(
+                        "the daemon's [auth] section does not say where to log in; pass {}",
+                        missing.join(" and ")
+                    ),
+                ));
+            }
             let pick = |flag: Option<String>,
                         daemon: Option<&String>,
                         what: &str|
@@ -91,6 +128,22 @@ async fn auth_command(
     }
 }
 
+/// `auth login` against a local-mode daemon: nothing to log in to, and why.
+fn local_mode_needs_no_login(json: bool) -> Result<(), Failure> {
+    const WHY: &str = "defenseclawd runs in local mode: it knows each caller by the Unix user \
+                       behind the socket (peer credentials), so there is no login. Operator \
+                       login applies to a daemon with [auth] mode = \"oidc\".";
+    if json {
+        render::print_json(&serde_json::json!({
+            "mode": "local",
+            "login_needed": false,
+            "reason": WHY,
+        }))
+    } else {
+        render::write_line(WHY)
+    }
+}
+
 /// Parses the command line, runs the command, returns the exit code.
 pub fn main_entry() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -106,6 +159,12 @@ pub fn main_entry() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let socket = client::resolve_socket(cli.socket);
+        match &cli.command {
+            cli::Command::Version => return meta::version(&socket, cli.output).await,
+            cli::Command::Completions { shell } => return meta::completions(*shell),
+            cli::Command::Man { out_dir } => return meta::man_pages(out_dir),
+            _ => {}
+        }
         if let cli::Command::Auth { action } = cli.command {
             return auth_command(&socket, action, cli.output).await;
         }
@@ -155,6 +214,8 @@ pub fn main_entry() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away: nothing is wrong (see `Failure::writing`).
+        Err(failure) if failure.code == exit::OK => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("defenseclawctl: {}", render::escape_text(&failure.message));
             failure.exit_code()

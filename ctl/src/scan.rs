@@ -1,7 +1,6 @@
 //! Scanning: offline with the built-in engine in this process, or through the
 //! daemon (findings recorded, admission policy applied).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use defenseclaw_proto::v1 as pb;
@@ -23,8 +22,11 @@ fn engine(rule_dirs: &[PathBuf]) -> Result<Engine, Failure> {
 }
 
 fn fail_on(args: &ScanArgs) -> Result<Option<Severity>, Failure> {
-    args.fail_on
-        .as_deref()
+    parse_fail_on(args.fail_on.as_deref())
+}
+
+fn parse_fail_on(fail_on: Option<&str>) -> Result<Option<Severity>, Failure> {
+    fail_on
         .map(|s| {
             s.parse::<Severity>().map_err(|_| {
                 Failure::new(
@@ -34,11 +36,6 @@ fn fail_on(args: &ScanArgs) -> Result<Option<Severity>, Failure> {
             })
         })
         .transpose()
-}
-
-fn write_out(text: &str) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
 }
 
 /// `skill scan --offline` / `mcp scan --offline`.
@@ -171,13 +168,13 @@ fn print_reports(
             for (r, c) in reports.iter().zip(configs) {
                 let v =
                     serde_json::to_value(r).map_err(|e| Failure::new(FAILURE, e.to_string()))?;
-                write_out(&with_config(v, c.as_ref()).to_string())?;
+                crate::render::write_line(&with_config(v, c.as_ref()).to_string())?;
             }
             Ok(())
         }
         Output::Sarif => {
             let doc = defenseclaw_scanner::sarif::to_sarif(reports);
-            write_out(&doc.to_string())
+            crate::render::write_line(&doc.to_string())
         }
         Output::Table => {
             let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -347,19 +344,7 @@ pub async fn through_daemon(
     }
     print_results(&results, &configs, output)?;
     report_errors(&errors)?;
-    if let Some(t) = threshold {
-        let hits = results
-            .iter()
-            .filter(|r| r.max_severity >= t as i32 && r.max_severity != 0)
-            .count();
-        if hits > 0 {
-            return Err(Failure::new(
-                SCAN_FAIL_ON,
-                format!("{hits} target(s) have findings at or above {}", t.as_str()),
-            ));
-        }
-    }
-    Ok(())
+    fail_on_hits(&results, threshold)
 }
 
 /// `skill install PATH`.
@@ -378,8 +363,39 @@ pub async fn install(
         })
         .await?
         .into_inner();
+    let threshold = parse_fail_on(args.fail_on.as_deref())?;
     let configs = vec![None; reply.results.len()];
-    print_results(&reply.results, &configs, output)
+    print_results(&reply.results, &configs, output)?;
+    // "unchanged" is admission's block finding the skill already blocked.
+    if let Some(r) = reply
+        .results
+        .iter()
+        .find(|r| matches!(r.decision.as_str(), "blocked" | "unchanged"))
+    {
+        return Err(Failure::new(
+            crate::exit::INSTALL_BLOCKED,
+            format!("the skill is blocked: {}", r.decision_reason),
+        ));
+    }
+    fail_on_hits(&reply.results, threshold)
+}
+
+/// Exit 9 when any result has a finding at or above `threshold`.
+fn fail_on_hits(results: &[pb::ScanResult], threshold: Option<Severity>) -> Result<(), Failure> {
+    let Some(t) = threshold else {
+        return Ok(());
+    };
+    let hits = results
+        .iter()
+        .filter(|r| r.max_severity >= t as i32 && r.max_severity != 0)
+        .count();
+    if hits > 0 {
+        return Err(Failure::new(
+            SCAN_FAIL_ON,
+            format!("{hits} target(s) have findings at or above {}", t.as_str()),
+        ));
+    }
+    Ok(())
 }
 
 fn result_json(r: &pb::ScanResult) -> Value {
@@ -418,7 +434,7 @@ fn print_results(
     match output {
         Output::Json => {
             for (r, c) in results.iter().zip(configs) {
-                write_out(&with_config(result_json(r), c.as_ref()).to_string())?;
+                crate::render::write_line(&with_config(result_json(r), c.as_ref()).to_string())?;
             }
             Ok(())
         }
@@ -428,7 +444,7 @@ fn print_results(
                 .iter()
                 .filter_map(|r| serde_json::from_value(result_json(r)).ok())
                 .collect();
-            write_out(&defenseclaw_scanner::sarif::to_sarif(&reports).to_string())
+            crate::render::write_line(&defenseclaw_scanner::sarif::to_sarif(&reports).to_string())
         }
         Output::Table => {
             let mut text = String::new();
@@ -494,7 +510,7 @@ pub fn rules(action: &RuleCommand, output: Output) -> Result<(), Failure> {
                 _ => {
                     let v = serde_json::to_value(engine.rules())
                         .map_err(|e| Failure::new(FAILURE, e.to_string()))?;
-                    write_out(&v.to_string())
+                    crate::render::write_line(&v.to_string())
                 }
             }
         }
@@ -503,14 +519,14 @@ pub fn rules(action: &RuleCommand, output: Output) -> Result<(), Failure> {
                 Output::Table => {
                     render::print_text(&format!("{}: {n} rule(s), valid", file.display()))
                 }
-                _ => write_out(
+                _ => crate::render::write_line(
                     &json!({"file": file.display().to_string(), "valid": true, "rules": n})
                         .to_string(),
                 ),
             },
             Err(e) => {
                 if output != Output::Table {
-                    write_out(&json!({"file": file.display().to_string(), "valid": false, "error": e.to_string()}).to_string())?;
+                    crate::render::write_line(&json!({"file": file.display().to_string(), "valid": false, "error": e.to_string()}).to_string())?;
                 }
                 Err(Failure::new(USAGE, format!("{}: {e}", file.display())))
             }

@@ -180,9 +180,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         ..
     } = opts;
     paths::ensure_private_dir(&state_dir).map_err(StartError::StateDir)?;
+    // One daemon per store, decided before the socket or the store is touched.
+    let state_lock = paths::lock_state_dir(&state_dir).map_err(StartError::StateDir)?;
     // Read now so a bad .env stops the start, not a later request.
     let secrets = SecretSources::load(&env, &state_dir).map_err(StartError::Secrets)?;
-    // The socket first: a second daemon must stop here, before touching the store.
+    // A daemon on another state directory may still hold this socket: it is checked here.
     let mode = settings.server.socket_mode_bits()?;
     let bound = listener::bind(&settings.socket_path(), mode).map_err(StartError::Socket)?;
     let socket = bound.path.clone();
@@ -454,6 +456,8 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             }
         };
         cleanup.run();
+        // Held until the very end: the store is released below, then the directory.
+        let _state_lock = state_lock;
         // No call is left to refuse: write the summaries of the open windows.
         coalescer_stop.cancel();
         if let Err(e) = coalescer_task.await {

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::cli::{Bounded, Ctl, ctl_at};
+use crate::cli::{Bounded, Ctl, Run, ctl_at};
 use defenseclaw_testkit::daemon::TestDaemon;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -396,4 +396,184 @@ async fn audit_list_export_verify_and_tail() {
     assert!(broken.stderr.contains("entry 2"), "{}", broken.stderr);
     let broken_json = d.ctl(&["-o", "json", "audit", "verify"]).await;
     assert_eq!(broken_json.json()["first_bad_seq"], 2);
+}
+
+/// Runs the CLI with stdout on a pipe, reads one line, closes the pipe and
+/// returns how the CLI ended (what `| head -1` does to it).
+async fn first_line_then_close(socket: &std::path::Path, args: &[&str]) -> (String, Run) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("DEFENSECLAW_SOCKET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = lines
+        .next_line()
+        .bounded()
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    drop(lines);
+    let out = child.wait_with_output().bounded().await.unwrap();
+    (first, Run::from(out))
+}
+
+/// `audit export | head -1` and `audit tail | head -1`: the reader leaving is
+/// not an error. The command ends with success and says nothing, even when
+/// (tail) nothing more would ever be printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_output_pipe_ends_export_and_tail_quietly() {
+    use defenseclaw_proto::v1::EnforcementAction;
+    use defenseclaw_testkit::requests::{set, skill};
+    let d = TestDaemon::start().await.unwrap();
+    // More than a pipe buffer (64 KiB) of export, so the CLI is still writing
+    // when the reader leaves.
+    let mut client = d.client().await.unwrap();
+    for i in 0..400 {
+        client
+            .set_enforcement(set(
+                skill(&format!("s{i}")),
+                EnforcementAction::Block,
+                "fill",
+            ))
+            .await
+            .unwrap();
+    }
+    let (first, run) = first_line_then_close(&d.socket, &["audit", "export"]).await;
+    assert!(first.contains("\"seq\""), "{first}");
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "export");
+
+    let (first, run) =
+        first_line_then_close(&d.socket, &["-o", "json", "audit", "tail", "--from-start"]).await;
+    assert!(first.contains("\"seq\""), "{first}");
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "tail");
+}
+
+/// `version` names both sides when the daemon answers, and still succeeds
+/// (with the reason) when it does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn version_reports_the_cli_and_the_daemon() {
+    let d = TestDaemon::start().await.unwrap();
+    let v = d.ctl(&["-o", "json", "version"]).await.ok().json();
+    assert_eq!(v["cli"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["daemon"], env!("CARGO_PKG_VERSION"));
+    let missing = d.dir.path().join("nobody-here.sock");
+    let v = ctl_at(&missing, &["-o", "json", "version"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v["cli"], env!("CARGO_PKG_VERSION"));
+    assert!(v["daemon"].is_null(), "{v}");
+    assert!(
+        v["daemon_error"].as_str().unwrap().contains("cannot reach"),
+        "{v}"
+    );
+}
+
+/// Completion scripts for the three shells know the command tree, and `man`
+/// writes one roff page per command.
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_and_man_pages_are_generated() {
+    let nowhere = std::path::Path::new("/nonexistent/defenseclawd.sock");
+    for (shell, marker) in [
+        ("bash", "complete -F _defenseclawctl"),
+        ("zsh", "#compdef defenseclawctl"),
+        ("fish", "complete -c defenseclawctl"),
+    ] {
+        let run = ctl_at(nowhere, &["completions", shell]).await.ok();
+        assert!(run.stdout.contains(marker), "{shell}: {}", run.stdout);
+        for word in ["skill", "audit", "approvals", "connections"] {
+            assert!(run.stdout.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    ctl_at(nowhere, &["man", out.to_str().unwrap()]).await.ok();
+    for page in [
+        "defenseclawctl.1",
+        "defenseclawctl-skill.1",
+        "defenseclawctl-audit-export.1",
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page} is not a man page: {text}");
+    }
+    let bad = ctl_at(nowhere, &["completions", "tcsh"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+/// `auth login` against a local-mode daemon says there is nothing to log in
+/// to, and why, instead of asking for an issuer; with an issuer and nothing
+/// else, every missing flag is named at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_login_explains_itself() {
+    let d = TestDaemon::start().await.unwrap();
+    let run = d.ctl(&["auth", "login", "--no-browser"]).await.ok();
+    assert!(
+        run.stdout.contains("local mode") && run.stdout.contains("peer credentials"),
+        "{}",
+        run.stdout
+    );
+    let v = d
+        .ctl(&["-o", "json", "auth", "login", "--no-browser"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v["login_needed"], false);
+    let partial = d
+        .ctl(&[
+            "auth",
+            "login",
+            "--no-browser",
+            "--issuer",
+            "https://idp.invalid/",
+        ])
+        .await;
+    assert_eq!(partial.code, 2, "{}", partial.stderr);
+    assert!(
+        partial.stderr.contains("--audience and --client-id"),
+        "{}",
+        partial.stderr
+    );
+}
+
+/// `scan report` reads a bounded amount: an endless input is refused at the
+/// documented limit (not read into memory), and a report over the daemon's
+/// request limit names that limit instead of a transport error.
+#[tokio::test(flavor = "multi_thread")]
+async fn scan_report_files_are_bounded_with_clear_messages() {
+    let d = TestDaemon::start().await.unwrap();
+    let endless = d.ctl(&["scan", "report", "--file", "/dev/zero"]).await;
+    assert_eq!(endless.code, 2, "{}", endless.stderr);
+    assert!(
+        endless.stderr.contains("larger than 16 MiB"),
+        "{}",
+        endless.stderr
+    );
+
+    // About 6 MiB of valid findings: under the file limit, over the 4 MiB request limit.
+    let finding = serde_json::json!({
+        "rule_id": "R-1", "severity": "LOW", "title": "t",
+        "description": "x".repeat(1000), "location": "a.sh", "line": 1
+    });
+    let report = serde_json::json!({
+        "scanner": "bulk", "target": {"kind": "skill", "name": "big"},
+        "findings": vec![finding; 6000],
+    });
+    let path = d.dir.path().join("big.json");
+    std::fs::write(&path, report.to_string()).unwrap();
+    let big = d
+        .ctl(&["scan", "report", "--file", path.to_str().unwrap()])
+        .await;
+    assert_eq!(big.code, 2, "{}", big.stderr);
+    assert!(big.stderr.contains("max_message_bytes"), "{}", big.stderr);
+    let listed = d.ctl(&["-o", "json", "finding", "list"]).await.ok();
+    assert!(!listed.stdout.contains("\"big\""), "{}", listed.stdout);
 }

@@ -140,12 +140,33 @@ async fn install_through_the_daemon_and_rule_commands() {
     let d = TestDaemon::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let evil = skill(dir.path(), "evil", EVIL);
-    let r = d
-        .ctl(&["-o", "json", "skill", "install", &evil])
-        .await
-        .ok()
-        .json();
+    // A blocked install prints its result and exits 14, also when it already was blocked.
+    let run = d.ctl(&["-o", "json", "skill", "install", &evil]).await;
+    assert_eq!(run.code, 14, "{}", run.stderr);
+    let r = run.json();
     assert_eq!(r["decision"], "blocked", "{r}");
+    let again = d.ctl(&["-o", "json", "skill", "install", &evil]).await;
+    assert_eq!(again.code, 14, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("the skill is blocked"),
+        "{}",
+        again.stderr
+    );
+    // Admitted, but with a finding at or above --fail-on: exit 9, like the scans.
+    let noisy = skill(
+        dir.path(),
+        "noisy",
+        "Formats notes. Run `chmod 777 ./out` after building.",
+    );
+    let ok = d.ctl(&["-o", "json", "skill", "install", &noisy]).await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let admitted = ok.json();
+    assert_ne!(admitted["decision"], "blocked", "{admitted}");
+    assert_eq!(admitted["max_severity"], "MEDIUM", "{admitted}");
+    let strict = d
+        .ctl(&["skill", "install", &noisy, "--fail-on", "medium"])
+        .await;
+    assert_eq!(strict.code, 9, "{}", strict.stderr);
     let show = d
         .ctl(&["-o", "json", "skill", "show", "evil"])
         .await

@@ -51,7 +51,7 @@ pub(super) async fn get_status(
 }
 
 /// Unauthenticated on purpose: a client reads it to learn how to authenticate.
-pub(super) fn get_auth_config(
+pub(super) async fn get_auth_config(
     svc: &ControlService,
     _request: Request<pb::GetAuthConfigRequest>,
 ) -> Result<Response<pb::AuthConfig>, Status> {

@@ -95,6 +95,10 @@ pub(crate) async fn run<H: Host>(ctx: Context<H>, cancel: CancellationToken) {
     let mut attempt: u32 = 0;
     // The last refusal to trust the listener, audited and logged once per change.
     let mut last_refusal: Option<String> = None;
+    // The state last warned about: a gateway that stays down (or a host with
+    // none) is one warning per change of state, the retries only at debug
+    // (their wording varies with timing: reset, refused, handshake cut).
+    let mut last_warned: Option<GatewayState> = None;
     loop {
         if cancel.is_cancelled() {
             break;
@@ -114,6 +118,7 @@ pub(crate) async fn run<H: Host>(ctx: Context<H>, cancel: CancellationToken) {
             } => {
                 if connected {
                     attempt = 0;
+                    last_warned = None;
                 }
                 let d = restart_after.unwrap_or_else(|| backoff_delay(s, attempt));
                 attempt = attempt.saturating_add(1);
@@ -176,7 +181,12 @@ pub(crate) async fn run<H: Host>(ctx: Context<H>, cancel: CancellationToken) {
                 continue;
             }
         };
-        tracing::warn!(url = %conn.endpoint.url, error = %error, retry_in_ms = delay.as_millis() as u64, "openclaw gateway connection");
+        if last_warned == Some(state) {
+            tracing::debug!(url = %conn.endpoint.url, error = %error, retry_in_ms = delay.as_millis() as u64, "openclaw gateway connection (unchanged)");
+        } else {
+            tracing::warn!(url = %conn.endpoint.url, error = %error, retry_in_ms = delay.as_millis() as u64, "openclaw gateway connection; retrying, further failures in this state are logged at debug");
+            last_warned = Some(state);
+        }
         shared.update_status(|st| {
             st.state = state;
             st.last_error = Some(error);
