@@ -322,11 +322,13 @@ pub struct ExecArgs {
 /// Arguments of `skill scan` / `mcp scan`.
 #[derive(Debug, Args)]
 pub struct ScanArgs {
-    /// Skill folders (skill scan), or MCP server names in the config file (mcp scan).
+    /// Skill folders (skill scan), or MCP server names in the config files (mcp scan;
+    /// give them before `--config`, or use `--server`).
     pub targets: Vec<String>,
-    /// MCP client config file (`.mcp.json`, `claude_desktop_config.json`, OpenClaw config).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    /// MCP client config files (`.mcp.json`, `claude_desktop_config.json`, OpenClaw config):
+    /// `--config A --config B` or `--config A B`. Each server's result names its file.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub config: Vec<PathBuf>,
     /// Only this server of the config file.
     #[arg(long, value_name = "NAME")]
     pub server: Option<String>,

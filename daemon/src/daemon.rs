@@ -63,6 +63,9 @@ pub enum StartError {
     /// The scanners or the skill watcher could not be set up.
     #[error(transparent)]
     Scanner(#[from] crate::governance::scanning::ScannerSetupError),
+    /// The LLM analyzer (`[scanner.llm]`) could not be set up.
+    #[error(transparent)]
+    Llm(#[from] crate::llm::LlmSetupError),
     /// The scan pool could not start.
     #[error(transparent)]
     ScanPool(#[from] crate::governance::scan_pool::PoolError),
@@ -329,8 +332,10 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             .forget_blocked(enforcer.subscribe(), cancel.child_token()),
     );
     stepups.resume_pending().await?;
+    let llm = crate::llm::LlmReviewer::new(&settings.scanner.llm, &secrets)
+        .inspect_err(|_| cleanup.run())?;
     let scanners = Arc::new(
-        crate::governance::scanning::Scanners::new(&settings.scanner)
+        crate::governance::scanning::Scanners::new(&settings.scanner, llm)
             .inspect_err(|_| cleanup.run())?,
     );
     // Where skills are known to be: quarantine moves only those folders.

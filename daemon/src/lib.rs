@@ -19,6 +19,7 @@ pub mod gate;
 pub mod governance;
 pub mod limits;
 pub mod listener;
+pub mod llm;
 pub mod model;
 pub mod names;
 pub mod oidc;

@@ -542,6 +542,7 @@ impl ServerSettings {
 const PLAIN_ENV_VARS: &[&str] = &[
     "DEFENSECLAW_HOME",
     "DEFENSECLAW_AUTH_CLIENT_SECRET",
+    "DEFENSECLAW_LLM_API_KEY",
     defenseclaw_common::paths::DAEMON_UID_ENV,
     "DEFENSECLAW_SOCKET",
     "DEFENSECLAW_SESSION",

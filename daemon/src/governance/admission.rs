@@ -190,8 +190,14 @@ impl Admission {
                     ),
                 )
             })?;
+            let target = Target { kind, name };
+            // The LLM analyzer (when on and the skill is in its band); an
+            // allow-listed target is not scanned, so not reviewed either.
+            if !self.scan.admission.allow_listed(&target) {
+                self.scan.scanners.review(&mut s).await;
+            }
             let mut result = self
-                .record_and_decide(&actor, Target { kind, name }, s, req.install)
+                .record_and_decide(&actor, target, s, req.install)
                 .await?;
             if kind == TargetKind::Skill {
                 self.quarantine_if_blocked(&req.path, &mut result).await;

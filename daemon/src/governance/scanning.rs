@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use defenseclaw_scanner::adapters::{AdapterConfig, SkillScannerAdapter};
-use defenseclaw_scanner::{Engine, ScanReport};
+use defenseclaw_scanner::llm::ReviewInput;
+use defenseclaw_scanner::{Engine, Finding, ScanReport};
 
 use crate::config::governance::{AdmissionSettings, ScannerSettings};
 use crate::error::{Error, Result, quoted};
+use crate::llm::LlmReviewer;
 use crate::model::Severity;
 use crate::store::{Audit, NewFinding, Store};
 
@@ -46,6 +48,8 @@ pub enum ScannerSetupError {
 pub const BUILTIN_SCANNER: &str = "defenseclaw";
 /// Name the Cisco skill scanner's findings are stored under.
 pub const CISCO_SKILL_SCANNER: &str = "cisco-ai-skill-scanner";
+/// Name the LLM analyzer's verdicts are stored under.
+pub const LLM_ANALYZER: &str = "llm-analyzer";
 
 /// One scanned target with what each scanner found.
 #[derive(Debug)]
@@ -56,12 +60,15 @@ pub struct Scanned {
     pub by_scanner: Vec<(String, Vec<NewFinding>)>,
     /// Scanners that failed.
     pub errors: Vec<String>,
+    /// The skill's text for the LLM analyzer, when it is to be asked.
+    pub review: Option<ReviewInput>,
 }
 
 /// The scanners the daemon runs.
 pub struct Scanners {
     engine: Engine,
     skill_adapter: Option<SkillScannerAdapter>,
+    llm: Option<LlmReviewer>,
 }
 
 impl std::fmt::Debug for Scanners {
@@ -93,21 +100,21 @@ fn clip(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
+fn new_finding(f: &Finding) -> NewFinding {
+    NewFinding {
+        rule_id: clip(&f.rule_id, 256),
+        severity: severity(f.severity),
+        title: clip(&f.title, 1024),
+        description: clip(&f.description, 16 * 1024),
+        location: clip(&f.location, 4096),
+        line: f.line,
+        category: clip(&f.category, 256),
+        snippet: clip(&f.snippet, 2048),
+    }
+}
+
 fn findings(report: &ScanReport) -> Vec<NewFinding> {
-    report
-        .findings
-        .iter()
-        .map(|f| NewFinding {
-            rule_id: clip(&f.rule_id, 256),
-            severity: severity(f.severity),
-            title: clip(&f.title, 1024),
-            description: clip(&f.description, 16 * 1024),
-            location: clip(&f.location, 4096),
-            line: f.line,
-            category: clip(&f.category, 256),
-            snippet: clip(&f.snippet, 2048),
-        })
-        .collect()
+    report.findings.iter().map(new_finding).collect()
 }
 
 impl Scanners {
@@ -118,11 +125,18 @@ impl Scanners {
         if self.skill_adapter.is_some() {
             names.push(CISCO_SKILL_SCANNER);
         }
+        if self.llm.is_some() {
+            names.push(LLM_ANALYZER);
+        }
         names
     }
 
-    /// Loads the rules (built-in plus `rule_dirs`) and the enabled adapters.
-    pub fn new(settings: &ScannerSettings) -> std::result::Result<Self, ScannerSetupError> {
+    /// Loads the rules (built-in plus `rule_dirs`) and the enabled adapters;
+    /// `llm` is the LLM analyzer when `[scanner.llm]` enables it.
+    pub fn new(
+        settings: &ScannerSettings,
+        llm: Option<LlmReviewer>,
+    ) -> std::result::Result<Self, ScannerSetupError> {
         let engine = if settings.rule_dirs.is_empty() {
             Engine::builtin()
         } else {
@@ -142,6 +156,7 @@ impl Scanners {
         Ok(Self {
             engine,
             skill_adapter,
+            llm,
         })
     }
 
@@ -149,10 +164,21 @@ impl Scanners {
     /// The folder is opened first, without blocking or following a symlink,
     /// and must be a directory; nothing else runs before that check.
     pub fn scan_skill(&self, dir: &Path) -> Result<Scanned> {
-        let report = self
-            .engine
-            .scan_skill(dir)
-            .map_err(|e| Error::invalid("path", e.to_string()))?;
+        let invalid = |e: defenseclaw_scanner::ScanError| Error::invalid("path", e.to_string());
+        // With the LLM analyzer on, the text it would read comes from the same
+        // read as the static scan; it is kept only when the static result
+        // falls in the analyzer's band.
+        let (report, review) = match &self.llm {
+            Some(llm) => {
+                let (report, input) = self
+                    .engine
+                    .scan_skill_for_review(dir, llm.settings().max_input_bytes)
+                    .map_err(invalid)?;
+                let wanted = llm.wants(report.max_severity);
+                (report, wanted.then_some(input))
+            }
+            None => (self.engine.scan_skill(dir).map_err(invalid)?, None),
+        };
         let mut by_scanner = vec![(BUILTIN_SCANNER.to_owned(), findings(&report))];
         let mut errors = Vec::new();
         if let Some(adapter) = &self.skill_adapter {
@@ -165,6 +191,7 @@ impl Scanners {
             report,
             by_scanner,
             errors,
+            review,
         })
     }
 
@@ -180,6 +207,32 @@ impl Scanners {
             by_scanner: vec![(BUILTIN_SCANNER.to_owned(), findings(&report))],
             report,
             errors: Vec::new(),
+            // MCP tool descriptions are not sent to the LLM analyzer (skills only).
+            review: None,
+        }
+    }
+
+    /// Asks the LLM analyzer about a scanned skill when the scan kept its
+    /// text for review. The verdict is a finding source of its own (it adds,
+    /// never replaces or lowers); any failure is recorded as a scanner error.
+    pub async fn review(&self, s: &mut Scanned) {
+        let (Some(llm), Some(input)) = (&self.llm, s.review.take()) else {
+            return;
+        };
+        match llm.review(&input).await {
+            Ok(v) => {
+                let f = defenseclaw_scanner::llm::verdict_finding(
+                    &v,
+                    &llm.settings().model,
+                    llm.settings().min_confidence,
+                );
+                s.by_scanner
+                    .push((LLM_ANALYZER.to_owned(), vec![new_finding(&f)]));
+            }
+            Err(e) => {
+                tracing::warn!(skill = %s.report.name, error = %e, "the LLM analyzer gave no verdict");
+                s.errors.push(format!("{LLM_ANALYZER}: {e}"));
+            }
         }
     }
 
@@ -206,6 +259,7 @@ impl Scanners {
                 by_scanner: vec![(BUILTIN_SCANNER.to_owned(), findings(&report))],
                 report,
                 errors: Vec::new(),
+                review: None,
             })
             .collect())
     }

@@ -561,7 +561,7 @@ mod tool_tests {
 
     #[test]
     fn poisoned_tool_descriptions_are_found_and_plain_ones_are_not() {
-        let scanners = Scanners::new(&ScannerSettings::default()).unwrap();
+        let scanners = Scanners::new(&ScannerSettings::default(), None).unwrap();
         let plain = tool(
             "files",
             "read_file",

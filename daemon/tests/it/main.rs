@@ -11,6 +11,7 @@ mod audit_chain;
 mod gate_e2e;
 mod governance;
 mod lifecycle;
+mod llm;
 mod oidc;
 mod oidc_tokens;
 mod openclaw;
