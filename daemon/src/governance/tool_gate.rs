@@ -13,10 +13,10 @@ use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 use regex::{RegexSet, RegexSetBuilder};
 use serde_json::Value;
 
-use crate::openclaw::{
-    HostVerdict, OpenClawError, OpenClawSettings, Policy, PolicyDecision, TargetKind, ToolAction,
-    ToolRule,
-};
+// The leaves of the OpenClaw module, not its root: the monitor there depends on this gate.
+use crate::openclaw::host::{HostVerdict, TargetKind};
+use crate::openclaw::policy::{Policy, PolicyDecision};
+use crate::openclaw::settings::{OpenClawError, OpenClawSettings, ToolAction, ToolRule};
 
 pub use super::tool_ask::{AskBackend, AskOutcome, Asks, PendingAsk};
 
