@@ -191,6 +191,16 @@ async fn refuse(mut stream: UnixStream, why: String) {
     let _ = tokio::time::timeout(REFUSE_WRITE, async {
         let _ = stream.write_all(line.as_bytes()).await;
         let _ = stream.shutdown().await;
+        // Closing with unread input resets the connection, which can discard
+        // the refusal before the peer reads it: take what it sent (bounded).
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
     })
     .await;
 }
