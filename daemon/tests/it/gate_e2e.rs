@@ -15,7 +15,7 @@ use defenseclaw_testkit::openclaw::{GatewayClient, MockModel, OpenClawGateway, m
 use defenseclaw_testkit::requests::{mcp, set};
 use serde_json::{Value, json};
 
-use crate::openclaw::{REAL_GATEWAY, eventually};
+use crate::openclaw::{REAL_GATEWAY, daemon_connected, eventually};
 
 const TURN_WAIT: Duration = Duration::from_secs(120);
 
@@ -246,18 +246,7 @@ async fn ask_patterns_wait_for_a_named_human_over_ciba() {
         .await
         .unwrap();
     let mut c = d.client().await.unwrap();
-    eventually("the daemon connected to the gateway", || {
-        let mut c = c.clone();
-        async move {
-            let s = c
-                .get_status(pb::GetStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            (s.openclaw?.state == "connected").then_some(())
-        }
-    })
-    .await;
+    daemon_connected(&d).await;
     let client = GatewayClient::connect(&url, Some(&gw.token), &[])
         .await
         .unwrap();

@@ -1180,6 +1180,27 @@ async fn real_connected(m: &Running) {
         .await;
 }
 
+/// Waits until the daemon's status shows its gateway connection up, and
+/// returns that status.
+pub(crate) async fn daemon_connected(
+    d: &defenseclaw_testkit::daemon::TestDaemon,
+) -> defenseclaw_proto::v1::OpenClawStatus {
+    let c = d.client().await.unwrap();
+    eventually("the daemon connected to the gateway", || {
+        let mut c = c.clone();
+        async move {
+            let s = c
+                .get_status(defenseclaw_proto::v1::GetStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let oc = s.openclaw?;
+            (oc.state == "connected").then_some(oc)
+        }
+    })
+    .await
+}
+
 /// Polls `f` until it returns `Some`.
 pub(crate) async fn eventually<T, F: Future<Output = Option<T>>>(
     what: &str,

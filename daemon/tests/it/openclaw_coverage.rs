@@ -9,7 +9,7 @@ use defenseclaw_testkit::openclaw::{GatewayClient, OpenClawGateway};
 use defenseclaw_testkit::requests::skill;
 use serde_json::json;
 
-use crate::openclaw::{eventually, skill_disabled};
+use crate::openclaw::{daemon_connected, eventually, skill_disabled};
 use crate::scanning::{BENIGN, MALICIOUS, write_skill};
 
 async fn reported(client: &GatewayClient, name: &str) -> Option<()> {
@@ -32,6 +32,18 @@ async fn verdict(
         .verdict
 }
 
+/// `<workspaceDir>/skills` as the gateway reports it, created.
+async fn workspace_skills_dir(operator: &GatewayClient) -> std::path::PathBuf {
+    let st = operator.request("skills.status", json!({})).await.unwrap();
+    let workspace = st["workspaceDir"]
+        .as_str()
+        .expect("skills.status reports the workspace")
+        .to_owned();
+    let skills_dir = std::path::Path::new(&workspace).join("skills");
+    std::fs::create_dir_all(&skills_dir).unwrap();
+    skills_dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skills_openclaw_reports_are_scanned_and_admitted_without_a_command() {
     let gw = OpenClawGateway::start()
@@ -40,13 +52,7 @@ async fn skills_openclaw_reports_are_scanned_and_admitted_without_a_command() {
     let operator = GatewayClient::connect(&gw.url(), Some(&gw.token), &[])
         .await
         .unwrap();
-    let st = operator.request("skills.status", json!({})).await.unwrap();
-    let workspace = st["workspaceDir"]
-        .as_str()
-        .expect("skills.status reports the workspace")
-        .to_owned();
-    let skills_dir = std::path::Path::new(&workspace).join("skills");
-    std::fs::create_dir_all(&skills_dir).unwrap();
+    let skills_dir = workspace_skills_dir(&operator).await;
     write_skill(&skills_dir, "evil-helper", MALICIOUS);
     write_skill(&skills_dir, "summarise", BENIGN);
     eventually("OpenClaw to report the workspace skills", || async {
@@ -152,13 +158,7 @@ async fn openclaw_skill_directories_are_watched_by_default() {
     let operator = GatewayClient::connect(&gw.url(), Some(&gw.token), &[])
         .await
         .unwrap();
-    let st = operator.request("skills.status", json!({})).await.unwrap();
-    let workspace = st["workspaceDir"]
-        .as_str()
-        .expect("skills.status reports the workspace")
-        .to_owned();
-    let skills_dir = std::path::Path::new(&workspace).join("skills");
-    std::fs::create_dir_all(&skills_dir).unwrap();
+    let skills_dir = workspace_skills_dir(&operator).await;
     write_skill(&skills_dir, "summarise", BENIGN);
     eventually("OpenClaw to report the workspace skill", || {
         reported(&operator, "summarise")
@@ -176,18 +176,7 @@ async fn openclaw_skill_directories_are_watched_by_default() {
     .await
     .unwrap();
     let mut c = d.client().await.unwrap();
-    eventually("the daemon connected to the gateway", || {
-        let mut c = c.clone();
-        async move {
-            let s = c
-                .get_status(pb::GetStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            (s.openclaw?.state == "connected").then_some(())
-        }
-    })
-    .await;
+    daemon_connected(&d).await;
     // The watch is added once the first skills report is worked through; a
     // skill edited until it is blocked shows the watch is live.
     let skill = skills_dir.join("summarise");
