@@ -102,7 +102,14 @@ pub struct TokenVaultSettings {
     /// A server with no entry gets tokens only for a caller with an operator token.
     #[serde(deserialize_with = "crate::config::lists::entry_list")]
     pub server_uids: Vec<String>,
+    /// A grant unused this long (seconds since its last use, declaration or
+    /// resumption) is suspended; its next use asks its approver over CIBA,
+    /// or fails until an operator resumes it. 0 turns idle suspension off.
+    pub idle_suspend_secs: u64,
 }
+
+/// Default `[token_vault] idle_suspend_secs`: 30 days.
+pub const DEFAULT_IDLE_SUSPEND_SECS: u64 = 30 * 24 * 3600;
 
 impl Default for TokenVaultSettings {
     fn default() -> Self {
@@ -114,6 +121,7 @@ impl Default for TokenVaultSettings {
             key_file: None,
             unattended: true,
             server_uids: Vec::new(),
+            idle_suspend_secs: DEFAULT_IDLE_SUSPEND_SECS,
         }
     }
 }

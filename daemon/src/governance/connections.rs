@@ -1,5 +1,6 @@
 //! Token Vault connections as operators manage them: handing a server's
-//! provider token to its wrapper, revoking a grant, recording a linked account.
+//! provider token to its wrapper, revoking, suspending and resuming a grant,
+//! recording a linked account.
 
 use super::Governance;
 use super::vault::Issued;
@@ -7,7 +8,9 @@ use crate::clock::now_ts;
 use crate::error::Result;
 use crate::model::Actor;
 use crate::store::connections::{GrantRow, LinkedAccountRow};
-use crate::store::{LinkAccount, RevokeConnection, Revoked};
+use crate::store::{
+    ChangeGrantStatus, LinkAccount, RevokeConnection, Revoked, StatusChange, StatusChanged,
+};
 
 impl Governance {
     /// A provider token for `server`'s `connection`, exchanged for the
@@ -44,6 +47,38 @@ impl Governance {
                 actor,
             })
             .await?;
+        Ok((*grant, entry.seq))
+    }
+
+    /// Suspends or resumes a grant (`connection-suspend`, `connection-resume`).
+    /// A suspension drops the grant's cached tokens before anything else, so
+    /// none is handed out again. Returns the grant and the audit seq.
+    pub async fn change_connection_status(
+        &self,
+        actor: Actor,
+        server: String,
+        connection: String,
+        change: StatusChange,
+        reason: String,
+    ) -> Result<(GrantRow, u64)> {
+        if change == StatusChange::Suspend {
+            self.vault.forget(&server, Some(&connection));
+        }
+        let StatusChanged { grant, entry } = self
+            .store
+            .write(ChangeGrantStatus {
+                server: server.clone(),
+                connection: connection.clone(),
+                change,
+                reason,
+                actor,
+                details: serde_json::Value::Null,
+            })
+            .await?;
+        if change == StatusChange::Suspend {
+            // An exchange that finished between the first drop and the commit.
+            self.vault.forget(&server, Some(&connection));
+        }
         Ok((*grant, entry.seq))
     }
 

@@ -33,8 +33,12 @@ pub struct ConnectionDecl {
 pub enum GrantStatus {
     /// Usable.
     Active,
+    /// Not served until resumed (by hand, after idling, or by the approver over CIBA).
+    Suspended,
     /// Revoked by an operator.
     Revoked,
+    /// The account behind it was unlinked at the provider.
+    Unlinked,
     /// The last exchange failed in a way only a person can fix (reconnect, re-approve).
     Broken,
 }
@@ -44,7 +48,9 @@ impl GrantStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
+            Self::Suspended => "suspended",
             Self::Revoked => "revoked",
+            Self::Unlinked => "unlinked",
             Self::Broken => "broken",
         }
     }
@@ -52,10 +58,18 @@ impl GrantStatus {
     /// From the stored name; anything unknown reads as active, as it always has.
     fn parse(s: &str) -> Self {
         match s {
+            "suspended" => Self::Suspended,
             "revoked" => Self::Revoked,
+            "unlinked" => Self::Unlinked,
             "broken" => Self::Broken,
             _ => Self::Active,
         }
+    }
+
+    /// Whether only a person (an operator, or the approver) can make the grant
+    /// usable again: an exchange's outcome never changes these.
+    pub fn held(self) -> bool {
+        matches!(self, Self::Suspended | Self::Revoked | Self::Unlinked)
     }
 }
 
@@ -102,10 +116,13 @@ pub struct GrantRow {
     pub last_used: Option<String>,
     /// Tokens handed out.
     pub use_count: u64,
-    /// Active, revoked or broken.
+    /// Active, suspended, revoked, unlinked or broken.
     pub status: GrantStatus,
-    /// Why it is broken or revoked.
+    /// Why it is not active.
     pub status_reason: String,
+    /// When the status last changed by a person's or the daemon's decision
+    /// (declared, suspended, resumed); `None` for grants older than that record.
+    pub status_changed_at: Option<String>,
     /// The stored subject credential, if any.
     pub subject: Option<SealedSubject>,
 }
@@ -124,7 +141,7 @@ pub struct LinkedAccountRow {
 }
 
 const GRANT_COLUMNS: &str = "server, connection, declared_scopes, granted_scopes, approved_by, approved_at, \
-     last_used, use_count, status, status_reason, subject_sub, subject_sealed";
+     last_used, use_count, status, status_reason, subject_sub, subject_sealed, status_changed_at";
 
 fn words(s: &str) -> Vec<String> {
     s.split_ascii_whitespace().map(str::to_owned).collect()
@@ -144,6 +161,7 @@ fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRow> {
         use_count: r.get::<_, i64>(7)?.max(0) as u64,
         status: GrantStatus::parse(&r.get::<_, String>(8)?),
         status_reason: r.get(9)?,
+        status_changed_at: r.get(12)?,
         subject: match (sub, sealed) {
             (Some(sub), Some(sealed)) => Some(SealedSubject { sub, sealed }),
             _ => None,
@@ -208,14 +226,15 @@ pub(crate) fn upsert(
 ) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO connection_grants (server, connection, declared_scopes, approved_by, approved_at, status,
-                                        subject_sub, subject_sealed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?8, ?6, ?7)
+                                        subject_sub, subject_sealed, status_changed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?8, ?6, ?7, ?5)
          ON CONFLICT (server, connection) DO UPDATE SET
              declared_scopes = excluded.declared_scopes,
              approved_by = excluded.approved_by,
              approved_at = excluded.approved_at,
              status = ?8,
              status_reason = '',
+             status_changed_at = excluded.status_changed_at,
              subject_sub = coalesce(excluded.subject_sub, subject_sub),
              subject_sealed = coalesce(excluded.subject_sealed, subject_sealed)",
     )
@@ -265,12 +284,14 @@ pub(crate) fn revoke(
     server: &str,
     connection: &str,
     reason: &str,
+    now: &str,
 ) -> Result<bool> {
     conn.prepare_cached(
-        "UPDATE connection_grants SET status = ?4, status_reason = ?3, subject_sub = NULL, subject_sealed = NULL
+        "UPDATE connection_grants SET status = ?4, status_reason = ?3, subject_sub = NULL, subject_sealed = NULL,
+                                      status_changed_at = ?5
          WHERE server = ?1 AND connection = ?2",
     )
-    .and_then(|mut s| s.execute(params![server, connection, reason, GrantStatus::Revoked]))
+    .and_then(|mut s| s.execute(params![server, connection, reason, GrantStatus::Revoked, now]))
     .map(|n| n > 0)
     .map_err(Error::store("revoking a connection grant"))
 }
@@ -294,8 +315,8 @@ pub(crate) fn record_use(
              use_count = use_count + ?3,
              last_used = CASE WHEN ?3 > 0 THEN ?4 ELSE last_used END,
              granted_scopes = coalesce(?5, granted_scopes),
-             status = CASE WHEN status = ?8 THEN status ELSE coalesce(?6, status) END,
-             status_reason = CASE WHEN status = ?8 THEN status_reason ELSE coalesce(?7, status_reason) END
+             status = CASE WHEN status IN (?8, ?9, ?10) THEN status ELSE coalesce(?6, status) END,
+             status_reason = CASE WHEN status IN (?8, ?9, ?10) THEN status_reason ELSE coalesce(?7, status_reason) END
          WHERE server = ?1 AND connection = ?2",
     )
     .and_then(|mut s| {
@@ -308,6 +329,8 @@ pub(crate) fn record_use(
             status,
             reason,
             GrantStatus::Revoked,
+            GrantStatus::Suspended,
+            GrantStatus::Unlinked,
         ])
     })
     .map(|_| ())
@@ -545,8 +568,9 @@ impl Operation for RevokeConnection {
             reason,
             actor,
         } = self;
+        let now = tx.now();
         let conn = tx.conn();
-        if !revoke(conn, &server, &connection, &reason)? {
+        if !revoke(conn, &server, &connection, &reason, &now)? {
             return Err(Error::NotFound(format!(
                 "{server} has no grant for connection {connection}"
             )));

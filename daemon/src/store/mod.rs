@@ -7,13 +7,15 @@
 //!
 //! Each family of operations has its own module with its SQL, its
 //! [`Operation`]s and their audit entries: [`enforcement`], [`findings`],
-//! [`scan_reports`], [`stepup`], [`connections`], [`quarantine`] and [`audit_log`].
+//! [`scan_reports`], [`stepup`], [`connections`], [`grant_status`], [`quarantine`] and
+//! [`audit_log`].
 //! [`Store::write`] answers with the operation's own effect type.
 
 pub mod audit_log;
 pub mod connections;
 pub mod enforcement;
 pub mod findings;
+pub mod grant_status;
 pub mod quarantine;
 mod readers;
 pub mod scan_reports;
@@ -34,6 +36,7 @@ pub use connections::{
 };
 pub use enforcement::{Enforced, RegisterTargets, SetEnforcement, TargetRow};
 pub use findings::{DismissFinding, Dismissed, FindingRow};
+pub use grant_status::{ChangeGrantStatus, StatusChange, StatusChanged, SuspendIdle};
 pub use scan_reports::{NewFinding, ReportOrigin, ReportStored, ScanReport};
 pub use schema::{APPLICATION_ID, OpenError, SCHEMA_VERSION};
 pub use stepup::{

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 /// `PRAGMA application_id` of a DefenseClaw database ("DCLW").
 pub const APPLICATION_ID: i64 = 0x4443_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 8;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -133,6 +133,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         quarantined_by TEXT NOT NULL,
         quarantined_at TEXT NOT NULL
     );
+    "#,
+    ),
+    (
+        8,
+        r#"
+    ALTER TABLE connection_grants ADD COLUMN status_changed_at TEXT;
     "#,
     ),
 ];

@@ -31,7 +31,7 @@ use crate::oidc::{ProviderToken, RefreshToken};
 use crate::state::{StateCache, Verdict};
 use crate::store::connections::{ConnectionDecl, GrantRow, GrantStatus};
 use crate::store::stepup::{StepUpAction, StepUpPayload};
-use crate::store::{ConnectionUsed, Store};
+use crate::store::{ConnectionUsed, Store, SuspendIdle};
 use seal::{Sealer, subject_context};
 
 /// Most scopes one connection declaration may ask for.
@@ -249,7 +249,18 @@ impl TokenBroker {
             .get_grant(server.to_owned(), connection.to_owned())
             .await?;
         let grant = match grant {
+            Some(g) if g.status == GrantStatus::Active => Some(self.suspend_if_idle(g).await?),
+            other => other,
+        };
+        let grant = match grant {
             None => return Err(self.escalate(caller, server, connection).await),
+            Some(g) if matches!(g.status, GrantStatus::Suspended | GrantStatus::Unlinked) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{server}'s grant for {connection} is {} ({}); it is not served until re-approved: `defenseclawctl mcp allow {server} --connection {connection}`",
+                    g.status.as_str(),
+                    g.status_reason
+                )));
+            }
             Some(g) if g.status == GrantStatus::Revoked => {
                 return Err(Error::PermissionDenied(format!(
                     "{server}'s grant for {connection} was revoked ({}); declare it again with `defenseclawctl mcp allow {server} --connection {connection}`",
@@ -297,6 +308,40 @@ impl TokenBroker {
             self.record_use(&key);
         }
         Ok(issued)
+    }
+
+    /// Suspends `grant` (audited by the daemon as its own actor, cached
+    /// tokens dropped) when it has not been used for `idle_suspend_secs`;
+    /// returns the grant as it stands afterwards.
+    async fn suspend_if_idle(&self, grant: GrantRow) -> Result<GrantRow> {
+        let idle = self.settings.idle_suspend_secs;
+        if idle == 0 {
+            return Ok(grant);
+        }
+        let limit = time::Duration::seconds(i64::try_from(idle).unwrap_or(i64::MAX));
+        let Some(cutoff) = self.store.clock().now().checked_sub(limit) else {
+            return Ok(grant);
+        };
+        let changed = self
+            .store
+            .write(SuspendIdle {
+                only: Some((grant.server.clone(), grant.connection.clone())),
+                cutoff: crate::clock::format_ts(cutoff),
+                idle_secs: idle,
+                actor: Actor {
+                    id: "system:token-vault".into(),
+                    name: "token-vault".into(),
+                    ..Actor::system()
+                },
+            })
+            .await?;
+        match changed.into_iter().next() {
+            Some(c) => {
+                self.forget(&grant.server, Some(&grant.connection));
+                Ok(*c.grant)
+            }
+            None => Ok(grant),
+        }
     }
 
     /// Audits a token handed out without an exchange of its own (coalesced
