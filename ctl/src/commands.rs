@@ -24,10 +24,17 @@ pub async fn run(
     match command {
         Command::Status => status(client, output).await,
         Command::Skill { action } => {
-            target_command(client, pb::TargetKind::Skill, action, output, no_wait).await
+            target_command(
+                client,
+                pb::TargetKind::Skill,
+                action.into(),
+                output,
+                no_wait,
+            )
+            .await
         }
         Command::Mcp { action } => {
-            target_command(client, pb::TargetKind::Mcp, action, output, no_wait).await
+            target_command(client, pb::TargetKind::Mcp, action.into(), output, no_wait).await
         }
         Command::Finding { action } => finding_command(client, action, output, no_wait).await,
         Command::Approvals { action } => crate::approvals::command(client, action, output).await,
@@ -271,23 +278,10 @@ async fn target_command(
         TargetCommand::Scan(args) => {
             return crate::scan::through_daemon(client, kind, &args, output).await;
         }
-        TargetCommand::Install(args) => {
-            if kind != pb::TargetKind::Skill {
-                return Err(Failure::new(
-                    USAGE,
-                    "install is for skills; scan an MCP config with `mcp scan --config FILE`",
-                ));
-            }
-            return crate::scan::install(client, &args, output).await;
-        }
+        // Install, exec and quarantine exist only under the kind they apply to (cli.rs).
+        TargetCommand::Install(args) => return crate::scan::install(client, &args, output).await,
         TargetCommand::Block(d) => decide(d, pb::EnforcementAction::Block),
         TargetCommand::Allow(a) => {
-            if kind != pb::TargetKind::Mcp && (!a.connections.is_empty() || a.scopes.is_some()) {
-                return Err(Failure::new(
-                    USAGE,
-                    "--connection and --scopes are for MCP servers (`mcp allow`)",
-                ));
-            }
             let scopes: Vec<String> = a
                 .scopes
                 .as_deref()
@@ -306,23 +300,8 @@ async fn target_command(
                 .collect();
             request
         }
-        TargetCommand::Exec(args) => {
-            if kind != pb::TargetKind::Mcp {
-                return Err(Failure::new(USAGE, "exec is for MCP servers (`mcp exec`)"));
-            }
-            return crate::connections::exec(client, args).await;
-        }
+        TargetCommand::Exec(args) => return crate::connections::exec(client, args).await,
         TargetCommand::Unblock(d) => decide(d, pb::EnforcementAction::Unblock),
-        TargetCommand::Quarantine(_)
-        | TargetCommand::Restore { .. }
-        | TargetCommand::Quarantined
-            if kind != pb::TargetKind::Skill =>
-        {
-            return Err(Failure::new(
-                USAGE,
-                "quarantine is for skills (`skill quarantine NAME`)",
-            ));
-        }
         TargetCommand::Quarantine(args) => {
             return crate::quarantine::quarantine(client, args, output).await;
         }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod commands;
 pub mod connect;
 pub mod connections;
+pub mod examples;
 pub mod exit;
 pub mod meta;
 pub mod quarantine;
@@ -176,26 +177,28 @@ pub fn main_entry() -> ExitCode {
             return connect::connect(&socket, args, cli.output).await;
         }
         // Offline scans and rule commands need no daemon.
-        match &cli.command {
+        let command = match cli.command {
             cli::Command::Skill {
-                action: cli::TargetCommand::Scan(args),
-            } if args.offline => {
-                return scan::offline(defenseclaw_proto::v1::TargetKind::Skill, args, cli.output);
+                action: cli::SkillCommand::Scan(args),
+            } if args.common.offline => {
+                let args = args.into();
+                return scan::offline(defenseclaw_proto::v1::TargetKind::Skill, &args, cli.output);
             }
             cli::Command::Mcp {
-                action: cli::TargetCommand::Scan(args),
-            } if args.offline => {
-                return scan::offline(defenseclaw_proto::v1::TargetKind::Mcp, args, cli.output);
+                action: cli::McpCommand::Scan(args),
+            } if args.common.offline => {
+                let args = args.into();
+                return scan::offline(defenseclaw_proto::v1::TargetKind::Mcp, &args, cli.output);
             }
-            cli::Command::Rule { action } => return scan::rules(action, cli.output),
-            _ => {}
-        }
+            cli::Command::Rule { action } => return scan::rules(&action, cli.output),
+            other => other,
+        };
         let scan_command = matches!(
-            &cli.command,
+            &command,
             cli::Command::Skill {
-                action: cli::TargetCommand::Scan(_) | cli::TargetCommand::Install(_)
+                action: cli::SkillCommand::Scan(_) | cli::SkillCommand::Install(_)
             } | cli::Command::Mcp {
-                action: cli::TargetCommand::Scan(_)
+                action: cli::McpCommand::Scan(_)
             }
         );
         if cli.output == cli::Output::Sarif && !scan_command {
@@ -211,7 +214,7 @@ pub fn main_entry() -> ExitCode {
                 .map(|t| t.expose_secret()),
         )?;
         let mut client = client::connect_with(&socket, bearer).await?;
-        commands::run(&mut client, cli.command, cli.output, cli.no_wait).await
+        commands::run(&mut client, command, cli.output, cli.no_wait).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

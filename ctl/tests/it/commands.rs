@@ -509,6 +509,67 @@ async fn completions_and_man_pages_are_generated() {
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 }
 
+/// Each kind lists only its own commands and flags, and every target command's
+/// help carries examples; a command of the other kind is a usage error.
+#[tokio::test(flavor = "multi_thread")]
+async fn help_is_per_kind_with_examples() {
+    let nowhere = std::path::Path::new("/nonexistent/defenseclawd.sock");
+    let help = |args: &'static [&'static str]| async move {
+        let mut argv = args.to_vec();
+        argv.push("--help");
+        ctl_at(nowhere, &argv).await.ok().stdout
+    };
+    let commands = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let skill = commands(&help(&["skill"]).await);
+    for c in ["scan", "install", "quarantine", "restore"] {
+        assert!(skill.contains(&c.to_owned()), "skill lacks {c}: {skill:?}");
+    }
+    assert!(!skill.contains(&"exec".to_owned()), "{skill:?}");
+    let mcp = commands(&help(&["mcp"]).await);
+    assert!(mcp.contains(&"exec".to_owned()), "{mcp:?}");
+    for c in ["install", "quarantine"] {
+        assert!(!mcp.contains(&c.to_owned()), "mcp offers {c}: {mcp:?}");
+    }
+    let skill_scan = help(&["skill", "scan"]).await;
+    assert!(
+        !skill_scan.contains("--config") && !skill_scan.contains("--server"),
+        "{skill_scan}"
+    );
+    assert!(help(&["mcp", "scan"]).await.contains("--config"));
+    assert!(!help(&["skill", "allow"]).await.contains("--connection"));
+    assert!(help(&["mcp", "allow"]).await.contains("--connection"));
+    for args in [
+        &["skill"][..],
+        &["skill", "scan"],
+        &["skill", "install"],
+        &["skill", "block"],
+        &["mcp"],
+        &["mcp", "allow"],
+        &["mcp", "exec"],
+    ] {
+        let text = help(args).await;
+        assert!(
+            text.contains("Examples:\n  defenseclawctl "),
+            "{args:?}: {text}"
+        );
+    }
+    assert!(help(&["audit", "list"]).await.contains("0: all"));
+    for wrong in [
+        &["mcp", "install", "x"][..],
+        &["skill", "exec", "x", "--", "true"],
+    ] {
+        let run = ctl_at(nowhere, wrong).await;
+        assert_eq!(run.code, 2, "{wrong:?}: {}", run.stderr);
+    }
+}
+
 /// `auth login` against a local-mode daemon says there is nothing to log in
 /// to, and why, instead of asking for an issuer; with an issuer and nothing
 /// else, every missing flag is named at once.
