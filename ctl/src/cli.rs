@@ -55,6 +55,9 @@ pub enum Command {
     Status,
     /// This CLI's version, and the daemon's when it answers.
     Version,
+    /// Check the setup end to end and say how to fix what is wrong (exit 15 if anything failed).
+    #[command(after_help = crate::examples::DOCTOR)]
+    Doctor,
     /// Print a shell completion script.
     Completions {
         /// The shell.

@@ -47,6 +47,7 @@ pub async fn run(
         Command::Auth { .. }
         | Command::Rule { .. }
         | Command::Version
+        | Command::Doctor
         | Command::Completions { .. }
         | Command::Man { .. } => Err(Failure::new(
             crate::exit::FAILURE,

@@ -103,3 +103,13 @@ pub const MCP_EXEC: &str = "\
 Examples:
   defenseclawctl mcp exec github-mcp -- npx -y @modelcontextprotocol/server-github
   defenseclawctl mcp exec github-mcp --env GITHUB_TOKEN=github -- ./server";
+
+/// `doctor`.
+pub const DOCTOR: &str = "\
+Checks: socket, session, daemon version, config source, state directory and store modes,
+free disk space, auth mode, step-up approvers, client secret, Token Vault key, identity
+provider discovery and keys, OpenClaw gateway.
+
+Examples:
+  defenseclawctl doctor
+  defenseclawctl doctor -o json | jq '.checks[] | select(.state != \"ok\")'";

@@ -7,6 +7,7 @@ pub mod client;
 pub mod commands;
 pub mod connect;
 pub mod connections;
+pub mod doctor;
 pub mod examples;
 pub mod exit;
 pub mod meta;
@@ -163,6 +164,7 @@ pub fn main_entry() -> ExitCode {
         let socket = client::resolve_socket(cli.socket);
         match &cli.command {
             cli::Command::Version => return meta::version(&socket, cli.output).await,
+            cli::Command::Doctor => return doctor::doctor(&socket, cli.output).await,
             cli::Command::Completions { shell } => return meta::completions(*shell),
             cli::Command::Man { out_dir } => return meta::man_pages(out_dir),
             _ => {}

@@ -638,3 +638,104 @@ async fn scan_report_files_are_bounded_with_clear_messages() {
     let listed = d.ctl(&["-o", "json", "finding", "list"]).await.ok();
     assert!(!listed.stdout.contains("\"big\""), "{}", listed.stdout);
 }
+
+/// The state of check `name` in a `doctor -o json` report.
+fn doctor_check(report: &Value, name: &str) -> Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report}"))
+        .clone()
+}
+
+/// `doctor` passes a healthy daemon (warning about local mode and step-up
+/// off), and each broken part fails with a fix and exit 15: a state directory
+/// others can read, an OpenClaw gateway that is not there, an identity
+/// provider that does not answer, the daemon down.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_names_each_broken_part_with_a_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = TestDaemon::start().await.unwrap();
+    let healthy = d.ctl(&["-o", "json", "doctor"]).await.ok().json();
+    assert_eq!(healthy["ok"], true, "{healthy}");
+    for name in [
+        "socket",
+        "session",
+        "daemon",
+        "config",
+        "state-dir",
+        "store-file",
+        "store-disk",
+        "openclaw",
+    ] {
+        assert_eq!(doctor_check(&healthy, name)["state"], "ok", "{healthy}");
+    }
+    for name in ["auth-mode", "stepup"] {
+        let c = doctor_check(&healthy, name);
+        assert_eq!(c["state"], "warn", "{c}");
+        assert!(!c["fix"].as_str().unwrap().is_empty(), "{c}");
+    }
+    let table = d.ctl(&["doctor"]).await.ok();
+    assert!(
+        table.stdout.contains("To fix:\n  auth-mode: "),
+        "{}",
+        table.stdout
+    );
+
+    let state_dir = d.db_path().parent().unwrap().to_owned();
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = d.ctl(&["-o", "json", "doctor"]).await;
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(run.code, 15, "{}", run.stderr);
+    let c = doctor_check(&run.json(), "state-dir");
+    assert_eq!(c["state"], "fail", "{c}");
+    assert!(c["fix"].as_str().unwrap().starts_with("chmod 700 "), "{c}");
+    d.stop().await.unwrap();
+    let down = d.ctl(&["-o", "json", "doctor"]).await;
+    assert_eq!(down.code, 15, "{}", down.stderr);
+    let c = doctor_check(&down.json(), "socket");
+    assert_eq!(c["state"], "fail", "{c}");
+    assert!(
+        c["fix"].as_str().unwrap().contains("start the daemon"),
+        "{c}"
+    );
+
+    // Nothing listens on these: a gateway and an identity provider that are not there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let issuer = format!("https://127.0.0.1:{port}/");
+    let d = TestDaemon::start_with(&[
+        ("DEFENSECLAW_OPENCLAW__ENABLED", "true"),
+        ("DEFENSECLAW_OPENCLAW__URL", &url),
+        ("DEFENSECLAW_AUTH__MODE", "oidc"),
+        ("DEFENSECLAW_AUTH__ISSUER", &issuer),
+        (
+            "DEFENSECLAW_AUTH__AUDIENCE",
+            "https://defenseclaw.local/api",
+        ),
+        ("DEFENSECLAW_AUTH__CLI_CLIENT_ID", "cli-client"),
+    ])
+    .await
+    .unwrap();
+    let run = d.ctl(&["-o", "json", "doctor"]).await;
+    assert_eq!(run.code, 15, "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    let openclaw = doctor_check(&report, "openclaw");
+    assert_eq!(openclaw["state"], "fail", "{openclaw}");
+    assert!(
+        openclaw["detail"].as_str().unwrap().contains(&url),
+        "{openclaw}"
+    );
+    let idp = doctor_check(&report, "identity-provider");
+    assert_eq!(idp["state"], "fail", "{idp}");
+    assert!(
+        idp["fix"].as_str().unwrap().contains("[auth] issuer"),
+        "{idp}"
+    );
+    assert_eq!(doctor_check(&report, "auth-mode")["state"], "ok");
+    assert_eq!(doctor_check(&report, "session")["state"], "warn");
+}
