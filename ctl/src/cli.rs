@@ -55,6 +55,20 @@ pub enum Command {
     Status,
     /// This CLI's version, and the daemon's when it answers.
     Version,
+    /// Write a starting config (a user's own, or root's system file) and explain the two modes.
+    #[command(after_help = crate::examples::INIT)]
+    Init {
+        /// Where to write it (default: ~/.config/defenseclaw/defenseclawd.toml, or
+        /// /etc/defenseclaw/defenseclawd.toml for root).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Where the OpenClaw gateway listens (default 127.0.0.1:18789).
+        #[arg(long, value_name = "HOST:PORT")]
+        gateway: Option<std::net::SocketAddr>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Check the setup end to end and say how to fix what is wrong (exit 15 if anything failed).
     #[command(after_help = crate::examples::DOCTOR)]
     Doctor,

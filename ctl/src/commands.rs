@@ -48,6 +48,7 @@ pub async fn run(
         | Command::Rule { .. }
         | Command::Version
         | Command::Doctor
+        | Command::Init { .. }
         | Command::Completions { .. }
         | Command::Man { .. } => Err(Failure::new(
             crate::exit::FAILURE,

@@ -10,6 +10,7 @@ pub mod connections;
 pub mod doctor;
 pub mod examples;
 pub mod exit;
+pub mod init;
 pub mod meta;
 pub mod quarantine;
 pub mod render;
@@ -165,6 +166,11 @@ pub fn main_entry() -> ExitCode {
         match &cli.command {
             cli::Command::Version => return meta::version(&socket, cli.output).await,
             cli::Command::Doctor => return doctor::doctor(&socket, cli.output).await,
+            cli::Command::Init {
+                config,
+                gateway,
+                force,
+            } => return init::init(config.clone(), *gateway, *force, cli.output).await,
             cli::Command::Completions { shell } => return meta::completions(*shell),
             cli::Command::Man { out_dir } => return meta::man_pages(out_dir),
             _ => {}

@@ -460,7 +460,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         state_dir.clone(),
         store_path.clone(),
     ];
-    if let ConfigFile::Explicit(path) = &config_file {
+    if let ConfigFile::Explicit(path) | ConfigFile::User(path) = &config_file {
         protected.push(path.clone());
     }
     monitor.gate().protect_paths(protected);

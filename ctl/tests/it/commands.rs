@@ -739,3 +739,94 @@ async fn doctor_names_each_broken_part_with_a_fix() {
     assert_eq!(doctor_check(&report, "auth-mode")["state"], "ok");
     assert_eq!(doctor_check(&report, "session")["state"], "warn");
 }
+
+/// `init` writes a private starting config from the shipped example, turns
+/// OpenClaw monitoring on only when a gateway answers, and never replaces a
+/// file without `--force`.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_writes_a_private_config_and_enables_openclaw_only_when_a_gateway_answers() {
+    use std::os::unix::fs::PermissionsExt;
+    let nowhere = std::path::Path::new("/nonexistent/defenseclawd.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conf/defenseclawd.toml");
+    let path_arg = path.to_str().unwrap();
+    let openclaw_section = |text: &str| {
+        let start = text.find("\n[openclaw]\n").unwrap();
+        let rest = &text[start + 1..];
+        rest[..rest[1..].find("\n[").map_or(rest.len(), |i| i + 1)].to_owned()
+    };
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let v = ctl_at(
+        nowhere,
+        &[
+            "-o",
+            "json",
+            "init",
+            "--config",
+            path_arg,
+            "--gateway",
+            &closed_addr,
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(v["openclaw"]["gateway_answered"], false, "{v}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        openclaw_section(&text).contains("\nenabled = false\n"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    let again = ctl_at(nowhere, &["init", "--config", path_arg]).await;
+    assert_eq!(again.code, 4, "{}", again.stderr);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "replaced without --force"
+    );
+
+    let gateway = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = gateway.local_addr().unwrap().to_string();
+    let run = ctl_at(
+        nowhere,
+        &["init", "--config", path_arg, "--gateway", &addr, "--force"],
+    )
+    .await
+    .ok();
+    assert!(
+        run.stdout.contains("local ") && run.stdout.contains("oidc "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("defenseclawctl doctor"),
+        "{}",
+        run.stdout
+    );
+    let section = openclaw_section(&std::fs::read_to_string(&path).unwrap());
+    assert!(section.contains("\nenabled = true\n"), "{section}");
+    assert!(
+        section.contains(&format!("\nurl = \"ws://{addr}/\"\n")),
+        "{section}"
+    );
+
+    let relative = ctl_at(nowhere, &["init", "--config", "relative.toml"]).await;
+    assert_eq!(relative.code, 2, "{}", relative.stderr);
+}
