@@ -4,15 +4,40 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Output format, as the commands print it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
-    /// Aligned columns for people.
+    /// Aligned columns for people (`-o table`, or `-o wide` with no cell shortened).
     Table,
+    /// One JSON document.
+    Json,
+    /// SARIF 2.1.0.
+    Sarif,
+}
+
+/// `-o`: the output format asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people; long cells end in `…`.
+    Table,
+    /// Aligned columns with every cell in full.
+    Wide,
     /// One JSON document (JSON lines for `audit export`, `audit tail` and scans).
     Json,
     /// SARIF 2.1.0 (scan commands only), for code-scanning tools.
     Sarif,
+}
+
+impl OutputFormat {
+    /// The format the commands print, and whether table cells stay whole.
+    pub fn resolve(self) -> (Output, bool) {
+        match self {
+            Self::Table => (Output::Table, false),
+            Self::Wide => (Output::Table, true),
+            Self::Json => (Output::Json, false),
+            Self::Sarif => (Output::Sarif, false),
+        }
+    }
 }
 
 /// Command-line client for defenseclawd.
@@ -28,7 +53,7 @@ pub struct Cli {
     pub socket: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
-    pub output: Output,
+    pub output: OutputFormat,
     /// When a change needs a human approval, print the request and return at once.
     #[arg(long, global = true)]
     pub no_wait: bool,

@@ -74,7 +74,7 @@ async fn openclaw_command(
         .collect();
     match output {
         Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-        Output::Table => print_text(&render::table(
+        Output::Table => render::print_table(
             &["ID", "KIND", "SUBJECT", "DECISION", "RESOLVED", "REASON"],
             &values
                 .iter()
@@ -89,7 +89,7 @@ async fn openclaw_command(
                     ]
                 })
                 .collect::<Vec<_>>(),
-        )),
+        ),
     }
 }
 
@@ -231,7 +231,7 @@ async fn target_command(
             let values: Vec<Value> = reply.targets.iter().map(render::summary).collect();
             return match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&render::table(
+                Output::Table => render::print_table(
                     &["NAME", "STATE", "FINDINGS", "MAX", "DECIDED BY", "REASON"],
                     &values
                         .iter()
@@ -241,12 +241,12 @@ async fn target_command(
                                 s(&v["state"]),
                                 v["open_findings"].to_string(),
                                 s(&v["max_severity"]),
-                                s(&v["decided_by"]),
+                                render::actor_label(&s(&v["decided_by"])),
                                 s(&v["reason"]),
                             ]
                         })
                         .collect::<Vec<_>>(),
-                )),
+                ),
             };
         }
         TargetCommand::Show { name } => {
@@ -267,7 +267,7 @@ async fn target_command(
                         s(&v["name"]),
                         s(&v["state"]),
                         s(&v["reason"]),
-                        s(&v["decided_by"]),
+                        render::actor_label(&s(&v["decided_by"])),
                         s(&v["decided_at"])
                     );
                     text.push_str(&findings_table(
@@ -334,35 +334,36 @@ async fn target_command(
     }
 }
 
+/// Columns of a findings table.
+const FINDING_COLUMNS: &[&str] = &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"];
+
 fn findings_table(findings: &[Value]) -> String {
-    if findings.is_empty() {
-        return "no findings".into();
-    }
-    render::table(
-        &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"],
-        &findings
-            .iter()
-            .map(|f| {
-                let line = f["line"].as_u64().unwrap_or(0);
-                vec![
-                    f["id"].to_string(),
-                    s(&f["severity"]),
-                    s(&f["rule_id"]),
-                    if line > 0 {
-                        format!("{}:{line}", s(&f["location"]))
-                    } else {
-                        s(&f["location"])
-                    },
-                    s(&f["title"]),
-                    if f["dismissed"].as_bool() == Some(true) {
-                        "dismissed".into()
-                    } else {
-                        "open".into()
-                    },
-                ]
-            })
-            .collect::<Vec<_>>(),
-    )
+    render::table(FINDING_COLUMNS, &finding_rows(findings))
+}
+
+fn finding_rows(findings: &[Value]) -> Vec<Vec<String>> {
+    findings
+        .iter()
+        .map(|f| {
+            let line = f["line"].as_u64().unwrap_or(0);
+            vec![
+                f["id"].to_string(),
+                s(&f["severity"]),
+                s(&f["rule_id"]),
+                if line > 0 {
+                    format!("{}:{line}", s(&f["location"]))
+                } else {
+                    s(&f["location"])
+                },
+                s(&f["title"]),
+                if f["dismissed"].as_bool() == Some(true) {
+                    "dismissed".into()
+                } else {
+                    "open".into()
+                },
+            ]
+        })
+        .collect()
 }
 
 async fn finding_command(
@@ -390,7 +391,7 @@ async fn finding_command(
             let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
             match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&findings_table(&values)),
+                Output::Table => render::print_table(FINDING_COLUMNS, &finding_rows(&values)),
             }
         }
         FindingCommand::Dismiss { id, reason } => {
@@ -550,30 +551,34 @@ async fn scan_command(
     }
 }
 
+/// Columns of an audit table.
+const ENTRY_COLUMNS: &[&str] = &[
+    "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
+];
+
 fn entries_table(entries: &[Value]) -> String {
-    render::table(
-        &[
-            "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
-        ],
-        &entries
-            .iter()
-            .map(|e| {
-                let target = match &e["target"] {
-                    Value::Null => String::new(),
-                    t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
-                };
-                vec![
-                    e["seq"].to_string(),
-                    s(&e["ts"]),
-                    s(&e["actor"]["name"]),
-                    s(&e["action"]),
-                    target,
-                    s(&e["outcome"]),
-                    s(&e["reason"]),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    )
+    render::table(ENTRY_COLUMNS, &entry_rows(entries))
+}
+
+fn entry_rows(entries: &[Value]) -> Vec<Vec<String>> {
+    entries
+        .iter()
+        .map(|e| {
+            let target = match &e["target"] {
+                Value::Null => String::new(),
+                t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
+            };
+            vec![
+                e["seq"].to_string(),
+                s(&e["ts"]),
+                s(&e["actor"]["name"]),
+                s(&e["action"]),
+                target,
+                s(&e["outcome"]),
+                s(&e["reason"]),
+            ]
+        })
+        .collect()
 }
 
 async fn audit_command(
@@ -598,7 +603,7 @@ async fn audit_command(
             let values: Vec<Value> = reply.entries.iter().map(render::entry).collect();
             match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&entries_table(&values)),
+                Output::Table => render::print_table(ENTRY_COLUMNS, &entry_rows(&values)),
             }
         }
         AuditCommand::Tail { from_start } => {

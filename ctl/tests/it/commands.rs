@@ -830,3 +830,61 @@ async fn init_writes_a_private_config_and_enables_openclaw_only_when_a_gateway_a
     let relative = ctl_at(nowhere, &["init", "--config", "relative.toml"]).await;
     assert_eq!(relative.code, 2, "{}", relative.stderr);
 }
+
+/// Tables: an empty list says `(none)`, a long reason is cut with `…` unless
+/// `-o wide`, "decided by" names the user like the audit's actor column, and
+/// colour appears only when asked for on a non-terminal and never with NO_COLOR.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_are_consistent_cut_or_wide_and_coloured_only_when_wanted() {
+    let d = TestDaemon::start().await.unwrap();
+    let empty = d.ctl(&["skill", "list"]).await.ok();
+    assert_eq!(
+        empty.stdout.lines().nth(1),
+        Some("(none)"),
+        "{}",
+        empty.stdout
+    );
+    let reason = format!("reviewed {}", "carefully ".repeat(12));
+    d.ctl(&["skill", "block", "long-reason", "--reason", reason.trim()])
+        .await
+        .ok();
+    let cut = d.ctl(&["skill", "list"]).await.ok();
+    assert!(
+        cut.stdout.contains('…') && !cut.stdout.contains(reason.trim()),
+        "{}",
+        cut.stdout
+    );
+    assert!(
+        cut.stdout.contains("root"),
+        "decided by shows the user: {}",
+        cut.stdout
+    );
+    assert!(
+        !cut.stdout.contains('\u{1b}'),
+        "colour off a terminal: {:?}",
+        cut.stdout
+    );
+    let wide = d.ctl(&["-o", "wide", "skill", "list"]).await.ok();
+    assert!(wide.stdout.contains(reason.trim()), "{}", wide.stdout);
+
+    let coloured = |no_color: bool| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"));
+        cmd.arg("--socket")
+            .arg(&d.socket)
+            .args(["skill", "list"])
+            .env("CLICOLOR_FORCE", "1")
+            .env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        cmd.output()
+    };
+    let forced = Run::from(coloured(false).await.unwrap()).ok();
+    assert!(
+        forced.stdout.contains("\u{1b}[31mblocked\u{1b}[0m"),
+        "{:?}",
+        forced.stdout
+    );
+    let plain = Run::from(coloured(true).await.unwrap()).ok();
+    assert!(!plain.stdout.contains('\u{1b}'), "{:?}", plain.stdout);
+}
