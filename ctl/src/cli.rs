@@ -54,8 +54,9 @@ pub struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     pub output: OutputFormat,
-    /// When a change needs a human approval, print the request and return at once.
-    #[arg(long, global = true)]
+    /// When a change needs a human approval, print the request and return at
+    /// once (also a flag of the commands that can need one).
+    #[arg(long)]
     pub no_wait: bool,
     /// What to do.
     #[command(subcommand)]
@@ -574,6 +575,9 @@ pub struct Decide {
     /// Why (recorded in the audit log).
     #[arg(long, default_value = "")]
     pub reason: String,
+    /// When the change needs a human approval, print the request and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// Finding commands.
@@ -598,6 +602,9 @@ pub enum FindingCommand {
         /// Why the finding is dismissed (recorded in the audit log).
         #[arg(long)]
         reason: String,
+        /// When the dismissal needs a human approval, print the request and return at once.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 

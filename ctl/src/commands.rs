@@ -213,6 +213,13 @@ async fn target_command(
     output: Output,
     no_wait: bool,
 ) -> Result<(), Failure> {
+    // `--no-wait` after the command, or before it.
+    let no_wait = no_wait
+        || match &action {
+            TargetCommand::Block(d) | TargetCommand::Unblock(d) => d.no_wait,
+            TargetCommand::Allow(a) => a.decide.no_wait,
+            _ => false,
+        };
     let decide = |d: Decide, action: pb::EnforcementAction| pb::SetEnforcementRequest {
         target: Some(pb::TargetRef {
             kind: kind as i32,
@@ -394,7 +401,12 @@ async fn finding_command(
                 Output::Table => render::print_table(FINDING_COLUMNS, &finding_rows(&values)),
             }
         }
-        FindingCommand::Dismiss { id, reason } => {
+        FindingCommand::Dismiss {
+            id,
+            reason,
+            no_wait: wait_flag,
+        } => {
+            let no_wait = no_wait || wait_flag;
             let f = client
                 .dismiss_finding(pb::DismissFindingRequest { id, reason })
                 .await?

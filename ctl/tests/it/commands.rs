@@ -544,6 +544,11 @@ async fn help_is_per_kind_with_examples() {
     );
     assert!(help(&["mcp", "scan"]).await.contains("--config"));
     assert!(!help(&["skill", "allow"]).await.contains("--connection"));
+    // --no-wait only where a change can wait for a human.
+    assert!(!skill_scan.contains("--no-wait"), "{skill_scan}");
+    assert!(!help(&["audit", "list"]).await.contains("--no-wait"));
+    assert!(help(&["skill", "allow"]).await.contains("--no-wait"));
+    assert!(help(&["finding", "dismiss"]).await.contains("--no-wait"));
     assert!(help(&["mcp", "allow"]).await.contains("--connection"));
     for args in [
         &["skill"][..],
