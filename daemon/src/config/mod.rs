@@ -27,7 +27,7 @@ pub const SYSTEM_CONFIG_PATH: &str = defenseclaw_common::paths::SYSTEM_CONFIG;
 /// Prefix of environment overrides; nested keys are joined with `__`, e.g.
 /// `DEFENSECLAW_SERVER__SOCKET`. Variables without `__` (such as
 /// `DEFENSECLAW_HOME`) are not config keys and are left alone.
-pub const ENV_PREFIX: &str = "DEFENSECLAW";
+pub use env::ENV_PREFIX;
 
 /// The commented example configuration shipped as
 /// `/etc/defenseclaw/defenseclawd.toml`, printed by `--print-example-config`.
@@ -400,6 +400,7 @@ impl Settings {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.openclaw
             .validate()
+            .and_then(|()| crate::openclaw::Policy::from_settings(&self.openclaw).map(drop))
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.scanner
             .validate()
