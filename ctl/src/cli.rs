@@ -646,8 +646,11 @@ pub enum AuditCommand {
     /// Recompute the hash chain; optionally check a head recorded earlier.
     Verify {
         /// SEQ:HASH recorded earlier (catches truncation).
-        #[arg(long, value_name = "SEQ:HASH")]
+        #[arg(long, value_name = "SEQ:HASH", conflicts_with = "from_export")]
         head: Option<String>,
+        /// Check a JSON-lines export from any sink instead (no daemon needed; "-" for stdin).
+        #[arg(long, value_name = "FILE")]
+        from_export: Option<PathBuf>,
     },
     /// Every entry as JSON lines, oldest first.
     Export,

@@ -201,7 +201,23 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
                 h.hash,
                 auth_line,
                 oc_line
-            ))
+            ))?;
+            for e in &s.exporters {
+                print_text(&format!(
+                    "export:   {} ({}) {}, cursor {}, lag {}{}",
+                    e.name,
+                    e.kind,
+                    e.state,
+                    e.cursor,
+                    e.lag,
+                    if e.last_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last error: {}", e.last_error)
+                    }
+                ))?;
+            }
+            Ok(())
         }
     }
 }
@@ -593,6 +609,35 @@ fn entry_rows(entries: &[Value]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// `audit verify --from-export FILE`: checked locally, no daemon.
+pub fn verify_export(file: &std::path::Path, output: Output) -> Result<(), Failure> {
+    let report =
+        crate::export_verify::verify_file(file).map_err(|e| Failure::new(crate::exit::USAGE, e))?;
+    match output {
+        Output::Json | Output::Sarif => print_json(&json!(report))?,
+        Output::Table if report.ok => print_text(&format!(
+            "export intact: {} entries ({} repeats), {} head records, last {}",
+            report.entries_checked,
+            report.duplicates,
+            report.heads_checked,
+            report.last.as_deref().unwrap_or("none")
+        ))?,
+        Output::Table => {}
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            AUDIT_BROKEN,
+            format!(
+                "audit export broken at entry {}: {}",
+                report.first_bad_seq.unwrap_or(0),
+                report.problem.unwrap_or_default()
+            ),
+        ))
+    }
+}
+
 async fn audit_command(
     client: &mut Client,
     action: AuditCommand,
@@ -656,7 +701,11 @@ async fn audit_command(
             }
             Ok(())
         }
-        AuditCommand::Verify { head } => {
+        AuditCommand::Verify {
+            from_export: Some(file),
+            ..
+        } => verify_export(&file, output),
+        AuditCommand::Verify { head, .. } => {
             let reply = client
                 .verify_audit(pb::VerifyAuditRequest {
                     head: head.unwrap_or_default(),

@@ -171,6 +171,15 @@ pub fn status(s: &pb::StatusReply) -> Value {
             "jwks_last_refresh_ok_at": empty_null(&a.jwks_last_refresh_ok_at),
         })).unwrap_or(Value::Null),
         "openclaw": s.openclaw.as_ref().map(openclaw_status).unwrap_or(Value::Null),
+        "exporters": s.exporters.iter().map(|e| json!({
+            "name": e.name,
+            "kind": e.kind,
+            "state": e.state,
+            "cursor": e.cursor,
+            "lag": e.lag,
+            "last_error": empty_null(&e.last_error),
+            "last_success_at": empty_null(&e.last_success_at),
+        })).collect::<Vec<_>>(),
     })
 }
 

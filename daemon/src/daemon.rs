@@ -435,6 +435,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             cancel.child_token(),
         ));
     }
+    // Audit export: one task per sink, reading after its stored cursor.
+    let exporters = crate::export::Exporters::default();
+    crate::governance::exporting::start(&store, &settings.export, &exporters, &cancel)
+        .await
+        .inspect_err(|_| cleanup.run())?;
     let gov = Governance::new(Parts {
         store: store.clone(),
         cache,
@@ -445,6 +450,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         vault,
         coalescer: coalescer.clone(),
         quarantine,
+        exporters: exporters.clone(),
     });
     // The gate socket the OpenClaw plugin asks, beside the control socket.
     let gate_path = crate::gate::socket_path(&settings.openclaw, &socket);

@@ -7,6 +7,7 @@ pub mod idp;
 pub mod impostor;
 pub mod openclaw;
 pub mod requests;
+pub mod rsyslog;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -7,6 +7,7 @@ mod attacks_local;
 mod auth;
 mod commands;
 mod connect;
+mod export;
 mod identity;
 mod quarantine;
 mod scanning;

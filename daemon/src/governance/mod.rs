@@ -6,6 +6,7 @@ pub mod admission;
 pub mod connections;
 pub mod enforcement;
 pub mod enforcer;
+pub mod exporting;
 pub mod findings;
 pub mod gate_calls;
 pub mod openclaw_host;
@@ -45,6 +46,7 @@ pub struct Governance {
     vault: Arc<TokenBroker>,
     coalescer: Arc<AuditCoalescer>,
     quarantine: Arc<quarantine::Quarantine>,
+    exporters: crate::export::Exporters,
 }
 
 impl std::fmt::Debug for Governance {
@@ -76,6 +78,8 @@ pub struct Parts {
     pub coalescer: Arc<AuditCoalescer>,
     /// Moves skill folders into quarantine and back.
     pub quarantine: Arc<quarantine::Quarantine>,
+    /// The audit export sinks' delivery state.
+    pub exporters: crate::export::Exporters,
 }
 
 impl Governance {
@@ -91,6 +95,7 @@ impl Governance {
             vault,
             coalescer,
             quarantine,
+            exporters,
         } = parts;
         Self {
             store,
@@ -102,6 +107,7 @@ impl Governance {
             vault,
             coalescer,
             quarantine,
+            exporters,
         }
     }
 

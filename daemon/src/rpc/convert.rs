@@ -295,6 +295,19 @@ pub fn pb_entry(e: &Entry) -> pb::AuditEntry {
     }
 }
 
+/// Wire form of an export sink's state; `head_seq` gives its lag.
+pub fn pb_exporter(s: &crate::export::SinkStatus, head_seq: u64) -> pb::ExporterStatus {
+    pb::ExporterStatus {
+        name: s.name.clone(),
+        kind: s.kind.clone(),
+        state: s.state.as_str().to_owned(),
+        cursor: s.cursor,
+        lag: head_seq.saturating_sub(s.cursor),
+        last_error: s.last_error.clone().unwrap_or_default(),
+        last_success_at: s.last_success_at.clone().unwrap_or_default(),
+    }
+}
+
 /// Wire form of the audit chain's head.
 pub fn pb_head(h: &Head) -> pb::AuditHead {
     pb::AuditHead {

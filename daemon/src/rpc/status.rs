@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::authn::Need;
 use super::convert::{
-    pb_actor, pb_auth_mode, pb_counts, pb_diagnostic, pb_head, pb_openclaw_status,
+    pb_actor, pb_auth_mode, pb_counts, pb_diagnostic, pb_exporter, pb_head, pb_openclaw_status,
 };
 use super::service::ControlService;
 use crate::clock::format_ts;
@@ -53,6 +53,11 @@ pub(super) async fn get_status(
             view.pending_enforcements,
             view.gate,
         )),
+        exporters: view
+            .exporters
+            .iter()
+            .map(|s| pb_exporter(s, view.head.seq))
+            .collect(),
     }))
 }
 

@@ -7,7 +7,8 @@
 //!
 //! Each family of operations has its own module with its SQL, its
 //! [`Operation`]s and their audit entries: [`enforcement`], [`findings`],
-//! [`scan_reports`], [`stepup`], [`connections`], [`quarantine`] and [`audit_log`].
+//! [`scan_reports`], [`stepup`], [`connections`], [`quarantine`], [`export_cursors`]
+//! and [`audit_log`].
 //! [`Store::write`] answers with the operation's own effect type.
 //!
 //! Layers inside, no circle: [`handle`] (the `Store` type) and [`chain`] (the
@@ -18,6 +19,7 @@ pub mod audit_log;
 mod chain;
 pub mod connections;
 pub mod enforcement;
+pub mod export_cursors;
 pub mod findings;
 mod handle;
 pub mod quarantine;
@@ -39,6 +41,7 @@ pub use connections::{
     LinkAccount, RevokeConnection, Revoked,
 };
 pub use enforcement::{Enforced, RegisterTargets, SetEnforcement, TargetRow};
+pub use export_cursors::AdvanceExportCursor;
 pub use findings::{DismissFinding, Dismissed, FindingRow};
 pub use handle::Store;
 pub use scan_reports::{NewFinding, ReportOrigin, ReportStored, ScanReport};

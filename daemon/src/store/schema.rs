@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 /// `PRAGMA application_id` of a DefenseClaw database ("DCLW").
 pub const APPLICATION_ID: i64 = 0x4443_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -133,6 +133,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
         quarantined_by TEXT NOT NULL,
         quarantined_at TEXT NOT NULL
     );
+    "#,
+    ),
+    (
+        7,
+        r#"
+    CREATE TABLE export_cursors (
+        name       TEXT PRIMARY KEY,
+        seq        INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE export_host (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        host_id TEXT NOT NULL
+    );
+    INSERT INTO export_host (id, host_id) VALUES (1, lower(hex(randomblob(16))));
     "#,
     ),
 ];
