@@ -69,6 +69,9 @@ pub enum StartError {
     /// The scan pool could not start.
     #[error(transparent)]
     ScanPool(#[from] crate::governance::scan_pool::PoolError),
+    /// An `[export.<name>]` sink could not be started.
+    #[error("audit export: {0}")]
+    Export(String),
     /// Step-up is on but what it needs is missing.
     #[error("{0}")]
     StepUp(&'static str),
@@ -437,8 +440,9 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     }
     // Audit export: one task per sink, reading after its stored cursor.
     let exporters = crate::export::Exporters::default();
-    crate::governance::exporting::start(&store, &settings.export, &exporters, &cancel)
+    crate::governance::exporting::start(&store, &settings.export, &secrets, &exporters, &cancel)
         .await
+        .map_err(StartError::Export)
         .inspect_err(|_| cleanup.run())?;
     let gov = Governance::new(Parts {
         store: store.clone(),

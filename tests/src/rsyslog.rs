@@ -1,6 +1,7 @@
 //! A real rsyslog receiver for the syslog exporter's tests: `rsyslogd -n` with
 //! a private configuration (imtcp on a loopback port, omfile into a temporary
-//! directory, no system paths), started, killed and restarted on the same port.
+//! directory, no system paths), started, killed and restarted on the same port;
+//! optionally TLS through rsyslog's GnuTLS driver (Debian's `rsyslog-gnutls`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +34,15 @@ impl Rsyslog {
     /// Prepares a receiver on a free loopback port without starting it.
     /// Fails clearly when rsyslogd is not installed.
     pub fn new() -> Result<Self> {
+        Self::prepare(None)
+    }
+
+    /// A TLS receiver (RFC 5425) presenting `cert_pem` with `key_pem`.
+    pub fn new_tls(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        Self::prepare(Some((cert_pem, key_pem)))
+    }
+
+    fn prepare(tls: Option<(&str, &str)>) -> Result<Self> {
         if !Path::new(RSYSLOGD).is_file() {
             bail!(
                 "{RSYSLOGD} is missing: install Debian's rsyslog package (apt-get install rsyslog; .ci/run does)"
@@ -45,9 +55,37 @@ impl Rsyslog {
             .port();
         let work = dir.path().join("work");
         std::fs::create_dir(&work).context("creating rsyslog's work directory")?;
+        let (global_tls, module_tls) = match tls {
+            None => (String::new(), String::new()),
+            Some((cert, key)) => {
+                let has_gtls = std::fs::read_dir("/usr/lib")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|d| d.path().join("rsyslog/lmnsd_gtls.so").exists());
+                if !has_gtls {
+                    bail!(
+                        "rsyslog's GnuTLS driver is missing: install Debian's rsyslog-gnutls package (.ci/run does)"
+                    );
+                }
+                let cert_path = dir.path().join("cert.pem");
+                let key_path = dir.path().join("key.pem");
+                std::fs::write(&cert_path, cert).context("writing the receiver's certificate")?;
+                std::fs::write(&key_path, key).context("writing the receiver's key")?;
+                (
+                    format!(
+                        r#" DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{c}" DefaultNetstreamDriverCertFile="{c}" DefaultNetstreamDriverKeyFile="{k}""#,
+                        c = cert_path.display(),
+                        k = key_path.display()
+                    ),
+                    r#" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon""#
+                        .to_owned(),
+                )
+            }
+        };
         let conf = format!(
-            r#"global(workDirectory="{work}" maxMessageSize="128k")
-module(load="imtcp")
+            r#"global(workDirectory="{work}" maxMessageSize="128k"{global_tls})
+module(load="imtcp"{module_tls})
 template(name="sdmsg" type="string" string="%structured-data% %msg%\n")
 ruleset(name="export") {{
   action(type="omfile" file="{out}" template="sdmsg" flushOnTXEnd="on" asyncWriting="off")
@@ -68,6 +106,11 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="export")
     /// `tcp://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// `tls://127.0.0.1:<port>`.
+    pub fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
     }
 
     /// Starts rsyslogd and waits until its port accepts connections.

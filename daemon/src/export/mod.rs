@@ -8,6 +8,7 @@ pub mod record;
 pub mod settings;
 pub mod state;
 pub mod syslog;
+pub mod webhook;
 
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub enum Sink {
     File(std::sync::Arc<file::FileSink>),
     /// RFC 5424 over TCP.
     Syslog(syslog::SyslogSink),
+    /// Signed JSON POSTs.
+    Webhook(webhook::WebhookSink),
 }
 
 /// How a delivery went.
@@ -36,19 +39,42 @@ pub enum Delivered {
 
 impl Sink {
     /// The transport for `settings` (already validated).
-    pub fn new(settings: &SinkSettings) -> Result<Self, String> {
+    pub fn new(
+        settings: &SinkSettings,
+        secret: Option<crate::secrets::SecretString>,
+    ) -> Result<Self, String> {
         match settings.endpoint()? {
+            Endpoint::Http(url) => {
+                let secret = secret.ok_or_else(|| {
+                    "a webhook sink needs its signing secret: DEFENSECLAW_EXPORT_<NAME>_TOKEN, the credential export-<name>-token, or <state dir>/.env".to_owned()
+                })?;
+                Ok(Self::Webhook(webhook::WebhookSink::new(
+                    url,
+                    secret,
+                    Duration::from_secs(settings.timeout_secs),
+                )?))
+            }
             Endpoint::File(path) => Ok(Self::File(std::sync::Arc::new(file::FileSink::new(
                 path,
                 settings.max_file_bytes,
                 settings.keep_files,
             )))),
-            Endpoint::Tcp { host, port } => Ok(Self::Syslog(syslog::SyslogSink::new(
+            Endpoint::Tcp {
                 host,
                 port,
-                settings.facility,
-                Duration::from_secs(settings.timeout_secs),
-            ))),
+                tls_pin,
+            } => {
+                let tls = tls_pin
+                    .map(|pin| crate::openclaw::pinned_tls_config(pin).map_err(|e| e.to_string()))
+                    .transpose()?;
+                Ok(Self::Syslog(syslog::SyslogSink::new(
+                    host,
+                    port,
+                    tls,
+                    settings.facility,
+                    Duration::from_secs(settings.timeout_secs),
+                )))
+            }
         }
     }
 
@@ -56,7 +82,7 @@ impl Sink {
     /// (the runner then replays its last delivery).
     pub fn check_lost(&mut self) -> bool {
         match self {
-            Self::File(_) => false,
+            Self::File(_) | Self::Webhook(_) => false,
             Self::Syslog(s) => s.check_lost(),
         }
     }
@@ -72,6 +98,7 @@ impl Sink {
                     .map_err(|e| format!("file writer task: {e}"))??;
                 Ok(Delivered::Ok)
             }
+            Self::Webhook(w) => w.send(records).await.map(|()| Delivered::Ok),
             Self::Syslog(s) => Ok(match s.send(records).await? {
                 syslog::Sent::Same => Delivered::Ok,
                 syslog::Sent::Reconnected => Delivered::OkReconnected,

@@ -17,7 +17,7 @@ pub enum SinkKind {
     Syslog,
     /// OTLP/HTTP protobuf logs (not built yet: refused at start).
     Otlp,
-    /// Signed JSON POSTs (not built yet: refused at start).
+    /// Signed JSON POSTs, one per record.
     Webhook,
     /// JSON lines with size-based rotation.
     File,
@@ -41,7 +41,7 @@ impl SinkKind {
 pub struct SinkSettings {
     /// `syslog`, `otlp`, `webhook` or `file`.
     pub kind: SinkKind,
-    /// `tcp://host:port` (syslog), `file:///abs/path` or an absolute path (file).
+    /// `tcp://host:port` or `tls://host:port` (syslog), `file:///abs/path` or an absolute path (file).
     pub url: String,
     /// Only entries with one of these actions (empty: all).
     #[serde(default)]
@@ -79,6 +79,10 @@ pub struct SinkSettings {
     /// `syslog`: facility number 0..=23 (default 13, log audit).
     #[serde(default = "default_facility")]
     pub facility: u8,
+    /// `tls://` syslog: SHA-256 of the receiver's certificate (64 hex digits,
+    /// colons allowed). Required for `tls://`: the receiver is trusted by pin.
+    #[serde(default)]
+    pub tls_pin_sha256: Option<String>,
 }
 
 fn default_batch_size() -> u32 {
@@ -168,12 +172,28 @@ impl SinkSettings {
             SinkKind::Syslog => {
                 let url = url::Url::parse(&self.url)
                     .map_err(|e| format!("{:?} is not a URL: {e}", self.url))?;
-                if url.scheme() != "tcp" {
-                    return Err(format!(
-                        "syslog sinks take tcp://host:port (tls:// is not built yet), not {}://",
-                        url.scheme()
-                    ));
-                }
+                let pin = match (url.scheme(), &self.tls_pin_sha256) {
+                    ("tcp", None) => None,
+                    ("tcp", Some(_)) => {
+                        return Err(
+                            "tls_pin_sha256 is set but the URL is tcp:// (use tls://)".into()
+                        );
+                    }
+                    ("tls", Some(pin)) => {
+                        Some(crate::openclaw::parse_tls_pin(pin).map_err(|e| e.to_string())?)
+                    }
+                    ("tls", None) => {
+                        return Err(
+                            "tls:// needs tls_pin_sha256 (the receiver's certificate SHA-256)"
+                                .into(),
+                        );
+                    }
+                    (other, _) => {
+                        return Err(format!(
+                            "syslog sinks take tcp://host:port or tls://host:port, not {other}://"
+                        ));
+                    }
+                };
                 let host = url
                     .host_str()
                     .filter(|h| !h.is_empty())
@@ -187,10 +207,22 @@ impl SinkSettings {
                         .trim_end_matches(']')
                         .to_owned(),
                     port,
+                    tls_pin: pin,
                 })
             }
-            SinkKind::Otlp | SinkKind::Webhook => Err(format!(
-                "{} sinks are not built yet; use file or syslog",
+            SinkKind::Webhook => {
+                let url = url::Url::parse(&self.url)
+                    .map_err(|e| format!("{:?} is not a URL: {e}", self.url))?;
+                if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+                    return Err("webhook sinks take an http:// or https:// URL".into());
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err("put the webhook's credentials in its secret, not the URL".into());
+                }
+                Ok(Endpoint::Http(url))
+            }
+            SinkKind::Otlp => Err(format!(
+                "{} sinks are not built yet; use file, syslog or webhook",
                 self.kind.as_str()
             )),
         }
@@ -200,6 +232,8 @@ impl SinkSettings {
 /// A parsed sink URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// An HTTP(S) receiver.
+    Http(url::Url),
     /// A JSON-lines file.
     File(std::path::PathBuf),
     /// A TCP peer.
@@ -208,6 +242,8 @@ pub enum Endpoint {
         host: String,
         /// Port.
         port: u16,
+        /// `tls://`: the pinned certificate's SHA-256.
+        tls_pin: Option<[u8; 32]>,
     },
 }
 

@@ -9,8 +9,14 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A connection to the receiver, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Stream for T {}
 
 /// Structured-data id (the documentation enterprise number of RFC 5612).
 pub const SD_ID: &str = "defenseclaw@32473";
@@ -22,10 +28,11 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub struct SyslogSink {
     host: String,
     port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
     facility: u8,
     timeout: Duration,
     hostname: String,
-    conn: Option<TcpStream>,
+    conn: Option<Box<dyn Stream>>,
     /// A connection that carried data was lost since the last check.
     lost: bool,
 }
@@ -41,7 +48,13 @@ pub enum Sent {
 
 impl SyslogSink {
     /// A sink for `host:port`.
-    pub fn new(host: String, port: u16, facility: u8, timeout: Duration) -> Self {
+    pub fn new(
+        host: String,
+        port: u16,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        facility: u8,
+        timeout: Duration,
+    ) -> Self {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_owned())
@@ -50,6 +63,7 @@ impl SyslogSink {
         Self {
             host,
             port,
+            tls,
             facility,
             timeout,
             hostname,
@@ -96,37 +110,57 @@ impl SyslogSink {
     /// True once after the connection that carried earlier batches was found
     /// closed or failed: what was written to it may not have been read.
     pub fn check_lost(&mut self) -> bool {
-        if let Some(conn) = &self.conn {
-            let mut probe = [0u8; 256];
-            match conn.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                _ => {
-                    self.conn = None;
-                    self.lost = true;
-                }
-            }
+        if !self.alive() {
+            self.conn = None;
+            self.lost = true;
         }
         std::mem::take(&mut self.lost)
     }
 
     /// Opens a connection unless the current one is still up; true when a new one was opened.
     async fn ensure_connected(&mut self) -> Result<bool, String> {
-        if let Some(conn) = &self.conn {
-            let mut probe = [0u8; 256];
-            match conn.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-                // The receiver sends nothing on this protocol: EOF, data or an error means it is gone.
-                _ => self.conn = None,
-            }
+        if self.conn.is_some() && self.alive() {
+            return Ok(false);
         }
-        let addr = (self.host.as_str(), self.port);
-        let conn = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+        self.conn = None;
+        let (host, port) = (self.host.clone(), self.port);
+        let tls = self.tls.clone();
+        let connect = async move {
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            let Some(config) = tls else {
+                return Ok::<Box<dyn Stream>, String>(Box::new(tcp));
+            };
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("{host} is not a TLS server name: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+            Ok(Box::new(stream))
+        };
+        let conn = tokio::time::timeout(self.timeout, connect)
             .await
-            .map_err(|_| format!("connecting to {}:{} timed out", self.host, self.port))?
-            .map_err(|e| format!("connecting to {}:{}: {e}", self.host, self.port))?;
-        let _ = conn.set_nodelay(true);
+            .map_err(|_| format!("connecting to {}:{} timed out", self.host, self.port))??;
         self.conn = Some(conn);
         Ok(true)
+    }
+
+    /// Whether the open connection is still up: the receiver sends nothing
+    /// on this protocol, so readable EOF, data or an error means it is gone.
+    /// (TLS records such as session tickets are consumed by the TLS layer.)
+    fn alive(&mut self) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        let mut probe = [0u8; 256];
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let read = conn.read(&mut probe);
+        let mut read = std::pin::pin!(read);
+        matches!(read.as_mut().poll(&mut cx), std::task::Poll::Pending)
     }
 
     /// One RFC 5424 message.
@@ -188,7 +222,7 @@ mod tests {
 
     #[test]
     fn messages_are_rfc5424_with_chain_fields_in_structured_data() {
-        let sink = SyslogSink::new("h".into(), 1, 13, Duration::from_secs(1));
+        let sink = SyslogSink::new("h".into(), 1, None, 13, Duration::from_secs(1));
         let m = sink.message(&serde_json::json!({
             "seq": 7, "hash": "ab", "host_id": "h\"1", "ts": "2026-01-01T00:00:00.000000Z",
             "severity": "HIGH", "action": "block"

@@ -10,28 +10,43 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Result;
 use crate::export::record::{Filter, entry_object, head_object};
+use crate::export::settings::token_names;
 use crate::export::{Delivered, Exporters, SinkHealth, SinkSettings, state::FAILING_AFTER};
+use crate::secrets::SecretSources;
 use crate::store::{AdvanceExportCursor, Store};
 
 /// Starts one task per sink. Fails (before anything is spawned) when a sink
-/// cannot be built or the store cannot be read.
+/// cannot be built (a webhook without its secret) or the store cannot be read.
 pub async fn start(
     store: &Store,
     sinks: &BTreeMap<String, SinkSettings>,
+    secrets: &SecretSources,
     exporters: &Exporters,
     cancel: &CancellationToken,
-) -> Result<()> {
+) -> std::result::Result<(), String> {
     if sinks.is_empty() {
         return Ok(());
     }
-    let host_id = store.export_host_id().await?;
+    let host_id = store.export_host_id().await.map_err(|e| e.to_string())?;
     let mut tasks = Vec::new();
     for (name, settings) in sinks {
-        let sink = crate::export::Sink::new(settings)
-            .map_err(|e| crate::error::Error::Internal(format!("[export.{name}]: {e}")))?;
-        let cursor = store.export_cursor(name.clone()).await?;
+        let (env_name, credential) = token_names(name);
+        let secret = secrets
+            .get_named(&env_name, &credential)
+            .map_err(|e| e.to_string())?
+            .map(|(s, _)| s);
+        if settings.kind == crate::export::SinkKind::Webhook && secret.is_none() {
+            return Err(format!(
+                "[export.{name}]: a webhook sink needs its signing secret: set {env_name}, the credential {credential}, or {env_name} in <state dir>/.env"
+            ));
+        }
+        let sink = crate::export::Sink::new(settings, secret)
+            .map_err(|e| format!("[export.{name}]: {e}"))?;
+        let cursor = store
+            .export_cursor(name.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         let slot = exporters.register(name, settings.kind.as_str(), cursor);
         tasks.push(Runner {
             name: name.clone(),

@@ -62,3 +62,4 @@ pub use settings::{
     OpenClawSettings, REQUESTED_SCOPES, ToolAction, ToolRule,
 };
 pub use state::{ApprovalKind, ApprovalView, GatewayState, GatewayStatus};
+pub use tls::{parse_pin as parse_tls_pin, pinned_config as pinned_tls_config};

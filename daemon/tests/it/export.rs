@@ -278,3 +278,161 @@ async fn the_file_sink_resumes_from_its_cursor_with_a_stable_host_id() {
     assert!(!heads.is_empty());
     assert_eq!(heads[0]["filtered"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_syslog_reaches_rsyslog_only_with_the_pinned_certificate() {
+    use super::openclaw::{TEST_CERT, TEST_CERT_SHA256, TEST_KEY};
+    let mut rs = Rsyslog::new_tls(TEST_CERT, TEST_KEY).unwrap();
+    rs.start().await.unwrap();
+
+    // A wrong pin: nothing is sent, the failure is reported.
+    let mut env = syslog_env(&rs.tls_url());
+    env.push(("DEFENSECLAW_EXPORT__SIEM__TLS_PIN_SHA256", "ab".repeat(32)));
+    let d = TestDaemon::start_with(&as_refs(&env)).await.unwrap();
+    let mut c = d.client().await.unwrap();
+    block_many(&mut c, "pinned", 3).await;
+    let e = wait_for("the wrong pin to be refused", DELIVERY, || {
+        let mut c = c.clone();
+        async move {
+            let e = status(&mut c).await.exporters.first()?.clone();
+            (!e.last_error.is_empty()).then_some(e)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(e.last_error.contains("tls_pin_sha256"), "{}", e.last_error);
+    assert_eq!(e.cursor, 0);
+    drop(d);
+    assert!(rs.received().unwrap().is_empty());
+
+    // The right pin: everything arrives over TLS.
+    let mut env = syslog_env(&rs.tls_url());
+    env.push((
+        "DEFENSECLAW_EXPORT__SIEM__TLS_PIN_SHA256",
+        TEST_CERT_SHA256.into(),
+    ));
+    let d = TestDaemon::start_with(&as_refs(&env)).await.unwrap();
+    let mut c = d.client().await.unwrap();
+    block_many(&mut c, "pinned", 4).await;
+    let head = status(&mut c).await.audit_head.unwrap().seq;
+    let got = wait_delivered(&rs, head).await;
+    assert_complete_in_order(&got, &stored_hashes(&mut c).await);
+}
+
+/// A webhook receiver: answers 503 to the first `fail_first` requests, then
+/// 200; records (signature ok, body) of each request.
+async fn webhook_receiver(
+    fail_first: usize,
+    secret: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(bool, Value)>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/hook",
+        listener.local_addr().unwrap().port()
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let log = log.clone();
+            let served = served.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // Headers, then Content-Length bytes of body.
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let header = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
+                            .unwrap_or_default()
+                    };
+                    let len: usize = header("content-length").parse().unwrap();
+                    while buf.len() < end + len {
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = buf[end..end + len].to_vec();
+                    buf.drain(..end + len);
+                    let ts = header("x-defenseclaw-timestamp");
+                    let want = format!(
+                        "sha256={}",
+                        defenseclawd::export::webhook::sign(secret.as_bytes(), &ts, &body)
+                    );
+                    let fresh = ts.parse::<i64>().is_ok_and(|t| {
+                        (time::OffsetDateTime::now_utc().unix_timestamp() - t).abs() < 300
+                    });
+                    let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let answer: &[u8] = if n < fail_first {
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
+                    } else {
+                        log.lock().unwrap().push((
+                            header("x-defenseclaw-signature") == want && fresh,
+                            serde_json::from_slice(&body).unwrap(),
+                        ));
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+                    };
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_posts_signed_entries_and_retries_after_5xx() {
+    let (url, seen) = webhook_receiver(3, "hook-secret").await;
+    let env = [
+        ("DEFENSECLAW_EXPORT__HOOK__KIND", "webhook"),
+        ("DEFENSECLAW_EXPORT__HOOK__URL", url.as_str()),
+        ("DEFENSECLAW_EXPORT__HOOK__FLUSH_INTERVAL_MS", "20"),
+        ("DEFENSECLAW_EXPORT__HOOK__MAX_BACKOFF_SECS", "1"),
+        ("DEFENSECLAW_EXPORT_HOOK_TOKEN", "hook-secret"),
+    ];
+    let d = TestDaemon::start_with(&env).await.unwrap();
+    let mut c = d.client().await.unwrap();
+    block_many(&mut c, "hooked", 5).await;
+    let head = status(&mut c).await.audit_head.unwrap().seq;
+    let got = wait_for("the webhook to receive every entry", DELIVERY, || async {
+        let got: Vec<(bool, Value)> = seen.lock().unwrap().clone();
+        let bodies: Vec<Value> = got.iter().map(|(_, b)| b.clone()).collect();
+        covers(&bodies, head).then_some(got)
+    })
+    .await
+    .unwrap();
+    assert!(
+        got.iter().all(|(signed, _)| *signed),
+        "every request signed"
+    );
+    let bodies: Vec<Value> = got.into_iter().map(|(_, b)| b).collect();
+    assert_complete_in_order(&bodies, &stored_hashes(&mut c).await);
+    let status = status(&mut c).await;
+    assert!(!format!("{status:?}").contains("hook-secret"));
+
+    // Without its secret a webhook sink does not start, and says which secret.
+    let err = TestDaemon::start_with(&env[..4])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("DEFENSECLAW_EXPORT_HOOK_TOKEN") && err.contains("export-hook-token"),
+        "{err}"
+    );
+}
