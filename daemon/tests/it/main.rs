@@ -8,6 +8,7 @@ mod attacks_protection;
 mod attacks_scan;
 mod attacks_vault;
 mod audit_chain;
+mod clients;
 mod gate_e2e;
 mod governance;
 mod lifecycle;
