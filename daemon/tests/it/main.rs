@@ -13,6 +13,7 @@ mod gate_e2e;
 mod governance;
 mod lifecycle;
 mod llm;
+mod metrics;
 mod oidc;
 mod oidc_tokens;
 mod openclaw;
