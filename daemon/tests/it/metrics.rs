@@ -308,3 +308,27 @@ async fn no_token_secret_or_caller_supplied_name_reaches_a_label() {
         }
     }
 }
+
+/// The settings that turn the endpoint on, for other modules' daemons.
+pub(crate) fn listen_env() -> (String, String) {
+    ("DEFENSECLAW_METRICS__LISTEN".into(), "127.0.0.1:0".into())
+}
+
+/// Waits until the step-up outcome counters read `want` (the counter moves
+/// just after the request's row commits, so a reader may see the row first).
+pub(crate) async fn wait_for_stepup_outcomes(daemon: &TestDaemon, want: &[(&str, f64)]) {
+    let what = format!("step-up outcome counters {want:?}");
+    defenseclaw_testkit::wait_for(&what, std::time::Duration::from_secs(30), || async {
+        let s = samples(&tcp(daemon, GET).await);
+        want.iter()
+            .all(|(outcome, n)| {
+                get(
+                    &s,
+                    &format!("defenseclaw_stepup_outcomes_total{{outcome=\"{outcome}\"}}"),
+                ) == *n
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+}
