@@ -332,3 +332,8 @@ pub(crate) async fn wait_for_stepup_outcomes(daemon: &TestDaemon, want: &[(&str,
     .await
     .unwrap();
 }
+
+/// One scrape of a daemon started with [`listen_env`], as `series -> value`.
+pub(crate) async fn scrape(daemon: &TestDaemon) -> HashMap<String, f64> {
+    samples(&tcp(daemon, GET).await)
+}
