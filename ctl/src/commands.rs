@@ -24,10 +24,17 @@ pub async fn run(
     match command {
         Command::Status => status(client, output).await,
         Command::Skill { action } => {
-            target_command(client, pb::TargetKind::Skill, action, output, no_wait).await
+            target_command(
+                client,
+                pb::TargetKind::Skill,
+                action.into(),
+                output,
+                no_wait,
+            )
+            .await
         }
         Command::Mcp { action } => {
-            target_command(client, pb::TargetKind::Mcp, action, output, no_wait).await
+            target_command(client, pb::TargetKind::Mcp, action.into(), output, no_wait).await
         }
         Command::Finding { action } => finding_command(client, action, output, no_wait).await,
         Command::Approvals { action } => crate::approvals::command(client, action, output).await,
@@ -40,6 +47,8 @@ pub async fn run(
         Command::Auth { .. }
         | Command::Rule { .. }
         | Command::Version
+        | Command::Doctor
+        | Command::Init { .. }
         | Command::Completions { .. }
         | Command::Man { .. } => Err(Failure::new(
             crate::exit::FAILURE,
@@ -65,7 +74,7 @@ async fn openclaw_command(
         .collect();
     match output {
         Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-        Output::Table => print_text(&render::table(
+        Output::Table => render::print_table(
             &["ID", "KIND", "SUBJECT", "DECISION", "RESOLVED", "REASON"],
             &values
                 .iter()
@@ -80,7 +89,7 @@ async fn openclaw_command(
                     ]
                 })
                 .collect::<Vec<_>>(),
-        )),
+        ),
     }
 }
 
@@ -204,6 +213,13 @@ async fn target_command(
     output: Output,
     no_wait: bool,
 ) -> Result<(), Failure> {
+    // `--no-wait` after the command, or before it.
+    let no_wait = no_wait
+        || match &action {
+            TargetCommand::Block(d) | TargetCommand::Unblock(d) => d.no_wait,
+            TargetCommand::Allow(a) => a.decide.no_wait,
+            _ => false,
+        };
     let decide = |d: Decide, action: pb::EnforcementAction| pb::SetEnforcementRequest {
         target: Some(pb::TargetRef {
             kind: kind as i32,
@@ -222,7 +238,7 @@ async fn target_command(
             let values: Vec<Value> = reply.targets.iter().map(render::summary).collect();
             return match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&render::table(
+                Output::Table => render::print_table(
                     &["NAME", "STATE", "FINDINGS", "MAX", "DECIDED BY", "REASON"],
                     &values
                         .iter()
@@ -232,12 +248,12 @@ async fn target_command(
                                 s(&v["state"]),
                                 v["open_findings"].to_string(),
                                 s(&v["max_severity"]),
-                                s(&v["decided_by"]),
+                                render::actor_label(&s(&v["decided_by"])),
                                 s(&v["reason"]),
                             ]
                         })
                         .collect::<Vec<_>>(),
-                )),
+                ),
             };
         }
         TargetCommand::Show { name } => {
@@ -258,7 +274,7 @@ async fn target_command(
                         s(&v["name"]),
                         s(&v["state"]),
                         s(&v["reason"]),
-                        s(&v["decided_by"]),
+                        render::actor_label(&s(&v["decided_by"])),
                         s(&v["decided_at"])
                     );
                     text.push_str(&findings_table(
@@ -271,23 +287,10 @@ async fn target_command(
         TargetCommand::Scan(args) => {
             return crate::scan::through_daemon(client, kind, &args, output).await;
         }
-        TargetCommand::Install(args) => {
-            if kind != pb::TargetKind::Skill {
-                return Err(Failure::new(
-                    USAGE,
-                    "install is for skills; scan an MCP config with `mcp scan --config FILE`",
-                ));
-            }
-            return crate::scan::install(client, &args, output).await;
-        }
+        // Install, exec and quarantine exist only under the kind they apply to (cli.rs).
+        TargetCommand::Install(args) => return crate::scan::install(client, &args, output).await,
         TargetCommand::Block(d) => decide(d, pb::EnforcementAction::Block),
         TargetCommand::Allow(a) => {
-            if kind != pb::TargetKind::Mcp && (!a.connections.is_empty() || a.scopes.is_some()) {
-                return Err(Failure::new(
-                    USAGE,
-                    "--connection and --scopes are for MCP servers (`mcp allow`)",
-                ));
-            }
             let scopes: Vec<String> = a
                 .scopes
                 .as_deref()
@@ -306,23 +309,8 @@ async fn target_command(
                 .collect();
             request
         }
-        TargetCommand::Exec(args) => {
-            if kind != pb::TargetKind::Mcp {
-                return Err(Failure::new(USAGE, "exec is for MCP servers (`mcp exec`)"));
-            }
-            return crate::connections::exec(client, args).await;
-        }
+        TargetCommand::Exec(args) => return crate::connections::exec(client, args).await,
         TargetCommand::Unblock(d) => decide(d, pb::EnforcementAction::Unblock),
-        TargetCommand::Quarantine(_)
-        | TargetCommand::Restore { .. }
-        | TargetCommand::Quarantined
-            if kind != pb::TargetKind::Skill =>
-        {
-            return Err(Failure::new(
-                USAGE,
-                "quarantine is for skills (`skill quarantine NAME`)",
-            ));
-        }
         TargetCommand::Quarantine(args) => {
             return crate::quarantine::quarantine(client, args, output).await;
         }
@@ -353,35 +341,36 @@ async fn target_command(
     }
 }
 
+/// Columns of a findings table.
+const FINDING_COLUMNS: &[&str] = &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"];
+
 fn findings_table(findings: &[Value]) -> String {
-    if findings.is_empty() {
-        return "no findings".into();
-    }
-    render::table(
-        &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"],
-        &findings
-            .iter()
-            .map(|f| {
-                let line = f["line"].as_u64().unwrap_or(0);
-                vec![
-                    f["id"].to_string(),
-                    s(&f["severity"]),
-                    s(&f["rule_id"]),
-                    if line > 0 {
-                        format!("{}:{line}", s(&f["location"]))
-                    } else {
-                        s(&f["location"])
-                    },
-                    s(&f["title"]),
-                    if f["dismissed"].as_bool() == Some(true) {
-                        "dismissed".into()
-                    } else {
-                        "open".into()
-                    },
-                ]
-            })
-            .collect::<Vec<_>>(),
-    )
+    render::table(FINDING_COLUMNS, &finding_rows(findings))
+}
+
+fn finding_rows(findings: &[Value]) -> Vec<Vec<String>> {
+    findings
+        .iter()
+        .map(|f| {
+            let line = f["line"].as_u64().unwrap_or(0);
+            vec![
+                f["id"].to_string(),
+                s(&f["severity"]),
+                s(&f["rule_id"]),
+                if line > 0 {
+                    format!("{}:{line}", s(&f["location"]))
+                } else {
+                    s(&f["location"])
+                },
+                s(&f["title"]),
+                if f["dismissed"].as_bool() == Some(true) {
+                    "dismissed".into()
+                } else {
+                    "open".into()
+                },
+            ]
+        })
+        .collect()
 }
 
 async fn finding_command(
@@ -409,10 +398,15 @@ async fn finding_command(
             let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
             match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&findings_table(&values)),
+                Output::Table => render::print_table(FINDING_COLUMNS, &finding_rows(&values)),
             }
         }
-        FindingCommand::Dismiss { id, reason } => {
+        FindingCommand::Dismiss {
+            id,
+            reason,
+            no_wait: wait_flag,
+        } => {
+            let no_wait = no_wait || wait_flag;
             let f = client
                 .dismiss_finding(pb::DismissFindingRequest { id, reason })
                 .await?
@@ -569,30 +563,34 @@ async fn scan_command(
     }
 }
 
+/// Columns of an audit table.
+const ENTRY_COLUMNS: &[&str] = &[
+    "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
+];
+
 fn entries_table(entries: &[Value]) -> String {
-    render::table(
-        &[
-            "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
-        ],
-        &entries
-            .iter()
-            .map(|e| {
-                let target = match &e["target"] {
-                    Value::Null => String::new(),
-                    t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
-                };
-                vec![
-                    e["seq"].to_string(),
-                    s(&e["ts"]),
-                    s(&e["actor"]["name"]),
-                    s(&e["action"]),
-                    target,
-                    s(&e["outcome"]),
-                    s(&e["reason"]),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    )
+    render::table(ENTRY_COLUMNS, &entry_rows(entries))
+}
+
+fn entry_rows(entries: &[Value]) -> Vec<Vec<String>> {
+    entries
+        .iter()
+        .map(|e| {
+            let target = match &e["target"] {
+                Value::Null => String::new(),
+                t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
+            };
+            vec![
+                e["seq"].to_string(),
+                s(&e["ts"]),
+                s(&e["actor"]["name"]),
+                s(&e["action"]),
+                target,
+                s(&e["outcome"]),
+                s(&e["reason"]),
+            ]
+        })
+        .collect()
 }
 
 async fn audit_command(
@@ -617,7 +615,7 @@ async fn audit_command(
             let values: Vec<Value> = reply.entries.iter().map(render::entry).collect();
             match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&entries_table(&values)),
+                Output::Table => render::print_table(ENTRY_COLUMNS, &entry_rows(&values)),
             }
         }
         AuditCommand::Tail { from_start } => {

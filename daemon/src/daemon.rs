@@ -298,6 +298,9 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     )
     .inspect_err(|_| cleanup.run())?
     .map(Arc::new);
+    // Reported by `Diagnose` (presence only, never the values).
+    let has_client_secret = client_secret.is_some();
+    let has_sealer = sealer.is_some();
     let stepups = crate::governance::stepup::StepUps::new(
         settings.stepup.clone(),
         store.clone(),
@@ -482,7 +485,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         state_dir.clone(),
         store_path.clone(),
     ];
-    if let ConfigFile::Explicit(path) = &config_file {
+    if let ConfigFile::Explicit(path) | ConfigFile::User(path) = &config_file {
         protected.push(path.clone());
     }
     if let Some(path) = metrics_bound.as_ref().and_then(|b| b.unix_path.clone()) {
@@ -495,13 +498,36 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         crate::gate::GateLimits::from_settings(&settings.openclaw),
         cancel.child_token(),
     );
+    let setup = crate::doctor::SetupFacts {
+        config_source: crate::doctor::config_source(&config_file),
+        state_dir: state_dir.clone(),
+        store_path: store_path.clone(),
+        oidc: settings.auth.mode == crate::oidc::AuthMode::Oidc,
+        client_secret: has_client_secret,
+        stepup_enabled: settings.stepup.enabled,
+        approvers: settings.stepup.listed().len(),
+        token_vault_enabled: settings.token_vault.enabled,
+        unattended_ready: settings.token_vault.unattended && has_sealer,
+        unattended_wanted: settings.token_vault.unattended,
+        openclaw_enabled: settings.openclaw.enabled,
+        env_names: {
+            let mut names: Vec<String> = env
+                .keys()
+                .filter(|k| k.starts_with("DEFENSECLAW_"))
+                .cloned()
+                .collect();
+            names.sort();
+            names
+        },
+    };
     let service = ControlService::new(
         gov,
         authn,
         socket.display().to_string(),
         cancel.clone(),
         crate::rpc::streams::StreamLimits::new(&settings.server),
-    );
+    )
+    .with_setup(setup);
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
         .max_decoding_message_size(max)

@@ -12,6 +12,7 @@ pub mod audit_coalesce;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod fs_move;

@@ -510,3 +510,20 @@ pub fn pb_quarantine(o: &crate::governance::quarantine::QuarantineOutcome) -> pb
         audit_seq: o.audit_seq,
     }
 }
+
+/// A `Diagnose` check on the wire.
+pub fn pb_diagnostic(check: crate::doctor::Check) -> pb::DiagnosticCheck {
+    use crate::doctor::CheckState;
+    use pb::diagnostic_check::State;
+    let state = match check.state {
+        CheckState::Ok => State::Ok,
+        CheckState::Warn => State::Warn,
+        CheckState::Fail => State::Fail,
+    };
+    pb::DiagnosticCheck {
+        name: check.name.to_owned(),
+        state: state as i32,
+        detail: check.detail,
+        fix: check.fix,
+    }
+}

@@ -19,6 +19,7 @@ mod oidc_tokens;
 mod openclaw;
 mod openclaw_coverage;
 mod openclaw_e2e;
+mod package;
 mod quarantine;
 mod scanning;
 mod stepup;
