@@ -15,12 +15,14 @@ use env::{check_env_names, check_log_level, config_env, name_env_variable};
 mod error;
 pub mod governance;
 pub mod lists;
+mod metrics;
 
 pub use error::ConfigError;
 pub use governance::{
     AdapterSettings, AdmissionSettings, ScannerSettings, StepUpSettings, TokenVaultSettings,
     Unconfirmed,
 };
+pub use metrics::{MetricsListen, MetricsSettings};
 
 /// The system-wide config file read when `--config` is not given.
 pub const SYSTEM_CONFIG_PATH: &str = defenseclaw_common::paths::SYSTEM_CONFIG;
@@ -61,6 +63,8 @@ pub struct Settings {
     pub token_vault: TokenVaultSettings,
     /// Audit export sinks, `[export.<name>]`.
     pub export: std::collections::BTreeMap<String, crate::export::SinkSettings>,
+    /// The Prometheus endpoint (`[metrics] listen`), off unless set.
+    pub metrics: MetricsSettings,
 }
 
 /// `[server]`
@@ -484,6 +488,7 @@ impl Settings {
                 .map_err(|(field, reason)| ConfigError::Invalid(format!("{field}: {reason}")))?;
         }
         check_log_level(&self.log.level)?;
+        self.metrics.endpoint()?;
         if let Some(path) = &self.server.socket
             && !path.is_absolute()
         {

@@ -23,6 +23,7 @@ pub async fn start(
     sinks: &BTreeMap<String, SinkSettings>,
     secrets: &SecretSources,
     exporters: &Exporters,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
     cancel: &CancellationToken,
 ) -> std::result::Result<(), String> {
     if sinks.is_empty() {
@@ -55,6 +56,7 @@ pub async fn start(
             sink,
             store: store.clone(),
             exporters: exporters.clone(),
+            metrics: metrics.clone(),
             slot,
             host_id: host_id.clone(),
             cursor,
@@ -73,6 +75,7 @@ struct Runner {
     sink: crate::export::Sink,
     store: Store,
     exporters: Exporters,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     slot: usize,
     host_id: String,
     /// Last seq the receiver accepted (persisted).
@@ -82,6 +85,7 @@ struct Runner {
 impl Runner {
     async fn run(mut self, cancel: CancellationToken) {
         let mut wake = self.store.subscribe();
+        self.report_lag();
         let flush = Duration::from_millis(self.settings.flush_interval_ms);
         let head_every = Duration::from_secs(self.settings.head_every_secs);
         let max_backoff = Duration::from_secs(self.settings.max_backoff_secs);
@@ -190,6 +194,7 @@ impl Runner {
                     }
                     backoff = flush;
                     let (cursor, now) = (self.cursor, self.store.clock().ts());
+                    self.report_lag();
                     self.exporters.update(self.slot, |s| {
                         s.state = SinkHealth::Ok;
                         s.cursor = cursor;
@@ -218,7 +223,16 @@ impl Runner {
         )
     }
 
+    /// Entries appended after the cursor, for the metrics endpoint.
+    fn report_lag(&self) {
+        self.metrics.set_exporter_lag(
+            &self.name,
+            self.store.head().seq.saturating_sub(self.cursor),
+        );
+    }
+
     fn failed(&self, error: &str) {
+        self.report_lag();
         tracing::warn!(sink = %self.name, error, "audit export delivery failed; retrying");
         self.exporters.update(self.slot, |s| {
             s.failures = s.failures.saturating_add(1);
