@@ -177,7 +177,8 @@ async fn syslog_reaches_a_real_rsyslog_that_starts_late_and_dies_mid_run() {
 async fn a_receiver_that_never_comes_back_holds_no_mutation_and_lag_is_reported() {
     // Prepared, never started: nothing listens on its port.
     let rs = Rsyslog::new().unwrap();
-    let env = syslog_env(&rs.url());
+    let mut env = syslog_env(&rs.url());
+    env.push(("DEFENSECLAW_METRICS__LISTEN", "127.0.0.1:0".into()));
     let d = TestDaemon::start_with(&as_refs(&env)).await.unwrap();
     let mut c = d.client().await.unwrap();
     block_many(&mut c, "s", 40).await;
@@ -202,6 +203,17 @@ async fn a_receiver_that_never_comes_back_holds_no_mutation_and_lag_is_reported(
         "{}",
         failing.last_error
     );
+    // The metrics endpoint reports the lag too (as of the sink's last attempt).
+    let lagged = wait_for("the lag metric", DELIVERY, || async {
+        let body = super::metrics::tcp(&d, super::metrics::GET).await;
+        body.lines()
+            .find_map(|l| l.strip_prefix("defenseclaw_exporter_lag_entries{sink=\"siem\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|lag| *lag >= 40)
+    })
+    .await
+    .unwrap();
+    assert!(lagged <= head + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
