@@ -302,6 +302,44 @@ pub fn openclaw_check(enabled: bool, status: &GatewayStatus) -> Check {
     }
 }
 
+/// One audit exporter as a check, with its lag behind the chain head `head`.
+pub fn exporter_check(sink: &crate::export::SinkStatus, head: u64) -> Check {
+    use crate::export::SinkHealth;
+    let lag = head.saturating_sub(sink.cursor);
+    let error = sink.last_error.as_deref().unwrap_or("no error recorded");
+    let fix = format!(
+        "check that the [export.{}] receiver is up and reachable, and its url and secret",
+        sink.name
+    );
+    match sink.state {
+        SinkHealth::Ok => Check::ok(
+            "exporter",
+            format!(
+                "{} ({}): delivering, {lag} entries behind",
+                sink.name, sink.kind
+            ),
+        ),
+        SinkHealth::Retrying => Check::bad(
+            "exporter",
+            CheckState::Warn,
+            format!(
+                "{} ({}): retrying, {lag} entries behind: {error}",
+                sink.name, sink.kind
+            ),
+            fix,
+        ),
+        SinkHealth::Failing => Check::bad(
+            "exporter",
+            CheckState::Fail,
+            format!(
+                "{} ({}): failing, {lag} entries behind: {error}",
+                sink.name, sink.kind
+            ),
+            fix,
+        ),
+    }
+}
+
 /// The identity provider as a check: `discovery` and `jwks` are the outcomes
 /// of fetching its discovery document and key set (key count).
 pub fn idp_check(

@@ -112,6 +112,11 @@ pub(super) async fn diagnose(
         checks.push(crate::doctor::idp_check(provider.issuer(), discovery, jwks));
     }
     let view = svc.gov.status().await?;
+    checks.extend(
+        view.exporters
+            .iter()
+            .map(|sink| crate::doctor::exporter_check(sink, view.head.seq)),
+    );
     let openclaw_enabled = svc.setup.as_ref().is_some_and(|s| s.openclaw_enabled);
     checks.push(crate::doctor::openclaw_check(
         openclaw_enabled,
