@@ -214,6 +214,17 @@ pub enum RuleCommand {
 pub enum OpenclawCommand {
     /// Approvals the daemon has seen (pending and recent) and what it decided.
     Approvals,
+    /// Install and enable the gate plugin and set OpenClaw's exec policy so
+    /// nothing runs unasked, through the daemon's gateway connection
+    /// (idempotent; reports each setting it manages).
+    Setup {
+        /// Report what would change without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Restore what setup changed.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 /// Target commands (the same for skills and MCP servers).

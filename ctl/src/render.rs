@@ -191,6 +191,29 @@ pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
         "last_error": empty_null(&o.last_error),
         "pending_enforcements": o.pending_enforcements,
         "gateway_check": empty_null(&o.gateway_check),
+        "gate": o.gate.as_ref().map(|g| json!({
+            "plugin": g.plugin,
+            "version": empty_null(&g.version),
+            "exec_policy": empty_null(&g.exec_policy),
+        })).unwrap_or(Value::Null),
+    })
+}
+
+/// The answer of `openclaw setup -o json`: each managed setting with its
+/// value before and after (JSON values; `null`: absent).
+pub fn openclaw_setup(r: &pb::OpenClawSetupReply) -> Value {
+    let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap_or_else(|_| json!(t));
+    json!({
+        "dry_run": r.dry_run,
+        "undo": r.undo,
+        "changes": r.changes.iter().map(|c| json!({
+            "path": c.path,
+            "before": parse(&c.before),
+            "after": parse(&c.after),
+            "changed": c.changed,
+        })).collect::<Vec<_>>(),
+        "plugin": empty_null(&r.plugin),
+        "audit_seq": (r.audit_seq != 0).then_some(r.audit_seq),
     })
 }
 

@@ -221,6 +221,12 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     )
     .inspect_err(|_| cleanup.run())?;
     if settings.openclaw.enabled {
+        // A setup done before (and not undone) is kept by reconciliation.
+        match store.gate_setup().await {
+            Ok(Some(row)) if row.active => monitor.set_gate_spec(Some(row.spec)),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not read the openclaw setup record"),
+        }
         tokio::spawn(forward_enforcement(
             monitor.clone(),
             enforcer.subscribe(),
@@ -386,6 +392,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         stepups,
         vault,
         coalescer: coalescer.clone(),
+        gate_spec: crate::governance::openclaw_setup::gate_spec(&settings.openclaw, &socket),
     });
     let service = ControlService::new(
         gov,

@@ -8,6 +8,7 @@ pub mod enforcement;
 pub mod enforcer;
 pub mod findings;
 pub mod openclaw_host;
+pub mod openclaw_setup;
 pub mod protection;
 pub mod queries;
 pub mod scan_pool;
@@ -38,6 +39,7 @@ pub struct Governance {
     stepups: Arc<StepUps>,
     vault: Arc<TokenBroker>,
     coalescer: Arc<AuditCoalescer>,
+    gate_spec: crate::openclaw::GateSpec,
 }
 
 impl std::fmt::Debug for Governance {
@@ -67,6 +69,8 @@ pub struct Parts {
     pub vault: Arc<TokenBroker>,
     /// Refused calls are audited through it, one entry per key and window.
     pub coalescer: Arc<AuditCoalescer>,
+    /// What `openclaw setup` puts into the gateway.
+    pub gate_spec: crate::openclaw::GateSpec,
 }
 
 impl Governance {
@@ -81,6 +85,7 @@ impl Governance {
             stepups,
             vault,
             coalescer,
+            gate_spec,
         } = parts;
         Self {
             store,
@@ -91,6 +96,7 @@ impl Governance {
             stepups,
             vault,
             coalescer,
+            gate_spec,
         }
     }
 

@@ -41,6 +41,7 @@ mod audit_queue;
 mod conn;
 mod device;
 mod engine;
+pub mod gate;
 mod host;
 mod monitor;
 mod peer;
@@ -51,11 +52,12 @@ mod state;
 mod tls;
 mod tool_frame;
 
+pub use gate::{GateChange, GateError, GateSpec, GateView, GatewayDocs};
 pub use host::{Host, HostError, HostVerdict, MonitorAudit, TargetKind};
 pub use monitor::{MonitorHandle, OpenClawMonitor};
 pub use policy::{BUILTIN_DENY_RULES, Policy, PolicyDecision};
 pub use settings::{
-    DEFAULT_URL, DEVICE_KEY_FILE, ExecDefault, GatewayToken, OpenClawError, OpenClawSettings,
-    REQUESTED_SCOPES,
+    DEFAULT_PLUGIN_DIR, DEFAULT_URL, DEVICE_KEY_FILE, ExecDefault, GatewayToken,
+    OnDaemonUnreachable, OpenClawError, OpenClawSettings, REQUESTED_SCOPES,
 };
 pub use state::{ApprovalKind, ApprovalView, GatewayState, GatewayStatus};

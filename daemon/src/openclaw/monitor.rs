@@ -106,6 +106,59 @@ impl MonitorHandle {
             .collect()
     }
 
+    /// The gate as last read from the gateway (`None` before the first read).
+    pub fn gate(&self) -> Option<super::gate::GateView> {
+        self.shared.gate.view()
+    }
+
+    /// What setup put into the gateway and reconciliation keeps there
+    /// (`None`: setup not done, or undone).
+    pub fn set_gate_spec(&self, spec: Option<super::gate::GateSpec>) {
+        self.shared.gate.set_spec(spec);
+    }
+
+    /// The gate spec reconciliation keeps in the gateway.
+    pub fn gate_spec(&self) -> Option<super::gate::GateSpec> {
+        self.shared.gate.spec()
+    }
+
+    /// Reads the gateway's config and exec policy and plans setup (or its
+    /// undo from `recorded`, the changes setup made).
+    pub async fn gate_plan(
+        &self,
+        spec: &super::gate::GateSpec,
+        undo_of: Option<&[super::gate::GateChange]>,
+    ) -> Result<(super::gate::GatewayDocs, Vec<super::gate::GateChange>), super::gate::GateError>
+    {
+        let rpc = self.shared.gate.rpc()?;
+        let docs = super::gate::read_docs(&rpc).await?;
+        let changes = match undo_of {
+            None => super::gate::plan(spec, &docs),
+            Some(recorded) => super::gate::plan_undo(spec, recorded, &docs),
+        };
+        Ok((docs, changes))
+    }
+
+    /// Writes planned changes into the gateway, then reads the plugin's state
+    /// (waiting, bounded, for it to turn active when `wait_active`).
+    pub async fn gate_apply(
+        &self,
+        docs: &super::gate::GatewayDocs,
+        changes: &[super::gate::GateChange],
+        wait_active: bool,
+    ) -> Result<super::gate::GateView, super::gate::GateError> {
+        let rpc = self.shared.gate.rpc()?;
+        super::gate::apply(&rpc, docs, changes).await?;
+        let version = env!("CARGO_PKG_VERSION");
+        let view = if wait_active {
+            super::gate::wait_active(&rpc, version).await?
+        } else {
+            super::gate::read_view(&rpc, version).await?
+        };
+        self.shared.gate.set_view(view.clone());
+        Ok(view)
+    }
+
     /// Resolves once the connection task has stopped (after cancellation) and
     /// the audit queue has been drained into the host.
     pub async fn stopped(&self) {

@@ -2,6 +2,7 @@
 //! error of validating them when the monitor starts.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,7 +78,44 @@ pub struct OpenClawSettings {
     /// accepted (it can read the token from the daemon anyway). Not used for
     /// `wss://`, where the certificate (pinned with `tls_pin_sha256`) decides.
     pub gateway_uid: Option<u32>,
+    /// Folder of the gate plugin `openclaw setup` installs into the gateway
+    /// (`plugins.load.paths`); default the packaged
+    /// `/usr/share/defenseclaw/openclaw-plugin`. Must be absolute.
+    pub plugin_dir: PathBuf,
+    /// What the gate plugin does when the daemon cannot be asked: `deny`
+    /// (default) or `allow`. Passed to the plugin as `onDaemonUnreachable`.
+    pub on_daemon_unreachable: OnDaemonUnreachable,
+    /// How long the gate plugin waits for a decision, in milliseconds (default
+    /// 2000). Passed to the plugin as `decisionTimeoutMs`.
+    pub decision_timeout_ms: u64,
+    /// The daemon's gate socket the plugin asks (absolute). Default: `gate.sock`
+    /// beside the control socket.
+    pub gate_socket: Option<PathBuf>,
 }
+
+/// What the gate plugin does when the daemon does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDaemonUnreachable {
+    /// Block the tool call (fail closed).
+    #[default]
+    Deny,
+    /// Let the tool call run.
+    Allow,
+}
+
+impl OnDaemonUnreachable {
+    /// The plugin's config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Allow => "allow",
+        }
+    }
+}
+
+/// The packaged location of the gate plugin.
+pub const DEFAULT_PLUGIN_DIR: &str = "/usr/share/defenseclaw/openclaw-plugin";
 
 impl Default for OpenClawSettings {
     fn default() -> Self {
@@ -97,6 +135,10 @@ impl Default for OpenClawSettings {
             max_frame_bytes: 26_214_400,
             audit_queue_capacity: 8192,
             gateway_uid: None,
+            plugin_dir: PathBuf::from(DEFAULT_PLUGIN_DIR),
+            on_daemon_unreachable: OnDaemonUnreachable::Deny,
+            decision_timeout_ms: 2000,
+            gate_socket: None,
         }
     }
 }

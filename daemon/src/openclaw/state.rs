@@ -98,6 +98,7 @@ pub(crate) struct Shared {
     approvals: Mutex<Approvals>,
     pub(crate) pending: Mutex<BTreeMap<(TargetKind, String), bool>>,
     pending_notify: Notify,
+    pub(crate) gate: super::gate::GateShared,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +129,7 @@ impl Shared {
             approvals: Mutex::new(Approvals::default()),
             pending: Mutex::new(BTreeMap::new()),
             pending_notify: Notify::new(),
+            gate: super::gate::GateShared::default(),
         }
     }
 

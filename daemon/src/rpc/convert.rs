@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::names;
 use crate::oidc::AuthMode;
-use crate::openclaw::{ApprovalKind, ApprovalView, GatewayStatus};
+use crate::openclaw::{ApprovalKind, ApprovalView, GateChange, GateView, GatewayStatus};
 use crate::state::Verdict;
 use crate::store::connections::{ConnectionDecl, GrantRow, LinkedAccountRow};
 use crate::store::stepup::StepUpRow;
@@ -368,7 +368,11 @@ pub fn pb_counts(v: &StatusView) -> pb::TargetCounts {
 }
 
 /// Wire form of the OpenClaw monitor's status.
-pub fn pb_openclaw_status(s: GatewayStatus, pending_enforcements: usize) -> pb::OpenClawStatus {
+pub fn pb_openclaw_status(
+    s: GatewayStatus,
+    pending_enforcements: usize,
+    gate: Option<GateView>,
+) -> pb::OpenClawStatus {
     let state = serde_json::to_value(s.state)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -384,6 +388,21 @@ pub fn pb_openclaw_status(s: GatewayStatus, pending_enforcements: usize) -> pb::
         last_error: s.last_error.unwrap_or_default(),
         gateway_check: s.gateway_check.unwrap_or_default(),
         pending_enforcements: u32::try_from(pending_enforcements).unwrap_or(u32::MAX),
+        gate: gate.map(|g| pb::OpenClawGate {
+            plugin: g.plugin,
+            version: g.version.unwrap_or_default(),
+            exec_policy: g.exec_policy,
+        }),
+    }
+}
+
+/// Wire form of one setting `openclaw setup` manages.
+pub fn pb_gate_change(c: &GateChange) -> pb::OpenClawSetupChange {
+    pb::OpenClawSetupChange {
+        path: c.path.clone(),
+        before: c.before.to_string(),
+        after: c.after.to_string(),
+        changed: c.changed,
     }
 }
 

@@ -46,7 +46,11 @@ pub(super) async fn get_status(
         caller: Some(pb_actor(&actor)),
         daemon_pid: std::process::id(),
         auth: Some(auth),
-        openclaw: Some(pb_openclaw_status(view.openclaw, view.pending_enforcements)),
+        openclaw: Some(pb_openclaw_status(
+            view.openclaw,
+            view.pending_enforcements,
+            view.gate,
+        )),
     }))
 }
 

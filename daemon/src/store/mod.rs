@@ -7,13 +7,15 @@
 //!
 //! Each family of operations has its own module with its SQL, its
 //! [`Operation`]s and their audit entries: [`enforcement`], [`findings`],
-//! [`scan_reports`], [`stepup`], [`connections`] and [`audit_log`].
+//! [`scan_reports`], [`stepup`], [`connections`], [`openclaw_setup`] and
+//! [`audit_log`].
 //! [`Store::write`] answers with the operation's own effect type.
 
 pub mod audit_log;
 pub mod connections;
 pub mod enforcement;
 pub mod findings;
+pub mod openclaw_setup;
 mod readers;
 pub mod scan_reports;
 mod schema;
@@ -33,6 +35,7 @@ pub use connections::{
 };
 pub use enforcement::{Enforced, RegisterTargets, SetEnforcement, TargetRow};
 pub use findings::{DismissFinding, Dismissed, FindingRow};
+pub use openclaw_setup::{GateSetupRow, RecordGateSetup, RecordGateUndo};
 pub use scan_reports::{NewFinding, ReportOrigin, ReportStored, ScanReport};
 pub use schema::{APPLICATION_ID, OpenError, SCHEMA_VERSION};
 pub use stepup::{

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 /// `PRAGMA application_id` of a DefenseClaw database ("DCLW").
 pub const APPLICATION_ID: i64 = 0x4443_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -119,6 +119,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (sub, connection)
     );
     ALTER TABLE stepups ADD COLUMN payload TEXT NOT NULL DEFAULT '';
+    "#,
+    ),
+    (
+        4,
+        r#"
+    CREATE TABLE openclaw_setup (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        spec       TEXT NOT NULL,
+        originals  TEXT NOT NULL,
+        active     INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
     "#,
     ),
 ];

@@ -13,6 +13,7 @@ mod oidc;
 mod oidc_tokens;
 mod openclaw;
 mod openclaw_e2e;
+mod openclaw_setup;
 mod scanning;
 mod stepup;
 mod token_vault;

@@ -13,3 +13,4 @@ mod session;
 
 pub(crate) use endpoint::Endpoint;
 pub(crate) use reconnect::{Context, run};
+pub(crate) use rpc::{Rpc, RpcError};

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::rpc::{ALREADY_RESOLVED, Rpc, RpcError};
 use crate::openclaw::engine::{Engine, SkillInfo};
+use crate::openclaw::gate;
 use crate::openclaw::host::{Host, HostVerdict, MonitorAudit, TargetKind};
 use crate::openclaw::state::ApprovalKind;
 
@@ -75,16 +76,21 @@ pub(super) async fn background<H: Host>(
             }
         }
         apply_pending(&engine, &rpc).await;
+        gate_check(&engine, &rpc).await;
         let mut periodic = tokio::time::interval(RECONCILE_EVERY);
         periodic.tick().await;
         loop {
             tokio::select! {
                 _ = engine.shared.pending_notified() => apply_pending(&engine, &rpc).await,
                 _ = triggers.skills.notified() => refresh_skills(&engine, &rpc).await,
-                _ = triggers.config.notified() => refresh_mcp(&engine, &rpc).await,
+                _ = triggers.config.notified() => {
+                    refresh_mcp(&engine, &rpc).await;
+                    gate_check(&engine, &rpc).await;
+                }
                 _ = periodic.tick() => {
                     relist_approvals(&engine, &rpc).await;
                     apply_pending(&engine, &rpc).await;
+                    gate_check(&engine, &rpc).await;
                 }
             }
         }
@@ -251,6 +257,69 @@ async fn refresh_mcp<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
     let names = servers.keys().cloned().collect();
     engine.set_mcp_servers(servers);
     engine.host.observe_targets(TargetKind::Mcp, names).await;
+}
+
+/// Reads the gate's state for status and, when setup was done and not undone,
+/// puts back what someone turned off or loosened (audited; at most a few times
+/// per window, so a gateway that keeps reverting is not fought in a loop).
+async fn gate_check<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
+    let gate = &engine.shared.gate;
+    if let Some(spec) = gate.spec() {
+        let mut admitted = false;
+        // A write racing ours changes the hash: read again once.
+        for attempt in 0..2 {
+            let docs = match gate::read_docs(rpc).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "openclaw: reading the gate settings failed");
+                    break;
+                }
+            };
+            let changes: Vec<_> = gate::plan(&spec, &docs)
+                .into_iter()
+                .filter(|c| c.changed)
+                .collect();
+            if changes.is_empty() {
+                break;
+            }
+            if !admitted && !gate.admit_reapply() {
+                let msg = "the gate was turned off again; not re-applied (too many re-applies in 10 minutes): run `defenseclawctl openclaw setup`";
+                tracing::warn!("openclaw: {msg}");
+                engine
+                    .shared
+                    .update_status(|s| s.last_error = Some(msg.into()));
+                break;
+            }
+            admitted = true;
+            let result = gate::apply(rpc, &docs, &changes).await;
+            let conflict =
+                matches!(&result, Err(e) if e.to_string().to_lowercase().contains("hash"));
+            if conflict && attempt == 0 {
+                continue;
+            }
+            let (outcome, reason) = match result {
+                Ok(()) => (
+                    "applied",
+                    "the gate was turned off or loosened in OpenClaw; re-applied".to_owned(),
+                ),
+                Err(e) => ("error", format!("re-applying the gate failed: {e}")),
+            };
+            engine
+                .audit(MonitorAudit {
+                    action: "openclaw-gate-reapplied".into(),
+                    target: None,
+                    outcome: outcome.into(),
+                    reason,
+                    details: json!({ "changes": changes }),
+                })
+                .await;
+            break;
+        }
+    }
+    match gate::read_view(rpc, env!("CARGO_PKG_VERSION")).await {
+        Ok(view) => gate.set_view(view),
+        Err(e) => tracing::warn!(error = %e, "openclaw: reading the gate state failed"),
+    }
 }
 
 /// What pushing one enforcement change into OpenClaw came to.

@@ -80,7 +80,7 @@ pub(super) struct Cmd {
 }
 
 /// Client side of the connection loop for background tasks.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct Rpc {
     tx: mpsc::Sender<Cmd>,
     timeout: Duration,

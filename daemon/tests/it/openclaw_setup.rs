@@ -1,0 +1,267 @@
+//! `openclaw setup` against the real gateway: from a fresh gateway the gate
+//! plugin turns active and the exec policy asks; a dry run writes nothing; a
+//! second run changes nothing; `--undo` restores the config exactly; someone
+//! turning the gate off is put back by reconciliation and audited.
+
+use std::path::PathBuf;
+
+use defenseclaw_proto::v1 as pb;
+use defenseclaw_testkit::daemon::TestDaemon;
+use defenseclaw_testkit::openclaw::{GatewayClient, OpenClawGateway};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::openclaw::eventually;
+
+type Client = pb::control_client::ControlClient<Channel>;
+
+/// The gate plugin: the real one once it is in the tree, else the test
+/// stand-in with the same id, manifest and config schema.
+fn plugin_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let real = root.join("../deploy/openclaw-plugin");
+    if real.join("openclaw.plugin.json").is_file() {
+        return real.canonicalize().unwrap_or(real);
+    }
+    root.join("tests/fixtures/openclaw-gate-plugin")
+}
+
+async fn start() -> (OpenClawGateway, TestDaemon, Client, GatewayClient) {
+    let gw = OpenClawGateway::start_with(json!({}))
+        .await
+        .expect("starting the real OpenClaw gateway");
+    let url = gw.url();
+    let dir = plugin_dir().display().to_string();
+    let d = TestDaemon::start_with(&[
+        ("DEFENSECLAW_OPENCLAW__ENABLED", "true"),
+        ("DEFENSECLAW_OPENCLAW__URL", &url),
+        ("DEFENSECLAW_OPENCLAW__PLUGIN_DIR", &dir),
+        ("OPENCLAW_GATEWAY_TOKEN", &gw.token),
+    ])
+    .await
+    .unwrap();
+    let c = d.client().await.unwrap();
+    eventually("the daemon connected with the gate read", || {
+        let mut c = c.clone();
+        async move { gate(&mut c).await }
+    })
+    .await;
+    let operator = GatewayClient::connect(&url, Some(&gw.token), &[])
+        .await
+        .unwrap();
+    (gw, d, c, operator)
+}
+
+async fn gate(c: &mut Client) -> Option<pb::OpenClawGate> {
+    let s = c
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    let oc = s.openclaw?;
+    (oc.state == "connected").then_some(())?;
+    oc.gate
+}
+
+async fn setup(c: &mut Client, dry_run: bool, undo: bool) -> pb::OpenClawSetupReply {
+    c.open_claw_setup(pb::OpenClawSetupRequest { dry_run, undo })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The user's config file and the exec policy file as the gateway holds them.
+async fn gateway_docs(operator: &GatewayClient) -> (Value, Value) {
+    let cfg = operator.request("config.get", json!({})).await.unwrap();
+    let appr = operator
+        .request("exec.approvals.get", json!({}))
+        .await
+        .unwrap();
+    (cfg["parsed"].clone(), appr["file"]["defaults"].clone())
+}
+
+fn changed(r: &pb::OpenClawSetupReply) -> Vec<&str> {
+    r.changes
+        .iter()
+        .filter(|c| c.changed)
+        .map(|c| c.path.as_str())
+        .collect()
+}
+
+async fn audit(c: &mut Client, action: &str) -> Vec<pb::AuditEntry> {
+    c.list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .filter(|e| e.action == action)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_turns_the_gate_on_once_and_undo_restores_the_config() {
+    let (_gw, _d, mut c, operator) = start().await;
+    let fresh = gateway_docs(&operator).await;
+    let initial = eventually("the gate state read", || {
+        let mut c = c.clone();
+        async move { gate(&mut c).await }
+    })
+    .await;
+    assert_eq!(initial.plugin, "missing", "{initial:?}");
+
+    // Dry run: every setting reported as changing, nothing written.
+    let dry = setup(&mut c, true, false).await;
+    assert!(dry.dry_run && dry.audit_seq == 0, "{dry:?}");
+    assert_eq!(changed(&dry).len(), 6, "{dry:?}");
+    assert_eq!(gateway_docs(&operator).await, fresh, "a dry run wrote");
+    assert!(audit(&mut c, "openclaw-setup").await.is_empty());
+
+    // Setup: the plugin is active, the exec policy asks.
+    let first = setup(&mut c, false, false).await;
+    assert_eq!(first.plugin, "active", "{first:?}");
+    assert_eq!(changed(&first).len(), 6, "{first:?}");
+    let (cfg, defaults) = gateway_docs(&operator).await;
+    assert_eq!(
+        cfg["plugins"]["entries"]["defenseclaw-gate"]["enabled"],
+        true
+    );
+    let pcfg = &cfg["plugins"]["entries"]["defenseclaw-gate"]["config"];
+    assert_eq!(pcfg["onDaemonUnreachable"], "deny");
+    assert!(
+        pcfg["socketPath"]
+            .as_str()
+            .is_some_and(|p| p.starts_with('/')),
+        "{pcfg}"
+    );
+    assert_eq!(
+        defaults,
+        json!({"security": "allowlist", "ask": "on-miss", "askFallback": "deny"})
+    );
+    let list = operator.request("plugins.list", json!({})).await.unwrap();
+    let plugin = list["plugins"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["id"] == "defenseclaw-gate"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(plugin["runtime"]["state"], "active", "{plugin}");
+    let g = eventually("status shows the gate active", || {
+        let mut c = c.clone();
+        async move { gate(&mut c).await.filter(|g| g.plugin == "active") }
+    })
+    .await;
+    assert_eq!(g.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        g.exec_policy,
+        "security=allowlist ask=on-miss askFallback=deny"
+    );
+    let entries = audit(&mut c, "openclaw-setup").await;
+    assert_eq!(entries.len(), 1);
+    let actor = entries[0].actor.clone().unwrap_or_default();
+    assert_eq!(actor.auth_method, "local", "{actor:?}");
+    assert_eq!(entries[0].seq, first.audit_seq);
+
+    // Second run: nothing changes in the gateway.
+    let after_first = gateway_docs(&operator).await;
+    let second = setup(&mut c, false, false).await;
+    assert!(changed(&second).is_empty(), "{second:?}");
+    assert_eq!(second.plugin, "active");
+    assert_eq!(gateway_docs(&operator).await, after_first);
+
+    // Undo: the config and the exec policy are as before setup.
+    let undone = setup(&mut c, false, true).await;
+    assert!(undone.undo && undone.audit_seq > 0, "{undone:?}");
+    assert_eq!(changed(&undone).len(), 6, "{undone:?}");
+    let (cfg, defaults) = gateway_docs(&operator).await;
+    assert_eq!(defaults, fresh.1, "exec policy restored");
+    assert!(
+        cfg["plugins"]["load"]["paths"].is_null()
+            && cfg["plugins"]["entries"]["defenseclaw-gate"]["enabled"].is_null()
+            && cfg["plugins"]["entries"]["defenseclaw-gate"]["config"].is_null(),
+        "{cfg}"
+    );
+    assert_eq!(audit(&mut c, "openclaw-setup-undo").await.len(), 1);
+    eventually("status shows the gate gone", || {
+        let mut c = c.clone();
+        async move { gate(&mut c).await.filter(|g| g.plugin != "active") }
+    })
+    .await;
+    // Nothing left to undo.
+    let again = c
+        .open_claw_setup(pb::OpenClawSetupRequest {
+            dry_run: false,
+            undo: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    operator.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_turned_off_in_openclaw_is_put_back_and_audited() {
+    let (_gw, _d, mut c, operator) = start().await;
+    let first = setup(&mut c, false, false).await;
+    assert_eq!(first.plugin, "active", "{first:?}");
+
+    // Someone loosens the exec policy and disables the plugin.
+    let appr = operator
+        .request("exec.approvals.get", json!({}))
+        .await
+        .unwrap();
+    let mut file = appr["file"].clone();
+    file["defaults"] = json!({"security": "full", "ask": "off", "askFallback": "full"});
+    operator
+        .request(
+            "exec.approvals.set",
+            json!({"file": file, "baseHash": appr["hash"]}),
+        )
+        .await
+        .unwrap();
+
+    let cfg = operator.request("config.get", json!({})).await.unwrap();
+    operator
+        .request(
+            "config.patch",
+            json!({"raw": json!({"plugins": {"entries": {"defenseclaw-gate": {"enabled": false}}}}).to_string(),
+                "baseHash": cfg["hash"]}),
+        )
+        .await
+        .unwrap();
+    let entry = eventually("the re-apply in the audit log", || {
+        let mut c = c.clone();
+        async move {
+            let all = audit(&mut c, "openclaw-gate-reapplied").await;
+            for e in all.iter().filter(|e| e.outcome != "applied") {
+                eprintln!("re-apply not applied: {} {}", e.reason, e.details_json);
+            }
+            all.into_iter().find(|e| e.outcome == "applied")
+        }
+    })
+    .await;
+    assert_eq!(entry.outcome, "applied", "{entry:?}");
+    assert!(
+        entry
+            .details_json
+            .contains("plugins.entries.defenseclaw-gate.enabled"),
+        "{}",
+        entry.details_json
+    );
+    eventually("the plugin enabled and the policy tight again", || {
+        let operator = &operator;
+        async move {
+            let (cfg, defaults) = gateway_docs(operator).await;
+            (cfg["plugins"]["entries"]["defenseclaw-gate"]["enabled"] == true
+                && defaults
+                    == json!({"security": "allowlist", "ask": "on-miss", "askFallback": "deny"}))
+            .then_some(())
+        }
+    })
+    .await;
+    eventually("status shows the gate active again", || {
+        let mut c = c.clone();
+        async move { gate(&mut c).await.filter(|g| g.plugin == "active") }
+    })
+    .await;
+    operator.close().await;
+}
