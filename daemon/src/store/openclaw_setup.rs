@@ -160,3 +160,122 @@ impl Store {
         self.read(read).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::state::StateCache;
+    use crate::store::WriterContext;
+
+    fn spec() -> GateSpec {
+        GateSpec {
+            plugin_dir: "/opt/gate".into(),
+            socket_path: "/run/dc/gate.sock".into(),
+            on_daemon_unreachable: "deny".into(),
+            decision_timeout_ms: 2000,
+        }
+    }
+
+    fn change(path: &str, before: serde_json::Value, after: serde_json::Value) -> GateChange {
+        GateChange {
+            path: path.into(),
+            changed: before != after,
+            before,
+            after,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_later_setup_keeps_the_first_originals_and_undo_is_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = WriterContext {
+            cache: Arc::new(StateCache::default()),
+            head_log_every: 0,
+            clock: Clock::system(),
+        };
+        let (store, _t) = Store::open(&dir.path().join("state.db"), ctx).unwrap();
+        let actor = Actor::system();
+        store
+            .write(RecordGateSetup {
+                spec: spec(),
+                changes: vec![change(
+                    "exec.approvals.defaults.ask",
+                    json!("off"),
+                    json!("on-miss"),
+                )],
+                actor: actor.clone(),
+            })
+            .await
+            .unwrap();
+        // Someone loosened it to "always"... then setup ran again.
+        store
+            .write(RecordGateSetup {
+                spec: spec(),
+                changes: vec![
+                    change(
+                        "exec.approvals.defaults.ask",
+                        json!("always"),
+                        json!("on-miss"),
+                    ),
+                    change("plugins.load.paths", json!(null), json!(["/opt/gate"])),
+                ],
+                actor: actor.clone(),
+            })
+            .await
+            .unwrap();
+        let row = store.gate_setup().await.unwrap().unwrap();
+        assert!(row.active);
+        assert_eq!(row.originals.len(), 2);
+        assert_eq!(
+            row.originals[0].before,
+            json!("off"),
+            "the first original wins"
+        );
+        let seq = store
+            .write(RecordGateUndo {
+                changes: vec![],
+                actor: actor.clone(),
+            })
+            .await
+            .unwrap();
+        assert!(seq > 0);
+        assert!(!store.gate_setup().await.unwrap().unwrap().active);
+        let again = store
+            .write(RecordGateUndo {
+                changes: vec![],
+                actor,
+            })
+            .await;
+        assert!(
+            matches!(again, Err(Error::FailedPrecondition(_))),
+            "{again:?}"
+        );
+        // An undone setup starts over: no stale originals.
+        store
+            .write(RecordGateSetup {
+                spec: spec(),
+                changes: vec![change(
+                    "exec.approvals.defaults.ask",
+                    json!("on-miss"),
+                    json!("on-miss"),
+                )],
+                actor: Actor::system(),
+            })
+            .await
+            .unwrap();
+        assert!(
+            store
+                .gate_setup()
+                .await
+                .unwrap()
+                .unwrap()
+                .originals
+                .is_empty()
+        );
+    }
+}
