@@ -608,7 +608,15 @@ async fn audit_command(
                 })
                 .await?
                 .into_inner();
-            while let Some(item) = stream.next().await {
+            let reader_gone = render::stdout_closed();
+            tokio::pin!(reader_gone);
+            loop {
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    // `audit tail | head`: the reader left while nothing was printing.
+                    () = &mut reader_gone => return Ok(()),
+                };
+                let Some(item) = item else { break };
                 let v = render::entry(&item?);
                 match output {
                     Output::Json | Output::Sarif => print_json(&v)?,

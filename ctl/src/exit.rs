@@ -76,6 +76,16 @@ impl Failure {
         }
     }
 
+    /// A write to stdout failed. A reader that went away (`| head -1`) is not a
+    /// failure of the command: it ends quietly, with success.
+    pub fn writing(e: &std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Self::new(OK, "")
+        } else {
+            Self::new(FAILURE, format!("writing output: {e}"))
+        }
+    }
+
     /// Maps a gRPC status to the exit code table.
     pub fn from_status(status: &tonic::Status) -> Self {
         use tonic::Code;

@@ -155,6 +155,8 @@ pub fn main_entry() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away: nothing is wrong (see `Failure::writing`).
+        Err(failure) if failure.code == exit::OK => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("defenseclawctl: {}", render::escape_text(&failure.message));
             failure.exit_code()

@@ -327,17 +327,57 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// Prints `value` as one JSON line on stdout.
 pub(crate) fn print_json(value: &Value) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, value)
-        .map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))?;
-    writeln!(out).map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
+    serde_json::to_writer(&mut out, value).map_err(|e| match e.io_error_kind() {
+        Some(kind) => Failure::writing(&std::io::Error::from(kind)),
+        None => Failure::new(FAILURE, format!("writing output: {e}")),
+    })?;
+    writeln!(out).map_err(|e| Failure::writing(&e))
 }
 
 /// Prints table-mode text; hidden and control characters in it are escaped
 /// (it may quote agent- or file-supplied text).
 pub(crate) fn print_text(text: &str) -> Result<(), Failure> {
-    let text = escape_text(text);
+    write_line(&escape_text(text))
+}
+
+/// Resolves when nobody reads stdout any more (the reader of a pipe closed it),
+/// so a follow stream that prints rarely still ends with `| head`. Never
+/// resolves where that cannot be told (a regular file is never "closed").
+pub(crate) async fn stdout_closed() {
+    use std::os::fd::AsFd;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // A detached thread: a runtime waits for its blocking tasks on shutdown,
+    // and this one may wait forever. No events are asked for; poll always
+    // reports an error or hang-up, which is what a pipe with no reader shows.
+    let spawned = std::thread::Builder::new()
+        .name("stdout-watch".into())
+        .spawn(move || {
+            let stdout = std::io::stdout();
+            let mut fds = [nix::poll::PollFd::new(
+                stdout.as_fd(),
+                nix::poll::PollFlags::empty(),
+            )];
+            loop {
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                    Ok(n) if n > 0 => {
+                        let _ = tx.send(());
+                        return;
+                    }
+                    Err(nix::errno::Errno::EINTR) | Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    if spawned.is_ok() && rx.await.is_ok() {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Prints one line of the CLI's own text as is.
+pub(crate) fn write_line(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
+    writeln!(out, "{text}").map_err(|e| Failure::writing(&e))
 }
 
 /// A JSON value as table text: strings unquoted, null empty.

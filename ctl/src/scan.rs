@@ -1,7 +1,6 @@
 //! Scanning: offline with the built-in engine in this process, or through the
 //! daemon (findings recorded, admission policy applied).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use defenseclaw_proto::v1 as pb;
@@ -34,11 +33,6 @@ fn fail_on(args: &ScanArgs) -> Result<Option<Severity>, Failure> {
             })
         })
         .transpose()
-}
-
-fn write_out(text: &str) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
 }
 
 /// `skill scan --offline` / `mcp scan --offline`.
@@ -119,13 +113,13 @@ fn print_reports(reports: &[ScanReport], output: Output) -> Result<(), Failure> 
             for r in reports {
                 let line =
                     serde_json::to_string(r).map_err(|e| Failure::new(FAILURE, e.to_string()))?;
-                write_out(&line)?;
+                crate::render::write_line(&line)?;
             }
             Ok(())
         }
         Output::Sarif => {
             let doc = defenseclaw_scanner::sarif::to_sarif(reports);
-            write_out(&doc.to_string())
+            crate::render::write_line(&doc.to_string())
         }
         Output::Table => {
             let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -321,7 +315,7 @@ fn print_results(results: &[pb::ScanResult], output: Output) -> Result<(), Failu
     match output {
         Output::Json => {
             for r in results {
-                write_out(&result_json(r).to_string())?;
+                crate::render::write_line(&result_json(r).to_string())?;
             }
             Ok(())
         }
@@ -331,7 +325,7 @@ fn print_results(results: &[pb::ScanResult], output: Output) -> Result<(), Failu
                 .iter()
                 .filter_map(|r| serde_json::from_value(result_json(r)).ok())
                 .collect();
-            write_out(&defenseclaw_scanner::sarif::to_sarif(&reports).to_string())
+            crate::render::write_line(&defenseclaw_scanner::sarif::to_sarif(&reports).to_string())
         }
         Output::Table => {
             let mut text = String::new();
@@ -396,7 +390,7 @@ pub fn rules(action: &RuleCommand, output: Output) -> Result<(), Failure> {
                 _ => {
                     let v = serde_json::to_value(engine.rules())
                         .map_err(|e| Failure::new(FAILURE, e.to_string()))?;
-                    write_out(&v.to_string())
+                    crate::render::write_line(&v.to_string())
                 }
             }
         }
@@ -405,14 +399,14 @@ pub fn rules(action: &RuleCommand, output: Output) -> Result<(), Failure> {
                 Output::Table => {
                     render::print_text(&format!("{}: {n} rule(s), valid", file.display()))
                 }
-                _ => write_out(
+                _ => crate::render::write_line(
                     &json!({"file": file.display().to_string(), "valid": true, "rules": n})
                         .to_string(),
                 ),
             },
             Err(e) => {
                 if output != Output::Table {
-                    write_out(&json!({"file": file.display().to_string(), "valid": false, "error": e.to_string()}).to_string())?;
+                    crate::render::write_line(&json!({"file": file.display().to_string(), "valid": false, "error": e.to_string()}).to_string())?;
                 }
                 Err(Failure::new(USAGE, format!("{}: {e}", file.display())))
             }

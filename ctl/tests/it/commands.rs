@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::cli::{Bounded, Ctl, ctl_at};
+use crate::cli::{Bounded, Ctl, Run, ctl_at};
 use defenseclaw_testkit::daemon::TestDaemon;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -396,4 +396,62 @@ async fn audit_list_export_verify_and_tail() {
     assert!(broken.stderr.contains("entry 2"), "{}", broken.stderr);
     let broken_json = d.ctl(&["-o", "json", "audit", "verify"]).await;
     assert_eq!(broken_json.json()["first_bad_seq"], 2);
+}
+
+/// Runs the CLI with stdout on a pipe, reads one line, closes the pipe and
+/// returns how the CLI ended (what `| head -1` does to it).
+async fn first_line_then_close(socket: &std::path::Path, args: &[&str]) -> (String, Run) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("DEFENSECLAW_SOCKET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = lines
+        .next_line()
+        .bounded()
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    drop(lines);
+    let out = child.wait_with_output().bounded().await.unwrap();
+    (first, Run::from(out))
+}
+
+/// `audit export | head -1` and `audit tail | head -1`: the reader leaving is
+/// not an error. The command ends with success and says nothing, even when
+/// (tail) nothing more would ever be printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_output_pipe_ends_export_and_tail_quietly() {
+    use defenseclaw_proto::v1::EnforcementAction;
+    use defenseclaw_testkit::requests::{set, skill};
+    let d = TestDaemon::start().await.unwrap();
+    // More than a pipe buffer (64 KiB) of export, so the CLI is still writing
+    // when the reader leaves.
+    let mut client = d.client().await.unwrap();
+    for i in 0..400 {
+        client
+            .set_enforcement(set(
+                skill(&format!("s{i}")),
+                EnforcementAction::Block,
+                "fill",
+            ))
+            .await
+            .unwrap();
+    }
+    let (first, run) = first_line_then_close(&d.socket, &["audit", "export"]).await;
+    assert!(first.contains("\"seq\""), "{first}");
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "export");
+
+    let (first, run) =
+        first_line_then_close(&d.socket, &["-o", "json", "audit", "tail", "--from-start"]).await;
+    assert!(first.contains("\"seq\""), "{first}");
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "tail");
 }

@@ -27,6 +27,10 @@ pub const SYSTEM_CONFIG_PATH: &str = "/etc/defenseclaw/defenseclawd.toml";
 /// `DEFENSECLAW_HOME`) are not config keys and are left alone.
 pub const ENV_PREFIX: &str = "DEFENSECLAW";
 
+/// The commented example configuration shipped as
+/// `/etc/defenseclaw/defenseclawd.toml`, printed by `--print-example-config`.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/config/defenseclawd.toml");
+
 /// Everything the daemon can be configured with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -322,6 +326,7 @@ impl Settings {
             }
             ConfigFile::None => {}
         }
+        check_env_names(env)?;
         let overrides = config_env(env);
         builder = builder.add_source(
             Environment::with_prefix(ENV_PREFIX)
@@ -333,7 +338,7 @@ impl Settings {
         let settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            .map_err(|e| ConfigError::Invalid(name_env_variable(&e.to_string())))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -464,12 +469,21 @@ impl Settings {
                 reason: "must be an absolute path".into(),
             });
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            ConfigError::Value {
-                field: "log.level",
-                reason: e.to_string(),
-            }
-        })?;
+        check_log_level(&self.log.level)?;
+        if let Some(path) = &self.server.socket
+            && !path.is_absolute()
+        {
+            return Err(ConfigError::Value {
+                field: "server.socket",
+                reason: format!("{} is not an absolute path", path.display()),
+            });
+        }
+        if let Some(dir) = self.scanner.watch_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(ConfigError::Value {
+                field: "scanner.watch_dirs",
+                reason: format!("{} is not an absolute path", dir.display()),
+            });
+        }
         Ok(())
     }
 
@@ -516,6 +530,88 @@ impl ServerSettings {
             });
         }
         Ok(bits)
+    }
+}
+
+/// `DEFENSECLAW_*` variables that are not config keys but are read by the
+/// daemon, the CLI or the test and benchmark harnesses (a shell may export the
+/// CLI's for both). Anything else with the prefix and no `__` is a typo.
+const PLAIN_ENV_VARS: &[&str] = &[
+    "DEFENSECLAW_HOME",
+    "DEFENSECLAW_AUTH_CLIENT_SECRET",
+    defenseclaw_common::paths::DAEMON_UID_ENV,
+    "DEFENSECLAW_SOCKET",
+    "DEFENSECLAW_SESSION",
+    "DEFENSECLAW_TOKEN",
+    "DEFENSECLAW_BENCH_TOKEN",
+];
+
+/// Refuses a `DEFENSECLAW_*` variable that is neither a config key nor one of
+/// [`PLAIN_ENV_VARS`], so `DEFENSECLAW_STEPUP_ENABLED=true` (one underscore)
+/// is an error rather than a setting silently not applied.
+fn check_env_names(env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut unknown: Vec<&str> = env
+        .keys()
+        .map(String::as_str)
+        .filter(|k| k.starts_with(&prefix) && !k.contains("__") && !PLAIN_ENV_VARS.contains(k))
+        .collect();
+    unknown.sort_unstable();
+    match unknown.first() {
+        None => Ok(()),
+        Some(name) => Err(ConfigError::Invalid(format!(
+            "environment variable {name} is not a DefenseClaw setting: config keys are \
+             {ENV_PREFIX}_<SECTION>__<KEY> (two underscores, e.g. {ENV_PREFIX}_LOG__LEVEL); \
+             other variables are {}",
+            PLAIN_ENV_VARS.join(", ")
+        ))),
+    }
+}
+
+/// A log filter must say what to log: every directive is a level, or
+/// `target=level`. A bare word such as `loud` parses as "everything from target
+/// `loud`", which would silence the daemon.
+fn check_log_level(filter: &str) -> Result<(), ConfigError> {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    let invalid = |reason: String| ConfigError::Value {
+        field: "log.level",
+        reason,
+    };
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(invalid(format!(
+                "{directive:?} names no level (one of {}, or target=level)",
+                LEVELS.join(", ")
+            )));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| invalid(e.to_string()))?;
+    Ok(())
+}
+
+/// The config crate names the key of a bad environment value
+/// (``for key `server.max_connections` in the environment``); add the variable
+/// the operator actually set.
+fn name_env_variable(message: &str) -> String {
+    const MARK: &str = " in the environment";
+    let Some(end) = message.find(MARK) else {
+        return message.to_owned();
+    };
+    let key = message[..end]
+        .rsplit_once("for key `")
+        .and_then(|(_, rest)| rest.strip_suffix('`'));
+    match key {
+        Some(key) => {
+            let variable = format!(
+                "{ENV_PREFIX}_{}",
+                key.replace('.', "__").to_ascii_uppercase()
+            );
+            format!("{message} (variable {variable})")
+        }
+        None => message.to_owned(),
     }
 }
 
@@ -597,6 +693,78 @@ mod tests {
     }
 
     #[test]
+    fn unknown_plain_variables_are_refused_by_name() {
+        let err = Settings::load(&ConfigFile::None, &env(&[("DEFENSECLAW_FOOBAR", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DEFENSECLAW_FOOBAR is not a DefenseClaw setting"),
+            "{err}"
+        );
+        for known in PLAIN_ENV_VARS {
+            Settings::load(&ConfigFile::None, &env(&[(known, "/x")])).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_its_variable() {
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_SERVER__MAX_CONNECTIONS", "abc")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("variable DEFENSECLAW_SERVER__MAX_CONNECTIONS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_levels_must_name_a_level() {
+        for bad in ["loud", "info,loud", "defenseclawd=verbose", "=", "info,["] {
+            let err = Settings::load(&ConfigFile::None, &env(&[("DEFENSECLAW_LOG__LEVEL", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("log.level"), "{bad}: {err}");
+        }
+        for good in [
+            "info",
+            "WARN",
+            "defenseclawd=debug,info",
+            "off",
+            "tonic=warn, debug",
+        ] {
+            Settings::load(&ConfigFile::None, &env(&[("DEFENSECLAW_LOG__LEVEL", good)]))
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_SERVER__SOCKET", "1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("server.socket") && err.contains("absolute"),
+            "{err}"
+        );
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_SCANNER__WATCH_DIRS", "skills")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("scanner.watch_dirs") && err.contains("absolute"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_mode_is_rejected() {
         let err = Settings::load(
             &ConfigFile::None,
@@ -653,6 +821,8 @@ mod tests {
     fn shipped_example_parses() {
         let example =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/defenseclawd.toml");
-        Settings::load(&ConfigFile::Explicit(example), &env(&[])).unwrap();
+        Settings::load(&ConfigFile::Explicit(example.clone()), &env(&[])).unwrap();
+        // The embedded copy is the shipped file, byte for byte.
+        assert_eq!(std::fs::read_to_string(example).unwrap(), EXAMPLE_CONFIG);
     }
 }

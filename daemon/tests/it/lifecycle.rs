@@ -380,6 +380,50 @@ fn check_config_prints_redacted_config_and_rejects_unknown_keys() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sokcet"));
 }
 
+/// `--print-example-config` needs no valid configuration, and what it prints
+/// is a configuration `--check-config` accepts; a bad one exits 78.
+#[test]
+fn the_printed_example_config_checks_clean_and_a_bad_config_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(DAEMON_BIN)
+        .arg("--print-example-config")
+        .env("DEFENSECLAW_LOG__LEVEL", "loud")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let example = dir.path().join("example.toml");
+    std::fs::write(&example, &out.stdout).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[server]"));
+    let check = std::process::Command::new(DAEMON_BIN)
+        .args(["--check-config", "--config"])
+        .arg(&example)
+        .env("DEFENSECLAW_HOME", dir.path().join("home"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let bad = std::process::Command::new(DAEMON_BIN)
+        .args(["--check-config", "--config"])
+        .arg(&example)
+        .env("DEFENSECLAW_HOME", dir.path().join("home"))
+        .env("DEFENSECLAW_STEPUP_ENABLED", "true")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("DEFENSECLAW_STEPUP_ENABLED"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
 #[test]
 fn dotenv_with_process_keys_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
