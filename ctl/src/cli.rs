@@ -37,11 +37,37 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// bash (`source <(defenseclawctl completions bash)`).
+    Bash,
+    /// zsh (write it to a directory on `$fpath` as `_defenseclawctl`).
+    Zsh,
+    /// fish (write it to `~/.config/fish/completions/defenseclawctl.fish`).
+    Fish,
+}
+
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Daemon version, uptime, socket, store, counts and audit head.
     Status,
+    /// This CLI's version, and the daemon's when it answers.
+    Version,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Write a man page per command (defenseclawctl.1, defenseclawctl-skill.1, …) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(value_name = "DIR")]
+        out_dir: PathBuf,
+    },
     /// Skills: list, show, block, allow, unblock.
     Skill {
         /// What to do.

@@ -37,7 +37,11 @@ pub async fn run(
         Command::Connections { action } => {
             crate::connections::command(client, action, output).await
         }
-        Command::Auth { .. } | Command::Rule { .. } => Err(Failure::new(
+        Command::Auth { .. }
+        | Command::Rule { .. }
+        | Command::Version
+        | Command::Completions { .. }
+        | Command::Man { .. } => Err(Failure::new(
             crate::exit::FAILURE,
             "this command runs without a daemon client",
         )),

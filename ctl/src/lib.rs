@@ -8,6 +8,7 @@ pub mod commands;
 pub mod connect;
 pub mod connections;
 pub mod exit;
+pub mod meta;
 pub mod render;
 pub mod scan;
 
@@ -106,6 +107,12 @@ pub fn main_entry() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let socket = client::resolve_socket(cli.socket);
+        match &cli.command {
+            cli::Command::Version => return meta::version(&socket, cli.output).await,
+            cli::Command::Completions { shell } => return meta::completions(*shell),
+            cli::Command::Man { out_dir } => return meta::man_pages(out_dir),
+            _ => {}
+        }
         if let cli::Command::Auth { action } = cli.command {
             return auth_command(&socket, action, cli.output).await;
         }

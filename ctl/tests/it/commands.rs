@@ -455,3 +455,56 @@ async fn a_closed_output_pipe_ends_export_and_tail_quietly() {
     assert!(first.contains("\"seq\""), "{first}");
     assert_eq!((run.code, run.stderr.as_str()), (0, ""), "tail");
 }
+
+/// `version` names both sides when the daemon answers, and still succeeds
+/// (with the reason) when it does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn version_reports_the_cli_and_the_daemon() {
+    let d = TestDaemon::start().await.unwrap();
+    let v = d.ctl(&["-o", "json", "version"]).await.ok().json();
+    assert_eq!(v["cli"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["daemon"], env!("CARGO_PKG_VERSION"));
+    let missing = d.dir.path().join("nobody-here.sock");
+    let v = ctl_at(&missing, &["-o", "json", "version"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v["cli"], env!("CARGO_PKG_VERSION"));
+    assert!(v["daemon"].is_null(), "{v}");
+    assert!(
+        v["daemon_error"].as_str().unwrap().contains("cannot reach"),
+        "{v}"
+    );
+}
+
+/// Completion scripts for the three shells know the command tree, and `man`
+/// writes one roff page per command.
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_and_man_pages_are_generated() {
+    let nowhere = std::path::Path::new("/nonexistent/defenseclawd.sock");
+    for (shell, marker) in [
+        ("bash", "complete -F _defenseclawctl"),
+        ("zsh", "#compdef defenseclawctl"),
+        ("fish", "complete -c defenseclawctl"),
+    ] {
+        let run = ctl_at(nowhere, &["completions", shell]).await.ok();
+        assert!(run.stdout.contains(marker), "{shell}: {}", run.stdout);
+        for word in ["skill", "audit", "approvals", "connections"] {
+            assert!(run.stdout.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    ctl_at(nowhere, &["man", out.to_str().unwrap()]).await.ok();
+    for page in [
+        "defenseclawctl.1",
+        "defenseclawctl-skill.1",
+        "defenseclawctl-audit-export.1",
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page} is not a man page: {text}");
+    }
+    let bad = ctl_at(nowhere, &["completions", "tcsh"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
