@@ -11,6 +11,8 @@
 //!   the local identity provider ([`token_vault::run`]);
 //! - `hostile`: resident memory under a flood of unread streams and
 //!   `GetStatus` latency under idle connections and FIFO scans ([`hostile::run`]);
+//! - `gate`: the OpenClaw gate's decision latency on its socket against a
+//!   bare round trip of the same transport ([`gate::run`]);
 //! - `scan-eval CORPUS`: the built-in scanner (and `skill-scanner` when
 //!   installed) against a labelled corpus.
 
@@ -21,6 +23,7 @@ macro_rules! say {
 
 mod control;
 mod echo;
+mod gate;
 mod hostile;
 mod load;
 mod openclaw;
@@ -107,6 +110,18 @@ enum Command {
     /// open. Runs the real defenseclawd with its shipped limits; one JSON
     /// document on stdout.
     Hostile(hostile::HostileArgs),
+    /// The OpenClaw gate: decision latency of a plugin call (p50/p99 at 1 and
+    /// 16 concurrent calls on one connection) against a bare `ping` round
+    /// trip on the same socket. The daemon runs in process; one JSON document
+    /// on stdout.
+    Gate {
+        /// Calls measured per series.
+        #[arg(long, default_value_t = 5_000)]
+        samples: usize,
+        /// Unmeasured calls before measuring.
+        #[arg(long, default_value_t = 500)]
+        warmup: usize,
+    },
     /// Evaluates the scanner against a labelled corpus (labels.csv): recall,
     /// false positives and time, side by side with Cisco's skill-scanner when
     /// it is on PATH (or at $DEFENSECLAW_CISCO_SKILL_SCANNER).
@@ -125,6 +140,7 @@ fn main() -> ExitCode {
         }
         Some(Command::TokenVault(args)) => token_vault::run(&args),
         Some(Command::Hostile(args)) => hostile::run(&args),
+        Some(Command::Gate { samples, warmup }) => gate::run(samples, warmup),
         Some(Command::ScanEval { corpus }) => {
             scan_eval::run(&corpus).and_then(|v| report::print_json(&v))
         }

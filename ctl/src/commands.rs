@@ -9,7 +9,7 @@ use crate::cli::{
     AuditCommand, Command, Decide, FindingCommand, OpenclawCommand, Output, ScanCommand,
     TargetCommand,
 };
-use crate::exit::{AUDIT_BROKEN, FAILURE, Failure, USAGE};
+use crate::exit::{AUDIT_BROKEN, Failure, USAGE};
 use crate::render::{self, print_json, print_text, s};
 
 use crate::client::Client;
@@ -24,10 +24,17 @@ pub async fn run(
     match command {
         Command::Status => status(client, output).await,
         Command::Skill { action } => {
-            target_command(client, pb::TargetKind::Skill, action, output, no_wait).await
+            target_command(
+                client,
+                pb::TargetKind::Skill,
+                action.into(),
+                output,
+                no_wait,
+            )
+            .await
         }
         Command::Mcp { action } => {
-            target_command(client, pb::TargetKind::Mcp, action, output, no_wait).await
+            target_command(client, pb::TargetKind::Mcp, action.into(), output, no_wait).await
         }
         Command::Finding { action } => finding_command(client, action, output, no_wait).await,
         Command::Approvals { action } => crate::approvals::command(client, action, output).await,
@@ -40,6 +47,7 @@ pub async fn run(
         Command::Auth { .. }
         | Command::Rule { .. }
         | Command::Version
+        | Command::Doctor
         | Command::Completions { .. }
         | Command::Man { .. } => Err(Failure::new(
             crate::exit::FAILURE,
@@ -312,23 +320,10 @@ async fn target_command(
         TargetCommand::Scan(args) => {
             return crate::scan::through_daemon(client, kind, &args, output).await;
         }
-        TargetCommand::Install(args) => {
-            if kind != pb::TargetKind::Skill {
-                return Err(Failure::new(
-                    USAGE,
-                    "install is for skills; scan an MCP config with `mcp scan --config FILE`",
-                ));
-            }
-            return crate::scan::install(client, &args, output).await;
-        }
+        // Install, exec and quarantine exist only under the kind they apply to (cli.rs).
+        TargetCommand::Install(args) => return crate::scan::install(client, &args, output).await,
         TargetCommand::Block(d) => decide(d, pb::EnforcementAction::Block),
         TargetCommand::Allow(a) => {
-            if kind != pb::TargetKind::Mcp && (!a.connections.is_empty() || a.scopes.is_some()) {
-                return Err(Failure::new(
-                    USAGE,
-                    "--connection and --scopes are for MCP servers (`mcp allow`)",
-                ));
-            }
             let scopes: Vec<String> = a
                 .scopes
                 .as_deref()
@@ -347,13 +342,15 @@ async fn target_command(
                 .collect();
             request
         }
-        TargetCommand::Exec(args) => {
-            if kind != pb::TargetKind::Mcp {
-                return Err(Failure::new(USAGE, "exec is for MCP servers (`mcp exec`)"));
-            }
-            return crate::connections::exec(client, args).await;
-        }
+        TargetCommand::Exec(args) => return crate::connections::exec(client, args).await,
         TargetCommand::Unblock(d) => decide(d, pb::EnforcementAction::Unblock),
+        TargetCommand::Quarantine(args) => {
+            return crate::quarantine::quarantine(client, args, output).await;
+        }
+        TargetCommand::Restore { name } => {
+            return crate::quarantine::restore(client, name, output).await;
+        }
+        TargetCommand::Quarantined => return crate::quarantine::list(client, output).await,
     };
     let reply = client.set_enforcement(request).await?.into_inner();
     if let Some(pending) = &reply.pending {
@@ -491,6 +488,30 @@ struct ReportFinding {
     snippet: String,
 }
 
+/// Largest report file `scan report` reads: more is refused before it is
+/// parsed (a report is findings, not data; the daemon takes at most 10 000).
+pub const MAX_REPORT_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads at most [`MAX_REPORT_FILE_BYTES`] (plus one, to tell) of a report.
+fn read_report(source: impl std::io::Read, name: &str) -> Result<String, Failure> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    source
+        .take(MAX_REPORT_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Failure::new(USAGE, format!("reading {name}: {e}")))?;
+    if text.len() as u64 > MAX_REPORT_FILE_BYTES {
+        return Err(Failure::new(
+            USAGE,
+            format!(
+                "{name}: the report is larger than {} MiB, the limit for `scan report`",
+                MAX_REPORT_FILE_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 /// Parses a scan report document into the wire request.
 pub fn parse_report(text: &str) -> Result<pb::ScanReport, Failure> {
     let file: ReportFile =
@@ -531,14 +552,30 @@ async fn scan_command(
 ) -> Result<(), Failure> {
     let ScanCommand::Report { file } = action;
     let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())
-            .map_err(|e| Failure::new(FAILURE, format!("reading stdin: {e}")))?
+        read_report(std::io::stdin(), "stdin")?
     } else {
-        std::fs::read_to_string(&file)
-            .map_err(|e| Failure::new(USAGE, format!("reading {}: {e}", file.display())))?
+        let opened = std::fs::File::open(&file)
+            .map_err(|e| Failure::new(USAGE, format!("reading {}: {e}", file.display())))?;
+        read_report(opened, &file.display().to_string())?
     };
     let report = parse_report(&text)?;
-    let reply = client.submit_scan_report(report).await?.into_inner();
+    let encoded = prost::Message::encoded_len(&report);
+    let reply = client
+        .submit_scan_report(report)
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => Failure::new(
+                USAGE,
+                format!(
+                    "the report is {encoded} bytes on the wire, over the daemon's request limit \
+                     ([server] max_message_bytes, 4 MiB by default): split it by target, or raise \
+                     the limit ({})",
+                    status.message()
+                ),
+            ),
+            _ => Failure::from_status(&status),
+        })?
+        .into_inner();
     let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
     match output {
         Output::Json | Output::Sarif => {

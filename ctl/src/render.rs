@@ -191,11 +191,22 @@ pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
         "last_error": empty_null(&o.last_error),
         "pending_enforcements": o.pending_enforcements,
         "gateway_check": empty_null(&o.gateway_check),
-        "gate": o.gate.as_ref().map(|g| json!({
-            "plugin": g.plugin,
-            "version": empty_null(&g.version),
-            "exec_policy": empty_null(&g.exec_policy),
-        })).unwrap_or(Value::Null),
+        "gate": o.gate.as_ref().map(|g| {
+            let n = g.decisions.unwrap_or_default();
+            json!({
+                // null until the daemon has read the gateway's plugins.
+                "plugin": empty_null(&g.plugin),
+                "version": empty_null(&g.version),
+                "exec_policy": empty_null(&g.exec_policy),
+                "last_decision_at": empty_null(&g.last_decision_at),
+                "decisions": {
+                    "allowed": n.allowed,
+                    "denied": n.denied,
+                    "approved": n.approved,
+                    "timed_out": n.timed_out,
+                },
+            })
+        }),
     })
 }
 

@@ -508,3 +508,234 @@ async fn completions_and_man_pages_are_generated() {
     let bad = ctl_at(nowhere, &["completions", "tcsh"]).await;
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 }
+
+/// Each kind lists only its own commands and flags, and every target command's
+/// help carries examples; a command of the other kind is a usage error.
+#[tokio::test(flavor = "multi_thread")]
+async fn help_is_per_kind_with_examples() {
+    let nowhere = std::path::Path::new("/nonexistent/defenseclawd.sock");
+    let help = |args: &'static [&'static str]| async move {
+        let mut argv = args.to_vec();
+        argv.push("--help");
+        ctl_at(nowhere, &argv).await.ok().stdout
+    };
+    let commands = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let skill = commands(&help(&["skill"]).await);
+    for c in ["scan", "install", "quarantine", "restore"] {
+        assert!(skill.contains(&c.to_owned()), "skill lacks {c}: {skill:?}");
+    }
+    assert!(!skill.contains(&"exec".to_owned()), "{skill:?}");
+    let mcp = commands(&help(&["mcp"]).await);
+    assert!(mcp.contains(&"exec".to_owned()), "{mcp:?}");
+    for c in ["install", "quarantine"] {
+        assert!(!mcp.contains(&c.to_owned()), "mcp offers {c}: {mcp:?}");
+    }
+    let skill_scan = help(&["skill", "scan"]).await;
+    assert!(
+        !skill_scan.contains("--config") && !skill_scan.contains("--server"),
+        "{skill_scan}"
+    );
+    assert!(help(&["mcp", "scan"]).await.contains("--config"));
+    assert!(!help(&["skill", "allow"]).await.contains("--connection"));
+    assert!(help(&["mcp", "allow"]).await.contains("--connection"));
+    for args in [
+        &["skill"][..],
+        &["skill", "scan"],
+        &["skill", "install"],
+        &["skill", "block"],
+        &["mcp"],
+        &["mcp", "allow"],
+        &["mcp", "exec"],
+    ] {
+        let text = help(args).await;
+        assert!(
+            text.contains("Examples:\n  defenseclawctl "),
+            "{args:?}: {text}"
+        );
+    }
+    assert!(help(&["audit", "list"]).await.contains("0: all"));
+    for wrong in [
+        &["mcp", "install", "x"][..],
+        &["skill", "exec", "x", "--", "true"],
+    ] {
+        let run = ctl_at(nowhere, wrong).await;
+        assert_eq!(run.code, 2, "{wrong:?}: {}", run.stderr);
+    }
+}
+
+/// `auth login` against a local-mode daemon says there is nothing to log in
+/// to, and why, instead of asking for an issuer; with an issuer and nothing
+/// else, every missing flag is named at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_login_explains_itself() {
+    let d = TestDaemon::start().await.unwrap();
+    let run = d.ctl(&["auth", "login", "--no-browser"]).await.ok();
+    assert!(
+        run.stdout.contains("local mode") && run.stdout.contains("peer credentials"),
+        "{}",
+        run.stdout
+    );
+    let v = d
+        .ctl(&["-o", "json", "auth", "login", "--no-browser"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v["login_needed"], false);
+    let partial = d
+        .ctl(&[
+            "auth",
+            "login",
+            "--no-browser",
+            "--issuer",
+            "https://idp.invalid/",
+        ])
+        .await;
+    assert_eq!(partial.code, 2, "{}", partial.stderr);
+    assert!(
+        partial.stderr.contains("--audience and --client-id"),
+        "{}",
+        partial.stderr
+    );
+}
+
+/// `scan report` reads a bounded amount: an endless input is refused at the
+/// documented limit (not read into memory), and a report over the daemon's
+/// request limit names that limit instead of a transport error.
+#[tokio::test(flavor = "multi_thread")]
+async fn scan_report_files_are_bounded_with_clear_messages() {
+    let d = TestDaemon::start().await.unwrap();
+    let endless = d.ctl(&["scan", "report", "--file", "/dev/zero"]).await;
+    assert_eq!(endless.code, 2, "{}", endless.stderr);
+    assert!(
+        endless.stderr.contains("larger than 16 MiB"),
+        "{}",
+        endless.stderr
+    );
+
+    // About 6 MiB of valid findings: under the file limit, over the 4 MiB request limit.
+    let finding = serde_json::json!({
+        "rule_id": "R-1", "severity": "LOW", "title": "t",
+        "description": "x".repeat(1000), "location": "a.sh", "line": 1
+    });
+    let report = serde_json::json!({
+        "scanner": "bulk", "target": {"kind": "skill", "name": "big"},
+        "findings": vec![finding; 6000],
+    });
+    let path = d.dir.path().join("big.json");
+    std::fs::write(&path, report.to_string()).unwrap();
+    let big = d
+        .ctl(&["scan", "report", "--file", path.to_str().unwrap()])
+        .await;
+    assert_eq!(big.code, 2, "{}", big.stderr);
+    assert!(big.stderr.contains("max_message_bytes"), "{}", big.stderr);
+    let listed = d.ctl(&["-o", "json", "finding", "list"]).await.ok();
+    assert!(!listed.stdout.contains("\"big\""), "{}", listed.stdout);
+}
+
+/// The state of check `name` in a `doctor -o json` report.
+fn doctor_check(report: &Value, name: &str) -> Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report}"))
+        .clone()
+}
+
+/// `doctor` passes a healthy daemon (warning about local mode and step-up
+/// off), and each broken part fails with a fix and exit 15: a state directory
+/// others can read, an OpenClaw gateway that is not there, an identity
+/// provider that does not answer, the daemon down.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_names_each_broken_part_with_a_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = TestDaemon::start().await.unwrap();
+    let healthy = d.ctl(&["-o", "json", "doctor"]).await.ok().json();
+    assert_eq!(healthy["ok"], true, "{healthy}");
+    for name in [
+        "socket",
+        "session",
+        "daemon",
+        "config",
+        "state-dir",
+        "store-file",
+        "store-disk",
+        "openclaw",
+    ] {
+        assert_eq!(doctor_check(&healthy, name)["state"], "ok", "{healthy}");
+    }
+    for name in ["auth-mode", "stepup"] {
+        let c = doctor_check(&healthy, name);
+        assert_eq!(c["state"], "warn", "{c}");
+        assert!(!c["fix"].as_str().unwrap().is_empty(), "{c}");
+    }
+    let table = d.ctl(&["doctor"]).await.ok();
+    assert!(
+        table.stdout.contains("To fix:\n  auth-mode: "),
+        "{}",
+        table.stdout
+    );
+
+    let state_dir = d.db_path().parent().unwrap().to_owned();
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = d.ctl(&["-o", "json", "doctor"]).await;
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(run.code, 15, "{}", run.stderr);
+    let c = doctor_check(&run.json(), "state-dir");
+    assert_eq!(c["state"], "fail", "{c}");
+    assert!(c["fix"].as_str().unwrap().starts_with("chmod 700 "), "{c}");
+    d.stop().await.unwrap();
+    let down = d.ctl(&["-o", "json", "doctor"]).await;
+    assert_eq!(down.code, 15, "{}", down.stderr);
+    let c = doctor_check(&down.json(), "socket");
+    assert_eq!(c["state"], "fail", "{c}");
+    assert!(
+        c["fix"].as_str().unwrap().contains("start the daemon"),
+        "{c}"
+    );
+
+    // Nothing listens on these: a gateway and an identity provider that are not there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let issuer = format!("https://127.0.0.1:{port}/");
+    let d = TestDaemon::start_with(&[
+        ("DEFENSECLAW_OPENCLAW__ENABLED", "true"),
+        ("DEFENSECLAW_OPENCLAW__URL", &url),
+        ("DEFENSECLAW_AUTH__MODE", "oidc"),
+        ("DEFENSECLAW_AUTH__ISSUER", &issuer),
+        (
+            "DEFENSECLAW_AUTH__AUDIENCE",
+            "https://defenseclaw.local/api",
+        ),
+        ("DEFENSECLAW_AUTH__CLI_CLIENT_ID", "cli-client"),
+    ])
+    .await
+    .unwrap();
+    let run = d.ctl(&["-o", "json", "doctor"]).await;
+    assert_eq!(run.code, 15, "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    let openclaw = doctor_check(&report, "openclaw");
+    assert_eq!(openclaw["state"], "fail", "{openclaw}");
+    assert!(
+        openclaw["detail"].as_str().unwrap().contains(&url),
+        "{openclaw}"
+    );
+    let idp = doctor_check(&report, "identity-provider");
+    assert_eq!(idp["state"], "fail", "{idp}");
+    assert!(
+        idp["fix"].as_str().unwrap().contains("[auth] issuer"),
+        "{idp}"
+    );
+    assert_eq!(doctor_check(&report, "auth-mode")["state"], "ok");
+    assert_eq!(doctor_check(&report, "session")["state"], "warn");
+}

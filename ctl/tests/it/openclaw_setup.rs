@@ -11,13 +11,9 @@ use crate::cli::Ctl;
 use defenseclaw_testkit::daemon::TestDaemon;
 use defenseclaw_testkit::openclaw::OpenClawGateway;
 
+/// The gate plugin shipped in `deploy/openclaw-plugin`.
 fn plugin_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let real = root.join("deploy/openclaw-plugin");
-    if real.join("openclaw.plugin.json").is_file() {
-        return real;
-    }
-    root.join("daemon/tests/fixtures/openclaw-gate-plugin")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/openclaw-plugin")
 }
 
 fn changed(report: &Value) -> usize {
@@ -46,7 +42,9 @@ async fn setup_reports_each_setting_and_status_shows_the_gate() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let s = d.ctl(&["-o", "json", "status"]).await.ok().json();
-        if s["openclaw"]["state"] == "connected" && s["openclaw"]["gate"].is_object() {
+        // The gate object is there from the start (the decision counters);
+        // its plugin state once the daemon has read the gateway's plugins.
+        if s["openclaw"]["state"] == "connected" && s["openclaw"]["gate"]["plugin"].is_string() {
             assert_eq!(s["openclaw"]["gate"]["plugin"], "missing", "{s}");
             break;
         }

@@ -7,13 +7,19 @@ pub mod connections;
 pub mod enforcement;
 pub mod enforcer;
 pub mod findings;
+pub mod gate_calls;
 pub mod openclaw_host;
 pub mod openclaw_setup;
 pub mod protection;
+pub mod quarantine;
 pub mod queries;
 pub mod scan_pool;
 pub mod scanning;
+pub mod skill_coverage;
+pub mod skill_dirs;
 pub mod stepup;
+pub mod tool_ask;
+pub mod tool_gate;
 pub mod vault;
 
 use std::sync::Arc;
@@ -40,6 +46,7 @@ pub struct Governance {
     vault: Arc<TokenBroker>,
     coalescer: Arc<AuditCoalescer>,
     gate_spec: crate::openclaw::GateSpec,
+    quarantine: Arc<quarantine::Quarantine>,
 }
 
 impl std::fmt::Debug for Governance {
@@ -71,6 +78,8 @@ pub struct Parts {
     pub coalescer: Arc<AuditCoalescer>,
     /// What `openclaw setup` puts into the gateway.
     pub gate_spec: crate::openclaw::GateSpec,
+    /// Moves skill folders into quarantine and back.
+    pub quarantine: Arc<quarantine::Quarantine>,
 }
 
 impl Governance {
@@ -86,6 +95,7 @@ impl Governance {
             vault,
             coalescer,
             gate_spec,
+            quarantine,
         } = parts;
         Self {
             store,
@@ -97,6 +107,7 @@ impl Governance {
             vault,
             coalescer,
             gate_spec,
+            quarantine,
         }
     }
 
@@ -117,6 +128,33 @@ impl Governance {
         req: admission::ScanRequest,
     ) -> crate::error::Result<Vec<admission::ScanResult>> {
         self.admission.run(actor, req).await
+    }
+
+    /// Moves a skill's folder into quarantine (audited with `actor`).
+    pub async fn quarantine_skill(
+        &self,
+        actor: crate::model::Actor,
+        name: &str,
+        path: Option<std::path::PathBuf>,
+        reason: String,
+    ) -> crate::error::Result<quarantine::QuarantineOutcome> {
+        self.quarantine.quarantine(actor, name, path, reason).await
+    }
+
+    /// Moves a quarantined skill's folder back; its enforcement is unchanged.
+    pub async fn restore_skill(
+        &self,
+        actor: crate::model::Actor,
+        name: &str,
+    ) -> crate::error::Result<quarantine::QuarantineOutcome> {
+        self.quarantine.restore(actor, name).await
+    }
+
+    /// Every quarantined skill.
+    pub async fn list_quarantined(
+        &self,
+    ) -> crate::error::Result<Vec<crate::store::quarantine::QuarantineRow>> {
+        self.quarantine.list().await
     }
 
     /// An operator withdraws a pending step-up request.

@@ -125,18 +125,15 @@ impl Governance {
     }
 }
 
-/// The spec setup installs, from `[openclaw]` and the control socket's place.
+/// The spec setup installs, from `[openclaw]` and the gate socket the daemon
+/// listens on.
 pub fn gate_spec(
     settings: &crate::openclaw::OpenClawSettings,
-    control_socket: &std::path::Path,
+    gate_socket: &std::path::Path,
 ) -> GateSpec {
-    let socket = settings
-        .gate_socket
-        .clone()
-        .unwrap_or_else(|| control_socket.with_file_name("gate.sock"));
     GateSpec {
         plugin_dir: settings.plugin_dir.display().to_string(),
-        socket_path: socket.display().to_string(),
+        socket_path: gate_socket.display().to_string(),
         on_daemon_unreachable: settings.on_daemon_unreachable.as_str().into(),
         decision_timeout_ms: settings.decision_timeout_ms,
     }

@@ -32,8 +32,10 @@ pub struct StatusView {
     pub openclaw: GatewayStatus,
     /// Enforcement changes not yet pushed into OpenClaw.
     pub pending_enforcements: usize,
-    /// The gate as last read from the gateway.
-    pub gate: Option<crate::openclaw::GateView>,
+    /// The tool-call gate's counters.
+    pub gate: super::tool_gate::GateCounts,
+    /// The gate plugin and exec policy as last read from the gateway.
+    pub gate_setup: Option<crate::openclaw::GateView>,
 }
 
 /// A target with its findings and the step-up holding it, if any.
@@ -58,7 +60,8 @@ impl Governance {
             head: self.store.head(),
             openclaw: self.openclaw.status(),
             pending_enforcements: self.openclaw.pending_enforcement_count(),
-            gate: self.openclaw.gate(),
+            gate: self.openclaw.gate().stats.counts(),
+            gate_setup: self.openclaw.gate_view(),
         })
     }
 

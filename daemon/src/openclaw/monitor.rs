@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use super::conn;
 use super::device::DeviceIdentity;
 use super::host::{Host, TargetKind};
-use super::policy::Policy;
 use super::settings::{GatewayToken, OpenClawError, OpenClawSettings};
 use super::state::{ApprovalView, GatewayState, GatewayStatus, Shared, lock};
+use crate::governance::tool_gate::ToolGate;
 
 /// Entry point of the monitor.
 #[derive(Debug)]
@@ -32,22 +32,24 @@ impl OpenClawMonitor {
     ) -> Result<MonitorHandle, OpenClawError> {
         let (done_tx, done_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(&settings));
+        // The gate decides plugin calls even when the monitor is off.
+        let gate = Arc::new(ToolGate::from_settings(&settings)?);
         if !settings.enabled {
             let _ = done_tx.send(true);
             return Ok(MonitorHandle {
                 shared,
+                gate,
                 done: done_rx,
             });
         }
         let endpoint = conn::Endpoint::parse(&settings)?;
-        let policy = Policy::from_settings(&settings)?;
         let device = DeviceIdentity::load_or_create(state_dir)?;
         shared.set_state(GatewayState::Connecting);
         let ctx = conn::Context::new(
             settings,
             token,
             endpoint,
-            policy,
+            gate.clone(),
             device,
             host,
             shared.clone(),
@@ -58,6 +60,7 @@ impl OpenClawMonitor {
         });
         Ok(MonitorHandle {
             shared,
+            gate,
             done: done_rx,
         })
     }
@@ -67,6 +70,7 @@ impl OpenClawMonitor {
 #[derive(Debug, Clone)]
 pub struct MonitorHandle {
     shared: Arc<Shared>,
+    gate: Arc<ToolGate>,
     done: watch::Receiver<bool>,
 }
 
@@ -74,6 +78,11 @@ impl MonitorHandle {
     /// Current connection status.
     pub fn status(&self) -> GatewayStatus {
         self.shared.status()
+    }
+
+    /// The tool-call gate (rules, counters, pending asks).
+    pub fn gate(&self) -> &Arc<ToolGate> {
+        &self.gate
     }
 
     /// Approvals seen (pending and recently resolved) with the daemon's decision, newest last.
@@ -107,34 +116,39 @@ impl MonitorHandle {
     }
 
     /// The gate as last read from the gateway (`None` before the first read).
-    pub fn gate(&self) -> Option<super::gate::GateView> {
-        self.shared.gate.view()
+    pub fn gate_view(&self) -> Option<super::gate_setup::GateView> {
+        self.shared.gate_setup.view()
     }
 
     /// What setup put into the gateway and reconciliation keeps there
     /// (`None`: setup not done, or undone).
-    pub fn set_gate_spec(&self, spec: Option<super::gate::GateSpec>) {
-        self.shared.gate.set_spec(spec);
+    pub fn set_gate_spec(&self, spec: Option<super::gate_setup::GateSpec>) {
+        self.shared.gate_setup.set_spec(spec);
     }
 
     /// The gate spec reconciliation keeps in the gateway.
-    pub fn gate_spec(&self) -> Option<super::gate::GateSpec> {
-        self.shared.gate.spec()
+    pub fn gate_spec(&self) -> Option<super::gate_setup::GateSpec> {
+        self.shared.gate_setup.spec()
     }
 
     /// Reads the gateway's config and exec policy and plans setup (or its
     /// undo from `recorded`, the changes setup made).
     pub async fn gate_plan(
         &self,
-        spec: &super::gate::GateSpec,
-        undo_of: Option<&[super::gate::GateChange]>,
-    ) -> Result<(super::gate::GatewayDocs, Vec<super::gate::GateChange>), super::gate::GateError>
-    {
-        let rpc = self.shared.gate.rpc()?;
-        let docs = super::gate::read_docs(&rpc).await?;
+        spec: &super::gate_setup::GateSpec,
+        undo_of: Option<&[super::gate_setup::GateChange]>,
+    ) -> Result<
+        (
+            super::gate_setup::GatewayDocs,
+            Vec<super::gate_setup::GateChange>,
+        ),
+        super::gate_setup::GateError,
+    > {
+        let rpc = self.shared.gate_setup.rpc()?;
+        let docs = super::gate_setup::read_docs(&rpc).await?;
         let changes = match undo_of {
-            None => super::gate::plan(spec, &docs),
-            Some(recorded) => super::gate::plan_undo(spec, recorded, &docs),
+            None => super::gate_setup::plan(spec, &docs),
+            Some(recorded) => super::gate_setup::plan_undo(spec, recorded, &docs),
         };
         Ok((docs, changes))
     }
@@ -143,19 +157,19 @@ impl MonitorHandle {
     /// (waiting, bounded, for it to turn active when `wait_active`).
     pub async fn gate_apply(
         &self,
-        docs: &super::gate::GatewayDocs,
-        changes: &[super::gate::GateChange],
+        docs: &super::gate_setup::GatewayDocs,
+        changes: &[super::gate_setup::GateChange],
         wait_active: bool,
-    ) -> Result<super::gate::GateView, super::gate::GateError> {
-        let rpc = self.shared.gate.rpc()?;
-        super::gate::apply(&rpc, docs, changes).await?;
+    ) -> Result<super::gate_setup::GateView, super::gate_setup::GateError> {
+        let rpc = self.shared.gate_setup.rpc()?;
+        super::gate_setup::apply(&rpc, docs, changes).await?;
         let version = env!("CARGO_PKG_VERSION");
         let view = if wait_active {
-            super::gate::wait_active(&rpc, version).await?
+            super::gate_setup::wait_active(&rpc, version).await?
         } else {
-            super::gate::read_view(&rpc, version).await?
+            super::gate_setup::read_view(&rpc, version).await?
         };
-        self.shared.gate.set_view(view.clone());
+        self.shared.gate_setup.set_view(view.clone());
         Ok(view)
     }
 

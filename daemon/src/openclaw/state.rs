@@ -98,7 +98,7 @@ pub(crate) struct Shared {
     approvals: Mutex<Approvals>,
     pub(crate) pending: Mutex<BTreeMap<(TargetKind, String), bool>>,
     pending_notify: Notify,
-    pub(crate) gate: super::gate::GateShared,
+    pub(crate) gate_setup: super::gate_setup::GateShared,
 }
 
 #[derive(Debug, Default)]
@@ -129,7 +129,7 @@ impl Shared {
             approvals: Mutex::new(Approvals::default()),
             pending: Mutex::new(BTreeMap::new()),
             pending_notify: Notify::new(),
-            gate: super::gate::GateShared::default(),
+            gate_setup: super::gate_setup::GateShared::default(),
         }
     }
 

@@ -371,7 +371,8 @@ pub fn pb_counts(v: &StatusView) -> pb::TargetCounts {
 pub fn pb_openclaw_status(
     s: GatewayStatus,
     pending_enforcements: usize,
-    gate: Option<GateView>,
+    gate: crate::governance::tool_gate::GateCounts,
+    gate_setup: Option<GateView>,
 ) -> pb::OpenClawStatus {
     let state = serde_json::to_value(s.state)
         .ok()
@@ -388,10 +389,27 @@ pub fn pb_openclaw_status(
         last_error: s.last_error.unwrap_or_default(),
         gateway_check: s.gateway_check.unwrap_or_default(),
         pending_enforcements: u32::try_from(pending_enforcements).unwrap_or(u32::MAX),
-        gate: gate.map(|g| pb::OpenClawGate {
-            plugin: g.plugin,
-            version: g.version.unwrap_or_default(),
-            exec_policy: g.exec_policy,
+        gate: Some(pb_openclaw_gate(gate, gate_setup)),
+    }
+}
+
+/// Wire form of the gate: the plugin and exec policy as last read from the
+/// gateway (empty before the first read), and the daemon's decisions.
+fn pb_openclaw_gate(
+    counts: crate::governance::tool_gate::GateCounts,
+    setup: Option<GateView>,
+) -> pb::OpenClawGate {
+    let setup = setup.unwrap_or_default();
+    pb::OpenClawGate {
+        plugin: setup.plugin,
+        version: setup.version.unwrap_or_default(),
+        exec_policy: setup.exec_policy,
+        last_decision_at: counts.last_decision_at.unwrap_or_default(),
+        decisions: Some(pb::GateDecisions {
+            allowed: counts.allowed,
+            denied: counts.denied,
+            approved: counts.approved,
+            timed_out: counts.timed_out,
         }),
     }
 }
@@ -491,5 +509,45 @@ pub fn pb_account(a: &LinkedAccountRow) -> pb::LinkedAccount {
         connection: a.connection.clone(),
         account_id: a.account_id.clone(),
         linked_at: a.linked_at.clone(),
+    }
+}
+
+/// A quarantine record on the wire.
+pub fn pb_quarantine_record(r: &crate::store::quarantine::QuarantineRow) -> pb::QuarantineRecord {
+    pb::QuarantineRecord {
+        name: r.name.clone(),
+        original_path: r.original_path.clone(),
+        stored_path: r.stored_path.clone(),
+        state: r.state.as_str().to_owned(),
+        reason: r.reason.clone(),
+        quarantined_by: r.quarantined_by.clone(),
+        quarantined_at: r.quarantined_at.clone(),
+    }
+}
+
+/// A quarantine or restore on the wire.
+pub fn pb_quarantine(o: &crate::governance::quarantine::QuarantineOutcome) -> pb::QuarantineReply {
+    pb::QuarantineReply {
+        record: Some(pb_quarantine_record(&o.record)),
+        how: o.how.to_owned(),
+        notes: o.notes.clone(),
+        audit_seq: o.audit_seq,
+    }
+}
+
+/// A `Diagnose` check on the wire.
+pub fn pb_diagnostic(check: crate::doctor::Check) -> pb::DiagnosticCheck {
+    use crate::doctor::CheckState;
+    use pb::diagnostic_check::State;
+    let state = match check.state {
+        CheckState::Ok => State::Ok,
+        CheckState::Warn => State::Warn,
+        CheckState::Fail => State::Fail,
+    };
+    pb::DiagnosticCheck {
+        name: check.name.to_owned(),
+        state: state as i32,
+        detail: check.detail,
+        fix: check.fix,
     }
 }

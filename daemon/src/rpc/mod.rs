@@ -11,6 +11,7 @@ mod connections;
 pub mod convert;
 mod findings;
 mod openclaw;
+mod quarantine;
 mod service;
 mod status;
 mod stepup;
@@ -27,6 +28,7 @@ mod adapters {
     pub(super) use super::connections::*;
     pub(super) use super::findings::*;
     pub(super) use super::openclaw::*;
+    pub(super) use super::quarantine::*;
     pub(super) use super::status::*;
     pub(super) use super::stepup::*;
     pub(super) use super::targets::*;

@@ -7,8 +7,8 @@
 //!
 //! Each family of operations has its own module with its SQL, its
 //! [`Operation`]s and their audit entries: [`enforcement`], [`findings`],
-//! [`scan_reports`], [`stepup`], [`connections`], [`openclaw_setup`] and
-//! [`audit_log`].
+//! [`scan_reports`], [`stepup`], [`connections`], [`quarantine`],
+//! [`openclaw_setup`] and [`audit_log`].
 //! [`Store::write`] answers with the operation's own effect type.
 
 pub mod audit_log;
@@ -16,6 +16,7 @@ pub mod connections;
 pub mod enforcement;
 pub mod findings;
 pub mod openclaw_setup;
+pub mod quarantine;
 mod readers;
 pub mod scan_reports;
 mod schema;

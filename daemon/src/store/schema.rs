@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 /// `PRAGMA application_id` of a DefenseClaw database ("DCLW").
 pub const APPLICATION_ID: i64 = 0x4443_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -123,6 +123,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         4,
+        r#"
+    CREATE TABLE quarantine (
+        name           TEXT PRIMARY KEY,
+        original_path  TEXT NOT NULL,
+        stored_path    TEXT NOT NULL,
+        state          TEXT NOT NULL,
+        reason         TEXT NOT NULL DEFAULT '',
+        quarantined_by TEXT NOT NULL,
+        quarantined_at TEXT NOT NULL
+    );
+    "#,
+    ),
+    (
+        5,
         r#"
     CREATE TABLE openclaw_setup (
         id         INTEGER PRIMARY KEY CHECK (id = 1),

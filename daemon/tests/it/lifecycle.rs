@@ -444,3 +444,61 @@ fn dotenv_with_process_keys_stops_the_start() {
         .to_string();
     assert!(err.contains("LD_PRELOAD"), "{err}");
 }
+
+/// A gateway that stays unreachable is one warning, not one per retry: the
+/// daemon retried several times (the listener counted them) and logged the
+/// unchanged failure once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_gateway_is_logged_once_per_change_not_per_retry() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        // Accept and hang up at once: every attempt fails the same way.
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let mut child = tokio::process::Command::new(DAEMON_BIN)
+        .arg("--socket")
+        .arg(dir.path().join("d.sock"))
+        .env("DEFENSECLAW_HOME", dir.path().join("home"))
+        .env("DEFENSECLAW_OPENCLAW__ENABLED", "true")
+        .env(
+            "DEFENSECLAW_OPENCLAW__URL",
+            format!("ws://127.0.0.1:{port}"),
+        )
+        .env("DEFENSECLAW_OPENCLAW__BACKOFF_INITIAL_MS", "50")
+        .env("DEFENSECLAW_OPENCLAW__BACKOFF_MAX_SECS", "1")
+        .env_remove("DEFENSECLAWD_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    defenseclaw_testkit::wait_for("four connection attempts", Duration::from_secs(60), || {
+        let seen = attempts.load(Ordering::SeqCst);
+        async move { (seen >= 4).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the daemon did not stop")
+        .unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("openclaw gateway connection"))
+        .count();
+    assert_eq!(warnings, 1, "{stderr}");
+}

@@ -11,19 +11,16 @@ use defenseclaw_testkit::openclaw::{GatewayClient, OpenClawGateway};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::openclaw::eventually;
+use crate::openclaw::{REAL_GATEWAY, eventually};
 
 type Client = pb::control_client::ControlClient<Channel>;
 
-/// The gate plugin: the real one once it is in the tree, else the test
-/// stand-in with the same id, manifest and config schema.
+/// The gate plugin shipped in `deploy/openclaw-plugin`.
 fn plugin_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let real = root.join("../deploy/openclaw-plugin");
-    if real.join("openclaw.plugin.json").is_file() {
-        return real.canonicalize().unwrap_or(real);
-    }
-    root.join("tests/fixtures/openclaw-gate-plugin")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/openclaw-plugin")
+        .canonicalize()
+        .expect("deploy/openclaw-plugin exists")
 }
 
 async fn start() -> (OpenClawGateway, TestDaemon, Client, GatewayClient) {
@@ -101,6 +98,7 @@ async fn audit(c: &mut Client, action: &str) -> Vec<pb::AuditEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_turns_the_gate_on_once_and_undo_restores_the_config() {
+    let _one_at_a_time = REAL_GATEWAY.lock().await;
     let (_gw, _d, mut c, operator) = start().await;
     let fresh = gateway_docs(&operator).await;
     let initial = eventually("the gate state read", || {
@@ -200,6 +198,7 @@ async fn setup_turns_the_gate_on_once_and_undo_restores_the_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_turned_off_in_openclaw_is_put_back_and_audited() {
+    let _one_at_a_time = REAL_GATEWAY.lock().await;
     let (_gw, _d, mut c, operator) = start().await;
     let first = setup(&mut c, false, false).await;
     assert_eq!(first.plugin, "active", "{first:?}");

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::rpc::{ALREADY_RESOLVED, Rpc, RpcError};
 use crate::openclaw::engine::{Engine, SkillInfo};
-use crate::openclaw::gate;
+use crate::openclaw::gate_setup;
 use crate::openclaw::host::{Host, HostVerdict, MonitorAudit, TargetKind};
 use crate::openclaw::state::ApprovalKind;
 
@@ -70,6 +70,7 @@ pub(super) async fn background<H: Host>(
         relist_approvals(&engine, &rpc).await;
         refresh_skills(&engine, &rpc).await;
         refresh_mcp(&engine, &rpc).await;
+        super::coverage::refresh_tools(&engine, &rpc).await;
         for (kind, name, blocked) in engine.host.enforced_targets().await {
             if blocked && needs_block(&engine, kind, &name) {
                 engine.shared.push_enforcement(kind, &name, true);
@@ -85,6 +86,7 @@ pub(super) async fn background<H: Host>(
                 _ = triggers.skills.notified() => refresh_skills(&engine, &rpc).await,
                 _ = triggers.config.notified() => {
                     refresh_mcp(&engine, &rpc).await;
+                    super::coverage::refresh_tools(&engine, &rpc).await;
                     gate_check(&engine, &rpc).await;
                 }
                 _ = periodic.tick() => {
@@ -202,6 +204,9 @@ async fn refresh_skills<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
                 .collect()
         })
         .unwrap_or_default();
+    engine
+        .host
+        .skills_reported(super::coverage::reported_skills(&v));
     let names: Vec<String> = skills.iter().map(|s| s.key.clone()).collect();
     for s in &skills {
         if !s.disabled
@@ -263,19 +268,19 @@ async fn refresh_mcp<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
 /// puts back what someone turned off or loosened (audited; at most a few times
 /// per window, so a gateway that keeps reverting is not fought in a loop).
 async fn gate_check<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
-    let gate = &engine.shared.gate;
+    let gate = &engine.shared.gate_setup;
     if let Some(spec) = gate.spec() {
         let mut admitted = false;
         // A write racing ours changes the hash: read again once.
         for attempt in 0..2 {
-            let docs = match gate::read_docs(rpc).await {
+            let docs = match gate_setup::read_docs(rpc).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(error = %e, "openclaw: reading the gate settings failed");
                     break;
                 }
             };
-            let changes: Vec<_> = gate::plan(&spec, &docs)
+            let changes: Vec<_> = gate_setup::plan(&spec, &docs)
                 .into_iter()
                 .filter(|c| c.changed)
                 .collect();
@@ -291,7 +296,7 @@ async fn gate_check<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
                 break;
             }
             admitted = true;
-            let result = gate::apply(rpc, &docs, &changes).await;
+            let result = gate_setup::apply(rpc, &docs, &changes).await;
             let conflict =
                 matches!(&result, Err(e) if e.to_string().to_lowercase().contains("hash"));
             if conflict && attempt == 0 {
@@ -316,7 +321,7 @@ async fn gate_check<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
             break;
         }
     }
-    match gate::read_view(rpc, env!("CARGO_PKG_VERSION")).await {
+    match gate_setup::read_view(rpc, env!("CARGO_PKG_VERSION")).await {
         Ok(view) => gate.set_view(view),
         Err(e) => tracing::warn!(error = %e, "openclaw: reading the gate state failed"),
     }
