@@ -65,6 +65,11 @@ async fn openclaw_command(
         OpenclawCommand::Approvals => return openclaw_approvals(client, output).await,
         OpenclawCommand::Setup { dry_run, undo } => (dry_run, undo),
     };
+    if undo && !dry_run {
+        eprintln!(
+            "undo lowers protection: with step-up on, it waits for the approver's answer on their phone"
+        );
+    }
     let reply = client
         .open_claw_setup(pb::OpenClawSetupRequest { dry_run, undo })
         .await?

@@ -233,6 +233,10 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     )
     .inspect_err(|_| cleanup.run())?;
     if settings.openclaw.enabled {
+        monitor.set_mcp_wrapper(
+            settings.openclaw.ctl_path.display().to_string(),
+            socket.display().to_string(),
+        );
         // A setup done before (and not undone) is kept by reconciliation.
         match store.gate_setup().await {
             Ok(Some(row)) if row.active => monitor.set_gate_spec(Some(row.spec)),

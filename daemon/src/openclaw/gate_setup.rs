@@ -72,7 +72,7 @@ pub struct GateChange {
 }
 
 impl GateChange {
-    fn new(path: String, before: Value, after: Value) -> Self {
+    pub(crate) fn new(path: String, before: Value, after: Value) -> Self {
         let changed = before != after;
         Self {
             path,
@@ -90,6 +90,13 @@ pub struct GatewayDocs {
     config_hash: Option<String>,
     approvals: Value,
     approvals_hash: Option<String>,
+}
+
+impl GatewayDocs {
+    /// The user's config as the gateway parsed it.
+    pub(crate) fn config(&self) -> &Value {
+        &self.config
+    }
 }
 
 /// The gate as status shows it.
@@ -119,6 +126,20 @@ pub enum GateError {
     },
 }
 
+impl GateError {
+    /// Whether the gateway refused a write because its document changed since
+    /// it was read (re-reading and planning again may succeed).
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Self::Gateway { error, .. } => {
+                let e = error.to_lowercase();
+                e.contains("changed since last load") || e.contains("hash")
+            }
+            Self::NotConnected => false,
+        }
+    }
+}
+
 fn gw(method: &'static str) -> impl FnOnce(RpcError) -> GateError {
     move |error| GateError::Gateway {
         method,
@@ -133,6 +154,8 @@ pub(crate) struct GateShared {
     view: Mutex<Option<GateView>>,
     spec: Mutex<Option<GateSpec>>,
     reapplies: Mutex<VecDeque<Instant>>,
+    wrapper: Mutex<Option<super::mcp_wiring::McpWrapper>>,
+    rewire: tokio::sync::Notify,
 }
 
 impl GateShared {
@@ -158,6 +181,23 @@ impl GateShared {
 
     pub(crate) fn set_spec(&self, spec: Option<GateSpec>) {
         *lock(&self.spec) = spec;
+    }
+
+    pub(crate) fn wrapper(&self) -> Option<super::mcp_wiring::McpWrapper> {
+        lock(&self.wrapper).clone()
+    }
+
+    pub(crate) fn set_wrapper(&self, w: super::mcp_wiring::McpWrapper) {
+        *lock(&self.wrapper) = Some(w);
+    }
+
+    /// Asks reconciliation to check the wired MCP servers now.
+    pub(crate) fn rewire(&self) {
+        self.rewire.notify_one();
+    }
+
+    pub(crate) async fn rewire_notified(&self) {
+        self.rewire.notified().await;
     }
 
     /// Whether another re-apply fits in the window (and counts it if so).
@@ -285,7 +325,8 @@ pub fn plan(spec: &GateSpec, docs: &GatewayDocs) -> Vec<GateChange> {
 
 /// What undoing setup changes: every setting setup recorded as changed goes
 /// back to its value before setup; the plugin folder leaves
-/// `plugins.load.paths` only if setup added it (other paths stay).
+/// `plugins.load.paths` only if setup added it (other paths stay); every MCP
+/// server wired through `defenseclawctl mcp exec` gets its own command back.
 pub fn plan_undo(spec: &GateSpec, recorded: &[GateChange], docs: &GatewayDocs) -> Vec<GateChange> {
     recorded
         .iter()
@@ -317,6 +358,7 @@ pub fn plan_undo(spec: &GateSpec, recorded: &[GateChange], docs: &GatewayDocs) -
             };
             GateChange::new(c.path.clone(), now, want)
         })
+        .chain(super::mcp_wiring::plan_unwrap_all(&docs.config))
         .collect()
 }
 
@@ -359,16 +401,29 @@ pub(crate) async fn apply(
     }
     if config_changed {
         let mut params = json!({"raw": patch.to_string(), "note": "defenseclawd: openclaw setup"});
-        // Undo takes the plugin folder out of the array: say it is meant.
-        if changes.iter().any(|c| c.changed && c.path == CONFIG_PATHS) {
-            params["replacePaths"] = json!([CONFIG_PATHS]);
+        // Arrays are replaced whole (undo takes the plugin folder out of the
+        // paths; a wired MCP server's args shrink back): say it is meant.
+        let replace: Vec<&str> = changes
+            .iter()
+            .filter(|c| c.changed && (c.path == CONFIG_PATHS || c.after.is_array()))
+            .map(|c| c.path.as_str())
+            .collect();
+        if !replace.is_empty() {
+            params["replacePaths"] = json!(replace);
         }
         if let Some(h) = &docs.config_hash {
             params["baseHash"] = json!(h);
         }
-        rpc.call("config.patch", params)
-            .await
-            .map_err(gw("config.patch"))?;
+        match rpc.call("config.patch", params).await {
+            Ok(_) => {}
+            // Written to the file, but a newer write reached the running
+            // gateway first: ours is in the config; reconciliation reads the
+            // result of the newer one on its config event.
+            Err(e) if persisted_but_superseded(&e) => {
+                tracing::info!("openclaw: config.patch persisted, superseded by a newer write");
+            }
+            Err(e) => return Err(gw("config.patch")(e)),
+        }
     }
     if exec_changed {
         if exec["version"].is_null() {
@@ -383,6 +438,67 @@ pub(crate) async fn apply(
             .map_err(gw("exec.approvals.set"))?;
     }
     Ok(())
+}
+
+/// Undoes setup in two writes. OpenClaw validates a plugin's config against
+/// the plugins it has loaded, and the gate plugin requires `socketPath`: its
+/// entry cannot lose its config while the plugin is loaded. So the first
+/// write disables the plugin and restores everything else (load paths, exec
+/// policy, wired MCP servers); once the gateway has unloaded it (bounded
+/// wait), the second restores the entry's own settings.
+pub(crate) async fn apply_undo(
+    rpc: &Rpc,
+    docs: &GatewayDocs,
+    changes: &[GateChange],
+    daemon_version: &str,
+) -> Result<(), GateError> {
+    let is_entry =
+        |c: &GateChange| c.path == entry_path("enabled") || c.path == entry_path("config");
+    let clears_config = changes
+        .iter()
+        .any(|c| c.changed && c.path == entry_path("config") && c.after.is_null());
+    if !clears_config {
+        return apply(rpc, docs, changes).await;
+    }
+    let mut first: Vec<GateChange> = changes.iter().filter(|c| !is_entry(c)).cloned().collect();
+    first.push(GateChange::new(
+        entry_path("enabled"),
+        at(&docs.config, &entry_path("enabled")).clone(),
+        json!(false),
+    ));
+    apply(rpc, docs, &first).await?;
+    let deadline = Instant::now() + ACTIVE_WAIT;
+    while read_view(rpc, daemon_version).await?.plugin != "missing" {
+        if Instant::now() >= deadline {
+            return Err(GateError::Gateway {
+                method: "plugins.list",
+                error: format!(
+                    "the gateway still lists {PLUGIN_ID} after it was disabled and unloaded; its entry is left disabled (run undo again to remove it)"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let docs = read_docs(rpc).await?;
+    let second: Vec<GateChange> = changes
+        .iter()
+        .filter(|c| is_entry(c))
+        .map(|c| {
+            GateChange::new(
+                c.path.clone(),
+                at(&docs.config, &c.path).clone(),
+                c.after.clone(),
+            )
+        })
+        .collect();
+    apply(rpc, &docs, &second).await
+}
+
+/// OpenClaw's answer to a `config.patch` that was written to the config file
+/// but not applied because a newer write came after it ("superseded").
+fn persisted_but_superseded(e: &RpcError) -> bool {
+    matches!(e, RpcError::Gateway { message, .. }
+        if message.contains("persisted") && message.contains("superseded"))
 }
 
 /// The plugin's state and the exec policy, as status shows them.

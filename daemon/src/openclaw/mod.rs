@@ -43,6 +43,7 @@ mod device;
 mod engine;
 pub mod gate_setup;
 pub(crate) mod host;
+pub(crate) mod mcp_wiring;
 mod monitor;
 mod peer;
 pub(crate) mod policy;

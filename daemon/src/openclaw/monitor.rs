@@ -126,6 +126,20 @@ impl MonitorHandle {
         self.shared.gate_setup.set_spec(spec);
     }
 
+    /// How OpenClaw is to start the MCP servers the daemon allows with
+    /// Token Vault connections (`defenseclawctl` and the control socket).
+    pub fn set_mcp_wrapper(&self, ctl: String, socket: String) {
+        self.shared
+            .gate_setup
+            .set_wrapper(super::mcp_wiring::McpWrapper { ctl, socket });
+    }
+
+    /// Asks reconciliation to re-check the wired MCP servers (a grant was
+    /// given or revoked, a server allowed or blocked).
+    pub fn rewire_mcp(&self) {
+        self.shared.gate_setup.rewire();
+    }
+
     /// The gate spec reconciliation keeps in the gateway.
     pub fn gate_spec(&self) -> Option<super::gate_setup::GateSpec> {
         self.shared.gate_setup.spec()
@@ -154,7 +168,8 @@ impl MonitorHandle {
     }
 
     /// Writes planned changes into the gateway, then reads the plugin's state
-    /// (waiting, bounded, for it to turn active when `wait_active`).
+    /// (waiting, bounded, for it to turn active when `wait_active`; without
+    /// it, the changes are an undo and written as `gate_setup::apply_undo` does).
     pub async fn gate_apply(
         &self,
         docs: &super::gate_setup::GatewayDocs,
@@ -162,8 +177,12 @@ impl MonitorHandle {
         wait_active: bool,
     ) -> Result<super::gate_setup::GateView, super::gate_setup::GateError> {
         let rpc = self.shared.gate_setup.rpc()?;
-        super::gate_setup::apply(&rpc, docs, changes).await?;
         let version = env!("CARGO_PKG_VERSION");
+        if wait_active {
+            super::gate_setup::apply(&rpc, docs, changes).await?;
+        } else {
+            super::gate_setup::apply_undo(&rpc, docs, changes, version).await?;
+        }
         let view = if wait_active {
             super::gate_setup::wait_active(&rpc, version).await?
         } else {

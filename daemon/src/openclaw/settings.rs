@@ -205,6 +205,11 @@ pub struct OpenClawSettings {
     /// bounds). `openclaw setup` writes it into the plugin's config as
     /// `decisionTimeoutMs`.
     pub decision_timeout_ms: u64,
+    /// Absolute path of `defenseclawctl`, which OpenClaw runs as
+    /// `defenseclawctl --socket <control socket> mcp exec <server> -- <command>`
+    /// for an MCP server allowed with Token Vault connections while
+    /// `openclaw setup` is in effect (default the packaged `/usr/bin/defenseclawctl`).
+    pub ctl_path: PathBuf,
     /// The gate socket the OpenClaw plugin asks (default: `gate.sock` beside
     /// the control socket).
     pub gate_socket: Option<PathBuf>,
@@ -274,6 +279,11 @@ impl OpenClawSettings {
                 "gate_socket must be an absolute path".into(),
             ));
         }
+        if !self.ctl_path.is_absolute() {
+            return Err(OpenClawError::Config(
+                "ctl_path must be an absolute path".into(),
+            ));
+        }
         if !self.plugin_dir.is_absolute() {
             return Err(OpenClawError::Config(
                 "plugin_dir must be an absolute path".into(),
@@ -287,6 +297,9 @@ impl OpenClawSettings {
         Ok(())
     }
 }
+
+/// The packaged location of `defenseclawctl`.
+pub const DEFAULT_CTL_PATH: &str = "/usr/bin/defenseclawctl";
 
 /// The packaged location of the gate plugin.
 pub const DEFAULT_PLUGIN_DIR: &str = "/usr/share/defenseclaw/openclaw-plugin";
@@ -317,6 +330,7 @@ impl Default for OpenClawSettings {
             on_daemon_unreachable: OnUnreachable::Deny,
             plugin_dir: PathBuf::from(DEFAULT_PLUGIN_DIR),
             decision_timeout_ms: 1500,
+            ctl_path: PathBuf::from(DEFAULT_CTL_PATH),
             gate_socket: None,
             gate_max_connections: 32,
             gate_max_in_flight: 64,

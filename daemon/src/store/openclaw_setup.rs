@@ -42,6 +42,9 @@ pub struct RecordGateSetup {
 pub struct RecordGateUndo {
     /// What the undo changed.
     pub changes: Vec<GateChange>,
+    /// The human approval of the undo (`human_confirmed`, `approver`,
+    /// `request_id`) when step-up is on; `null` otherwise.
+    pub approval: serde_json::Value,
     /// The operator.
     pub actor: Actor,
 }
@@ -147,7 +150,12 @@ impl Operation for RecordGateUndo {
             severity: None,
             outcome: "success".into(),
             reason: "gate setup undone in OpenClaw: settings restored".into(),
-            details: serde_json::json!({ "changes": self.changes }),
+            details: serde_json::json!({
+                "changes": self.changes,
+                "human_confirmed": self.approval["human_confirmed"] == true,
+                "approver": self.approval["approver"],
+                "request_id": self.approval["request_id"],
+            }),
             actor: self.actor,
         })?;
         Ok(entry.seq)
@@ -239,6 +247,7 @@ mod tests {
         let seq = store
             .write(RecordGateUndo {
                 changes: vec![],
+                approval: serde_json::Value::Null,
                 actor: actor.clone(),
             })
             .await
@@ -248,6 +257,7 @@ mod tests {
         let again = store
             .write(RecordGateUndo {
                 changes: vec![],
+                approval: serde_json::Value::Null,
                 actor,
             })
             .await;

@@ -57,7 +57,9 @@ async fn gate(c: &mut Client) -> Option<pb::OpenClawGate> {
         .into_inner();
     let oc = s.openclaw?;
     (oc.state == "connected").then_some(())?;
-    oc.gate
+    // The gate object carries the decision counters from the start; its
+    // plugin state once the daemon has read the gateway's plugins.
+    oc.gate.filter(|g| !g.plugin.is_empty())
 }
 
 async fn setup(c: &mut Client, dry_run: bool, undo: bool) -> pb::OpenClawSetupReply {
@@ -67,14 +69,42 @@ async fn setup(c: &mut Client, dry_run: bool, undo: bool) -> pb::OpenClawSetupRe
         .into_inner()
 }
 
-/// The user's config file and the exec policy file as the gateway holds them.
+/// The parts of the user's config setup manages (plugins, MCP servers) and
+/// the exec policy, as the gateway holds them. (The daemon writes other parts
+/// meanwhile: skills it blocks after scanning OpenClaw's bundled ones.)
 async fn gateway_docs(operator: &GatewayClient) -> (Value, Value) {
     let cfg = operator.request("config.get", json!({})).await.unwrap();
     let appr = operator
         .request("exec.approvals.get", json!({}))
         .await
         .unwrap();
-    (cfg["parsed"].clone(), appr["file"]["defaults"].clone())
+    (
+        json!({"plugins": cfg["parsed"]["plugins"], "mcp": cfg["parsed"]["mcp"]}),
+        appr["file"]["defaults"].clone(),
+    )
+}
+
+/// `config.patch` as an operator does it: against the hash just read, read
+/// again when the daemon wrote in between. OpenClaw answering that the write
+/// was persisted but superseded (the daemon's reaction to it reached the
+/// running gateway first) is the write done.
+async fn patch_config(operator: &GatewayClient, patch: Value) {
+    for _ in 0..10 {
+        let cfg = operator.request("config.get", json!({})).await.unwrap();
+        match operator
+            .request(
+                "config.patch",
+                json!({"raw": patch.to_string(), "baseHash": cfg["hash"]}),
+            )
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.to_string().contains("superseded") => return,
+            Err(e) if e.to_string().contains("changed since last load") => continue,
+            Err(e) => panic!("config.patch {patch}: {e}"),
+        }
+    }
+    panic!("config.patch {patch}: the config kept changing under it");
 }
 
 fn changed(r: &pb::OpenClawSetupReply) -> Vec<&str> {
@@ -218,15 +248,11 @@ async fn a_gate_turned_off_in_openclaw_is_put_back_and_audited() {
         .await
         .unwrap();
 
-    let cfg = operator.request("config.get", json!({})).await.unwrap();
-    operator
-        .request(
-            "config.patch",
-            json!({"raw": json!({"plugins": {"entries": {"defenseclaw-gate": {"enabled": false}}}}).to_string(),
-                "baseHash": cfg["hash"]}),
-        )
-        .await
-        .unwrap();
+    patch_config(
+        &operator,
+        json!({"plugins": {"entries": {"defenseclaw-gate": {"enabled": false}}}}),
+    )
+    .await;
     // Each change the daemon noticed is put back and audited (one entry per
     // reconciliation that found something to re-apply).
     let applied = eventually("both re-applies in the audit log", || {
@@ -245,14 +271,13 @@ async fn a_gate_turned_off_in_openclaw_is_put_back_and_audited() {
         }
     })
     .await;
-    assert!(
-        applied.iter().all(|e| e.outcome == "applied"),
-        "{applied:?}"
-    );
+    // A re-apply that lost a race with our write is audited as an error and
+    // retried on the next event; every entry is the daemon's own.
     assert!(
         applied
             .iter()
-            .all(|e| e.actor.as_ref().is_some_and(|a| a.auth_method == "system"))
+            .all(|e| e.actor.as_ref().is_some_and(|a| a.auth_method == "system")),
+        "{applied:?}"
     );
     eventually("the plugin enabled and the policy tight again", || {
         let operator = &operator;
@@ -270,5 +295,120 @@ async fn a_gate_turned_off_in_openclaw_is_put_back_and_audited() {
         async move { gate(&mut c).await.filter(|g| g.plugin == "active") }
     })
     .await;
+    operator.close().await;
+}
+
+/// Undo lowers protection: with step-up on, the `[stepup]` approver decides
+/// it on their phone. Denied: nothing changes and the refusal is audited;
+/// approved: the config is restored and the entry names the approver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undo_under_step_up_waits_for_the_approver() {
+    use crate::stepup::{OPERATOR, bearer, operator_token, provider};
+    use defenseclaw_testkit::daemon::DaemonBuilder;
+    use defenseclaw_testkit::idp::CibaSelector;
+    use std::time::Duration;
+
+    let _one_at_a_time = REAL_GATEWAY.lock().await;
+    let idp = provider().await;
+    let gw = OpenClawGateway::start_with(json!({}))
+        .await
+        .expect("starting the real OpenClaw gateway");
+    let url = gw.url();
+    let dir = plugin_dir().display().to_string();
+    let d = DaemonBuilder::new()
+        .oidc(&idp)
+        .envs(&[
+            ("DEFENSECLAW_STEPUP__ENABLED", "true"),
+            ("DEFENSECLAW_STEPUP__APPROVER", OPERATOR),
+            ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "60"),
+            ("DEFENSECLAW_OPENCLAW__ENABLED", "true"),
+            ("DEFENSECLAW_OPENCLAW__URL", &url),
+            ("DEFENSECLAW_OPENCLAW__PLUGIN_DIR", &dir),
+            ("OPENCLAW_GATEWAY_TOKEN", &gw.token),
+        ])
+        .start()
+        .await
+        .unwrap();
+    let c = d.client().await.unwrap();
+    eventually("the daemon connected with the gate read", || {
+        let mut c = c.clone();
+        async move { gate(&mut c).await }
+    })
+    .await;
+    let operator = GatewayClient::connect(&url, Some(&gw.token), &[])
+        .await
+        .unwrap();
+    let token = operator_token(&idp).await;
+    let call = |undo: bool| {
+        let mut c = c.clone();
+        let token = token.clone();
+        async move {
+            c.open_claw_setup(bearer(
+                pb::OpenClawSetupRequest {
+                    dry_run: false,
+                    undo,
+                },
+                &token,
+            ))
+            .await
+        }
+    };
+    // Setup raises protection: no approval needed.
+    let first = call(false).await.unwrap().into_inner();
+    assert_eq!(first.plugin, "active", "{first:?}");
+    let gated = gateway_docs(&operator).await;
+
+    let mut answered: Vec<String> = Vec::new();
+    for approve in [false, true] {
+        let phone = async {
+            let asked = idp
+                .wait_for_ciba(Duration::from_secs(90), |p| {
+                    p.binding_message.as_deref().is_some_and(|b| {
+                        b.contains("openclaw-setup undo") && !answered.iter().any(|a| a == b)
+                    })
+                })
+                .await
+                .expect("the approver's phone prompt");
+            let which = CibaSelector::AuthReqId(asked.auth_req_id);
+            if approve {
+                idp.approve_ciba(&which).await.unwrap();
+            } else {
+                idp.deny_ciba(&which).await.unwrap();
+            }
+            asked.binding_message.unwrap_or_default()
+        };
+        let (undone, binding) = tokio::join!(call(true), phone);
+        let code = binding.split(' ').next().unwrap_or_default().to_owned();
+        assert!(code.starts_with("DC-"), "{binding}");
+        answered.push(binding.clone());
+        let mut c = c.clone();
+        let entries = audit(&mut c, "openclaw-setup-undo").await;
+        let (last, details) = entries
+            .iter()
+            .find_map(|e| {
+                let d: Value = serde_json::from_str(&e.details_json).ok()?;
+                (d["request_id"] == code.as_str()).then_some((e, d))
+            })
+            .expect("the undo audited with its request id");
+        assert_eq!(details["request_id"], code.as_str(), "{details}");
+        if approve {
+            let undone = undone.unwrap().into_inner();
+            assert_eq!(changed(&undone).len(), 6, "{undone:?}");
+            assert_eq!(last.outcome, "success");
+            assert_eq!(details["human_confirmed"], true);
+            assert_eq!(details["approver"]["sub"], OPERATOR, "{details}");
+            let (cfg, _) = gateway_docs(&operator).await;
+            assert!(
+                cfg["plugins"]["entries"]["defenseclaw-gate"]["enabled"].is_null(),
+                "{cfg}"
+            );
+        } else {
+            let e = undone.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+            assert_eq!(last.outcome, "denied");
+            assert_eq!(details["human_confirmed"], false);
+            assert_eq!(gateway_docs(&operator).await, gated, "a denied undo wrote");
+        }
+    }
     operator.close().await;
 }

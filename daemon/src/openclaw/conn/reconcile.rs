@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::rpc::{ALREADY_RESOLVED, Rpc, RpcError};
 use crate::openclaw::engine::{Engine, SkillInfo};
-use crate::openclaw::gate_setup;
+use crate::openclaw::gate_setup::{self, GateError};
 use crate::openclaw::host::{Host, HostVerdict, MonitorAudit, TargetKind};
+use crate::openclaw::mcp_wiring;
 use crate::openclaw::state::ApprovalKind;
 
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
@@ -78,6 +79,7 @@ pub(super) async fn background<H: Host>(
         }
         apply_pending(&engine, &rpc).await;
         gate_check(&engine, &rpc).await;
+        wiring_check(&engine, &rpc).await;
         let mut periodic = tokio::time::interval(RECONCILE_EVERY);
         periodic.tick().await;
         loop {
@@ -88,11 +90,14 @@ pub(super) async fn background<H: Host>(
                     refresh_mcp(&engine, &rpc).await;
                     super::coverage::refresh_tools(&engine, &rpc).await;
                     gate_check(&engine, &rpc).await;
+                    wiring_check(&engine, &rpc).await;
                 }
+                () = engine.shared.gate_setup.rewire_notified() => wiring_check(&engine, &rpc).await,
                 _ = periodic.tick() => {
                     relist_approvals(&engine, &rpc).await;
                     apply_pending(&engine, &rpc).await;
                     gate_check(&engine, &rpc).await;
+                    wiring_check(&engine, &rpc).await;
                 }
             }
         }
@@ -297,8 +302,7 @@ async fn gate_check<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
             }
             admitted = true;
             let result = gate_setup::apply(rpc, &docs, &changes).await;
-            let conflict =
-                matches!(&result, Err(e) if e.to_string().to_lowercase().contains("hash"));
+            let conflict = result.as_ref().is_err_and(GateError::is_conflict);
             if conflict && attempt == 0 {
                 continue;
             }
@@ -324,6 +328,81 @@ async fn gate_check<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
     match gate_setup::read_view(rpc, env!("CARGO_PKG_VERSION")).await {
         Ok(view) => gate.set_view(view),
         Err(e) => tracing::warn!(error = %e, "openclaw: reading the gate state failed"),
+    }
+}
+
+/// While setup is in effect, makes OpenClaw start every MCP server the daemon
+/// allows with connections through `defenseclawctl mcp exec`, and puts back
+/// the original command of a wired server whose grant went away (revoked,
+/// blocked). Each server's rewrite is audited.
+async fn wiring_check<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
+    let gate = &engine.shared.gate_setup;
+    let (Some(_), Some(wrapper)) = (gate.spec(), gate.wrapper()) else {
+        return;
+    };
+    let Some(wanted) = engine.host.vault_servers().await else {
+        return;
+    };
+    // A write racing ours changes the hash: read again once.
+    for attempt in 0..2 {
+        let docs = match gate_setup::read_docs(rpc).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "openclaw: reading MCP servers for wiring failed");
+                return;
+            }
+        };
+        let changes = mcp_wiring::plan(&wrapper, docs.config(), &wanted);
+        if changes.is_empty() {
+            return;
+        }
+        let result = gate_setup::apply(rpc, &docs, &changes).await;
+        if result.as_ref().is_err_and(GateError::is_conflict) && attempt == 0 {
+            continue;
+        }
+        let mut by_server: BTreeMap<String, (bool, Vec<Value>)> = BTreeMap::new();
+        for c in &changes {
+            if let Some((name, wraps)) = mcp_wiring::server_of(c) {
+                by_server.insert(name.to_owned(), (wraps, Vec::new()));
+            }
+        }
+        for c in &changes {
+            let name = c
+                .path
+                .trim_start_matches("mcp.servers.")
+                .rsplit_once('.')
+                .map_or("", |(n, _)| n);
+            if let Some((_, views)) = by_server.get_mut(name) {
+                views.push(mcp_wiring::audit_view(c));
+            }
+        }
+        for (name, (wraps, views)) in by_server {
+            let (action, what) = if wraps {
+                (
+                    "openclaw-mcp-wrapped",
+                    "now starts through `defenseclawctl mcp exec` (Token Vault)",
+                )
+            } else {
+                (
+                    "openclaw-mcp-unwrapped",
+                    "has its own command back (no Token Vault grant)",
+                )
+            };
+            let (outcome, reason) = match &result {
+                Ok(()) => ("applied", format!("MCP server {name} {what}")),
+                Err(e) => ("error", format!("rewriting MCP server {name} failed: {e}")),
+            };
+            engine
+                .audit(MonitorAudit {
+                    action: action.into(),
+                    target: Some((TargetKind::Mcp, name)),
+                    outcome: outcome.into(),
+                    reason,
+                    details: json!({ "changes": views }),
+                })
+                .await;
+        }
+        return;
     }
 }
 
