@@ -4,15 +4,40 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Output format, as the commands print it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
-    /// Aligned columns for people.
+    /// Aligned columns for people (`-o table`, or `-o wide` with no cell shortened).
     Table,
+    /// One JSON document.
+    Json,
+    /// SARIF 2.1.0.
+    Sarif,
+}
+
+/// `-o`: the output format asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people; long cells end in `…`.
+    Table,
+    /// Aligned columns with every cell in full.
+    Wide,
     /// One JSON document (JSON lines for `audit export`, `audit tail` and scans).
     Json,
     /// SARIF 2.1.0 (scan commands only), for code-scanning tools.
     Sarif,
+}
+
+impl OutputFormat {
+    /// The format the commands print, and whether table cells stay whole.
+    pub fn resolve(self) -> (Output, bool) {
+        match self {
+            Self::Table => (Output::Table, false),
+            Self::Wide => (Output::Table, true),
+            Self::Json => (Output::Json, false),
+            Self::Sarif => (Output::Sarif, false),
+        }
+    }
 }
 
 /// Command-line client for defenseclawd.
@@ -28,9 +53,10 @@ pub struct Cli {
     pub socket: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
-    pub output: Output,
-    /// When a change needs a human approval, print the request and return at once.
-    #[arg(long, global = true)]
+    pub output: OutputFormat,
+    /// When a change needs a human approval, print the request and return at
+    /// once (also a flag of the commands that can need one).
+    #[arg(long)]
     pub no_wait: bool,
     /// What to do.
     #[command(subcommand)]
@@ -55,6 +81,20 @@ pub enum Command {
     Status,
     /// This CLI's version, and the daemon's when it answers.
     Version,
+    /// Write a starting config (a user's own, or root's system file) and explain the two modes.
+    #[command(after_help = crate::examples::INIT)]
+    Init {
+        /// Where to write it (default: ~/.config/defenseclaw/defenseclawd.toml, or
+        /// /etc/defenseclaw/defenseclawd.toml for root).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Where the OpenClaw gateway listens (default 127.0.0.1:18789).
+        #[arg(long, value_name = "HOST:PORT")]
+        gateway: Option<std::net::SocketAddr>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Check the setup end to end and say how to fix what is wrong (exit 15 if anything failed).
     #[command(after_help = crate::examples::DOCTOR)]
     Doctor,
@@ -550,6 +590,9 @@ pub struct Decide {
     /// Why (recorded in the audit log).
     #[arg(long, default_value = "")]
     pub reason: String,
+    /// When the change needs a human approval, print the request and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// Finding commands.
@@ -574,6 +617,9 @@ pub enum FindingCommand {
         /// Why the finding is dismissed (recorded in the audit log).
         #[arg(long)]
         reason: String,
+        /// When the dismissal needs a human approval, print the request and return at once.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 

@@ -48,6 +48,7 @@ pub async fn run(
         | Command::Rule { .. }
         | Command::Version
         | Command::Doctor
+        | Command::Init { .. }
         | Command::Completions { .. }
         | Command::Man { .. } => Err(Failure::new(
             crate::exit::FAILURE,
@@ -119,7 +120,7 @@ async fn openclaw_approvals(client: &mut Client, output: Output) -> Result<(), F
         .collect();
     match output {
         Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-        Output::Table => print_text(&render::table(
+        Output::Table => render::print_table(
             &["ID", "KIND", "SUBJECT", "DECISION", "RESOLVED", "REASON"],
             &values
                 .iter()
@@ -134,7 +135,7 @@ async fn openclaw_approvals(client: &mut Client, output: Output) -> Result<(), F
                     ]
                 })
                 .collect::<Vec<_>>(),
-        )),
+        ),
     }
 }
 
@@ -258,6 +259,13 @@ async fn target_command(
     output: Output,
     no_wait: bool,
 ) -> Result<(), Failure> {
+    // `--no-wait` after the command, or before it.
+    let no_wait = no_wait
+        || match &action {
+            TargetCommand::Block(d) | TargetCommand::Unblock(d) => d.no_wait,
+            TargetCommand::Allow(a) => a.decide.no_wait,
+            _ => false,
+        };
     let decide = |d: Decide, action: pb::EnforcementAction| pb::SetEnforcementRequest {
         target: Some(pb::TargetRef {
             kind: kind as i32,
@@ -276,7 +284,7 @@ async fn target_command(
             let values: Vec<Value> = reply.targets.iter().map(render::summary).collect();
             return match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&render::table(
+                Output::Table => render::print_table(
                     &["NAME", "STATE", "FINDINGS", "MAX", "DECIDED BY", "REASON"],
                     &values
                         .iter()
@@ -286,12 +294,12 @@ async fn target_command(
                                 s(&v["state"]),
                                 v["open_findings"].to_string(),
                                 s(&v["max_severity"]),
-                                s(&v["decided_by"]),
+                                render::actor_label(&s(&v["decided_by"])),
                                 s(&v["reason"]),
                             ]
                         })
                         .collect::<Vec<_>>(),
-                )),
+                ),
             };
         }
         TargetCommand::Show { name } => {
@@ -312,7 +320,7 @@ async fn target_command(
                         s(&v["name"]),
                         s(&v["state"]),
                         s(&v["reason"]),
-                        s(&v["decided_by"]),
+                        render::actor_label(&s(&v["decided_by"])),
                         s(&v["decided_at"])
                     );
                     text.push_str(&findings_table(
@@ -379,35 +387,36 @@ async fn target_command(
     }
 }
 
+/// Columns of a findings table.
+const FINDING_COLUMNS: &[&str] = &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"];
+
 fn findings_table(findings: &[Value]) -> String {
-    if findings.is_empty() {
-        return "no findings".into();
-    }
-    render::table(
-        &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"],
-        &findings
-            .iter()
-            .map(|f| {
-                let line = f["line"].as_u64().unwrap_or(0);
-                vec![
-                    f["id"].to_string(),
-                    s(&f["severity"]),
-                    s(&f["rule_id"]),
-                    if line > 0 {
-                        format!("{}:{line}", s(&f["location"]))
-                    } else {
-                        s(&f["location"])
-                    },
-                    s(&f["title"]),
-                    if f["dismissed"].as_bool() == Some(true) {
-                        "dismissed".into()
-                    } else {
-                        "open".into()
-                    },
-                ]
-            })
-            .collect::<Vec<_>>(),
-    )
+    render::table(FINDING_COLUMNS, &finding_rows(findings))
+}
+
+fn finding_rows(findings: &[Value]) -> Vec<Vec<String>> {
+    findings
+        .iter()
+        .map(|f| {
+            let line = f["line"].as_u64().unwrap_or(0);
+            vec![
+                f["id"].to_string(),
+                s(&f["severity"]),
+                s(&f["rule_id"]),
+                if line > 0 {
+                    format!("{}:{line}", s(&f["location"]))
+                } else {
+                    s(&f["location"])
+                },
+                s(&f["title"]),
+                if f["dismissed"].as_bool() == Some(true) {
+                    "dismissed".into()
+                } else {
+                    "open".into()
+                },
+            ]
+        })
+        .collect()
 }
 
 async fn finding_command(
@@ -435,10 +444,15 @@ async fn finding_command(
             let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
             match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&findings_table(&values)),
+                Output::Table => render::print_table(FINDING_COLUMNS, &finding_rows(&values)),
             }
         }
-        FindingCommand::Dismiss { id, reason } => {
+        FindingCommand::Dismiss {
+            id,
+            reason,
+            no_wait: wait_flag,
+        } => {
+            let no_wait = no_wait || wait_flag;
             let f = client
                 .dismiss_finding(pb::DismissFindingRequest { id, reason })
                 .await?
@@ -595,30 +609,34 @@ async fn scan_command(
     }
 }
 
+/// Columns of an audit table.
+const ENTRY_COLUMNS: &[&str] = &[
+    "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
+];
+
 fn entries_table(entries: &[Value]) -> String {
-    render::table(
-        &[
-            "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
-        ],
-        &entries
-            .iter()
-            .map(|e| {
-                let target = match &e["target"] {
-                    Value::Null => String::new(),
-                    t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
-                };
-                vec![
-                    e["seq"].to_string(),
-                    s(&e["ts"]),
-                    s(&e["actor"]["name"]),
-                    s(&e["action"]),
-                    target,
-                    s(&e["outcome"]),
-                    s(&e["reason"]),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    )
+    render::table(ENTRY_COLUMNS, &entry_rows(entries))
+}
+
+fn entry_rows(entries: &[Value]) -> Vec<Vec<String>> {
+    entries
+        .iter()
+        .map(|e| {
+            let target = match &e["target"] {
+                Value::Null => String::new(),
+                t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
+            };
+            vec![
+                e["seq"].to_string(),
+                s(&e["ts"]),
+                s(&e["actor"]["name"]),
+                s(&e["action"]),
+                target,
+                s(&e["outcome"]),
+                s(&e["reason"]),
+            ]
+        })
+        .collect()
 }
 
 async fn audit_command(
@@ -643,7 +661,7 @@ async fn audit_command(
             let values: Vec<Value> = reply.entries.iter().map(render::entry).collect();
             match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&entries_table(&values)),
+                Output::Table => render::print_table(ENTRY_COLUMNS, &entry_rows(&values)),
             }
         }
         AuditCommand::Tail { from_start } => {

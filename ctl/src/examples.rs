@@ -113,3 +113,11 @@ provider discovery and keys, OpenClaw gateway.
 Examples:
   defenseclawctl doctor
   defenseclawctl doctor -o json | jq '.checks[] | select(.state != \"ok\")'";
+
+/// `init`.
+pub const INIT: &str = "\
+OpenClaw monitoring is turned on only when a gateway answers on 127.0.0.1:18789.
+
+Examples:
+  defenseclawctl init && defenseclawd &
+  sudo defenseclawctl init --force      # rewrite /etc/defenseclaw/defenseclawd.toml";

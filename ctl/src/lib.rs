@@ -10,6 +10,7 @@ pub mod connections;
 pub mod doctor;
 pub mod examples;
 pub mod exit;
+pub mod init;
 pub mod meta;
 pub mod quarantine;
 pub mod render;
@@ -162,21 +163,28 @@ pub fn main_entry() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let socket = client::resolve_socket(cli.socket);
+        let (output, wide) = cli.output.resolve();
+        render::set_wide(wide);
         match &cli.command {
-            cli::Command::Version => return meta::version(&socket, cli.output).await,
-            cli::Command::Doctor => return doctor::doctor(&socket, cli.output).await,
+            cli::Command::Version => return meta::version(&socket, output).await,
+            cli::Command::Doctor => return doctor::doctor(&socket, output).await,
+            cli::Command::Init {
+                config,
+                gateway,
+                force,
+            } => return init::init(config.clone(), *gateway, *force, output).await,
             cli::Command::Completions { shell } => return meta::completions(*shell),
             cli::Command::Man { out_dir } => return meta::man_pages(out_dir),
             _ => {}
         }
         if let cli::Command::Auth { action } = cli.command {
-            return auth_command(&socket, action, cli.output).await;
+            return auth_command(&socket, action, output).await;
         }
         if let cli::Command::Connections {
             action: cli::ConnectionsCommand::Connect(args),
         } = cli.command
         {
-            return connect::connect(&socket, args, cli.output).await;
+            return connect::connect(&socket, args, output).await;
         }
         // Offline scans and rule commands need no daemon.
         let command = match cli.command {
@@ -184,15 +192,15 @@ pub fn main_entry() -> ExitCode {
                 action: cli::SkillCommand::Scan(args),
             } if args.common.offline => {
                 let args = args.into();
-                return scan::offline(defenseclaw_proto::v1::TargetKind::Skill, &args, cli.output);
+                return scan::offline(defenseclaw_proto::v1::TargetKind::Skill, &args, output);
             }
             cli::Command::Mcp {
                 action: cli::McpCommand::Scan(args),
             } if args.common.offline => {
                 let args = args.into();
-                return scan::offline(defenseclaw_proto::v1::TargetKind::Mcp, &args, cli.output);
+                return scan::offline(defenseclaw_proto::v1::TargetKind::Mcp, &args, output);
             }
-            cli::Command::Rule { action } => return scan::rules(&action, cli.output),
+            cli::Command::Rule { action } => return scan::rules(&action, output),
             other => other,
         };
         let scan_command = matches!(
@@ -203,7 +211,7 @@ pub fn main_entry() -> ExitCode {
                 action: cli::McpCommand::Scan(_)
             }
         );
-        if cli.output == cli::Output::Sarif && !scan_command {
+        if output == cli::Output::Sarif && !scan_command {
             return Err(Failure::new(
                 exit::USAGE,
                 "-o sarif is only for scan commands",
@@ -216,7 +224,7 @@ pub fn main_entry() -> ExitCode {
                 .map(|t| t.expose_secret()),
         )?;
         let mut client = client::connect_with(&socket, bearer).await?;
-        commands::run(&mut client, command, cli.output, cli.no_wait).await
+        commands::run(&mut client, command, output, cli.no_wait).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -473,7 +473,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         // The gate plugin `openclaw setup` installs.
         settings.openclaw.plugin_dir.clone(),
     ];
-    if let ConfigFile::Explicit(path) = &config_file {
+    if let ConfigFile::Explicit(path) | ConfigFile::User(path) = &config_file {
         protected.push(path.clone());
     }
     monitor.gate().protect_paths(protected);

@@ -97,6 +97,7 @@ pub struct SetupFacts {
 pub fn config_source(file: &ConfigFile) -> String {
     match file {
         ConfigFile::Explicit(path) => format!("{} (--config)", path.display()),
+        ConfigFile::User(path) => format!("{} (the user's config file)", path.display()),
         ConfigFile::System if Path::new(crate::config::SYSTEM_CONFIG_PATH).exists() => {
             crate::config::SYSTEM_CONFIG_PATH.to_owned()
         }

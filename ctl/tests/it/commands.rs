@@ -544,6 +544,11 @@ async fn help_is_per_kind_with_examples() {
     );
     assert!(help(&["mcp", "scan"]).await.contains("--config"));
     assert!(!help(&["skill", "allow"]).await.contains("--connection"));
+    // --no-wait only where a change can wait for a human.
+    assert!(!skill_scan.contains("--no-wait"), "{skill_scan}");
+    assert!(!help(&["audit", "list"]).await.contains("--no-wait"));
+    assert!(help(&["skill", "allow"]).await.contains("--no-wait"));
+    assert!(help(&["finding", "dismiss"]).await.contains("--no-wait"));
     assert!(help(&["mcp", "allow"]).await.contains("--connection"));
     for args in [
         &["skill"][..],
@@ -738,4 +743,153 @@ async fn doctor_names_each_broken_part_with_a_fix() {
     );
     assert_eq!(doctor_check(&report, "auth-mode")["state"], "ok");
     assert_eq!(doctor_check(&report, "session")["state"], "warn");
+}
+
+/// `init` writes a private starting config from the shipped example, turns
+/// OpenClaw monitoring on only when a gateway answers, and never replaces a
+/// file without `--force`.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_writes_a_private_config_and_enables_openclaw_only_when_a_gateway_answers() {
+    use std::os::unix::fs::PermissionsExt;
+    let nowhere = std::path::Path::new("/nonexistent/defenseclawd.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conf/defenseclawd.toml");
+    let path_arg = path.to_str().unwrap();
+    let openclaw_section = |text: &str| {
+        let start = text.find("\n[openclaw]\n").unwrap();
+        let rest = &text[start + 1..];
+        rest[..rest[1..].find("\n[").map_or(rest.len(), |i| i + 1)].to_owned()
+    };
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let v = ctl_at(
+        nowhere,
+        &[
+            "-o",
+            "json",
+            "init",
+            "--config",
+            path_arg,
+            "--gateway",
+            &closed_addr,
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(v["openclaw"]["gateway_answered"], false, "{v}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        openclaw_section(&text).contains("\nenabled = false\n"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    let again = ctl_at(nowhere, &["init", "--config", path_arg]).await;
+    assert_eq!(again.code, 4, "{}", again.stderr);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "replaced without --force"
+    );
+
+    let gateway = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = gateway.local_addr().unwrap().to_string();
+    let run = ctl_at(
+        nowhere,
+        &["init", "--config", path_arg, "--gateway", &addr, "--force"],
+    )
+    .await
+    .ok();
+    assert!(
+        run.stdout.contains("local ") && run.stdout.contains("oidc "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("defenseclawctl doctor"),
+        "{}",
+        run.stdout
+    );
+    let section = openclaw_section(&std::fs::read_to_string(&path).unwrap());
+    assert!(section.contains("\nenabled = true\n"), "{section}");
+    assert!(
+        section.contains(&format!("\nurl = \"ws://{addr}/\"\n")),
+        "{section}"
+    );
+
+    let relative = ctl_at(nowhere, &["init", "--config", "relative.toml"]).await;
+    assert_eq!(relative.code, 2, "{}", relative.stderr);
+}
+
+/// Tables: an empty list says `(none)`, a long reason is cut with `…` unless
+/// `-o wide`, "decided by" names the user like the audit's actor column, and
+/// colour appears only when asked for on a non-terminal and never with NO_COLOR.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_are_consistent_cut_or_wide_and_coloured_only_when_wanted() {
+    let d = TestDaemon::start().await.unwrap();
+    let empty = d.ctl(&["skill", "list"]).await.ok();
+    assert_eq!(
+        empty.stdout.lines().nth(1),
+        Some("(none)"),
+        "{}",
+        empty.stdout
+    );
+    let reason = format!("reviewed {}", "carefully ".repeat(12));
+    d.ctl(&["skill", "block", "long-reason", "--reason", reason.trim()])
+        .await
+        .ok();
+    let cut = d.ctl(&["skill", "list"]).await.ok();
+    assert!(
+        cut.stdout.contains('…') && !cut.stdout.contains(reason.trim()),
+        "{}",
+        cut.stdout
+    );
+    assert!(
+        cut.stdout.contains("root"),
+        "decided by shows the user: {}",
+        cut.stdout
+    );
+    assert!(
+        !cut.stdout.contains('\u{1b}'),
+        "colour off a terminal: {:?}",
+        cut.stdout
+    );
+    let wide = d.ctl(&["-o", "wide", "skill", "list"]).await.ok();
+    assert!(wide.stdout.contains(reason.trim()), "{}", wide.stdout);
+
+    let coloured = |no_color: bool| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"));
+        cmd.arg("--socket")
+            .arg(&d.socket)
+            .args(["skill", "list"])
+            .env("CLICOLOR_FORCE", "1")
+            .env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        cmd.output()
+    };
+    let forced = Run::from(coloured(false).await.unwrap()).ok();
+    assert!(
+        forced.stdout.contains("\u{1b}[31mblocked\u{1b}[0m"),
+        "{:?}",
+        forced.stdout
+    );
+    let plain = Run::from(coloured(true).await.unwrap()).ok();
+    assert!(!plain.stdout.contains('\u{1b}'), "{:?}", plain.stdout);
 }

@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 
-use super::ENV_PREFIX;
 use super::error::ConfigError;
+
+/// Prefix of every environment variable the daemon reads.
+pub const ENV_PREFIX: &str = "DEFENSECLAW";
 
 /// `DEFENSECLAW_*` variables that are not config keys but are read by the
 /// daemon, the CLI or the test and benchmark harnesses (a shell may export the

@@ -23,11 +23,11 @@ pub use governance::{
 };
 
 /// The system-wide config file read when `--config` is not given.
-pub const SYSTEM_CONFIG_PATH: &str = "/etc/defenseclaw/defenseclawd.toml";
+pub const SYSTEM_CONFIG_PATH: &str = defenseclaw_common::paths::SYSTEM_CONFIG;
 /// Prefix of environment overrides; nested keys are joined with `__`, e.g.
 /// `DEFENSECLAW_SERVER__SOCKET`. Variables without `__` (such as
 /// `DEFENSECLAW_HOME`) are not config keys and are left alone.
-pub const ENV_PREFIX: &str = "DEFENSECLAW";
+pub use env::ENV_PREFIX;
 
 /// The commented example configuration shipped as
 /// `/etc/defenseclaw/defenseclawd.toml`, printed by `--print-example-config`.
@@ -296,6 +296,8 @@ pub enum ConfigFile {
     Explicit(PathBuf),
     /// The system path: read when present.
     System,
+    /// A user's own config file (`defenseclawctl init`), found without `--config`.
+    User(PathBuf),
     /// No file at all (tests).
     None,
 }
@@ -310,7 +312,7 @@ impl Settings {
             .map_err(|e| ConfigError::Invalid(format!("built-in defaults: {e}")))?;
         let mut builder = Config::builder().add_source(defaults);
         match file {
-            ConfigFile::Explicit(path) => {
+            ConfigFile::Explicit(path) | ConfigFile::User(path) => {
                 if !path.is_file() {
                     return Err(ConfigError::Invalid(format!(
                         "config file {} does not exist or is not a file",
@@ -398,6 +400,7 @@ impl Settings {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.openclaw
             .validate()
+            .and_then(|()| crate::openclaw::Policy::from_settings(&self.openclaw).map(drop))
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.scanner
             .validate()

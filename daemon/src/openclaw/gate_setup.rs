@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::conn::{Rpc, RpcError};
-use super::state::lock;
+use super::conn::rpc::{Rpc, RpcError};
 
 /// The gate plugin's id (`openclaw.plugin.json`).
 pub const PLUGIN_ID: &str = "defenseclaw-gate";
@@ -147,6 +146,20 @@ fn gw(method: &'static str) -> impl FnOnce(RpcError) -> GateError {
     }
 }
 
+/// How OpenClaw should start an MCP server wired to the Token Vault: the CLI
+/// and the daemon's control socket (see `mcp_wiring`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpWrapper {
+    /// Absolute path of `defenseclawctl`.
+    pub ctl: String,
+    /// The daemon's control socket the wrapper asks for the token.
+    pub socket: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The gate's part of the state shared with the connection task.
 #[derive(Debug, Default)]
 pub(crate) struct GateShared {
@@ -154,7 +167,7 @@ pub(crate) struct GateShared {
     view: Mutex<Option<GateView>>,
     spec: Mutex<Option<GateSpec>>,
     reapplies: Mutex<VecDeque<Instant>>,
-    wrapper: Mutex<Option<super::mcp_wiring::McpWrapper>>,
+    wrapper: Mutex<Option<McpWrapper>>,
     rewire: tokio::sync::Notify,
 }
 
@@ -183,11 +196,11 @@ impl GateShared {
         *lock(&self.spec) = spec;
     }
 
-    pub(crate) fn wrapper(&self) -> Option<super::mcp_wiring::McpWrapper> {
+    pub(crate) fn wrapper(&self) -> Option<McpWrapper> {
         lock(&self.wrapper).clone()
     }
 
-    pub(crate) fn set_wrapper(&self, w: super::mcp_wiring::McpWrapper) {
+    pub(crate) fn set_wrapper(&self, w: McpWrapper) {
         *lock(&self.wrapper) = Some(w);
     }
 
@@ -325,8 +338,8 @@ pub fn plan(spec: &GateSpec, docs: &GatewayDocs) -> Vec<GateChange> {
 
 /// What undoing setup changes: every setting setup recorded as changed goes
 /// back to its value before setup; the plugin folder leaves
-/// `plugins.load.paths` only if setup added it (other paths stay); every MCP
-/// server wired through `defenseclawctl mcp exec` gets its own command back.
+/// `plugins.load.paths` only if setup added it (other paths stay). (The MCP
+/// servers wired through `defenseclawctl mcp exec` are `mcp_wiring`'s.)
 pub fn plan_undo(spec: &GateSpec, recorded: &[GateChange], docs: &GatewayDocs) -> Vec<GateChange> {
     recorded
         .iter()
@@ -358,7 +371,6 @@ pub fn plan_undo(spec: &GateSpec, recorded: &[GateChange], docs: &GatewayDocs) -
             };
             GateChange::new(c.path.clone(), now, want)
         })
-        .chain(super::mcp_wiring::plan_unwrap_all(&docs.config))
         .collect()
 }
 

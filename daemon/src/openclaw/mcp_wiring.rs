@@ -10,17 +10,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::gate_setup::GateChange;
+use super::gate_setup::{GateChange, McpWrapper};
 use super::redact::redact_text;
-
-/// How OpenClaw should start a wired server: the CLI and the daemon's socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct McpWrapper {
-    /// Absolute path of `defenseclawctl`.
-    pub ctl: String,
-    /// The daemon's control socket the wrapper asks for the token.
-    pub socket: String,
-}
 
 /// The file name every wrapper command has (any install location).
 const CTL_NAME: &str = "defenseclawctl";

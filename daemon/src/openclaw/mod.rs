@@ -37,6 +37,7 @@
 //! denied when the server (target `<server>`) or the tool (target
 //! `<server>/<tool>`) is blocked; others are left to a human.
 
+mod approval_kind;
 mod audit_queue;
 mod conn;
 mod device;

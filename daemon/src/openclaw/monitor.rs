@@ -131,7 +131,7 @@ impl MonitorHandle {
     pub fn set_mcp_wrapper(&self, ctl: String, socket: String) {
         self.shared
             .gate_setup
-            .set_wrapper(super::mcp_wiring::McpWrapper { ctl, socket });
+            .set_wrapper(super::gate_setup::McpWrapper { ctl, socket });
     }
 
     /// Asks reconciliation to re-check the wired MCP servers (a grant was
@@ -162,7 +162,12 @@ impl MonitorHandle {
         let docs = super::gate_setup::read_docs(&rpc).await?;
         let changes = match undo_of {
             None => super::gate_setup::plan(spec, &docs),
-            Some(recorded) => super::gate_setup::plan_undo(spec, recorded, &docs),
+            // Undo also gives every wired MCP server its own command back.
+            Some(recorded) => {
+                let mut changes = super::gate_setup::plan_undo(spec, recorded, &docs);
+                changes.extend(super::mcp_wiring::plan_unwrap_all(docs.config()));
+                changes
+            }
         };
         Ok((docs, changes))
     }

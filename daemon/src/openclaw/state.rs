@@ -52,15 +52,7 @@ pub struct GatewayStatus {
     pub gateway_check: Option<String>,
 }
 
-/// Kind of an OpenClaw approval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApprovalKind {
-    /// `exec.approval.*`
-    Exec,
-    /// `plugin.approval.*`
-    Plugin,
-}
+pub use super::approval_kind::ApprovalKind;
 
 /// A pending (or recently resolved) approval the monitor saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::Store;
+use super::handle::Store;
 use super::writer::{Operation, Tx};
 use crate::audit::NewEntry;
 use crate::error::{Error, Result};

@@ -9,9 +9,8 @@ mod endpoint;
 mod handshake;
 mod reconcile;
 mod reconnect;
-mod rpc;
+pub(crate) mod rpc;
 mod session;
 
 pub(crate) use endpoint::Endpoint;
 pub(crate) use reconnect::{Context, run};
-pub(crate) use rpc::{Rpc, RpcError};
