@@ -285,6 +285,21 @@ pub enum RuleCommand {
 pub enum OpenclawCommand {
     /// Approvals the daemon has seen (pending and recent) and what it decided.
     Approvals,
+    /// Install and enable the gate plugin and set OpenClaw's exec policy so
+    /// nothing runs unasked, through the daemon's gateway connection
+    /// (idempotent; reports each setting it manages). While it is in effect,
+    /// MCP servers allowed with Token Vault connections are started through
+    /// `defenseclawctl mcp exec`.
+    Setup {
+        /// Report what would change without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Restore what setup changed (and every wired MCP server's own
+        /// command). With step-up on, the [stepup] approver must approve it
+        /// first: the command waits for the answer.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 /// Skill commands.

@@ -62,7 +62,53 @@ async fn openclaw_command(
     action: OpenclawCommand,
     output: Output,
 ) -> Result<(), Failure> {
-    let OpenclawCommand::Approvals = action;
+    let (dry_run, undo) = match action {
+        OpenclawCommand::Approvals => return openclaw_approvals(client, output).await,
+        OpenclawCommand::Setup { dry_run, undo } => (dry_run, undo),
+    };
+    if undo && !dry_run {
+        eprintln!(
+            "undo lowers protection: with step-up on, it waits for the approver's answer on their phone"
+        );
+    }
+    let reply = client
+        .open_claw_setup(pb::OpenClawSetupRequest { dry_run, undo })
+        .await?
+        .into_inner();
+    let value = render::openclaw_setup(&reply);
+    match output {
+        Output::Json | Output::Sarif => print_json(&value),
+        Output::Table => {
+            let verb = match (reply.undo, reply.dry_run) {
+                (true, true) => "undo would change",
+                (true, false) => "undo changed",
+                (false, true) => "setup would change",
+                (false, false) => "setup changed",
+            };
+            let rows: Vec<Vec<String>> = reply
+                .changes
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.path.clone(),
+                        c.before.clone(),
+                        c.after.clone(),
+                        if c.changed { "yes" } else { "no" }.into(),
+                    ]
+                })
+                .collect();
+            let changed = reply.changes.iter().filter(|c| c.changed).count();
+            let mut text = render::table(&["SETTING", "BEFORE", "AFTER", "CHANGED"], &rows);
+            text.push_str(&format!("\n{verb} {changed} setting(s)"));
+            if !reply.plugin.is_empty() {
+                text.push_str(&format!("; gate plugin: {}", reply.plugin));
+            }
+            print_text(&text)
+        }
+    }
+}
+
+async fn openclaw_approvals(client: &mut Client, output: Output) -> Result<(), Failure> {
     let reply = client
         .list_open_claw_approvals(pb::ListOpenClawApprovalsRequest {})
         .await?

@@ -249,6 +249,16 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     )
     .inspect_err(|_| cleanup.run())?;
     if settings.openclaw.enabled {
+        monitor.set_mcp_wrapper(
+            settings.openclaw.ctl_path.display().to_string(),
+            socket.display().to_string(),
+        );
+        // A setup done before (and not undone) is kept by reconciliation.
+        match store.gate_setup().await {
+            Ok(Some(row)) if row.active => monitor.set_gate_spec(Some(row.spec)),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not read the openclaw setup record"),
+        }
         tokio::spawn(forward_enforcement(
             monitor.clone(),
             enforcer.subscribe(),
@@ -464,6 +474,8 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     .await
     .map_err(StartError::Export)
     .inspect_err(|_| cleanup.run())?;
+    // The gate socket the OpenClaw plugin asks, beside the control socket.
+    let gate_path = crate::gate::socket_path(&settings.openclaw, &socket);
     let gov = Governance::new(Parts {
         store: store.clone(),
         cache,
@@ -475,9 +487,8 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         coalescer: coalescer.clone(),
         quarantine,
         exporters: exporters.clone(),
+        gate_spec: crate::governance::openclaw_setup::gate_spec(&settings.openclaw, &gate_path),
     });
-    // The gate socket the OpenClaw plugin asks, beside the control socket.
-    let gate_path = crate::gate::socket_path(&settings.openclaw, &socket);
     let gate_bound = listener::bind_path(&gate_path, mode)
         .inspect_err(|_| cleanup.run())
         .map_err(StartError::Socket)?;
@@ -501,6 +512,8 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         gate_bound.path.clone(),
         state_dir.clone(),
         store_path.clone(),
+        // The gate plugin `openclaw setup` installs.
+        settings.openclaw.plugin_dir.clone(),
     ];
     if let ConfigFile::Explicit(path) | ConfigFile::User(path) = &config_file {
         protected.push(path.clone());

@@ -9,6 +9,7 @@ mod commands;
 mod connect;
 mod export;
 mod identity;
+mod openclaw_setup;
 mod quarantine;
 mod scanning;
 mod stepup;

@@ -10,6 +10,7 @@ pub mod exporting;
 pub mod findings;
 pub mod gate_calls;
 pub mod openclaw_host;
+pub mod openclaw_setup;
 pub mod protection;
 pub mod quarantine;
 pub mod queries;
@@ -45,6 +46,7 @@ pub struct Governance {
     stepups: Arc<StepUps>,
     vault: Arc<TokenBroker>,
     coalescer: Arc<AuditCoalescer>,
+    gate_spec: crate::openclaw::GateSpec,
     quarantine: Arc<quarantine::Quarantine>,
     exporters: crate::export::Exporters,
 }
@@ -76,6 +78,8 @@ pub struct Parts {
     pub vault: Arc<TokenBroker>,
     /// Refused calls are audited through it, one entry per key and window.
     pub coalescer: Arc<AuditCoalescer>,
+    /// What `openclaw setup` puts into the gateway.
+    pub gate_spec: crate::openclaw::GateSpec,
     /// Moves skill folders into quarantine and back.
     pub quarantine: Arc<quarantine::Quarantine>,
     /// The audit export sinks' delivery state.
@@ -94,6 +98,7 @@ impl Governance {
             stepups,
             vault,
             coalescer,
+            gate_spec,
             quarantine,
             exporters,
         } = parts;
@@ -106,6 +111,7 @@ impl Governance {
             stepups,
             vault,
             coalescer,
+            gate_spec,
             quarantine,
             exporters,
         }

@@ -52,6 +52,7 @@ pub(super) async fn get_status(
             view.openclaw,
             view.pending_enforcements,
             view.gate,
+            view.gate_setup,
         )),
         exporters: view
             .exporters

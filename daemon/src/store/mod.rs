@@ -7,8 +7,8 @@
 //!
 //! Each family of operations has its own module with its SQL, its
 //! [`Operation`]s and their audit entries: [`enforcement`], [`findings`],
-//! [`scan_reports`], [`stepup`], [`connections`], [`quarantine`], [`export_cursors`]
-//! and [`audit_log`].
+//! [`scan_reports`], [`stepup`], [`connections`], [`quarantine`], [`export_cursors`],
+//! [`openclaw_setup`] and [`audit_log`].
 //! [`Store::write`] answers with the operation's own effect type.
 //!
 //! Layers inside, no circle: [`handle`] (the `Store` type) and [`chain`] (the
@@ -22,6 +22,7 @@ pub mod enforcement;
 pub mod export_cursors;
 pub mod findings;
 mod handle;
+pub mod openclaw_setup;
 pub mod quarantine;
 mod readers;
 pub mod scan_reports;
@@ -44,6 +45,7 @@ pub use enforcement::{Enforced, RegisterTargets, SetEnforcement, TargetRow};
 pub use export_cursors::AdvanceExportCursor;
 pub use findings::{DismissFinding, Dismissed, FindingRow};
 pub use handle::Store;
+pub use openclaw_setup::{GateSetupRow, RecordGateSetup, RecordGateUndo};
 pub use scan_reports::{NewFinding, ReportOrigin, ReportStored, ScanReport};
 pub use schema::{APPLICATION_ID, OpenError, SCHEMA_VERSION};
 pub use stepup::{

@@ -136,6 +136,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
     "#,
     ),
     (
+        5,
+        r#"
+    CREATE TABLE openclaw_setup (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        spec       TEXT NOT NULL,
+        originals  TEXT NOT NULL,
+        active     INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    "#,
+    ),
+    (
         7,
         r#"
     CREATE TABLE export_cursors (

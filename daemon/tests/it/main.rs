@@ -20,6 +20,7 @@ mod oidc_tokens;
 mod openclaw;
 mod openclaw_coverage;
 mod openclaw_e2e;
+mod openclaw_setup;
 mod package;
 mod quarantine;
 mod scanning;
