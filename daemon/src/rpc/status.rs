@@ -123,6 +123,9 @@ pub(super) async fn diagnose(
         openclaw_enabled,
         &view.openclaw,
     ));
+    if let Some(gate) = view.gate_setup.as_ref().filter(|_| openclaw_enabled) {
+        checks.push(crate::doctor::gate_check(gate));
+    }
     Ok(Response::new(pb::DiagnoseReply {
         version: env!("CARGO_PKG_VERSION").into(),
         checks: checks.into_iter().map(pb_diagnostic).collect(),
