@@ -24,10 +24,17 @@ pub async fn run(
     match command {
         Command::Status => status(client, output).await,
         Command::Skill { action } => {
-            target_command(client, pb::TargetKind::Skill, action, output, no_wait).await
+            target_command(
+                client,
+                pb::TargetKind::Skill,
+                action.into(),
+                output,
+                no_wait,
+            )
+            .await
         }
         Command::Mcp { action } => {
-            target_command(client, pb::TargetKind::Mcp, action, output, no_wait).await
+            target_command(client, pb::TargetKind::Mcp, action.into(), output, no_wait).await
         }
         Command::Finding { action } => finding_command(client, action, output, no_wait).await,
         Command::Approvals { action } => crate::approvals::command(client, action, output).await,
@@ -40,6 +47,8 @@ pub async fn run(
         Command::Auth { .. }
         | Command::Rule { .. }
         | Command::Version
+        | Command::Doctor
+        | Command::Init { .. }
         | Command::Completions { .. }
         | Command::Man { .. } => Err(Failure::new(
             crate::exit::FAILURE,
@@ -53,7 +62,53 @@ async fn openclaw_command(
     action: OpenclawCommand,
     output: Output,
 ) -> Result<(), Failure> {
-    let OpenclawCommand::Approvals = action;
+    let (dry_run, undo) = match action {
+        OpenclawCommand::Approvals => return openclaw_approvals(client, output).await,
+        OpenclawCommand::Setup { dry_run, undo } => (dry_run, undo),
+    };
+    if undo && !dry_run {
+        eprintln!(
+            "undo lowers protection: with step-up on, it waits for the approver's answer on their phone"
+        );
+    }
+    let reply = client
+        .open_claw_setup(pb::OpenClawSetupRequest { dry_run, undo })
+        .await?
+        .into_inner();
+    let value = render::openclaw_setup(&reply);
+    match output {
+        Output::Json | Output::Sarif => print_json(&value),
+        Output::Table => {
+            let verb = match (reply.undo, reply.dry_run) {
+                (true, true) => "undo would change",
+                (true, false) => "undo changed",
+                (false, true) => "setup would change",
+                (false, false) => "setup changed",
+            };
+            let rows: Vec<Vec<String>> = reply
+                .changes
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.path.clone(),
+                        c.before.clone(),
+                        c.after.clone(),
+                        if c.changed { "yes" } else { "no" }.into(),
+                    ]
+                })
+                .collect();
+            let changed = reply.changes.iter().filter(|c| c.changed).count();
+            let mut text = render::table(&["SETTING", "BEFORE", "AFTER", "CHANGED"], &rows);
+            text.push_str(&format!("\n{verb} {changed} setting(s)"));
+            if !reply.plugin.is_empty() {
+                text.push_str(&format!("; gate plugin: {}", reply.plugin));
+            }
+            print_text(&text)
+        }
+    }
+}
+
+async fn openclaw_approvals(client: &mut Client, output: Output) -> Result<(), Failure> {
     let reply = client
         .list_open_claw_approvals(pb::ListOpenClawApprovalsRequest {})
         .await?
@@ -65,7 +120,7 @@ async fn openclaw_command(
         .collect();
     match output {
         Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-        Output::Table => print_text(&render::table(
+        Output::Table => render::print_table(
             &["ID", "KIND", "SUBJECT", "DECISION", "RESOLVED", "REASON"],
             &values
                 .iter()
@@ -80,7 +135,7 @@ async fn openclaw_command(
                     ]
                 })
                 .collect::<Vec<_>>(),
-        )),
+        ),
     }
 }
 
@@ -192,7 +247,23 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
                 h.hash,
                 auth_line,
                 oc_line
-            ))
+            ))?;
+            for e in &s.exporters {
+                print_text(&format!(
+                    "export:   {} ({}) {}, cursor {}, lag {}{}",
+                    e.name,
+                    e.kind,
+                    e.state,
+                    e.cursor,
+                    e.lag,
+                    if e.last_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last error: {}", e.last_error)
+                    }
+                ))?;
+            }
+            Ok(())
         }
     }
 }
@@ -204,6 +275,13 @@ async fn target_command(
     output: Output,
     no_wait: bool,
 ) -> Result<(), Failure> {
+    // `--no-wait` after the command, or before it.
+    let no_wait = no_wait
+        || match &action {
+            TargetCommand::Block(d) | TargetCommand::Unblock(d) => d.no_wait,
+            TargetCommand::Allow(a) => a.decide.no_wait,
+            _ => false,
+        };
     let decide = |d: Decide, action: pb::EnforcementAction| pb::SetEnforcementRequest {
         target: Some(pb::TargetRef {
             kind: kind as i32,
@@ -222,7 +300,7 @@ async fn target_command(
             let values: Vec<Value> = reply.targets.iter().map(render::summary).collect();
             return match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&render::table(
+                Output::Table => render::print_table(
                     &["NAME", "STATE", "FINDINGS", "MAX", "DECIDED BY", "REASON"],
                     &values
                         .iter()
@@ -232,12 +310,12 @@ async fn target_command(
                                 s(&v["state"]),
                                 v["open_findings"].to_string(),
                                 s(&v["max_severity"]),
-                                s(&v["decided_by"]),
+                                render::actor_label(&s(&v["decided_by"])),
                                 s(&v["reason"]),
                             ]
                         })
                         .collect::<Vec<_>>(),
-                )),
+                ),
             };
         }
         TargetCommand::Show { name } => {
@@ -258,7 +336,7 @@ async fn target_command(
                         s(&v["name"]),
                         s(&v["state"]),
                         s(&v["reason"]),
-                        s(&v["decided_by"]),
+                        render::actor_label(&s(&v["decided_by"])),
                         s(&v["decided_at"])
                     );
                     text.push_str(&findings_table(
@@ -271,23 +349,10 @@ async fn target_command(
         TargetCommand::Scan(args) => {
             return crate::scan::through_daemon(client, kind, &args, output).await;
         }
-        TargetCommand::Install(args) => {
-            if kind != pb::TargetKind::Skill {
-                return Err(Failure::new(
-                    USAGE,
-                    "install is for skills; scan an MCP config with `mcp scan --config FILE`",
-                ));
-            }
-            return crate::scan::install(client, &args, output).await;
-        }
+        // Install, exec and quarantine exist only under the kind they apply to (cli.rs).
+        TargetCommand::Install(args) => return crate::scan::install(client, &args, output).await,
         TargetCommand::Block(d) => decide(d, pb::EnforcementAction::Block),
         TargetCommand::Allow(a) => {
-            if kind != pb::TargetKind::Mcp && (!a.connections.is_empty() || a.scopes.is_some()) {
-                return Err(Failure::new(
-                    USAGE,
-                    "--connection and --scopes are for MCP servers (`mcp allow`)",
-                ));
-            }
             let scopes: Vec<String> = a
                 .scopes
                 .as_deref()
@@ -306,23 +371,8 @@ async fn target_command(
                 .collect();
             request
         }
-        TargetCommand::Exec(args) => {
-            if kind != pb::TargetKind::Mcp {
-                return Err(Failure::new(USAGE, "exec is for MCP servers (`mcp exec`)"));
-            }
-            return crate::connections::exec(client, args).await;
-        }
+        TargetCommand::Exec(args) => return crate::connections::exec(client, args).await,
         TargetCommand::Unblock(d) => decide(d, pb::EnforcementAction::Unblock),
-        TargetCommand::Quarantine(_)
-        | TargetCommand::Restore { .. }
-        | TargetCommand::Quarantined
-            if kind != pb::TargetKind::Skill =>
-        {
-            return Err(Failure::new(
-                USAGE,
-                "quarantine is for skills (`skill quarantine NAME`)",
-            ));
-        }
         TargetCommand::Quarantine(args) => {
             return crate::quarantine::quarantine(client, args, output).await;
         }
@@ -353,35 +403,36 @@ async fn target_command(
     }
 }
 
+/// Columns of a findings table.
+const FINDING_COLUMNS: &[&str] = &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"];
+
 fn findings_table(findings: &[Value]) -> String {
-    if findings.is_empty() {
-        return "no findings".into();
-    }
-    render::table(
-        &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"],
-        &findings
-            .iter()
-            .map(|f| {
-                let line = f["line"].as_u64().unwrap_or(0);
-                vec![
-                    f["id"].to_string(),
-                    s(&f["severity"]),
-                    s(&f["rule_id"]),
-                    if line > 0 {
-                        format!("{}:{line}", s(&f["location"]))
-                    } else {
-                        s(&f["location"])
-                    },
-                    s(&f["title"]),
-                    if f["dismissed"].as_bool() == Some(true) {
-                        "dismissed".into()
-                    } else {
-                        "open".into()
-                    },
-                ]
-            })
-            .collect::<Vec<_>>(),
-    )
+    render::table(FINDING_COLUMNS, &finding_rows(findings))
+}
+
+fn finding_rows(findings: &[Value]) -> Vec<Vec<String>> {
+    findings
+        .iter()
+        .map(|f| {
+            let line = f["line"].as_u64().unwrap_or(0);
+            vec![
+                f["id"].to_string(),
+                s(&f["severity"]),
+                s(&f["rule_id"]),
+                if line > 0 {
+                    format!("{}:{line}", s(&f["location"]))
+                } else {
+                    s(&f["location"])
+                },
+                s(&f["title"]),
+                if f["dismissed"].as_bool() == Some(true) {
+                    "dismissed".into()
+                } else {
+                    "open".into()
+                },
+            ]
+        })
+        .collect()
 }
 
 async fn finding_command(
@@ -409,10 +460,15 @@ async fn finding_command(
             let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
             match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&findings_table(&values)),
+                Output::Table => render::print_table(FINDING_COLUMNS, &finding_rows(&values)),
             }
         }
-        FindingCommand::Dismiss { id, reason } => {
+        FindingCommand::Dismiss {
+            id,
+            reason,
+            no_wait: wait_flag,
+        } => {
+            let no_wait = no_wait || wait_flag;
             let f = client
                 .dismiss_finding(pb::DismissFindingRequest { id, reason })
                 .await?
@@ -569,30 +625,63 @@ async fn scan_command(
     }
 }
 
+/// Columns of an audit table.
+const ENTRY_COLUMNS: &[&str] = &[
+    "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
+];
+
 fn entries_table(entries: &[Value]) -> String {
-    render::table(
-        &[
-            "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
-        ],
-        &entries
-            .iter()
-            .map(|e| {
-                let target = match &e["target"] {
-                    Value::Null => String::new(),
-                    t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
-                };
-                vec![
-                    e["seq"].to_string(),
-                    s(&e["ts"]),
-                    s(&e["actor"]["name"]),
-                    s(&e["action"]),
-                    target,
-                    s(&e["outcome"]),
-                    s(&e["reason"]),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    )
+    render::table(ENTRY_COLUMNS, &entry_rows(entries))
+}
+
+fn entry_rows(entries: &[Value]) -> Vec<Vec<String>> {
+    entries
+        .iter()
+        .map(|e| {
+            let target = match &e["target"] {
+                Value::Null => String::new(),
+                t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
+            };
+            vec![
+                e["seq"].to_string(),
+                s(&e["ts"]),
+                s(&e["actor"]["name"]),
+                s(&e["action"]),
+                target,
+                s(&e["outcome"]),
+                s(&e["reason"]),
+            ]
+        })
+        .collect()
+}
+
+/// `audit verify --from-export FILE`: checked locally, no daemon.
+pub fn verify_export(file: &std::path::Path, output: Output) -> Result<(), Failure> {
+    let report =
+        crate::export_verify::verify_file(file).map_err(|e| Failure::new(crate::exit::USAGE, e))?;
+    match output {
+        Output::Json | Output::Sarif => print_json(&json!(report))?,
+        Output::Table if report.ok => print_text(&format!(
+            "export intact: {} entries ({} repeats), {} head records, last {}",
+            report.entries_checked,
+            report.duplicates,
+            report.heads_checked,
+            report.last.as_deref().unwrap_or("none")
+        ))?,
+        Output::Table => {}
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            AUDIT_BROKEN,
+            format!(
+                "audit export broken at entry {}: {}",
+                report.first_bad_seq.unwrap_or(0),
+                report.problem.unwrap_or_default()
+            ),
+        ))
+    }
 }
 
 async fn audit_command(
@@ -617,7 +706,7 @@ async fn audit_command(
             let values: Vec<Value> = reply.entries.iter().map(render::entry).collect();
             match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&entries_table(&values)),
+                Output::Table => render::print_table(ENTRY_COLUMNS, &entry_rows(&values)),
             }
         }
         AuditCommand::Tail { from_start } => {
@@ -658,7 +747,11 @@ async fn audit_command(
             }
             Ok(())
         }
-        AuditCommand::Verify { head } => {
+        AuditCommand::Verify {
+            from_export: Some(file),
+            ..
+        } => verify_export(&file, output),
+        AuditCommand::Verify { head, .. } => {
             let reply = client
                 .verify_audit(pb::VerifyAuditRequest {
                     head: head.unwrap_or_default(),

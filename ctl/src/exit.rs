@@ -28,6 +28,8 @@ pub const STEPUP_ERROR: u8 = 12;
 pub const STEPUP_CANCELLED: u8 = 13;
 /// `skill install`: admission blocked the skill (or it already was).
 pub const INSTALL_BLOCKED: u8 = 14;
+/// `doctor`: at least one check failed.
+pub const DOCTOR_FAILED: u8 = 15;
 /// The daemon could not be reached (sysexits EX_UNAVAILABLE).
 pub const UNREACHABLE: u8 = 69;
 /// The daemon refused: permission denied (sysexits EX_NOPERM).
@@ -51,6 +53,7 @@ Exit codes:
   12  step-up: the identity provider failed or refused
   13  step-up: cancelled
   14  skill install: the skill is blocked (by admission, or it already was)
+  15  doctor: at least one check failed
   20  auth login: denied at the identity provider
   21  auth login: the code expired before approval
   22  auth login: the device code was rejected (invalid_grant)

@@ -7,7 +7,11 @@ pub mod client;
 pub mod commands;
 pub mod connect;
 pub mod connections;
+pub mod doctor;
+pub mod examples;
 pub mod exit;
+pub mod export_verify;
+pub mod init;
 pub mod meta;
 pub mod quarantine;
 pub mod render;
@@ -160,45 +164,62 @@ pub fn main_entry() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let socket = client::resolve_socket(cli.socket);
+        let (output, wide) = cli.output.resolve();
+        render::set_wide(wide);
         match &cli.command {
-            cli::Command::Version => return meta::version(&socket, cli.output).await,
+            cli::Command::Version => return meta::version(&socket, output).await,
+            cli::Command::Doctor => return doctor::doctor(&socket, output).await,
+            cli::Command::Init {
+                config,
+                gateway,
+                force,
+            } => return init::init(config.clone(), *gateway, *force, output).await,
             cli::Command::Completions { shell } => return meta::completions(*shell),
             cli::Command::Man { out_dir } => return meta::man_pages(out_dir),
             _ => {}
         }
         if let cli::Command::Auth { action } = cli.command {
-            return auth_command(&socket, action, cli.output).await;
+            return auth_command(&socket, action, output).await;
         }
         if let cli::Command::Connections {
             action: cli::ConnectionsCommand::Connect(args),
         } = cli.command
         {
-            return connect::connect(&socket, args, cli.output).await;
+            return connect::connect(&socket, args, output).await;
         }
         // Offline scans and rule commands need no daemon.
-        match &cli.command {
+        let command = match cli.command {
             cli::Command::Skill {
-                action: cli::TargetCommand::Scan(args),
-            } if args.offline => {
-                return scan::offline(defenseclaw_proto::v1::TargetKind::Skill, args, cli.output);
+                action: cli::SkillCommand::Scan(args),
+            } if args.common.offline => {
+                let args = args.into();
+                return scan::offline(defenseclaw_proto::v1::TargetKind::Skill, &args, output);
             }
             cli::Command::Mcp {
-                action: cli::TargetCommand::Scan(args),
-            } if args.offline => {
-                return scan::offline(defenseclaw_proto::v1::TargetKind::Mcp, args, cli.output);
+                action: cli::McpCommand::Scan(args),
+            } if args.common.offline => {
+                let args = args.into();
+                return scan::offline(defenseclaw_proto::v1::TargetKind::Mcp, &args, output);
             }
-            cli::Command::Rule { action } => return scan::rules(action, cli.output),
-            _ => {}
-        }
+            cli::Command::Rule { action } => return scan::rules(&action, output),
+            cli::Command::Audit {
+                action:
+                    cli::AuditCommand::Verify {
+                        from_export: Some(file),
+                        ..
+                    },
+            } => return commands::verify_export(&file, output),
+            other => other,
+        };
         let scan_command = matches!(
-            &cli.command,
+            &command,
             cli::Command::Skill {
-                action: cli::TargetCommand::Scan(_) | cli::TargetCommand::Install(_)
+                action: cli::SkillCommand::Scan(_) | cli::SkillCommand::Install(_)
             } | cli::Command::Mcp {
-                action: cli::TargetCommand::Scan(_)
+                action: cli::McpCommand::Scan(_)
             }
         );
-        if cli.output == cli::Output::Sarif && !scan_command {
+        if output == cli::Output::Sarif && !scan_command {
             return Err(Failure::new(
                 exit::USAGE,
                 "-o sarif is only for scan commands",
@@ -211,7 +232,7 @@ pub fn main_entry() -> ExitCode {
                 .map(|t| t.expose_secret()),
         )?;
         let mut client = client::connect_with(&socket, bearer).await?;
-        commands::run(&mut client, cli.command, cli.output, cli.no_wait).await
+        commands::run(&mut client, command, output, cli.no_wait).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,7 +94,7 @@ pub(crate) async fn list(client: &mut Client, output: Output) -> Result<(), Fail
     let values: Vec<Value> = r.records.iter().map(record).collect();
     match output {
         Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-        Output::Table => print_text(&render::table(
+        Output::Table => render::print_table(
             &["NAME", "STATE", "FROM", "BY", "AT", "REASON"],
             &values
                 .iter()
@@ -109,6 +109,6 @@ pub(crate) async fn list(client: &mut Client, output: Output) -> Result<(), Fail
                     ]
                 })
                 .collect::<Vec<_>>(),
-        )),
+        ),
     }
 }

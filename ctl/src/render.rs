@@ -171,6 +171,15 @@ pub fn status(s: &pb::StatusReply) -> Value {
             "jwks_last_refresh_ok_at": empty_null(&a.jwks_last_refresh_ok_at),
         })).unwrap_or(Value::Null),
         "openclaw": s.openclaw.as_ref().map(openclaw_status).unwrap_or(Value::Null),
+        "exporters": s.exporters.iter().map(|e| json!({
+            "name": e.name,
+            "kind": e.kind,
+            "state": e.state,
+            "cursor": e.cursor,
+            "lag": e.lag,
+            "last_error": empty_null(&e.last_error),
+            "last_success_at": empty_null(&e.last_success_at),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -194,6 +203,10 @@ pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
         "gate": o.gate.as_ref().map(|g| {
             let n = g.decisions.unwrap_or_default();
             json!({
+                // null until the daemon has read the gateway's plugins.
+                "plugin": empty_null(&g.plugin),
+                "version": empty_null(&g.version),
+                "exec_policy": empty_null(&g.exec_policy),
                 "last_decision_at": empty_null(&g.last_decision_at),
                 "decisions": {
                     "allowed": n.allowed,
@@ -203,6 +216,24 @@ pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
                 },
             })
         }),
+    })
+}
+
+/// The answer of `openclaw setup -o json`: each managed setting with its
+/// value before and after (JSON values; `null`: absent).
+pub fn openclaw_setup(r: &pb::OpenClawSetupReply) -> Value {
+    let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap_or_else(|_| json!(t));
+    json!({
+        "dry_run": r.dry_run,
+        "undo": r.undo,
+        "changes": r.changes.iter().map(|c| json!({
+            "path": c.path,
+            "before": parse(&c.before),
+            "after": parse(&c.after),
+            "changed": c.changed,
+        })).collect::<Vec<_>>(),
+        "plugin": empty_null(&r.plugin),
+        "audit_seq": (r.audit_seq != 0).then_some(r.audit_seq),
     })
 }
 
@@ -281,36 +312,160 @@ pub fn escape_text(s: &str) -> std::borrow::Cow<'_, str> {
     escape_with(s, true)
 }
 
-/// Prints rows as aligned columns; every cell is escaped with [`escape`].
+/// Widest a table cell is shown without `-o wide`; longer text ends in `…`.
+pub const CELL_MAX: usize = 60;
+
+static WIDE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static COLOUR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// `-o wide`: table cells are never shortened.
+pub fn set_wide(wide: bool) {
+    WIDE.store(wide, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Colour for table states: on a terminal unless `NO_COLOR` is set (any
+/// value); `CLICOLOR_FORCE` (not `0`) turns it on off a terminal.
+fn colour() -> bool {
+    *COLOUR.get_or_init(|| {
+        use std::io::IsTerminal;
+        let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        if set("NO_COLOR") {
+            return false;
+        }
+        if std::env::var_os("CLICOLOR_FORCE").is_some_and(|v| !v.is_empty() && v != "0") {
+            return true;
+        }
+        std::io::stdout().is_terminal()
+    })
+}
+
+/// The ANSI colour of a state or severity word in a STATE/MAX/SEVERITY/OUTCOME column.
+fn colour_of(header: &str, cell: &str) -> Option<&'static str> {
+    if !matches!(header, "STATE" | "MAX" | "SEVERITY" | "OUTCOME" | "STATUS") {
+        return None;
+    }
+    match cell.to_ascii_lowercase().as_str() {
+        "blocked" | "denied" | "fail" | "critical" | "high" | "revoked" | "timed_out"
+        | "broken" => Some("31"),
+        "pending" | "warn" | "medium" | "suspended" | "quarantined" => Some("33"),
+        "allowed" | "ok" | "approved" | "active" | "low" => Some("32"),
+        _ => None,
+    }
+}
+
+/// Display width of `text` in terminal columns (wide characters count two).
+fn width(text: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(text)
+}
+
+/// `text` cut to at most `max` columns, ending in `…` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if width(text) <= max {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > max {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
+/// Rows as aligned columns, for text that goes through [`print_text`]:
+/// every cell is escaped with [`escape`], measured in terminal columns and cut
+/// at [`CELL_MAX`] with `…` (not with `-o wide`). No rows: the header and `(none)`.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    table_with(headers, rows, false)
+}
+
+/// Prints a table on its own, with state words coloured on a terminal. Safe
+/// to write as is: every cell is escaped before colour is added, and the
+/// headers are the CLI's own.
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), Failure> {
+    write_line(&table_with(headers, rows, colour()))
+}
+
+fn table_with(headers: &[&str], rows: &[Vec<String>], colour: bool) -> String {
+    let wide = WIDE.load(std::sync::atomic::Ordering::Relaxed);
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|row| row.iter().map(|c| escape(c).into_owned()).collect())
+        .map(|row| {
+            row.iter()
+                .map(|c| {
+                    let cell = escape(c);
+                    if wide {
+                        cell.into_owned()
+                    } else {
+                        shorten(&cell, CELL_MAX)
+                    }
+                })
+                .collect()
+        })
         .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| width(h)).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(width(cell));
             }
         }
     }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = widths.get(i).copied().unwrap_or(0)))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
+    let line = |cells: Vec<String>, header_row: bool| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = if i == last {
+                0
+            } else {
+                widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(width(cell))
+            };
+            match headers
+                .get(i)
+                .and_then(|h| colour_of(h, cell))
+                .filter(|_| colour && !header_row)
+            {
+                Some(code) => out.push_str(&format!("\u{1b}[{code}m{cell}\u{1b}[0m")),
+                None => out.push_str(cell),
+            }
+            out.push_str(&" ".repeat(pad));
+            if i != last {
+                out.push_str("  ");
+            }
+        }
+        out.trim_end().to_owned()
     };
-    let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect());
+    let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect(), true);
+    if rows.is_empty() {
+        out.push_str("\n(none)");
+    }
     for row in rows {
         out.push('\n');
-        out.push_str(&line(row));
+        out.push_str(&line(row, false));
     }
     out
+}
+
+/// Who an actor id names for people: `uid:0` → `root` (from the password
+/// database), anything else as it is.
+pub fn actor_label(id: &str) -> String {
+    id.strip_prefix("uid:")
+        .and_then(|n| n.parse::<u32>().ok())
+        .and_then(|uid| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+        })
+        .map_or_else(|| id.to_owned(), |u| u.name)
 }
 
 /// Prints `value` as one JSON line on stdout.
@@ -380,7 +535,45 @@ pub(crate) fn s(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{escape, escape_text, table};
+
+    #[test]
+    fn tables_measure_columns_cut_long_cells_and_say_none() {
+        let rows = vec![
+            vec!["🦀crab".to_owned(), "blocked".to_owned()],
+            vec!["plain".to_owned(), "x".repeat(CELL_MAX + 10)],
+        ];
+        let text = table(&["NAME", "STATE"], &rows);
+        let lines: Vec<&str> = text.lines().collect();
+        // The crab is two columns wide: the second column starts at the same place.
+        let col = |l: &str| width(l) - width(l.rsplit(' ').next().unwrap());
+        assert_eq!(col(lines[1]), col(lines[2]), "{text}");
+        assert!(
+            lines[2].ends_with('…') && width(lines[2]) < CELL_MAX + 12,
+            "{text}"
+        );
+        assert!(
+            !text.contains('\u{1b}'),
+            "colour in plain table text: {text:?}"
+        );
+        let coloured = table_with(&["NAME", "STATE"], &rows, true);
+        assert!(
+            coloured.contains("\u{1b}[31mblocked\u{1b}[0m"),
+            "{coloured:?}"
+        );
+        assert_eq!(table(&["A", "B"], &[]), "A  B\n(none)");
+        // A cell cannot smuggle its own escape sequence in.
+        let hostile = table_with(&["STATE"], &[vec!["\u{1b}[8mhidden".to_owned()]], true);
+        assert!(!hostile.contains("\u{1b}[8m"), "{hostile:?}");
+    }
+
+    #[test]
+    fn uid_actors_are_named() {
+        assert_eq!(actor_label("uid:0"), "root");
+        assert_eq!(actor_label("auth0|abc"), "auth0|abc");
+        assert_eq!(actor_label("uid:notanumber"), "uid:notanumber");
+    }
+
+    use super::{CELL_MAX, actor_label, escape, escape_text, table, table_with, width};
 
     #[test]
     fn hidden_characters_are_shown_escaped() {

@@ -502,10 +502,7 @@ pub fn rules(action: &RuleCommand, output: Output) -> Result<(), Failure> {
                             ]
                         })
                         .collect();
-                    render::print_text(&render::table(
-                        &["ID", "SEVERITY", "CATEGORY", "TITLE"],
-                        &rows,
-                    ))
+                    render::print_table(&["ID", "SEVERITY", "CATEGORY", "TITLE"], &rows)
                 }
                 _ => {
                     let v = serde_json::to_value(engine.rules())

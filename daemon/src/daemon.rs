@@ -69,6 +69,12 @@ pub enum StartError {
     /// The scan pool could not start.
     #[error(transparent)]
     ScanPool(#[from] crate::governance::scan_pool::PoolError),
+    /// An `[export.<name>]` sink could not be started.
+    #[error("audit export: {0}")]
+    Export(String),
+    /// The metrics endpoint (`[metrics] listen`) could not be bound.
+    #[error("{0}")]
+    Metrics(String),
     /// Step-up is on but what it needs is missing.
     #[error("{0}")]
     StepUp(&'static str),
@@ -130,6 +136,7 @@ pub struct DaemonHandle {
     supervisor: JoinHandle<Result<(), StartError>>,
     enforcement: broadcast::Sender<EnforcementChanged>,
     store: Store,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for DaemonHandle {
@@ -149,6 +156,11 @@ impl DaemonHandle {
     /// The cancellation token that stops everything.
     pub fn cancel_token(&self) -> CancellationToken {
         self.cancel.clone()
+    }
+
+    /// The bound TCP address of `[metrics] listen` (port 0 resolved), if any.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// Committed enforcement changes, for runtime enforcers.
@@ -211,7 +223,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
 
     let cancel = CancellationToken::new();
     let (enforcement, _) = broadcast::channel(1024);
-    let enforcer = Enforcer::new(store.clone(), enforcement.clone());
+    let metrics = Arc::new(crate::metrics::Metrics::new(&[
+        defenseclaw_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ]));
+    let enforcer = Enforcer::new(store.clone(), enforcement.clone(), metrics.clone());
     let gateway_token = secrets
         .get(crate::secrets::OPENCLAW_GATEWAY_TOKEN)
         .map_err(StartError::Secrets)?
@@ -233,6 +249,16 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     )
     .inspect_err(|_| cleanup.run())?;
     if settings.openclaw.enabled {
+        monitor.set_mcp_wrapper(
+            settings.openclaw.ctl_path.display().to_string(),
+            socket.display().to_string(),
+        );
+        // A setup done before (and not undone) is kept by reconciliation.
+        match store.gate_setup().await {
+            Ok(Some(row)) if row.active => monitor.set_gate_spec(Some(row.spec)),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not read the openclaw setup record"),
+        }
         tokio::spawn(forward_enforcement(
             monitor.clone(),
             enforcer.subscribe(),
@@ -285,6 +311,9 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     )
     .inspect_err(|_| cleanup.run())?
     .map(Arc::new);
+    // Reported by `Diagnose` (presence only, never the values).
+    let has_client_secret = client_secret.is_some();
+    let has_sealer = sealer.is_some();
     let stepups = crate::governance::stepup::StepUps::new(
         settings.stepup.clone(),
         store.clone(),
@@ -432,6 +461,21 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             cancel.child_token(),
         ));
     }
+    // Audit export: one task per sink, reading after its stored cursor.
+    let exporters = crate::export::Exporters::default();
+    crate::governance::exporting::start(
+        &store,
+        &settings.export,
+        &secrets,
+        &exporters,
+        &metrics,
+        &cancel,
+    )
+    .await
+    .map_err(StartError::Export)
+    .inspect_err(|_| cleanup.run())?;
+    // The gate socket the OpenClaw plugin asks, beside the control socket.
+    let gate_path = crate::gate::socket_path(&settings.openclaw, &socket);
     let gov = Governance::new(Parts {
         store: store.clone(),
         cache,
@@ -442,23 +486,40 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         vault,
         coalescer: coalescer.clone(),
         quarantine,
+        exporters: exporters.clone(),
+        gate_spec: crate::governance::openclaw_setup::gate_spec(&settings.openclaw, &gate_path),
     });
-    // The gate socket the OpenClaw plugin asks, beside the control socket.
-    let gate_path = crate::gate::socket_path(&settings.openclaw, &socket);
     let gate_bound = listener::bind_path(&gate_path, mode)
         .inspect_err(|_| cleanup.run())
         .map_err(StartError::Socket)?;
     let gate_cleanup =
         listener::BoundSocket::cleanup_token(&gate_bound.path, gate_bound.owned_id());
+    let metrics_bound = match settings.metrics.endpoint()? {
+        Some(listen) => Some(
+            crate::metrics::serve::bind(&listen, mode)
+                .await
+                .inspect_err(|_| {
+                    cleanup.run();
+                    gate_cleanup.run();
+                })
+                .map_err(StartError::Metrics)?,
+        ),
+        None => None,
+    };
     // Agents must not reach DefenseClaw's own files and sockets.
     let mut protected = vec![
         socket.clone(),
         gate_bound.path.clone(),
         state_dir.clone(),
         store_path.clone(),
+        // The gate plugin `openclaw setup` installs.
+        settings.openclaw.plugin_dir.clone(),
     ];
-    if let ConfigFile::Explicit(path) = &config_file {
+    if let ConfigFile::Explicit(path) | ConfigFile::User(path) = &config_file {
         protected.push(path.clone());
+    }
+    if let Some(path) = metrics_bound.as_ref().and_then(|b| b.unix_path.clone()) {
+        protected.push(path);
     }
     monitor.gate().protect_paths(protected);
     let gate_task = crate::gate::spawn(
@@ -467,13 +528,36 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         crate::gate::GateLimits::from_settings(&settings.openclaw),
         cancel.child_token(),
     );
+    let setup = crate::doctor::SetupFacts {
+        config_source: crate::doctor::config_source(&config_file),
+        state_dir: state_dir.clone(),
+        store_path: store_path.clone(),
+        oidc: settings.auth.mode == crate::oidc::AuthMode::Oidc,
+        client_secret: has_client_secret,
+        stepup_enabled: settings.stepup.enabled,
+        approvers: settings.stepup.listed().len(),
+        token_vault_enabled: settings.token_vault.enabled,
+        unattended_ready: settings.token_vault.unattended && has_sealer,
+        unattended_wanted: settings.token_vault.unattended,
+        openclaw_enabled: settings.openclaw.enabled,
+        env_names: {
+            let mut names: Vec<String> = env
+                .keys()
+                .filter(|k| k.starts_with("DEFENSECLAW_"))
+                .cloned()
+                .collect();
+            names.sort();
+            names
+        },
+    };
     let service = ControlService::new(
         gov,
         authn,
         socket.display().to_string(),
         cancel.clone(),
         crate::rpc::streams::StreamLimits::new(&settings.server),
-    );
+    )
+    .with_setup(setup);
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
         .max_decoding_message_size(max)
@@ -509,6 +593,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .max_concurrent_streams(settings.server.max_streams_per_connection)
+            .layer(crate::metrics::rpc::RpcMetricsLayer::new(metrics.clone()))
             .layer(crate::limits::RequestLimitsLayer::new(&settings.server))
             .add_service(health)
             .add_service(reflection)
@@ -516,6 +601,20 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             .add_service(control)
             .serve_with_incoming_shutdown(incoming, server_cancel.cancelled_owned()),
     );
+    let metrics_addr = metrics_bound.as_ref().and_then(|b| b.tcp_addr);
+    let (metrics_task, metrics_cleanup) = match metrics_bound {
+        Some(bound) => {
+            tracing::info!(tcp = ?bound.tcp_addr, unix = ?bound.unix_path, "serving metrics at /metrics");
+            let task = crate::metrics::serve::spawn(
+                bound.endpoint,
+                metrics,
+                settings.metrics.max_scrapers,
+                cancel.child_token(),
+            );
+            (Some(task), bound.cleanup)
+        }
+        None => (None, None),
+    };
     let drain = Duration::from_secs(settings.server.drain_timeout_secs);
     let supervisor_cancel = cancel.clone();
     let supervisor = tokio::spawn(async move {
@@ -533,6 +632,12 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         cleanup.run();
         gate_task.abort();
         gate_cleanup.run();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
+        if let Some(c) = metrics_cleanup {
+            c.run();
+        }
         // Held until the very end: the store is released below, then the directory.
         let _state_lock = state_lock;
         // No call is left to refuse: write the summaries of the open windows.
@@ -557,6 +662,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         supervisor,
         enforcement,
         store,
+        metrics_addr,
     })
 }
 

@@ -44,7 +44,17 @@ fn main() -> ExitCode {
     let env: HashMap<String, String> = std::env::vars().collect();
     let config_file = match args.config {
         Some(path) => ConfigFile::Explicit(path),
-        None => ConfigFile::System,
+        None => {
+            // A user install's own file (written by `defenseclawctl init`), when there is one.
+            let user = defenseclaw_common::paths::default_config_path();
+            if user != std::path::Path::new(defenseclawd::config::SYSTEM_CONFIG_PATH)
+                && user.is_file()
+            {
+                ConfigFile::User(user)
+            } else {
+                ConfigFile::System
+            }
+        }
     };
     let mut settings = match Settings::load(&config_file, &env) {
         Ok(s) => s,

@@ -327,6 +327,22 @@ impl Engine {
                 Some("SKILL.md has no YAML front matter"),
             ),
             (Some(f), Some(m)) => {
+                if let Some((line, why)) = checks::front_matter_problem(&f.text) {
+                    let snippet = f
+                        .text
+                        .lines()
+                        .nth((line as usize).saturating_sub(1))
+                        .unwrap_or("");
+                    self.push_check(
+                        &mut report.findings,
+                        "frontmatter_malformed",
+                        TargetKind::Skill,
+                        &f.rel,
+                        line,
+                        snippet,
+                        Some(&why),
+                    );
+                }
                 if let Some(n) = m.get("name")
                     && let Some((part, popular)) = checks::name_typosquat(n)
                 {

@@ -6,7 +6,9 @@ pub mod daemon;
 pub mod idp;
 pub mod impostor;
 pub mod openclaw;
+pub mod python;
 pub mod requests;
+pub mod rsyslog;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -509,6 +509,72 @@ async fn completions_and_man_pages_are_generated() {
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 }
 
+/// Each kind lists only its own commands and flags, and every target command's
+/// help carries examples; a command of the other kind is a usage error.
+#[tokio::test(flavor = "multi_thread")]
+async fn help_is_per_kind_with_examples() {
+    let nowhere = std::path::Path::new("/nonexistent/defenseclawd.sock");
+    let help = |args: &'static [&'static str]| async move {
+        let mut argv = args.to_vec();
+        argv.push("--help");
+        ctl_at(nowhere, &argv).await.ok().stdout
+    };
+    let commands = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let skill = commands(&help(&["skill"]).await);
+    for c in ["scan", "install", "quarantine", "restore"] {
+        assert!(skill.contains(&c.to_owned()), "skill lacks {c}: {skill:?}");
+    }
+    assert!(!skill.contains(&"exec".to_owned()), "{skill:?}");
+    let mcp = commands(&help(&["mcp"]).await);
+    assert!(mcp.contains(&"exec".to_owned()), "{mcp:?}");
+    for c in ["install", "quarantine"] {
+        assert!(!mcp.contains(&c.to_owned()), "mcp offers {c}: {mcp:?}");
+    }
+    let skill_scan = help(&["skill", "scan"]).await;
+    assert!(
+        !skill_scan.contains("--config") && !skill_scan.contains("--server"),
+        "{skill_scan}"
+    );
+    assert!(help(&["mcp", "scan"]).await.contains("--config"));
+    assert!(!help(&["skill", "allow"]).await.contains("--connection"));
+    // --no-wait only where a change can wait for a human.
+    assert!(!skill_scan.contains("--no-wait"), "{skill_scan}");
+    assert!(!help(&["audit", "list"]).await.contains("--no-wait"));
+    assert!(help(&["skill", "allow"]).await.contains("--no-wait"));
+    assert!(help(&["finding", "dismiss"]).await.contains("--no-wait"));
+    assert!(help(&["mcp", "allow"]).await.contains("--connection"));
+    for args in [
+        &["skill"][..],
+        &["skill", "scan"],
+        &["skill", "install"],
+        &["skill", "block"],
+        &["mcp"],
+        &["mcp", "allow"],
+        &["mcp", "exec"],
+    ] {
+        let text = help(args).await;
+        assert!(
+            text.contains("Examples:\n  defenseclawctl "),
+            "{args:?}: {text}"
+        );
+    }
+    assert!(help(&["audit", "list"]).await.contains("0: all"));
+    for wrong in [
+        &["mcp", "install", "x"][..],
+        &["skill", "exec", "x", "--", "true"],
+    ] {
+        let run = ctl_at(nowhere, wrong).await;
+        assert_eq!(run.code, 2, "{wrong:?}: {}", run.stderr);
+    }
+}
+
 /// `auth login` against a local-mode daemon says there is nothing to log in
 /// to, and why, instead of asking for an issuer; with an issuer and nothing
 /// else, every missing flag is named at once.
@@ -576,4 +642,254 @@ async fn scan_report_files_are_bounded_with_clear_messages() {
     assert!(big.stderr.contains("max_message_bytes"), "{}", big.stderr);
     let listed = d.ctl(&["-o", "json", "finding", "list"]).await.ok();
     assert!(!listed.stdout.contains("\"big\""), "{}", listed.stdout);
+}
+
+/// The state of check `name` in a `doctor -o json` report.
+fn doctor_check(report: &Value, name: &str) -> Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report}"))
+        .clone()
+}
+
+/// `doctor` passes a healthy daemon (warning about local mode and step-up
+/// off), and each broken part fails with a fix and exit 15: a state directory
+/// others can read, an OpenClaw gateway that is not there, an identity
+/// provider that does not answer, the daemon down.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_names_each_broken_part_with_a_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = TestDaemon::start().await.unwrap();
+    let healthy = d.ctl(&["-o", "json", "doctor"]).await.ok().json();
+    assert_eq!(healthy["ok"], true, "{healthy}");
+    for name in [
+        "socket",
+        "session",
+        "daemon",
+        "config",
+        "state-dir",
+        "store-file",
+        "store-disk",
+        "openclaw",
+    ] {
+        assert_eq!(doctor_check(&healthy, name)["state"], "ok", "{healthy}");
+    }
+    for name in ["auth-mode", "stepup"] {
+        let c = doctor_check(&healthy, name);
+        assert_eq!(c["state"], "warn", "{c}");
+        assert!(!c["fix"].as_str().unwrap().is_empty(), "{c}");
+    }
+    let table = d.ctl(&["doctor"]).await.ok();
+    assert!(
+        table.stdout.contains("To fix:\n  auth-mode: "),
+        "{}",
+        table.stdout
+    );
+
+    let state_dir = d.db_path().parent().unwrap().to_owned();
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = d.ctl(&["-o", "json", "doctor"]).await;
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(run.code, 15, "{}", run.stderr);
+    let c = doctor_check(&run.json(), "state-dir");
+    assert_eq!(c["state"], "fail", "{c}");
+    assert!(c["fix"].as_str().unwrap().starts_with("chmod 700 "), "{c}");
+    d.stop().await.unwrap();
+    let down = d.ctl(&["-o", "json", "doctor"]).await;
+    assert_eq!(down.code, 15, "{}", down.stderr);
+    let c = doctor_check(&down.json(), "socket");
+    assert_eq!(c["state"], "fail", "{c}");
+    assert!(
+        c["fix"].as_str().unwrap().contains("start the daemon"),
+        "{c}"
+    );
+
+    // Nothing listens on these: a gateway and an identity provider that are not there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let issuer = format!("https://127.0.0.1:{port}/");
+    let d = TestDaemon::start_with(&[
+        ("DEFENSECLAW_OPENCLAW__ENABLED", "true"),
+        ("DEFENSECLAW_OPENCLAW__URL", &url),
+        ("DEFENSECLAW_AUTH__MODE", "oidc"),
+        ("DEFENSECLAW_AUTH__ISSUER", &issuer),
+        (
+            "DEFENSECLAW_AUTH__AUDIENCE",
+            "https://defenseclaw.local/api",
+        ),
+        ("DEFENSECLAW_AUTH__CLI_CLIENT_ID", "cli-client"),
+    ])
+    .await
+    .unwrap();
+    let run = d.ctl(&["-o", "json", "doctor"]).await;
+    assert_eq!(run.code, 15, "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    let openclaw = doctor_check(&report, "openclaw");
+    assert_eq!(openclaw["state"], "fail", "{openclaw}");
+    assert!(
+        openclaw["detail"].as_str().unwrap().contains(&url),
+        "{openclaw}"
+    );
+    let idp = doctor_check(&report, "identity-provider");
+    assert_eq!(idp["state"], "fail", "{idp}");
+    assert!(
+        idp["fix"].as_str().unwrap().contains("[auth] issuer"),
+        "{idp}"
+    );
+    assert_eq!(doctor_check(&report, "auth-mode")["state"], "ok");
+    assert_eq!(doctor_check(&report, "session")["state"], "warn");
+}
+
+/// `init` writes a private starting config from the shipped example, turns
+/// OpenClaw monitoring on only when a gateway answers, and never replaces a
+/// file without `--force`.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_writes_a_private_config_and_enables_openclaw_only_when_a_gateway_answers() {
+    use std::os::unix::fs::PermissionsExt;
+    let nowhere = std::path::Path::new("/nonexistent/defenseclawd.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conf/defenseclawd.toml");
+    let path_arg = path.to_str().unwrap();
+    let openclaw_section = |text: &str| {
+        let start = text.find("\n[openclaw]\n").unwrap();
+        let rest = &text[start + 1..];
+        rest[..rest[1..].find("\n[").map_or(rest.len(), |i| i + 1)].to_owned()
+    };
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let v = ctl_at(
+        nowhere,
+        &[
+            "-o",
+            "json",
+            "init",
+            "--config",
+            path_arg,
+            "--gateway",
+            &closed_addr,
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(v["openclaw"]["gateway_answered"], false, "{v}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        openclaw_section(&text).contains("\nenabled = false\n"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    let again = ctl_at(nowhere, &["init", "--config", path_arg]).await;
+    assert_eq!(again.code, 4, "{}", again.stderr);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "replaced without --force"
+    );
+
+    let gateway = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = gateway.local_addr().unwrap().to_string();
+    let run = ctl_at(
+        nowhere,
+        &["init", "--config", path_arg, "--gateway", &addr, "--force"],
+    )
+    .await
+    .ok();
+    assert!(
+        run.stdout.contains("local ") && run.stdout.contains("oidc "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("defenseclawctl doctor"),
+        "{}",
+        run.stdout
+    );
+    let section = openclaw_section(&std::fs::read_to_string(&path).unwrap());
+    assert!(section.contains("\nenabled = true\n"), "{section}");
+    assert!(
+        section.contains(&format!("\nurl = \"ws://{addr}/\"\n")),
+        "{section}"
+    );
+
+    let relative = ctl_at(nowhere, &["init", "--config", "relative.toml"]).await;
+    assert_eq!(relative.code, 2, "{}", relative.stderr);
+}
+
+/// Tables: an empty list says `(none)`, a long reason is cut with `…` unless
+/// `-o wide`, "decided by" names the user like the audit's actor column, and
+/// colour appears only when asked for on a non-terminal and never with NO_COLOR.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_are_consistent_cut_or_wide_and_coloured_only_when_wanted() {
+    let d = TestDaemon::start().await.unwrap();
+    let empty = d.ctl(&["skill", "list"]).await.ok();
+    assert_eq!(
+        empty.stdout.lines().nth(1),
+        Some("(none)"),
+        "{}",
+        empty.stdout
+    );
+    let reason = format!("reviewed {}", "carefully ".repeat(12));
+    d.ctl(&["skill", "block", "long-reason", "--reason", reason.trim()])
+        .await
+        .ok();
+    let cut = d.ctl(&["skill", "list"]).await.ok();
+    assert!(
+        cut.stdout.contains('…') && !cut.stdout.contains(reason.trim()),
+        "{}",
+        cut.stdout
+    );
+    assert!(
+        cut.stdout.contains("root"),
+        "decided by shows the user: {}",
+        cut.stdout
+    );
+    assert!(
+        !cut.stdout.contains('\u{1b}'),
+        "colour off a terminal: {:?}",
+        cut.stdout
+    );
+    let wide = d.ctl(&["-o", "wide", "skill", "list"]).await.ok();
+    assert!(wide.stdout.contains(reason.trim()), "{}", wide.stdout);
+
+    let coloured = |no_color: bool| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"));
+        cmd.arg("--socket")
+            .arg(&d.socket)
+            .args(["skill", "list"])
+            .env("CLICOLOR_FORCE", "1")
+            .env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        cmd.output()
+    };
+    let forced = Run::from(coloured(false).await.unwrap()).ok();
+    assert!(
+        forced.stdout.contains("\u{1b}[31mblocked\u{1b}[0m"),
+        "{:?}",
+        forced.stdout
+    );
+    let plain = Run::from(coloured(true).await.unwrap()).ok();
+    assert!(!plain.stdout.contains('\u{1b}'), "{:?}", plain.stdout);
 }

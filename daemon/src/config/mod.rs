@@ -15,19 +15,21 @@ use env::{check_env_names, check_log_level, config_env, name_env_variable};
 mod error;
 pub mod governance;
 pub mod lists;
+mod metrics;
 
 pub use error::ConfigError;
 pub use governance::{
     AdapterSettings, AdmissionSettings, ScannerSettings, StepUpSettings, TokenVaultSettings,
     Unconfirmed,
 };
+pub use metrics::{MetricsListen, MetricsSettings};
 
 /// The system-wide config file read when `--config` is not given.
-pub const SYSTEM_CONFIG_PATH: &str = "/etc/defenseclaw/defenseclawd.toml";
+pub const SYSTEM_CONFIG_PATH: &str = defenseclaw_common::paths::SYSTEM_CONFIG;
 /// Prefix of environment overrides; nested keys are joined with `__`, e.g.
 /// `DEFENSECLAW_SERVER__SOCKET`. Variables without `__` (such as
 /// `DEFENSECLAW_HOME`) are not config keys and are left alone.
-pub const ENV_PREFIX: &str = "DEFENSECLAW";
+pub use env::ENV_PREFIX;
 
 /// The commented example configuration shipped as
 /// `/etc/defenseclaw/defenseclawd.toml`, printed by `--print-example-config`.
@@ -59,6 +61,10 @@ pub struct Settings {
     pub stepup: StepUpSettings,
     /// Token Vault: provider tokens for MCP servers, just in time.
     pub token_vault: TokenVaultSettings,
+    /// Audit export sinks, `[export.<name>]`.
+    pub export: std::collections::BTreeMap<String, crate::export::SinkSettings>,
+    /// The Prometheus endpoint (`[metrics] listen`), off unless set.
+    pub metrics: MetricsSettings,
 }
 
 /// `[server]`
@@ -296,6 +302,8 @@ pub enum ConfigFile {
     Explicit(PathBuf),
     /// The system path: read when present.
     System,
+    /// A user's own config file (`defenseclawctl init`), found without `--config`.
+    User(PathBuf),
     /// No file at all (tests).
     None,
 }
@@ -310,7 +318,7 @@ impl Settings {
             .map_err(|e| ConfigError::Invalid(format!("built-in defaults: {e}")))?;
         let mut builder = Config::builder().add_source(defaults);
         match file {
-            ConfigFile::Explicit(path) => {
+            ConfigFile::Explicit(path) | ConfigFile::User(path) => {
                 if !path.is_file() {
                     return Err(ConfigError::Invalid(format!(
                         "config file {} does not exist or is not a file",
@@ -398,6 +406,7 @@ impl Settings {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.openclaw
             .validate()
+            .and_then(|()| crate::openclaw::Policy::from_settings(&self.openclaw).map(drop))
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.scanner
             .validate()
@@ -474,7 +483,12 @@ impl Settings {
                 reason: "must be an absolute path".into(),
             });
         }
+        for (name, sink) in &self.export {
+            sink.validate(name)
+                .map_err(|(field, reason)| ConfigError::Invalid(format!("{field}: {reason}")))?;
+        }
         check_log_level(&self.log.level)?;
+        self.metrics.endpoint()?;
         if let Some(path) = &self.server.socket
             && !path.is_absolute()
         {
@@ -615,6 +629,75 @@ mod tests {
         for known in env::PLAIN_ENV_VARS {
             Settings::load(&ConfigFile::None, &env(&[(known, "/x")])).unwrap();
         }
+    }
+
+    #[test]
+    fn export_sinks_come_from_toml_or_the_environment() {
+        let s = Settings::load(
+            &ConfigFile::None,
+            &env(&[
+                ("DEFENSECLAW_EXPORT__SIEM__KIND", "syslog"),
+                ("DEFENSECLAW_EXPORT__SIEM__URL", "tcp://127.0.0.1:6514"),
+                ("DEFENSECLAW_EXPORT__SIEM__BATCH_SIZE", "10"),
+                ("DEFENSECLAW_EXPORT_SIEM_TOKEN", "not-a-config-key"),
+            ]),
+        )
+        .unwrap();
+        let sink = &s.export["siem"];
+        assert_eq!(sink.kind, crate::export::SinkKind::Syslog);
+        assert_eq!(sink.batch_size, 10);
+        assert!(!s.to_toml().unwrap().contains("not-a-config-key"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.toml");
+        std::fs::write(
+            &file,
+            "[export.local]\nkind = \"file\"\nurl = \"/var/log/dc.jsonl\"\nactions = [\"block\"]\nmin_severity = \"HIGH\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(&ConfigFile::Explicit(file.clone()), &env(&[])).unwrap();
+        assert_eq!(s.export["local"].actions, vec!["block".to_owned()]);
+
+        for (toml, needle) in [
+            (
+                "[export.Bad]\nkind = \"file\"\nurl = \"/x\"\n",
+                "sink names",
+            ),
+            (
+                "[export.a]\nkind = \"file\"\nurl = \"rel\"\n",
+                "export.a.url",
+            ),
+            (
+                "[export.a]\nkind = \"syslog\"\nurl = \"udp://h:1\"\n",
+                "export.a.url",
+            ),
+            (
+                "[export.a]\nkind = \"syslog\"\nurl = \"tcp://h:1\"\nbatch_size = 0\n",
+                "batch_size",
+            ),
+            (
+                "[export.a]\nkind = \"file\"\nurl = \"/x\"\ntarget_kinds = [\"x\"]\n",
+                "target_kinds",
+            ),
+            (
+                "[export.a]\nkind = \"file\"\nurl = \"/x\"\nfilter = 1\n",
+                "filter",
+            ),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let err = Settings::load(&ConfigFile::Explicit(file.clone()), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        // A token variable for a malformed name is still a typo.
+        assert!(
+            Settings::load(
+                &ConfigFile::None,
+                &env(&[("DEFENSECLAW_EXPORT_siem_TOKEN", "x")])
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use defenseclaw_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::authn::Need;
-use super::convert::{pb_actor, pb_auth_mode, pb_counts, pb_head, pb_openclaw_status};
+use super::convert::{
+    pb_actor, pb_auth_mode, pb_counts, pb_diagnostic, pb_exporter, pb_head, pb_openclaw_status,
+};
 use super::service::ControlService;
 use crate::clock::format_ts;
 
@@ -50,7 +52,13 @@ pub(super) async fn get_status(
             view.openclaw,
             view.pending_enforcements,
             view.gate,
+            view.gate_setup,
         )),
+        exporters: view
+            .exporters
+            .iter()
+            .map(|s| pb_exporter(s, view.head.seq))
+            .collect(),
     }))
 }
 
@@ -68,3 +76,61 @@ pub(super) async fn get_auth_config(
         scopes: settings.roles.mapping().into_keys().collect(),
     }))
 }
+
+/// The daemon's checks of its own setup: the facts from start, then the live
+/// ones (identity provider, OpenClaw gateway). Readers may call it; it shows
+/// presence of secrets, never values.
+pub(super) async fn diagnose(
+    svc: &ControlService,
+    request: Request<pb::DiagnoseRequest>,
+) -> Result<Response<pb::DiagnoseReply>, Status> {
+    svc.authorize(&request, "Diagnose", Need::Read).await?;
+    let mut checks = svc
+        .setup
+        .as_ref()
+        .map(|setup| setup.local_checks())
+        .unwrap_or_default();
+    if let Some(provider) = svc.authn.provider() {
+        let discovery = provider
+            .discovery()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let health = provider.health();
+        // Fetched at most once per interval however often doctor runs.
+        let stale = health
+            .last_attempt_at
+            .is_none_or(|at| at.elapsed().unwrap_or_default() >= DIAGNOSE_REFETCH);
+        let jwks =
+            if discovery.is_ok() && (health.keys == 0 || health.last_error.is_some()) && stale {
+                provider.refresh_jwks().await.map_err(|e| e.to_string())
+            } else {
+                match health.last_error {
+                    Some(e) if health.keys == 0 => Err(e),
+                    _ => Ok(health.keys),
+                }
+            };
+        checks.push(crate::doctor::idp_check(provider.issuer(), discovery, jwks));
+    }
+    let view = svc.gov.status().await?;
+    checks.extend(
+        view.exporters
+            .iter()
+            .map(|sink| crate::doctor::exporter_check(sink, view.head.seq)),
+    );
+    let openclaw_enabled = svc.setup.as_ref().is_some_and(|s| s.openclaw_enabled);
+    checks.push(crate::doctor::openclaw_check(
+        openclaw_enabled,
+        &view.openclaw,
+    ));
+    if let Some(gate) = view.gate_setup.as_ref().filter(|_| openclaw_enabled) {
+        checks.push(crate::doctor::gate_check(gate));
+    }
+    Ok(Response::new(pb::DiagnoseReply {
+        version: env!("CARGO_PKG_VERSION").into(),
+        checks: checks.into_iter().map(pb_diagnostic).collect(),
+    }))
+}
+
+/// Least time between two key-set fetches `Diagnose` triggers.
+const DIAGNOSE_REFETCH: std::time::Duration = std::time::Duration::from_secs(10);

@@ -239,7 +239,7 @@ impl Operation for QuarantineSettle {
     }
 }
 
-impl super::Store {
+impl super::handle::Store {
     /// The quarantine record of `name`.
     pub async fn quarantined(&self, name: &str) -> Result<Option<QuarantineRow>> {
         let name = name.to_owned();

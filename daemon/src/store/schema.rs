@@ -136,6 +136,33 @@ const MIGRATIONS: &[(i64, &str)] = &[
     "#,
     ),
     (
+        5,
+        r#"
+    CREATE TABLE openclaw_setup (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        spec       TEXT NOT NULL,
+        originals  TEXT NOT NULL,
+        active     INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    "#,
+    ),
+    (
+        7,
+        r#"
+    CREATE TABLE export_cursors (
+        name       TEXT PRIMARY KEY,
+        seq        INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE export_host (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        host_id TEXT NOT NULL
+    );
+    INSERT INTO export_host (id, host_id) VALUES (1, lower(hex(randomblob(16))));
+    "#,
+    ),
+    (
         8,
         r#"
     ALTER TABLE connection_grants ADD COLUMN status_changed_at TEXT;

@@ -169,6 +169,7 @@ impl Running {
 
 fn settings(url: &str) -> OpenClawSettings {
     OpenClawSettings {
+        enabled: true,
         url: url.to_owned(),
         allow_patterns: vec![r"^ls(\s|$)".into()],
         backoff_initial_ms: 100,
@@ -1038,6 +1039,7 @@ async fn insecure_remote_url_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let r = OpenClawMonitor::start(
         OpenClawSettings {
+            enabled: true,
             url: "ws://192.0.2.10:18789/".into(),
             ..OpenClawSettings::default()
         },
@@ -1068,11 +1070,12 @@ async fn insecure_remote_url_is_refused() {
 }
 
 /// Self-signed test certificate (P-256, CN/SAN localhost + 127.0.0.1, valid
-/// until 2126) and its key; used only by the TLS pinning test.
-const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBmjCCAUGgAwIBAgIUZlS1snBCDhqPtnXWCNDQCMGcBWkwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyOTA3MTYyMVoYDzIxMjYxMTA1\nMDcxNjIxWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO\nPQMBBwNCAARLtrrRURZmPKs1Qxd3sbDNO1HO/7Xa8wVoh2E+JtFYm5eJV3ekmaG2\npyy5NJ+bGeh+mTLLR61Ek293dS0YTiAyo28wbTAdBgNVHQ4EFgQUU2L0lt17GN+0\nTk4/Lg1w6V8wypwwHwYDVR0jBBgwFoAUU2L0lt17GN+0Tk4/Lg1w6V8wypwwDwYD\nVR0TAQH/BAUwAwEB/zAaBgNVHREEEzARgglsb2NhbGhvc3SHBH8AAAEwCgYIKoZI\nzj0EAwIDRwAwRAIgL5LK70pEhR8wxpZYWvvoUH8SyxutC2QOsIZXLsy7A7ACIDMC\nSlxm+Dj5FduaSUyoioQyoQ9EYS6JT6SNGqfEDh/Z\n-----END CERTIFICATE-----";
-const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgZ/l8azE6B27L5iZc\ntlfXZO0LobDBwyw/o+PjkWZAaLWhRANCAARLtrrRURZmPKs1Qxd3sbDNO1HO/7Xa\n8wVoh2E+JtFYm5eJV3ekmaG2pyy5NJ+bGeh+mTLLR61Ek293dS0YTiAy\n-----END PRIVATE KEY-----";
+/// until 2126) and its key; used by the TLS pinning tests (gateway, syslog export).
+pub(crate) const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBmjCCAUGgAwIBAgIUZlS1snBCDhqPtnXWCNDQCMGcBWkwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyOTA3MTYyMVoYDzIxMjYxMTA1\nMDcxNjIxWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO\nPQMBBwNCAARLtrrRURZmPKs1Qxd3sbDNO1HO/7Xa8wVoh2E+JtFYm5eJV3ekmaG2\npyy5NJ+bGeh+mTLLR61Ek293dS0YTiAyo28wbTAdBgNVHQ4EFgQUU2L0lt17GN+0\nTk4/Lg1w6V8wypwwHwYDVR0jBBgwFoAUU2L0lt17GN+0Tk4/Lg1w6V8wypwwDwYD\nVR0TAQH/BAUwAwEB/zAaBgNVHREEEzARgglsb2NhbGhvc3SHBH8AAAEwCgYIKoZI\nzj0EAwIDRwAwRAIgL5LK70pEhR8wxpZYWvvoUH8SyxutC2QOsIZXLsy7A7ACIDMC\nSlxm+Dj5FduaSUyoioQyoQ9EYS6JT6SNGqfEDh/Z\n-----END CERTIFICATE-----";
+pub(crate) const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgZ/l8azE6B27L5iZc\ntlfXZO0LobDBwyw/o+PjkWZAaLWhRANCAARLtrrRURZmPKs1Qxd3sbDNO1HO/7Xa\n8wVoh2E+JtFYm5eJV3ekmaG2pyy5NJ+bGeh+mTLLR61Ek293dS0YTiAy\n-----END PRIVATE KEY-----";
 /// SHA-256 of `TEST_CERT`'s DER.
-const TEST_CERT_SHA256: &str = "c0a14f109f115719dc687e1aac48e5ea9fcdeef8b5daec7260aded0b0dce80d5";
+pub(crate) const TEST_CERT_SHA256: &str =
+    "c0a14f109f115719dc687e1aac48e5ea9fcdeef8b5daec7260aded0b0dce80d5";
 
 async fn tls_gateway_once(
     listener: &TcpListener,
