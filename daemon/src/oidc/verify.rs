@@ -2,11 +2,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::provider::{KeyLookupError, Provider};
 use super::settings::MAX_LEEWAY_SECS;
@@ -337,22 +339,36 @@ pub(crate) async fn verify_jwt(
     Ok((claims, kid_value.to_owned()))
 }
 
+/// SHA-256 of a bearer token: the verified-token cache's key, so the cache
+/// never holds a token itself.
+type TokenDigest = [u8; 32];
+
+fn digest(bearer: &str) -> TokenDigest {
+    Sha256::digest(bearer.as_bytes()).into()
+}
+
 struct CacheEntry {
     token: Arc<VerifiedToken>,
     valid_until: i64,
+    /// Recency tick of the last hit (the least recent goes first when full).
+    last_used: AtomicU64,
 }
 
 /// Verifies bearer access tokens for the daemon's API.
 ///
 /// A token that verified once is remembered until its `exp` (plus leeway) while its
-/// signing key stays in the key set, so repeated calls with the same token cost two map
-/// lookups. The map is keyed by the whole token (compared in full on a hit, so no hash
-/// collision can alias two tokens); it lives only in memory and is never logged.
+/// signing key stays in the key set, so repeated calls with the same token cost a
+/// SHA-256 of the token and two map lookups. The map is keyed by the token's SHA-256
+/// (never the token), holds at most its capacity (least recently used evicted first)
+/// and only tokens that verified: a spray of forged or distinct tokens cannot grow it
+/// past the bound. It lives only in memory and is never logged.
 pub struct TokenVerifier {
     provider: Arc<Provider>,
     audience: String,
     leeway: u64,
-    cache: RwLock<HashMap<Box<str>, CacheEntry>>,
+    cache: RwLock<HashMap<TokenDigest, CacheEntry>>,
+    capacity: usize,
+    tick: AtomicU64,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -373,7 +389,21 @@ impl TokenVerifier {
             audience: audience.into(),
             leeway: leeway_secs.min(MAX_LEEWAY_SECS),
             cache: RwLock::new(HashMap::new()),
+            capacity: CACHE_CAPACITY,
+            tick: AtomicU64::new(0),
         }
+    }
+
+    /// The same verifier remembering at most `capacity` verified tokens (at least one).
+    #[must_use]
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// Verified tokens remembered now.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.read().map_or(0, |c| c.len())
     }
 
     /// The provider whose keys are used.
@@ -400,13 +430,17 @@ impl TokenVerifier {
             ));
         }
         let now = crate::clock::unix_now();
+        let key = digest(bearer);
         if let Ok(cache) = self.cache.read()
-            && let Some(entry) = cache.get(bearer)
+            && let Some(entry) = cache.get(&key)
             && entry.valid_until > now
             && self.provider.cached_key(&entry.token.kid).is_some()
         {
             // Still signed by a key the provider publishes (a key dropped from the JWKS
             // invalidates the tokens it signed at the next refresh).
+            entry
+                .last_used
+                .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
             return Ok(Arc::clone(&entry.token));
         }
         let (claims, kid) = verify_jwt(&self.provider, bearer, &self.audience, self.leeway).await?;
@@ -430,17 +464,28 @@ impl TokenVerifier {
         });
         let leeway = i64::try_from(self.leeway).unwrap_or(0);
         if let Ok(mut cache) = self.cache.write() {
-            if cache.len() >= CACHE_CAPACITY {
-                cache.retain(|_, e| e.valid_until > now);
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
+            if cache.len() >= self.capacity && !cache.contains_key(&key) {
+                // Expired tokens and tokens of retired keys go first, then the least recent.
+                cache.retain(|_, e| {
+                    e.valid_until > now && self.provider.cached_key(&e.token.kid).is_some()
+                });
+                while cache.len() >= self.capacity {
+                    let Some(oldest) = cache
+                        .iter()
+                        .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
+                        .map(|(k, _)| *k)
+                    else {
+                        break;
+                    };
+                    cache.remove(&oldest);
                 }
             }
             cache.insert(
-                Box::from(bearer),
+                key,
                 CacheEntry {
                     token: Arc::clone(&token),
                     valid_until: exp.saturating_add(leeway),
+                    last_used: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
                 },
             );
         }
