@@ -8,6 +8,7 @@ use tokio::sync::broadcast;
 use crate::error::Result;
 use crate::events::EnforcementChanged;
 use crate::model::{Actor, EnforcementAction, EnforcementState, Target};
+use crate::store::profile::{self, Phase};
 use crate::store::{Operation, SetEnforcement, Store};
 
 pub use crate::store::Enforced;
@@ -89,7 +90,9 @@ impl Enforcer {
     pub fn published(&self, target: &Target, committed: Option<&Enforced>) -> bool {
         match committed {
             Some(enforced) if enforced.changed => {
+                let started = profile::start();
                 self.publish(target, enforced.decision.state);
+                profile::record(Phase::FanOut, started);
                 true
             }
             _ => false,

@@ -88,8 +88,7 @@ impl Operation for SetEnforcement {
                 decided_by: actor.id.clone(),
                 decided_at: now.clone(),
             };
-            ensure_target(conn, &target, &now)?;
-            store_decision(conn, &target, &decision)?;
+            store_decision(conn, &target, &decision, &now)?;
             decision
         } else {
             previous.unwrap_or_default()
@@ -161,10 +160,20 @@ impl Operation for RegisterTargets {
     }
 }
 
-fn store_decision(conn: &Connection, target: &Target, decision: &Decision) -> Result<()> {
+/// Creates the target's row with the decision, or updates its decision: one
+/// statement either way.
+fn store_decision(
+    conn: &Connection,
+    target: &Target,
+    decision: &Decision,
+    now: &str,
+) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE targets SET state = ?3, reason = ?4, decided_by = ?5, decided_at = ?6
-         WHERE kind = ?1 AND name = ?2",
+        "INSERT INTO targets (kind, name, state, reason, decided_by, decided_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (kind, name) DO UPDATE SET state = excluded.state,
+             reason = excluded.reason, decided_by = excluded.decided_by,
+             decided_at = excluded.decided_at",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -174,6 +183,7 @@ fn store_decision(conn: &Connection, target: &Target, decision: &Decision) -> Re
             decision.reason,
             decision.decided_by,
             decision.decided_at,
+            now,
         ])
     })
     .map(|_| ())

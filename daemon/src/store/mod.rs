@@ -14,6 +14,7 @@ pub mod audit_log;
 pub mod connections;
 pub mod enforcement;
 pub mod findings;
+pub mod profile;
 mod readers;
 pub mod scan_reports;
 mod schema;
@@ -85,6 +86,7 @@ impl Store {
         path: &Path,
         ctx: WriterContext,
     ) -> Result<(Self, std::thread::JoinHandle<()>), OpenError> {
+        profile::init_from_env();
         let conn = schema::open_writer(path)?;
         let sql = |source| OpenError::Sqlite {
             path: path.display().to_string(),
@@ -123,8 +125,11 @@ impl Store {
             .send(job)
             .await
             .map_err(|_| Error::Unavailable("the store is shutting down".into()))?;
-        rx.await
-            .map_err(|_| Error::Internal("the store writer stopped before answering".into()))?
+        let (result, answered) = rx
+            .await
+            .map_err(|_| Error::Internal("the store writer stopped before answering".into()))?;
+        profile::record(profile::Phase::Wake, answered);
+        result
     }
 
     /// The clock the store stamps with.
