@@ -13,6 +13,8 @@
 //!   `GetStatus` latency under idle connections and FIFO scans ([`hostile::run`]);
 //! - `scale`: read-side figures on an empty store beside a store filled to
 //!   1M audit entries and 100k targets ([`scale::run`]);
+//! - `gate`: the OpenClaw gate's decision latency on its socket against a
+//!   bare round trip of the same transport ([`gate::run`]);
 //! - `scan-eval CORPUS`: the built-in scanner (and `skill-scanner` when
 //!   installed) against a labelled corpus.
 
@@ -24,6 +26,7 @@ macro_rules! say {
 mod breakdown;
 mod control;
 mod echo;
+mod gate;
 mod hostile;
 mod load;
 mod openclaw;
@@ -117,6 +120,18 @@ enum Command {
     /// 1M audit entries, 100k targets) through the store's own writer (same
     /// hash chain). One JSON document on stdout.
     Scale(scale::ScaleArgs),
+    /// The OpenClaw gate: decision latency of a plugin call (p50/p99 at 1 and
+    /// 16 concurrent calls on one connection) against a bare `ping` round
+    /// trip on the same socket. The daemon runs in process; one JSON document
+    /// on stdout.
+    Gate {
+        /// Calls measured per series.
+        #[arg(long, default_value_t = 5_000)]
+        samples: usize,
+        /// Unmeasured calls before measuring.
+        #[arg(long, default_value_t = 500)]
+        warmup: usize,
+    },
     /// Evaluates the scanner against a labelled corpus (labels.csv): recall,
     /// false positives and time, side by side with Cisco's skill-scanner when
     /// it is on PATH (or at $DEFENSECLAW_CISCO_SKILL_SCANNER).
@@ -136,6 +151,7 @@ fn main() -> ExitCode {
         Some(Command::TokenVault(args)) => token_vault::run(&args),
         Some(Command::Hostile(args)) => hostile::run(&args),
         Some(Command::Scale(args)) => scale::run(&args),
+        Some(Command::Gate { samples, warmup }) => gate::run(samples, warmup),
         Some(Command::ScanEval { corpus }) => {
             scan_eval::run(&corpus).and_then(|v| report::print_json(&v))
         }

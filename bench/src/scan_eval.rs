@@ -427,6 +427,37 @@ fn single_source_literals(corpus: &Path, samples: &[Sample], engine: &Engine) ->
     })
 }
 
+/// The LLM analyzer's part of the evaluation. Its figures are separate
+/// from the static engine's and are only ever measured against a real
+/// endpoint: with none configured the report says "off" and gives only how
+/// many skills the default band (static LOW..MEDIUM) would send it.
+fn llm_analyzer(samples: &[Sample], outcomes: &[Outcome]) -> Value {
+    let band = |o: &Outcome| {
+        defenseclaw_scanner::llm::wants_review(o.max, Some(Severity::Low), Severity::Medium)
+    };
+    let (mut mal, mut ben) = (0, 0);
+    for (s, o) in samples.iter().zip(outcomes) {
+        if s.kind == "skill" && band(o) {
+            if s.malicious {
+                mal += 1;
+            } else {
+                ben += 1;
+            }
+        }
+    }
+    let endpoint = std::env::var("SCAN_EVAL_LLM_BASE_URL").unwrap_or_default();
+    json!({
+        "status": "off",
+        "reason": if endpoint.is_empty() {
+            "no endpoint configured (SCAN_EVAL_LLM_BASE_URL unset); no LLM figures are reported"
+        } else {
+            "an endpoint is set but this evaluation does not call it yet; no LLM figures are reported"
+        },
+        "default_band": "static max severity LOW..MEDIUM",
+        "skills_in_default_band": { "malicious": mal, "benign": ben },
+    })
+}
+
 /// Runs the evaluation on `corpus` (a folder with `labels.csv`).
 pub fn run(corpus: &Path) -> anyhow::Result<Value> {
     let samples = read_labels(corpus)?;
@@ -511,6 +542,7 @@ pub fn run(corpus: &Path) -> anyhow::Result<Value> {
             |_| true,
         ),
         "single_source_literals": single_source_literals(corpus, &samples, &engine),
+        "llm_analyzer": llm_analyzer(&samples, &outcomes),
     });
 
     let cisco = cisco_skill_scanner(corpus, &samples);

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 /// Socket path of the system-wide daemon (the shipped systemd unit).
 pub const SYSTEM_SOCKET: &str = "/run/defenseclaw/defenseclawd.sock";
+/// The system daemon's config file (the shipped systemd unit's `--config`).
+pub const SYSTEM_CONFIG: &str = "/etc/defenseclaw/defenseclawd.toml";
 /// File name of the socket inside its runtime directory.
 pub const SOCKET_NAME: &str = "defenseclawd.sock";
 /// The system daemon's service user (the shipped systemd unit's `User=`).
@@ -57,6 +59,39 @@ pub fn trusted_uids() -> Vec<u32> {
 }
 
 /// The default socket, first match wins:
+/// The config file a daemon without `--config` reads: [`SYSTEM_CONFIG`] for
+/// root; for anyone else `$XDG_CONFIG_HOME/defenseclaw/defenseclawd.toml`, else
+/// `<home>/.config/defenseclaw/defenseclawd.toml` (what `defenseclawctl init` writes).
+pub fn default_config_path() -> PathBuf {
+    let uid = match current_uid() {
+        Some(0) | None => return PathBuf::from(SYSTEM_CONFIG),
+        Some(uid) => uid,
+    };
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+        .or_else(|| home_of(uid).map(|home| home.join(".config")));
+    match config_home {
+        Some(dir) => dir.join("defenseclaw").join("defenseclawd.toml"),
+        None => PathBuf::from(SYSTEM_CONFIG),
+    }
+}
+
+/// `uid`'s home from the password database (not `$HOME`, which `su`/`sudo`
+/// may keep from another user), else `$HOME`.
+fn home_of(uid: u32) -> Option<PathBuf> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .filter(|d| d.is_absolute() && d != Path::new("/"))
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(PathBuf::from)
+        })
+}
+
 /// 1. `$RUNTIME_DIRECTORY/` (set by systemd; the first of several),
 /// 2. `$XDG_RUNTIME_DIR/defenseclaw/`,
 /// 3. `/run/defenseclaw/` for root,
@@ -93,17 +128,7 @@ pub fn default_socket_path() -> PathBuf {
     {
         return user_runtime.join("defenseclaw").join(SOCKET_NAME);
     }
-    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.dir)
-        .filter(|d| d.is_absolute() && d != Path::new("/"))
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|h| !h.is_empty())
-                .map(PathBuf::from)
-        });
-    match home {
+    match home_of(uid) {
         Some(home) => home.join(USER_DIR).join("run").join(SOCKET_NAME),
         None => PathBuf::from(SYSTEM_SOCKET),
     }

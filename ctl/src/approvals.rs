@@ -1,7 +1,7 @@
 //! Step-up approvals: waiting for a human on a held change, and the
 //! `approvals` commands.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 
 use defenseclaw_proto::v1 as pb;
 use serde_json::{Value, json};
@@ -9,15 +9,10 @@ use tokio_stream::StreamExt;
 
 use crate::cli::{ApprovalsCommand, Output};
 use crate::client::Client;
-use crate::exit::{
-    FAILURE, Failure, STEPUP_CANCELLED, STEPUP_DENIED, STEPUP_ERROR, STEPUP_TIMED_OUT,
-};
+use crate::exit::{Failure, STEPUP_CANCELLED, STEPUP_DENIED, STEPUP_ERROR, STEPUP_TIMED_OUT};
 use crate::render::{self, print_text as text};
 
-fn out(line: &str) -> Result<(), Failure> {
-    let mut o = std::io::stdout().lock();
-    writeln!(o, "{line}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
-}
+use crate::render::write_line as out;
 
 /// A step-up as JSON.
 pub fn stepup_json(s: &pb::StepUp) -> Value {

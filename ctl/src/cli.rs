@@ -4,15 +4,40 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Output format, as the commands print it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
-    /// Aligned columns for people.
+    /// Aligned columns for people (`-o table`, or `-o wide` with no cell shortened).
     Table,
+    /// One JSON document.
+    Json,
+    /// SARIF 2.1.0.
+    Sarif,
+}
+
+/// `-o`: the output format asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people; long cells end in `…`.
+    Table,
+    /// Aligned columns with every cell in full.
+    Wide,
     /// One JSON document (JSON lines for `audit export`, `audit tail` and scans).
     Json,
     /// SARIF 2.1.0 (scan commands only), for code-scanning tools.
     Sarif,
+}
+
+impl OutputFormat {
+    /// The format the commands print, and whether table cells stay whole.
+    pub fn resolve(self) -> (Output, bool) {
+        match self {
+            Self::Table => (Output::Table, false),
+            Self::Wide => (Output::Table, true),
+            Self::Json => (Output::Json, false),
+            Self::Sarif => (Output::Sarif, false),
+        }
+    }
 }
 
 /// Command-line client for defenseclawd.
@@ -28,13 +53,25 @@ pub struct Cli {
     pub socket: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
-    pub output: Output,
-    /// When a change needs a human approval, print the request and return at once.
-    #[arg(long, global = true)]
+    pub output: OutputFormat,
+    /// When a change needs a human approval, print the request and return at
+    /// once (also a flag of the commands that can need one).
+    #[arg(long)]
     pub no_wait: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// bash (`source <(defenseclawctl completions bash)`).
+    Bash,
+    /// zsh (write it to a directory on `$fpath` as `_defenseclawctl`).
+    Zsh,
+    /// fish (write it to `~/.config/fish/completions/defenseclawctl.fish`).
+    Fish,
 }
 
 /// Top-level commands.
@@ -42,17 +79,51 @@ pub struct Cli {
 pub enum Command {
     /// Daemon version, uptime, socket, store, counts and audit head.
     Status,
-    /// Skills: list, show, block, allow, unblock.
+    /// This CLI's version, and the daemon's when it answers.
+    Version,
+    /// Write a starting config (a user's own, or root's system file) and explain the two modes.
+    #[command(after_help = crate::examples::INIT)]
+    Init {
+        /// Where to write it (default: ~/.config/defenseclaw/defenseclawd.toml, or
+        /// /etc/defenseclaw/defenseclawd.toml for root).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Where the OpenClaw gateway listens (default 127.0.0.1:18789).
+        #[arg(long, value_name = "HOST:PORT")]
+        gateway: Option<std::net::SocketAddr>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check the setup end to end and say how to fix what is wrong (exit 15 if anything failed).
+    #[command(after_help = crate::examples::DOCTOR)]
+    Doctor,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Write a man page per command (defenseclawctl.1, defenseclawctl-skill.1, …) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(value_name = "DIR")]
+        out_dir: PathBuf,
+    },
+    /// Skills: list, show, scan, install, block, allow, unblock, quarantine.
+    #[command(after_help = crate::examples::SKILL)]
     Skill {
         /// What to do.
         #[command(subcommand)]
-        action: TargetCommand,
+        action: SkillCommand,
     },
-    /// MCP servers: list, show, block, allow, unblock.
+    /// MCP servers: list, show, scan, block, allow (with connections), unblock, exec.
+    #[command(after_help = crate::examples::MCP)]
     Mcp {
         /// What to do.
         #[command(subcommand)]
-        action: TargetCommand,
+        action: McpCommand,
     },
     /// Scanner findings.
     Finding {
@@ -216,41 +287,169 @@ pub enum OpenclawCommand {
     Approvals,
 }
 
-/// Target commands (the same for skills and MCP servers).
+/// Skill commands.
 #[derive(Debug, Subcommand)]
-pub enum TargetCommand {
-    /// Every target of this kind with its state.
+pub enum SkillCommand {
+    /// Every skill the daemon knows, with its state.
+    #[command(after_help = crate::examples::SKILL_LIST)]
     List,
-    /// One target with its findings.
+    /// One skill with its findings.
+    #[command(after_help = crate::examples::SKILL_SHOW)]
+    Show {
+        /// Skill name (its folder's name).
+        name: String,
+    },
+    /// Scan skill folders with the built-in scanner (through the daemon, or `--offline`).
+    #[command(after_help = crate::examples::SKILL_SCAN)]
+    Scan(SkillScanArgs),
+    /// Scan a skill folder, then admit it as allowed or blocked per policy (audited).
+    #[command(after_help = crate::examples::SKILL_INSTALL)]
+    Install(InstallArgs),
+    /// Block the skill (audited; OpenClaw disables it).
+    #[command(after_help = crate::examples::SKILL_BLOCK)]
+    Block(Decide),
+    /// Allow the skill (a HIGH/CRITICAL one waits for the approver when step-up is on).
+    #[command(after_help = crate::examples::SKILL_ALLOW)]
+    Allow(Decide),
+    /// Remove a block or allow decision.
+    #[command(after_help = crate::examples::SKILL_UNBLOCK)]
+    Unblock(Decide),
+    /// Move the skill's folder to the daemon's quarantine (audited; nothing is
+    /// ever replaced; enforcement is unchanged).
+    #[command(after_help = crate::examples::SKILL_QUARANTINE)]
+    Quarantine(QuarantineArgs),
+    /// Move a quarantined skill's folder back where it was (a blocked skill stays blocked).
+    #[command(after_help = crate::examples::SKILL_RESTORE)]
+    Restore {
+        /// Skill name.
+        name: String,
+    },
+    /// The quarantined skills and where they came from.
+    Quarantined,
+}
+
+/// MCP server commands.
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Every MCP server the daemon knows, with its state.
+    #[command(after_help = crate::examples::MCP_LIST)]
+    List,
+    /// One MCP server with its findings.
+    #[command(after_help = crate::examples::MCP_SHOW)]
+    Show {
+        /// Server name (its key in the client config).
+        name: String,
+    },
+    /// Scan the servers of MCP client config files with the built-in scanner.
+    #[command(after_help = crate::examples::MCP_SCAN)]
+    Scan(McpScanArgs),
+    /// Block the server (audited; OpenClaw disables it).
+    #[command(after_help = crate::examples::MCP_BLOCK)]
+    Block(Decide),
+    /// Allow the server, with the Token Vault connections it may use.
+    #[command(after_help = crate::examples::MCP_ALLOW)]
+    Allow(AllowArgs),
+    /// Remove a block or allow decision.
+    #[command(after_help = crate::examples::MCP_UNBLOCK)]
+    Unblock(Decide),
+    /// Run the server with its connection tokens in its environment (put this
+    /// in OpenClaw's `mcp.servers.NAME.command`).
+    #[command(after_help = crate::examples::MCP_EXEC)]
+    Exec(ExecArgs),
+}
+
+/// What `skill …` and `mcp …` ask of the daemon, once parsed: one command set
+/// for both kinds, so the requests are built in one place.
+#[derive(Debug)]
+pub enum TargetCommand {
+    /// `list`.
+    List,
+    /// `show NAME`.
     Show {
         /// Target name.
         name: String,
     },
-    /// Block the target.
+    /// `block`.
     Block(Decide),
-    /// Allow the target (MCP servers: with the connections it may use).
+    /// `allow` (connections for MCP servers only).
     Allow(AllowArgs),
-    /// Remove a block or allow decision.
+    /// `unblock`.
     Unblock(Decide),
-    /// Scan skill folders (or MCP servers) with the built-in scanner.
+    /// `scan` through the daemon.
     Scan(ScanArgs),
-    /// Scan a skill folder, then admit it as allowed or blocked per policy (audited).
+    /// `skill install`.
     Install(InstallArgs),
-    /// MCP servers: run the server with its connection tokens in its environment
-    /// (put this in OpenClaw's `mcp.servers.NAME.command`).
+    /// `mcp exec`.
     Exec(ExecArgs),
+    /// `skill quarantine`.
+    Quarantine(QuarantineArgs),
+    /// `skill restore`.
+    Restore {
+        /// Skill name.
+        name: String,
+    },
+    /// `skill quarantined`.
+    Quarantined,
 }
 
-/// Arguments of allow.
+impl From<SkillCommand> for TargetCommand {
+    fn from(c: SkillCommand) -> Self {
+        match c {
+            SkillCommand::List => Self::List,
+            SkillCommand::Show { name } => Self::Show { name },
+            SkillCommand::Scan(args) => Self::Scan(args.into()),
+            SkillCommand::Install(args) => Self::Install(args),
+            SkillCommand::Block(d) => Self::Block(d),
+            SkillCommand::Allow(decide) => Self::Allow(AllowArgs {
+                decide,
+                connections: Vec::new(),
+                scopes: None,
+            }),
+            SkillCommand::Unblock(d) => Self::Unblock(d),
+            SkillCommand::Quarantine(args) => Self::Quarantine(args),
+            SkillCommand::Restore { name } => Self::Restore { name },
+            SkillCommand::Quarantined => Self::Quarantined,
+        }
+    }
+}
+
+impl From<McpCommand> for TargetCommand {
+    fn from(c: McpCommand) -> Self {
+        match c {
+            McpCommand::List => Self::List,
+            McpCommand::Show { name } => Self::Show { name },
+            McpCommand::Scan(args) => Self::Scan(args.into()),
+            McpCommand::Block(d) => Self::Block(d),
+            McpCommand::Allow(args) => Self::Allow(args),
+            McpCommand::Unblock(d) => Self::Unblock(d),
+            McpCommand::Exec(args) => Self::Exec(args),
+        }
+    }
+}
+
+/// Arguments of `skill quarantine`.
+#[derive(Debug, Args)]
+pub struct QuarantineArgs {
+    /// Skill name (its folder's name).
+    pub name: String,
+    /// The folder, when the daemon knows several skill folders of that name.
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+    /// Why (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+/// Arguments of `mcp allow`.
 #[derive(Debug, Args)]
 pub struct AllowArgs {
     /// Target name and reason.
     #[command(flatten)]
     pub decide: Decide,
-    /// MCP servers: an Auth0 connection the server may use (repeatable).
+    /// An Auth0 connection the server may use (repeatable).
     #[arg(long = "connection", value_name = "NAME")]
     pub connections: Vec<String>,
-    /// MCP servers: provider scopes requested for the connections, space-separated.
+    /// Provider scopes requested for the connections, space-separated.
     #[arg(long, value_name = "SCOPES")]
     pub scopes: Option<String>,
 }
@@ -269,26 +468,90 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-/// Arguments of `skill scan` / `mcp scan`.
+/// Arguments of `skill scan`.
 #[derive(Debug, Args)]
-pub struct ScanArgs {
-    /// Skill folders (skill scan), or MCP server names in the config file (mcp scan).
-    pub targets: Vec<String>,
-    /// MCP client config file (`.mcp.json`, `claude_desktop_config.json`, OpenClaw config).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Only this server of the config file.
+pub struct SkillScanArgs {
+    /// Skill folders.
+    #[arg(value_name = "DIR")]
+    pub dirs: Vec<String>,
+    /// Options both scan commands take.
+    #[command(flatten)]
+    pub common: ScanCommon,
+}
+
+/// Arguments of `mcp scan`.
+#[derive(Debug, Args)]
+pub struct McpScanArgs {
+    /// Server names in the config files (give them before `--config`, or use `--server`).
+    #[arg(value_name = "SERVER")]
+    pub servers: Vec<String>,
+    /// MCP client config files (`.mcp.json`, `claude_desktop_config.json`, OpenClaw config):
+    /// `--config A --config B` or `--config A B`. Each server's result names its file.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub config: Vec<PathBuf>,
+    /// Only this server of the config files.
     #[arg(long, value_name = "NAME")]
     pub server: Option<String>,
+    /// Options both scan commands take.
+    #[command(flatten)]
+    pub common: ScanCommon,
+}
+
+/// Options of `skill scan` and `mcp scan`.
+#[derive(Debug, Args)]
+pub struct ScanCommon {
     /// Scan in this process with no daemon and no store (CI pipelines, pre-commit hooks).
     #[arg(long)]
     pub offline: bool,
-    /// Exit 9 when a finding reaches this severity.
+    /// Exit 9 when a finding reaches this severity (info, low, medium, high, critical).
     #[arg(long, value_name = "SEVERITY")]
     pub fail_on: Option<String>,
     /// Extra rule directories (offline scans; the daemon uses its own config).
     #[arg(long = "rules", value_name = "DIR")]
     pub rule_dirs: Vec<PathBuf>,
+}
+
+/// A scan as the scan code runs it, for either kind.
+#[derive(Debug)]
+pub struct ScanArgs {
+    /// Skill folders (skill scan), or MCP server names in the config files (mcp scan).
+    pub targets: Vec<String>,
+    /// MCP client config files.
+    pub config: Vec<PathBuf>,
+    /// Only this server of the config files.
+    pub server: Option<String>,
+    /// Scan in this process with no daemon and no store.
+    pub offline: bool,
+    /// Exit 9 when a finding reaches this severity.
+    pub fail_on: Option<String>,
+    /// Extra rule directories.
+    pub rule_dirs: Vec<PathBuf>,
+}
+
+impl From<SkillScanArgs> for ScanArgs {
+    fn from(a: SkillScanArgs) -> Self {
+        Self {
+            targets: a.dirs,
+            config: Vec::new(),
+            server: None,
+            offline: a.common.offline,
+            fail_on: a.common.fail_on,
+            rule_dirs: a.common.rule_dirs,
+        }
+    }
+}
+
+impl From<McpScanArgs> for ScanArgs {
+    fn from(a: McpScanArgs) -> Self {
+        Self {
+            targets: a.servers,
+            config: a.config,
+            server: a.server,
+            offline: a.common.offline,
+            fail_on: a.common.fail_on,
+            rule_dirs: a.common.rule_dirs,
+        }
+    }
 }
 
 /// Arguments of `skill install`.
@@ -299,6 +562,9 @@ pub struct InstallArgs {
     /// The skill's name, checked against the folder: a skill is named after its folder (never its SKILL.md), and another name is refused.
     #[arg(long)]
     pub name: Option<String>,
+    /// Exit 9 when a finding reaches this severity (a blocked skill exits 14 first).
+    #[arg(long, value_name = "SEVERITY")]
+    pub fail_on: Option<String>,
 }
 
 /// Arguments of block/allow/unblock.
@@ -309,6 +575,9 @@ pub struct Decide {
     /// Why (recorded in the audit log).
     #[arg(long, default_value = "")]
     pub reason: String,
+    /// When the change needs a human approval, print the request and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// Finding commands.
@@ -333,6 +602,9 @@ pub enum FindingCommand {
         /// Why the finding is dismissed (recorded in the audit log).
         #[arg(long)]
         reason: String,
+        /// When the dismissal needs a human approval, print the request and return at once.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -352,7 +624,7 @@ pub enum ScanCommand {
 pub enum AuditCommand {
     /// Recent entries, newest first.
     List {
-        /// At most this many.
+        /// At most this many (0: all of them).
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Only entries at or after this time (RFC 3339).

@@ -146,12 +146,43 @@ async fn channel(socket: &Path) -> Result<Channel, Failure> {
     })
 }
 
-fn unreachable(socket: &Path, err: &dyn std::error::Error) -> Failure {
+/// The socket exists but this user may not connect: say whose it is and what
+/// would let them in, instead of suggesting the daemon is down.
+fn socket_permission_denied(socket: &Path) -> Failure {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let owner = match std::fs::metadata(socket) {
+        Ok(meta) => format!(
+            "it is owned by {} and group {} with mode {:04o}",
+            paths::describe_uid(meta.uid()),
+            meta.gid(),
+            meta.permissions().mode() & 0o7777
+        ),
+        Err(e) => format!("it cannot be inspected ({e})"),
+    };
+    Failure::new(
+        PERMISSION_DENIED,
+        format!(
+            "permission denied on the socket {}: {owner}. Run as the daemon's user, join the \
+             socket's group (the packaged daemon uses group `defenseclaw`), or point --socket / \
+             DEFENSECLAW_SOCKET at a socket you may use.",
+            socket.display()
+        ),
+    )
+}
+
+fn unreachable(socket: &Path, err: &(dyn std::error::Error + 'static)) -> Failure {
     let mut cause = err.to_string();
-    let mut source = err.source();
+    let mut denied = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(s) = source {
         cause = s.to_string();
+        denied |= s
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
         source = s.source();
+    }
+    if denied {
+        return socket_permission_denied(socket);
     }
     Failure::new(
         UNREACHABLE,

@@ -9,7 +9,7 @@ use crate::cli::{
     AuditCommand, Command, Decide, FindingCommand, OpenclawCommand, Output, ScanCommand,
     TargetCommand,
 };
-use crate::exit::{AUDIT_BROKEN, FAILURE, Failure, USAGE};
+use crate::exit::{AUDIT_BROKEN, Failure, USAGE};
 use crate::render::{self, print_json, print_text, s};
 
 use crate::client::Client;
@@ -24,10 +24,17 @@ pub async fn run(
     match command {
         Command::Status => status(client, output).await,
         Command::Skill { action } => {
-            target_command(client, pb::TargetKind::Skill, action, output, no_wait).await
+            target_command(
+                client,
+                pb::TargetKind::Skill,
+                action.into(),
+                output,
+                no_wait,
+            )
+            .await
         }
         Command::Mcp { action } => {
-            target_command(client, pb::TargetKind::Mcp, action, output, no_wait).await
+            target_command(client, pb::TargetKind::Mcp, action.into(), output, no_wait).await
         }
         Command::Finding { action } => finding_command(client, action, output, no_wait).await,
         Command::Approvals { action } => crate::approvals::command(client, action, output).await,
@@ -37,7 +44,13 @@ pub async fn run(
         Command::Connections { action } => {
             crate::connections::command(client, action, output).await
         }
-        Command::Auth { .. } | Command::Rule { .. } => Err(Failure::new(
+        Command::Auth { .. }
+        | Command::Rule { .. }
+        | Command::Version
+        | Command::Doctor
+        | Command::Init { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => Err(Failure::new(
             crate::exit::FAILURE,
             "this command runs without a daemon client",
         )),
@@ -61,7 +74,7 @@ async fn openclaw_command(
         .collect();
     match output {
         Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-        Output::Table => print_text(&render::table(
+        Output::Table => render::print_table(
             &["ID", "KIND", "SUBJECT", "DECISION", "RESOLVED", "REASON"],
             &values
                 .iter()
@@ -76,7 +89,7 @@ async fn openclaw_command(
                     ]
                 })
                 .collect::<Vec<_>>(),
-        )),
+        ),
     }
 }
 
@@ -200,6 +213,13 @@ async fn target_command(
     output: Output,
     no_wait: bool,
 ) -> Result<(), Failure> {
+    // `--no-wait` after the command, or before it.
+    let no_wait = no_wait
+        || match &action {
+            TargetCommand::Block(d) | TargetCommand::Unblock(d) => d.no_wait,
+            TargetCommand::Allow(a) => a.decide.no_wait,
+            _ => false,
+        };
     let decide = |d: Decide, action: pb::EnforcementAction| pb::SetEnforcementRequest {
         target: Some(pb::TargetRef {
             kind: kind as i32,
@@ -218,7 +238,7 @@ async fn target_command(
             let values: Vec<Value> = reply.targets.iter().map(render::summary).collect();
             return match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&render::table(
+                Output::Table => render::print_table(
                     &["NAME", "STATE", "FINDINGS", "MAX", "DECIDED BY", "REASON"],
                     &values
                         .iter()
@@ -228,12 +248,12 @@ async fn target_command(
                                 s(&v["state"]),
                                 v["open_findings"].to_string(),
                                 s(&v["max_severity"]),
-                                s(&v["decided_by"]),
+                                render::actor_label(&s(&v["decided_by"])),
                                 s(&v["reason"]),
                             ]
                         })
                         .collect::<Vec<_>>(),
-                )),
+                ),
             };
         }
         TargetCommand::Show { name } => {
@@ -254,7 +274,7 @@ async fn target_command(
                         s(&v["name"]),
                         s(&v["state"]),
                         s(&v["reason"]),
-                        s(&v["decided_by"]),
+                        render::actor_label(&s(&v["decided_by"])),
                         s(&v["decided_at"])
                     );
                     text.push_str(&findings_table(
@@ -267,23 +287,10 @@ async fn target_command(
         TargetCommand::Scan(args) => {
             return crate::scan::through_daemon(client, kind, &args, output).await;
         }
-        TargetCommand::Install(args) => {
-            if kind != pb::TargetKind::Skill {
-                return Err(Failure::new(
-                    USAGE,
-                    "install is for skills; scan an MCP config with `mcp scan --config FILE`",
-                ));
-            }
-            return crate::scan::install(client, &args, output).await;
-        }
+        // Install, exec and quarantine exist only under the kind they apply to (cli.rs).
+        TargetCommand::Install(args) => return crate::scan::install(client, &args, output).await,
         TargetCommand::Block(d) => decide(d, pb::EnforcementAction::Block),
         TargetCommand::Allow(a) => {
-            if kind != pb::TargetKind::Mcp && (!a.connections.is_empty() || a.scopes.is_some()) {
-                return Err(Failure::new(
-                    USAGE,
-                    "--connection and --scopes are for MCP servers (`mcp allow`)",
-                ));
-            }
             let scopes: Vec<String> = a
                 .scopes
                 .as_deref()
@@ -302,13 +309,15 @@ async fn target_command(
                 .collect();
             request
         }
-        TargetCommand::Exec(args) => {
-            if kind != pb::TargetKind::Mcp {
-                return Err(Failure::new(USAGE, "exec is for MCP servers (`mcp exec`)"));
-            }
-            return crate::connections::exec(client, args).await;
-        }
+        TargetCommand::Exec(args) => return crate::connections::exec(client, args).await,
         TargetCommand::Unblock(d) => decide(d, pb::EnforcementAction::Unblock),
+        TargetCommand::Quarantine(args) => {
+            return crate::quarantine::quarantine(client, args, output).await;
+        }
+        TargetCommand::Restore { name } => {
+            return crate::quarantine::restore(client, name, output).await;
+        }
+        TargetCommand::Quarantined => return crate::quarantine::list(client, output).await,
     };
     let reply = client.set_enforcement(request).await?.into_inner();
     if let Some(pending) = &reply.pending {
@@ -332,35 +341,36 @@ async fn target_command(
     }
 }
 
+/// Columns of a findings table.
+const FINDING_COLUMNS: &[&str] = &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"];
+
 fn findings_table(findings: &[Value]) -> String {
-    if findings.is_empty() {
-        return "no findings".into();
-    }
-    render::table(
-        &["ID", "SEVERITY", "RULE", "LOCATION", "TITLE", "STATUS"],
-        &findings
-            .iter()
-            .map(|f| {
-                let line = f["line"].as_u64().unwrap_or(0);
-                vec![
-                    f["id"].to_string(),
-                    s(&f["severity"]),
-                    s(&f["rule_id"]),
-                    if line > 0 {
-                        format!("{}:{line}", s(&f["location"]))
-                    } else {
-                        s(&f["location"])
-                    },
-                    s(&f["title"]),
-                    if f["dismissed"].as_bool() == Some(true) {
-                        "dismissed".into()
-                    } else {
-                        "open".into()
-                    },
-                ]
-            })
-            .collect::<Vec<_>>(),
-    )
+    render::table(FINDING_COLUMNS, &finding_rows(findings))
+}
+
+fn finding_rows(findings: &[Value]) -> Vec<Vec<String>> {
+    findings
+        .iter()
+        .map(|f| {
+            let line = f["line"].as_u64().unwrap_or(0);
+            vec![
+                f["id"].to_string(),
+                s(&f["severity"]),
+                s(&f["rule_id"]),
+                if line > 0 {
+                    format!("{}:{line}", s(&f["location"]))
+                } else {
+                    s(&f["location"])
+                },
+                s(&f["title"]),
+                if f["dismissed"].as_bool() == Some(true) {
+                    "dismissed".into()
+                } else {
+                    "open".into()
+                },
+            ]
+        })
+        .collect()
 }
 
 async fn finding_command(
@@ -388,10 +398,15 @@ async fn finding_command(
             let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
             match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&findings_table(&values)),
+                Output::Table => render::print_table(FINDING_COLUMNS, &finding_rows(&values)),
             }
         }
-        FindingCommand::Dismiss { id, reason } => {
+        FindingCommand::Dismiss {
+            id,
+            reason,
+            no_wait: wait_flag,
+        } => {
+            let no_wait = no_wait || wait_flag;
             let f = client
                 .dismiss_finding(pb::DismissFindingRequest { id, reason })
                 .await?
@@ -446,6 +461,30 @@ struct ReportFinding {
     snippet: String,
 }
 
+/// Largest report file `scan report` reads: more is refused before it is
+/// parsed (a report is findings, not data; the daemon takes at most 10 000).
+pub const MAX_REPORT_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads at most [`MAX_REPORT_FILE_BYTES`] (plus one, to tell) of a report.
+fn read_report(source: impl std::io::Read, name: &str) -> Result<String, Failure> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    source
+        .take(MAX_REPORT_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Failure::new(USAGE, format!("reading {name}: {e}")))?;
+    if text.len() as u64 > MAX_REPORT_FILE_BYTES {
+        return Err(Failure::new(
+            USAGE,
+            format!(
+                "{name}: the report is larger than {} MiB, the limit for `scan report`",
+                MAX_REPORT_FILE_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 /// Parses a scan report document into the wire request.
 pub fn parse_report(text: &str) -> Result<pb::ScanReport, Failure> {
     let file: ReportFile =
@@ -486,14 +525,30 @@ async fn scan_command(
 ) -> Result<(), Failure> {
     let ScanCommand::Report { file } = action;
     let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())
-            .map_err(|e| Failure::new(FAILURE, format!("reading stdin: {e}")))?
+        read_report(std::io::stdin(), "stdin")?
     } else {
-        std::fs::read_to_string(&file)
-            .map_err(|e| Failure::new(USAGE, format!("reading {}: {e}", file.display())))?
+        let opened = std::fs::File::open(&file)
+            .map_err(|e| Failure::new(USAGE, format!("reading {}: {e}", file.display())))?;
+        read_report(opened, &file.display().to_string())?
     };
     let report = parse_report(&text)?;
-    let reply = client.submit_scan_report(report).await?.into_inner();
+    let encoded = prost::Message::encoded_len(&report);
+    let reply = client
+        .submit_scan_report(report)
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => Failure::new(
+                USAGE,
+                format!(
+                    "the report is {encoded} bytes on the wire, over the daemon's request limit \
+                     ([server] max_message_bytes, 4 MiB by default): split it by target, or raise \
+                     the limit ({})",
+                    status.message()
+                ),
+            ),
+            _ => Failure::from_status(&status),
+        })?
+        .into_inner();
     let values: Vec<Value> = reply.findings.iter().map(render::finding).collect();
     match output {
         Output::Json | Output::Sarif => {
@@ -508,30 +563,34 @@ async fn scan_command(
     }
 }
 
+/// Columns of an audit table.
+const ENTRY_COLUMNS: &[&str] = &[
+    "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
+];
+
 fn entries_table(entries: &[Value]) -> String {
-    render::table(
-        &[
-            "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REASON",
-        ],
-        &entries
-            .iter()
-            .map(|e| {
-                let target = match &e["target"] {
-                    Value::Null => String::new(),
-                    t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
-                };
-                vec![
-                    e["seq"].to_string(),
-                    s(&e["ts"]),
-                    s(&e["actor"]["name"]),
-                    s(&e["action"]),
-                    target,
-                    s(&e["outcome"]),
-                    s(&e["reason"]),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    )
+    render::table(ENTRY_COLUMNS, &entry_rows(entries))
+}
+
+fn entry_rows(entries: &[Value]) -> Vec<Vec<String>> {
+    entries
+        .iter()
+        .map(|e| {
+            let target = match &e["target"] {
+                Value::Null => String::new(),
+                t => format!("{}/{}", s(&t["kind"]), s(&t["name"])),
+            };
+            vec![
+                e["seq"].to_string(),
+                s(&e["ts"]),
+                s(&e["actor"]["name"]),
+                s(&e["action"]),
+                target,
+                s(&e["outcome"]),
+                s(&e["reason"]),
+            ]
+        })
+        .collect()
 }
 
 async fn audit_command(
@@ -556,7 +615,7 @@ async fn audit_command(
             let values: Vec<Value> = reply.entries.iter().map(render::entry).collect();
             match output {
                 Output::Json | Output::Sarif => print_json(&Value::Array(values)),
-                Output::Table => print_text(&entries_table(&values)),
+                Output::Table => render::print_table(ENTRY_COLUMNS, &entry_rows(&values)),
             }
         }
         AuditCommand::Tail { from_start } => {
@@ -567,7 +626,15 @@ async fn audit_command(
                 })
                 .await?
                 .into_inner();
-            while let Some(item) = stream.next().await {
+            let reader_gone = render::stdout_closed();
+            tokio::pin!(reader_gone);
+            loop {
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    // `audit tail | head`: the reader left while nothing was printing.
+                    () = &mut reader_gone => return Ok(()),
+                };
+                let Some(item) = item else { break };
                 let v = render::entry(&item?);
                 match output {
                     Output::Json | Output::Sarif => print_json(&v)?,

@@ -26,6 +26,10 @@ pub const STEPUP_TIMED_OUT: u8 = 11;
 pub const STEPUP_ERROR: u8 = 12;
 /// Step-up: the request was cancelled.
 pub const STEPUP_CANCELLED: u8 = 13;
+/// `skill install`: admission blocked the skill (or it already was).
+pub const INSTALL_BLOCKED: u8 = 14;
+/// `doctor`: at least one check failed.
+pub const DOCTOR_FAILED: u8 = 15;
 /// The daemon could not be reached (sysexits EX_UNAVAILABLE).
 pub const UNREACHABLE: u8 = 69;
 /// The daemon refused: permission denied (sysexits EX_NOPERM).
@@ -48,6 +52,8 @@ Exit codes:
   11  step-up: no answer before the deadline (the policy decided)
   12  step-up: the identity provider failed or refused
   13  step-up: cancelled
+  14  skill install: the skill is blocked (by admission, or it already was)
+  15  doctor: at least one check failed
   20  auth login: denied at the identity provider
   21  auth login: the code expired before approval
   22  auth login: the device code was rejected (invalid_grant)
@@ -73,6 +79,16 @@ impl Failure {
         Self {
             code,
             message: message.into(),
+        }
+    }
+
+    /// A write to stdout failed. A reader that went away (`| head -1`) is not a
+    /// failure of the command: it ends quietly, with success.
+    pub fn writing(e: &std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Self::new(OK, "")
+        } else {
+            Self::new(FAILURE, format!("writing output: {e}"))
         }
     }
 

@@ -7,7 +7,12 @@ pub mod client;
 pub mod commands;
 pub mod connect;
 pub mod connections;
+pub mod doctor;
+pub mod examples;
 pub mod exit;
+pub mod init;
+pub mod meta;
+pub mod quarantine;
 pub mod render;
 pub mod scan;
 
@@ -42,6 +47,42 @@ async fn auth_command(
             } else {
                 None
             };
+            if let Some(config) = &from_daemon
+                && config.mode == "local"
+                && issuer.is_none()
+            {
+                return local_mode_needs_no_login(json);
+            }
+            let missing: Vec<&str> = [
+                (
+                    issuer.is_none(),
+                    from_daemon.as_ref().map(|c| &c.issuer),
+                    "--issuer",
+                ),
+                (
+                    audience.is_none(),
+                    from_daemon.as_ref().map(|c| &c.audience),
+                    "--audience",
+                ),
+                (
+                    client_id.is_none(),
+                    from_daemon.as_ref().map(|c| &c.cli_client_id),
+                    "--client-id",
+                ),
+            ]
+            .into_iter()
+            .filter(|(unset, daemon, _)| *unset && daemon.is_none_or(|v| v.is_empty()))
+            .map(|(_, _, flag)| flag)
+            .collect();
+            if !missing.is_empty() {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!(
+                        "the daemon's [auth] section does not say where to log in; pass {}",
+                        missing.join(" and ")
+                    ),
+                ));
+            }
             let pick = |flag: Option<String>,
                         daemon: Option<&String>,
                         what: &str|
@@ -91,6 +132,22 @@ async fn auth_command(
     }
 }
 
+/// `auth login` against a local-mode daemon: nothing to log in to, and why.
+fn local_mode_needs_no_login(json: bool) -> Result<(), Failure> {
+    const WHY: &str = "defenseclawd runs in local mode: it knows each caller by the Unix user \
+                       behind the socket (peer credentials), so there is no login. Operator \
+                       login applies to a daemon with [auth] mode = \"oidc\".";
+    if json {
+        render::print_json(&serde_json::json!({
+            "mode": "local",
+            "login_needed": false,
+            "reason": WHY,
+        }))
+    } else {
+        render::write_line(WHY)
+    }
+}
+
 /// Parses the command line, runs the command, returns the exit code.
 pub fn main_entry() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -106,39 +163,55 @@ pub fn main_entry() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let socket = client::resolve_socket(cli.socket);
+        let (output, wide) = cli.output.resolve();
+        render::set_wide(wide);
+        match &cli.command {
+            cli::Command::Version => return meta::version(&socket, output).await,
+            cli::Command::Doctor => return doctor::doctor(&socket, output).await,
+            cli::Command::Init {
+                config,
+                gateway,
+                force,
+            } => return init::init(config.clone(), *gateway, *force, output).await,
+            cli::Command::Completions { shell } => return meta::completions(*shell),
+            cli::Command::Man { out_dir } => return meta::man_pages(out_dir),
+            _ => {}
+        }
         if let cli::Command::Auth { action } = cli.command {
-            return auth_command(&socket, action, cli.output).await;
+            return auth_command(&socket, action, output).await;
         }
         if let cli::Command::Connections {
             action: cli::ConnectionsCommand::Connect(args),
         } = cli.command
         {
-            return connect::connect(&socket, args, cli.output).await;
+            return connect::connect(&socket, args, output).await;
         }
         // Offline scans and rule commands need no daemon.
-        match &cli.command {
+        let command = match cli.command {
             cli::Command::Skill {
-                action: cli::TargetCommand::Scan(args),
-            } if args.offline => {
-                return scan::offline(defenseclaw_proto::v1::TargetKind::Skill, args, cli.output);
+                action: cli::SkillCommand::Scan(args),
+            } if args.common.offline => {
+                let args = args.into();
+                return scan::offline(defenseclaw_proto::v1::TargetKind::Skill, &args, output);
             }
             cli::Command::Mcp {
-                action: cli::TargetCommand::Scan(args),
-            } if args.offline => {
-                return scan::offline(defenseclaw_proto::v1::TargetKind::Mcp, args, cli.output);
+                action: cli::McpCommand::Scan(args),
+            } if args.common.offline => {
+                let args = args.into();
+                return scan::offline(defenseclaw_proto::v1::TargetKind::Mcp, &args, output);
             }
-            cli::Command::Rule { action } => return scan::rules(action, cli.output),
-            _ => {}
-        }
+            cli::Command::Rule { action } => return scan::rules(&action, output),
+            other => other,
+        };
         let scan_command = matches!(
-            &cli.command,
+            &command,
             cli::Command::Skill {
-                action: cli::TargetCommand::Scan(_) | cli::TargetCommand::Install(_)
+                action: cli::SkillCommand::Scan(_) | cli::SkillCommand::Install(_)
             } | cli::Command::Mcp {
-                action: cli::TargetCommand::Scan(_)
+                action: cli::McpCommand::Scan(_)
             }
         );
-        if cli.output == cli::Output::Sarif && !scan_command {
+        if output == cli::Output::Sarif && !scan_command {
             return Err(Failure::new(
                 exit::USAGE,
                 "-o sarif is only for scan commands",
@@ -151,10 +224,12 @@ pub fn main_entry() -> ExitCode {
                 .map(|t| t.expose_secret()),
         )?;
         let mut client = client::connect_with(&socket, bearer).await?;
-        commands::run(&mut client, cli.command, cli.output, cli.no_wait).await
+        commands::run(&mut client, command, output, cli.no_wait).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away: nothing is wrong (see `Failure::writing`).
+        Err(failure) if failure.code == exit::OK => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("defenseclawctl: {}", render::escape_text(&failure.message));
             failure.exit_code()

@@ -191,6 +191,18 @@ pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
         "last_error": empty_null(&o.last_error),
         "pending_enforcements": o.pending_enforcements,
         "gateway_check": empty_null(&o.gateway_check),
+        "gate": o.gate.as_ref().map(|g| {
+            let n = g.decisions.unwrap_or_default();
+            json!({
+                "last_decision_at": empty_null(&g.last_decision_at),
+                "decisions": {
+                    "allowed": n.allowed,
+                    "denied": n.denied,
+                    "approved": n.approved,
+                    "timed_out": n.timed_out,
+                },
+            })
+        }),
     })
 }
 
@@ -269,52 +281,216 @@ pub fn escape_text(s: &str) -> std::borrow::Cow<'_, str> {
     escape_with(s, true)
 }
 
-/// Prints rows as aligned columns; every cell is escaped with [`escape`].
+/// Widest a table cell is shown without `-o wide`; longer text ends in `…`.
+pub const CELL_MAX: usize = 60;
+
+static WIDE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static COLOUR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// `-o wide`: table cells are never shortened.
+pub fn set_wide(wide: bool) {
+    WIDE.store(wide, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Colour for table states: on a terminal unless `NO_COLOR` is set (any
+/// value); `CLICOLOR_FORCE` (not `0`) turns it on off a terminal.
+fn colour() -> bool {
+    *COLOUR.get_or_init(|| {
+        use std::io::IsTerminal;
+        let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        if set("NO_COLOR") {
+            return false;
+        }
+        if std::env::var_os("CLICOLOR_FORCE").is_some_and(|v| !v.is_empty() && v != "0") {
+            return true;
+        }
+        std::io::stdout().is_terminal()
+    })
+}
+
+/// The ANSI colour of a state or severity word in a STATE/MAX/SEVERITY/OUTCOME column.
+fn colour_of(header: &str, cell: &str) -> Option<&'static str> {
+    if !matches!(header, "STATE" | "MAX" | "SEVERITY" | "OUTCOME" | "STATUS") {
+        return None;
+    }
+    match cell.to_ascii_lowercase().as_str() {
+        "blocked" | "denied" | "fail" | "critical" | "high" | "revoked" | "timed_out"
+        | "broken" => Some("31"),
+        "pending" | "warn" | "medium" | "suspended" | "quarantined" => Some("33"),
+        "allowed" | "ok" | "approved" | "active" | "low" => Some("32"),
+        _ => None,
+    }
+}
+
+/// Display width of `text` in terminal columns (wide characters count two).
+fn width(text: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(text)
+}
+
+/// `text` cut to at most `max` columns, ending in `…` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if width(text) <= max {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > max {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
+/// Rows as aligned columns, for text that goes through [`print_text`]:
+/// every cell is escaped with [`escape`], measured in terminal columns and cut
+/// at [`CELL_MAX`] with `…` (not with `-o wide`). No rows: the header and `(none)`.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    table_with(headers, rows, false)
+}
+
+/// Prints a table on its own, with state words coloured on a terminal. Safe
+/// to write as is: every cell is escaped before colour is added, and the
+/// headers are the CLI's own.
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), Failure> {
+    write_line(&table_with(headers, rows, colour()))
+}
+
+fn table_with(headers: &[&str], rows: &[Vec<String>], colour: bool) -> String {
+    let wide = WIDE.load(std::sync::atomic::Ordering::Relaxed);
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|row| row.iter().map(|c| escape(c).into_owned()).collect())
+        .map(|row| {
+            row.iter()
+                .map(|c| {
+                    let cell = escape(c);
+                    if wide {
+                        cell.into_owned()
+                    } else {
+                        shorten(&cell, CELL_MAX)
+                    }
+                })
+                .collect()
+        })
         .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| width(h)).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(width(cell));
             }
         }
     }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = widths.get(i).copied().unwrap_or(0)))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
+    let line = |cells: Vec<String>, header_row: bool| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = if i == last {
+                0
+            } else {
+                widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(width(cell))
+            };
+            match headers
+                .get(i)
+                .and_then(|h| colour_of(h, cell))
+                .filter(|_| colour && !header_row)
+            {
+                Some(code) => out.push_str(&format!("\u{1b}[{code}m{cell}\u{1b}[0m")),
+                None => out.push_str(cell),
+            }
+            out.push_str(&" ".repeat(pad));
+            if i != last {
+                out.push_str("  ");
+            }
+        }
+        out.trim_end().to_owned()
     };
-    let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect());
+    let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect(), true);
+    if rows.is_empty() {
+        out.push_str("\n(none)");
+    }
     for row in rows {
         out.push('\n');
-        out.push_str(&line(row));
+        out.push_str(&line(row, false));
     }
     out
+}
+
+/// Who an actor id names for people: `uid:0` → `root` (from the password
+/// database), anything else as it is.
+pub fn actor_label(id: &str) -> String {
+    id.strip_prefix("uid:")
+        .and_then(|n| n.parse::<u32>().ok())
+        .and_then(|uid| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+        })
+        .map_or_else(|| id.to_owned(), |u| u.name)
 }
 
 /// Prints `value` as one JSON line on stdout.
 pub(crate) fn print_json(value: &Value) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, value)
-        .map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))?;
-    writeln!(out).map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
+    serde_json::to_writer(&mut out, value).map_err(|e| match e.io_error_kind() {
+        Some(kind) => Failure::writing(&std::io::Error::from(kind)),
+        None => Failure::new(FAILURE, format!("writing output: {e}")),
+    })?;
+    writeln!(out).map_err(|e| Failure::writing(&e))
 }
 
 /// Prints table-mode text; hidden and control characters in it are escaped
 /// (it may quote agent- or file-supplied text).
 pub(crate) fn print_text(text: &str) -> Result<(), Failure> {
-    let text = escape_text(text);
+    write_line(&escape_text(text))
+}
+
+/// Resolves when nobody reads stdout any more (the reader of a pipe closed it),
+/// so a follow stream that prints rarely still ends with `| head`. Never
+/// resolves where that cannot be told (a regular file is never "closed").
+pub(crate) async fn stdout_closed() {
+    use std::os::fd::AsFd;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // A detached thread: a runtime waits for its blocking tasks on shutdown,
+    // and this one may wait forever. No events are asked for; poll always
+    // reports an error or hang-up, which is what a pipe with no reader shows.
+    let spawned = std::thread::Builder::new()
+        .name("stdout-watch".into())
+        .spawn(move || {
+            let stdout = std::io::stdout();
+            let mut fds = [nix::poll::PollFd::new(
+                stdout.as_fd(),
+                nix::poll::PollFlags::empty(),
+            )];
+            loop {
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                    Ok(n) if n > 0 => {
+                        let _ = tx.send(());
+                        return;
+                    }
+                    Err(nix::errno::Errno::EINTR) | Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    if spawned.is_ok() && rx.await.is_ok() {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Prints one line of the CLI's own text as is.
+pub(crate) fn write_line(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
+    writeln!(out, "{text}").map_err(|e| Failure::writing(&e))
 }
 
 /// A JSON value as table text: strings unquoted, null empty.
@@ -328,7 +504,45 @@ pub(crate) fn s(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{escape, escape_text, table};
+
+    #[test]
+    fn tables_measure_columns_cut_long_cells_and_say_none() {
+        let rows = vec![
+            vec!["🦀crab".to_owned(), "blocked".to_owned()],
+            vec!["plain".to_owned(), "x".repeat(CELL_MAX + 10)],
+        ];
+        let text = table(&["NAME", "STATE"], &rows);
+        let lines: Vec<&str> = text.lines().collect();
+        // The crab is two columns wide: the second column starts at the same place.
+        let col = |l: &str| width(l) - width(l.rsplit(' ').next().unwrap());
+        assert_eq!(col(lines[1]), col(lines[2]), "{text}");
+        assert!(
+            lines[2].ends_with('…') && width(lines[2]) < CELL_MAX + 12,
+            "{text}"
+        );
+        assert!(
+            !text.contains('\u{1b}'),
+            "colour in plain table text: {text:?}"
+        );
+        let coloured = table_with(&["NAME", "STATE"], &rows, true);
+        assert!(
+            coloured.contains("\u{1b}[31mblocked\u{1b}[0m"),
+            "{coloured:?}"
+        );
+        assert_eq!(table(&["A", "B"], &[]), "A  B\n(none)");
+        // A cell cannot smuggle its own escape sequence in.
+        let hostile = table_with(&["STATE"], &[vec!["\u{1b}[8mhidden".to_owned()]], true);
+        assert!(!hostile.contains("\u{1b}[8m"), "{hostile:?}");
+    }
+
+    #[test]
+    fn uid_actors_are_named() {
+        assert_eq!(actor_label("uid:0"), "root");
+        assert_eq!(actor_label("auth0|abc"), "auth0|abc");
+        assert_eq!(actor_label("uid:notanumber"), "uid:notanumber");
+    }
+
+    use super::{CELL_MAX, actor_label, escape, escape_text, table, table_with, width};
 
     #[test]
     fn hidden_characters_are_shown_escaped() {

@@ -1,7 +1,6 @@
 //! Scanning: offline with the built-in engine in this process, or through the
 //! daemon (findings recorded, admission policy applied).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use defenseclaw_proto::v1 as pb;
@@ -10,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::cli::{InstallArgs, Output, RuleCommand, ScanArgs};
 use crate::client::Client;
-use crate::exit::{FAILURE, Failure, SCAN_FAIL_ON, USAGE};
+use crate::exit::{FAILURE, Failure, NOT_FOUND, SCAN_FAIL_ON, USAGE};
 use crate::render;
 
 fn engine(rule_dirs: &[PathBuf]) -> Result<Engine, Failure> {
@@ -23,8 +22,11 @@ fn engine(rule_dirs: &[PathBuf]) -> Result<Engine, Failure> {
 }
 
 fn fail_on(args: &ScanArgs) -> Result<Option<Severity>, Failure> {
-    args.fail_on
-        .as_deref()
+    parse_fail_on(args.fail_on.as_deref())
+}
+
+fn parse_fail_on(fail_on: Option<&str>) -> Result<Option<Severity>, Failure> {
+    fail_on
         .map(|s| {
             s.parse::<Severity>().map_err(|_| {
                 Failure::new(
@@ -36,41 +38,48 @@ fn fail_on(args: &ScanArgs) -> Result<Option<Severity>, Failure> {
         .transpose()
 }
 
-fn write_out(text: &str) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").map_err(|e| Failure::new(FAILURE, format!("writing output: {e}")))
-}
-
 /// `skill scan --offline` / `mcp scan --offline`.
 pub fn offline(kind: pb::TargetKind, args: &ScanArgs, output: Output) -> Result<(), Failure> {
     let threshold = fail_on(args)?;
     let engine = engine(&args.rule_dirs)?;
     let mut reports: Vec<ScanReport> = Vec::new();
+    // The config file each report came from (MCP scans), printed with it.
+    let mut configs: Vec<Option<String>> = Vec::new();
     let mut errors = Vec::new();
     match kind {
         pb::TargetKind::Mcp => {
-            let file = args.config.as_deref().ok_or_else(|| {
-                Failure::new(USAGE, "mcp scan --offline needs --config FILE (the daemon knows servers by name; offline does not)")
-            })?;
-            let wanted: Vec<&str> = args
-                .server
-                .iter()
-                .map(String::as_str)
-                .chain(args.targets.iter().map(String::as_str))
-                .collect();
-            let found = engine
-                .scan_mcp_file(file, None)
-                .map_err(|e| Failure::new(USAGE, format!("{}: {e}", file.display())))?;
-            for name in &wanted {
-                if !found.iter().any(|r| r.name == *name) {
-                    errors.push(format!("{}: no MCP server named {name:?}", file.display()));
+            if args.config.is_empty() {
+                return Err(Failure::new(
+                    USAGE,
+                    "mcp scan --offline needs --config FILE (the daemon knows servers by name; offline does not)",
+                ));
+            }
+            let wanted = wanted_servers(args);
+            let mut seen: Vec<String> = Vec::new();
+            // Each file on its own: a missing or malformed file is an error
+            // for that file, and the others are still scanned and printed.
+            for file in &args.config {
+                match engine.scan_mcp_file(file, None) {
+                    Ok(found) => {
+                        seen.extend(found.iter().map(|r| r.name.clone()));
+                        for r in found {
+                            if wanted.is_empty() || wanted.contains(&r.name.as_str()) {
+                                configs.push(Some(file.display().to_string()));
+                                reports.push(r);
+                            }
+                        }
+                    }
+                    Err(e) => errors.push(format!("{}: {e}", file.display())),
                 }
             }
-            reports.extend(
-                found
-                    .into_iter()
-                    .filter(|r| wanted.is_empty() || wanted.contains(&r.name.as_str())),
-            );
+            for name in &wanted {
+                if !seen.iter().any(|s| s == name) {
+                    errors.push(format!(
+                        "no MCP server named {name:?} in {}",
+                        files_list(&args.config)
+                    ));
+                }
+            }
         }
         _ => {
             if args.targets.is_empty() {
@@ -82,22 +91,17 @@ pub fn offline(kind: pb::TargetKind, args: &ScanArgs, output: Output) -> Result<
             let dirs: Vec<PathBuf> = args.targets.iter().map(PathBuf::from).collect();
             for (dir, result) in dirs.iter().zip(engine.scan_skills(&dirs)) {
                 match result {
-                    Ok(r) => reports.push(r),
+                    Ok(r) => {
+                        configs.push(None);
+                        reports.push(r);
+                    }
                     Err(e) => errors.push(format!("{}: {e}", dir.display())),
                 }
             }
         }
     }
-    print_reports(&reports, output)?;
-    for e in &errors {
-        eprintln!("defenseclawctl: {e}");
-    }
-    if !errors.is_empty() {
-        return Err(Failure::new(
-            USAGE,
-            format!("{} target(s) could not be scanned", errors.len()),
-        ));
-    }
+    print_reports(&reports, &configs, output)?;
+    report_errors(&errors)?;
     if let Some(t) = threshold {
         let hits = reports
             .iter()
@@ -113,30 +117,75 @@ pub fn offline(kind: pb::TargetKind, args: &ScanArgs, output: Output) -> Result<
     Ok(())
 }
 
-fn print_reports(reports: &[ScanReport], output: Output) -> Result<(), Failure> {
+/// Server names asked for: positional targets and `--server`.
+fn wanted_servers(args: &ScanArgs) -> Vec<&str> {
+    args.targets
+        .iter()
+        .map(String::as_str)
+        .chain(args.server.iter().map(String::as_str))
+        .collect()
+}
+
+fn files_list(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints per-target errors (after every result that could be printed)
+/// and turns them into the usage exit code.
+fn report_errors(errors: &[String]) -> Result<(), Failure> {
+    for e in errors {
+        eprintln!("defenseclawctl: {e}");
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            USAGE,
+            format!("{} target(s) could not be scanned", errors.len()),
+        ))
+    }
+}
+
+/// Adds `"config": FILE` to a JSON result line when it came from a config file.
+fn with_config(mut v: Value, config: Option<&String>) -> Value {
+    if let (Some(c), Some(obj)) = (config, v.as_object_mut()) {
+        obj.insert("config".into(), Value::String(c.clone()));
+    }
+    v
+}
+
+fn print_reports(
+    reports: &[ScanReport],
+    configs: &[Option<String>],
+    output: Output,
+) -> Result<(), Failure> {
     match output {
         Output::Json => {
-            for r in reports {
-                let line =
-                    serde_json::to_string(r).map_err(|e| Failure::new(FAILURE, e.to_string()))?;
-                write_out(&line)?;
+            for (r, c) in reports.iter().zip(configs) {
+                let v =
+                    serde_json::to_value(r).map_err(|e| Failure::new(FAILURE, e.to_string()))?;
+                crate::render::write_line(&with_config(v, c.as_ref()).to_string())?;
             }
             Ok(())
         }
         Output::Sarif => {
             let doc = defenseclaw_scanner::sarif::to_sarif(reports);
-            write_out(&doc.to_string())
+            crate::render::write_line(&doc.to_string())
         }
         Output::Table => {
             let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
             let mut text = String::new();
-            for r in reports {
+            for (r, c) in reports.iter().zip(configs) {
                 let max = r.max_severity.map_or("clean", |s| s.as_str());
                 text.push_str(&format!(
                     "{} {} ({}) — {} finding(s), max {}, {:.1} ms\n",
                     r.kind.as_str(),
                     r.name,
-                    r.path,
+                    c.as_ref().unwrap_or(&r.path),
                     r.findings.len(),
                     max,
                     r.duration_ms
@@ -210,26 +259,39 @@ pub async fn through_daemon(
         ));
     }
     let mut requests = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
     match kind {
         pb::TargetKind::Mcp => {
-            let file = args
-                .config
-                .as_deref()
-                .ok_or_else(|| Failure::new(USAGE, "mcp scan needs --config FILE"))?;
-            let path = absolute(file)?;
-            let mut servers: Vec<String> = args.targets.clone();
-            servers.extend(args.server.clone());
+            if args.config.is_empty() {
+                return Err(Failure::new(USAGE, "mcp scan needs --config FILE"));
+            }
+            let mut servers: Vec<String> = wanted_servers(args)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
             if servers.is_empty() {
                 servers.push(String::new());
             }
-            for server in servers {
-                requests.push(pb::ScanTargetRequest {
-                    kind: kind as i32,
-                    path: path.clone(),
-                    name: String::new(),
-                    server,
-                    install: false,
-                });
+            for file in &args.config {
+                let path = match absolute(file) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.push(e.message);
+                        continue;
+                    }
+                };
+                for server in &servers {
+                    requests.push((
+                        Some(path.clone()),
+                        pb::ScanTargetRequest {
+                            kind: kind as i32,
+                            path: path.clone(),
+                            name: String::new(),
+                            server: server.clone(),
+                            install: false,
+                        },
+                    ));
+                }
             }
         }
         _ => {
@@ -240,34 +302,49 @@ pub async fn through_daemon(
                 ));
             }
             for t in &args.targets {
-                requests.push(pb::ScanTargetRequest {
-                    kind: kind as i32,
-                    path: absolute(Path::new(t))?,
-                    name: String::new(),
-                    server: String::new(),
-                    install: false,
-                });
+                requests.push((
+                    None,
+                    pb::ScanTargetRequest {
+                        kind: kind as i32,
+                        path: absolute(Path::new(t))?,
+                        name: String::new(),
+                        server: String::new(),
+                        install: false,
+                    },
+                ));
             }
         }
     }
     let mut results = Vec::new();
-    for req in requests {
-        results.extend(client.scan_target(req).await?.into_inner().results);
-    }
-    print_results(&results, output)?;
-    if let Some(t) = threshold {
-        let hits = results
-            .iter()
-            .filter(|r| r.max_severity >= t as i32 && r.max_severity != 0)
-            .count();
-        if hits > 0 {
-            return Err(Failure::new(
-                SCAN_FAIL_ON,
-                format!("{hits} target(s) have findings at or above {}", t.as_str()),
-            ));
+    let mut configs = Vec::new();
+    for (config, req) in requests {
+        let what = if req.server.is_empty() {
+            req.path.clone()
+        } else {
+            format!("{} (server {:?})", req.path, req.server)
+        };
+        match client
+            .scan_target(req)
+            .await
+            .map_err(|s| Failure::from_status(&s))
+        {
+            Ok(reply) => {
+                for r in reply.into_inner().results {
+                    configs.push(config.clone());
+                    results.push(r);
+                }
+            }
+            // The daemon refused this target (unreadable, malformed, no such
+            // server): report it and go on with the others.
+            Err(f) if config.is_some() && (f.code == USAGE || f.code == NOT_FOUND) => {
+                errors.push(format!("{what}: {}", f.message));
+            }
+            Err(f) => return Err(f),
         }
     }
-    Ok(())
+    print_results(&results, &configs, output)?;
+    report_errors(&errors)?;
+    fail_on_hits(&results, threshold)
 }
 
 /// `skill install PATH`.
@@ -286,7 +363,39 @@ pub async fn install(
         })
         .await?
         .into_inner();
-    print_results(&reply.results, output)
+    let threshold = parse_fail_on(args.fail_on.as_deref())?;
+    let configs = vec![None; reply.results.len()];
+    print_results(&reply.results, &configs, output)?;
+    // "unchanged" is admission's block finding the skill already blocked.
+    if let Some(r) = reply
+        .results
+        .iter()
+        .find(|r| matches!(r.decision.as_str(), "blocked" | "unchanged"))
+    {
+        return Err(Failure::new(
+            crate::exit::INSTALL_BLOCKED,
+            format!("the skill is blocked: {}", r.decision_reason),
+        ));
+    }
+    fail_on_hits(&reply.results, threshold)
+}
+
+/// Exit 9 when any result has a finding at or above `threshold`.
+fn fail_on_hits(results: &[pb::ScanResult], threshold: Option<Severity>) -> Result<(), Failure> {
+    let Some(t) = threshold else {
+        return Ok(());
+    };
+    let hits = results
+        .iter()
+        .filter(|r| r.max_severity >= t as i32 && r.max_severity != 0)
+        .count();
+    if hits > 0 {
+        return Err(Failure::new(
+            SCAN_FAIL_ON,
+            format!("{hits} target(s) have findings at or above {}", t.as_str()),
+        ));
+    }
+    Ok(())
 }
 
 fn result_json(r: &pb::ScanResult) -> Value {
@@ -317,11 +426,15 @@ fn result_json(r: &pb::ScanResult) -> Value {
     })
 }
 
-fn print_results(results: &[pb::ScanResult], output: Output) -> Result<(), Failure> {
+fn print_results(
+    results: &[pb::ScanResult],
+    configs: &[Option<String>],
+    output: Output,
+) -> Result<(), Failure> {
     match output {
         Output::Json => {
-            for r in results {
-                write_out(&result_json(r).to_string())?;
+            for (r, c) in results.iter().zip(configs) {
+                crate::render::write_line(&with_config(result_json(r), c.as_ref()).to_string())?;
             }
             Ok(())
         }
@@ -331,16 +444,17 @@ fn print_results(results: &[pb::ScanResult], output: Output) -> Result<(), Failu
                 .iter()
                 .filter_map(|r| serde_json::from_value(result_json(r)).ok())
                 .collect();
-            write_out(&defenseclaw_scanner::sarif::to_sarif(&reports).to_string())
+            crate::render::write_line(&defenseclaw_scanner::sarif::to_sarif(&reports).to_string())
         }
         Output::Table => {
             let mut text = String::new();
-            for r in results {
+            for (r, c) in results.iter().zip(configs) {
                 let t = r.target.clone().unwrap_or_default();
                 text.push_str(&format!(
-                    "{} {}: {} finding(s), max {} — {}{}\n",
+                    "{} {}{}: {} finding(s), max {} — {}{}\n",
                     render::kind_name(t.kind),
                     t.name,
+                    c.as_ref().map(|c| format!(" ({c})")).unwrap_or_default(),
                     r.findings.len(),
                     render::severity_name(r.max_severity).unwrap_or("clean"),
                     r.decision,
@@ -388,15 +502,12 @@ pub fn rules(action: &RuleCommand, output: Output) -> Result<(), Failure> {
                             ]
                         })
                         .collect();
-                    render::print_text(&render::table(
-                        &["ID", "SEVERITY", "CATEGORY", "TITLE"],
-                        &rows,
-                    ))
+                    render::print_table(&["ID", "SEVERITY", "CATEGORY", "TITLE"], &rows)
                 }
                 _ => {
                     let v = serde_json::to_value(engine.rules())
                         .map_err(|e| Failure::new(FAILURE, e.to_string()))?;
-                    write_out(&v.to_string())
+                    crate::render::write_line(&v.to_string())
                 }
             }
         }
@@ -405,14 +516,14 @@ pub fn rules(action: &RuleCommand, output: Output) -> Result<(), Failure> {
                 Output::Table => {
                     render::print_text(&format!("{}: {n} rule(s), valid", file.display()))
                 }
-                _ => write_out(
+                _ => crate::render::write_line(
                     &json!({"file": file.display().to_string(), "valid": true, "rules": n})
                         .to_string(),
                 ),
             },
             Err(e) => {
                 if output != Output::Table {
-                    write_out(&json!({"file": file.display().to_string(), "valid": false, "error": e.to_string()}).to_string())?;
+                    crate::render::write_line(&json!({"file": file.display().to_string(), "valid": false, "error": e.to_string()}).to_string())?;
                 }
                 Err(Failure::new(USAGE, format!("{}: {e}", file.display())))
             }

@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigFile, Settings};
 use crate::events::EnforcementChanged;
-use crate::governance::admission::{Admission, ScanRequest};
+use crate::governance::admission::Admission;
 use crate::governance::enforcer::Enforcer;
 use crate::governance::openclaw_host::{GovernanceHost, forward_enforcement};
 use crate::governance::scanning::{ScanService, SkillWatcher, record_refused_link};
+use crate::governance::skill_coverage::{Attempt, CoverageInbox, SkillScans};
 use crate::governance::{Governance, Parts};
 use crate::openclaw::{GatewayToken, OpenClawMonitor};
 use crate::rpc::ControlService;
@@ -62,6 +63,9 @@ pub enum StartError {
     /// The scanners or the skill watcher could not be set up.
     #[error(transparent)]
     Scanner(#[from] crate::governance::scanning::ScannerSetupError),
+    /// The LLM analyzer (`[scanner.llm]`) could not be set up.
+    #[error(transparent)]
+    Llm(#[from] crate::llm::LlmSetupError),
     /// The scan pool could not start.
     #[error(transparent)]
     ScanPool(#[from] crate::governance::scan_pool::PoolError),
@@ -174,12 +178,14 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         settings,
         state_dir,
         env,
-        ..
+        config_file,
     } = opts;
     paths::ensure_private_dir(&state_dir).map_err(StartError::StateDir)?;
+    // One daemon per store, decided before the socket or the store is touched.
+    let state_lock = paths::lock_state_dir(&state_dir).map_err(StartError::StateDir)?;
     // Read now so a bad .env stops the start, not a later request.
     let secrets = SecretSources::load(&env, &state_dir).map_err(StartError::Secrets)?;
-    // The socket first: a second daemon must stop here, before touching the store.
+    // A daemon on another state directory may still hold this socket: it is checked here.
     let mode = settings.server.socket_mode_bits()?;
     let bound = listener::bind(&settings.socket_path(), mode).map_err(StartError::Socket)?;
     let socket = bound.path.clone();
@@ -210,11 +216,19 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         .get(crate::secrets::OPENCLAW_GATEWAY_TOKEN)
         .map_err(StartError::Secrets)?
         .map(|(token, _)| GatewayToken::new(token.expose()));
+    // What OpenClaw reports (skills, tool catalog), for runtime coverage.
+    let (coverage_inbox, coverage_reports) = CoverageInbox::new(
+        settings.openclaw.scan_skills || settings.openclaw.watch_skill_dirs,
+        settings.openclaw.scan_tool_catalog,
+    );
     let monitor = OpenClawMonitor::start(
         settings.openclaw.clone(),
         gateway_token,
         &state_dir,
-        Arc::new(GovernanceHost::new(cache.clone(), store.clone())),
+        Arc::new(
+            GovernanceHost::new(cache.clone(), store.clone())
+                .with_coverage(Arc::new(coverage_inbox)),
+        ),
         cancel.child_token(),
     )
     .inspect_err(|_| cleanup.run())?;
@@ -238,7 +252,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         .map_err(StartError::Secrets)
         .inspect_err(|_| cleanup.run())?
         .map(|(secret, _)| crate::oidc::ClientSecret::new(secret.expose()));
-    let ciba = if settings.stepup.enabled {
+    let ciba: Option<Arc<crate::oidc::CibaClient>> = if settings.stepup.enabled {
         let secret = client_secret.clone().ok_or_else(|| {
             cleanup.run();
             StartError::StepUp("[stepup] enabled needs the daemon's client secret: set DEFENSECLAW_AUTH_CLIENT_SECRET, the credential auth-client-secret, or <state dir>/.env")
@@ -253,6 +267,17 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     } else {
         None
     };
+    // Tool calls an ask rule holds go to the first listed [stepup] approver.
+    if let (Some(ciba), Some(approver)) = (&ciba, settings.stepup.listed().first()) {
+        monitor
+            .gate()
+            .set_backend(crate::governance::tool_gate::AskBackend::new(
+                ciba.clone(),
+                (*approver).to_owned(),
+                settings.stepup.requested_expiry_secs,
+                cancel.child_token(),
+            ));
+    }
     let sealer = crate::governance::vault::seal::Sealer::load(
         secrets.credentials_dir(),
         settings.token_vault.key_file.as_deref(),
@@ -260,6 +285,9 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     )
     .inspect_err(|_| cleanup.run())?
     .map(Arc::new);
+    // Reported by `Diagnose` (presence only, never the values).
+    let has_client_secret = client_secret.is_some();
+    let has_sealer = sealer.is_some();
     let stepups = crate::governance::stepup::StepUps::new(
         settings.stepup.clone(),
         store.clone(),
@@ -307,11 +335,29 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             .forget_blocked(enforcer.subscribe(), cancel.child_token()),
     );
     stepups.resume_pending().await?;
+    let llm = crate::llm::LlmReviewer::new(&settings.scanner.llm, &secrets)
+        .inspect_err(|_| cleanup.run())?;
     let scanners = Arc::new(
-        crate::governance::scanning::Scanners::new(&settings.scanner)
+        crate::governance::scanning::Scanners::new(&settings.scanner, llm)
             .inspect_err(|_| cleanup.run())?,
     );
+    // Where skills are known to be: quarantine moves only those folders.
+    let known_skills = Arc::new(crate::governance::skill_dirs::KnownSkills::new(
+        settings
+            .scanner
+            .watch_dirs
+            .iter()
+            .filter_map(|d| std::fs::canonicalize(d).ok())
+            .collect(),
+    ));
+    let quarantine = Arc::new(crate::governance::quarantine::Quarantine::new(
+        store.clone(),
+        &state_dir,
+        known_skills.clone(),
+        settings.admission.quarantine_max_bytes,
+    ));
     let admission = Admission {
+        quarantine: settings.admission.quarantine.then(|| quarantine.clone()),
         store: store.clone(),
         cache: cache.clone(),
         scan: Arc::new(ScanService {
@@ -326,13 +372,18 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         enforcer: enforcer.clone(),
         stepups: stepups.clone(),
     };
-    if !settings.scanner.watch_dirs.is_empty() {
+    // Skill folders are scanned only when their content changed since the last scan.
+    let skill_scans = Arc::new(SkillScans::new(admission.clone()));
+    let watch_openclaw = settings.openclaw.enabled && settings.openclaw.watch_skill_dirs;
+    let mut watch_handle = None;
+    if !settings.scanner.watch_dirs.is_empty() || watch_openclaw {
         let watcher = SkillWatcher::new(
             &settings.scanner.watch_dirs,
             Duration::from_millis(settings.scanner.watch_debounce_ms),
         )
         .inspect_err(|_| cleanup.run())?;
-        let watch_admission = admission.clone();
+        watch_handle = Some(watcher.handle());
+        let watch_scans = skill_scans.clone();
         let refuse_store = store.clone();
         let watcher_actor = || crate::model::Actor {
             id: "system:watcher".into(),
@@ -342,30 +393,24 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         tokio::spawn(watcher.run(
             cancel.child_token(),
             move |skill| {
-                let admission = watch_admission.clone();
+                let scans = watch_scans.clone();
                 async move {
-                    let req = ScanRequest {
-                        kind: crate::model::TargetKind::Skill,
-                        path: skill.clone(),
-                        name: None,
-                        server: None,
-                        install: false,
-                    };
-                    match admission.run(watcher_actor(), req).await {
-                        Ok(results) => {
+                    match scans.scan(skill.clone(), watcher_actor()).await {
+                        Attempt::Scanned(results) => {
                             for r in results {
                                 tracing::info!(skill = %skill.display(), decision = %r.decision, findings = r.findings.len(), "rescanned a changed skill");
                             }
                             true
                         }
-                        Err(crate::error::Error::ResourceExhausted(e)) => {
-                            tracing::debug!(skill = %skill.display(), error = %e, "scan pool full; rescanning later");
+                        Attempt::Busy => {
+                            tracing::debug!(skill = %skill.display(), "scan pool full; rescanning later");
                             false
                         }
-                        Err(e) => {
+                        Attempt::Failed(e) => {
                             tracing::warn!(skill = %skill.display(), error = %e, "rescan failed");
                             true
                         }
+                        Attempt::Unchanged | Attempt::Skipped(_) => true,
                     }
                 }
             },
@@ -373,6 +418,21 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
                 let store = refuse_store.clone();
                 async move { record_refused_link(&store, &skill, watcher_actor()).await }
             },
+        ));
+    }
+    if settings.openclaw.enabled {
+        tokio::spawn(crate::governance::skill_coverage::run_skills(
+            settings.openclaw.scan_skills,
+            skill_scans,
+            known_skills.clone(),
+            watch_handle.filter(|_| watch_openclaw),
+            coverage_reports.skills,
+            cancel.child_token(),
+        ));
+        tokio::spawn(crate::governance::skill_coverage::run_tools(
+            admission.clone(),
+            coverage_reports.tools,
+            cancel.child_token(),
         ));
     }
     let gov = Governance::new(Parts {
@@ -384,14 +444,62 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         stepups,
         vault,
         coalescer: coalescer.clone(),
+        quarantine,
     });
+    // The gate socket the OpenClaw plugin asks, beside the control socket.
+    let gate_path = crate::gate::socket_path(&settings.openclaw, &socket);
+    let gate_bound = listener::bind_path(&gate_path, mode)
+        .inspect_err(|_| cleanup.run())
+        .map_err(StartError::Socket)?;
+    let gate_cleanup =
+        listener::BoundSocket::cleanup_token(&gate_bound.path, gate_bound.owned_id());
+    // Agents must not reach DefenseClaw's own files and sockets.
+    let mut protected = vec![
+        socket.clone(),
+        gate_bound.path.clone(),
+        state_dir.clone(),
+        store_path.clone(),
+    ];
+    if let ConfigFile::Explicit(path) | ConfigFile::User(path) = &config_file {
+        protected.push(path.clone());
+    }
+    monitor.gate().protect_paths(protected);
+    let gate_task = crate::gate::spawn(
+        gate_bound.listener,
+        gov.clone(),
+        crate::gate::GateLimits::from_settings(&settings.openclaw),
+        cancel.child_token(),
+    );
+    let setup = crate::doctor::SetupFacts {
+        config_source: crate::doctor::config_source(&config_file),
+        state_dir: state_dir.clone(),
+        store_path: store_path.clone(),
+        oidc: settings.auth.mode == crate::oidc::AuthMode::Oidc,
+        client_secret: has_client_secret,
+        stepup_enabled: settings.stepup.enabled,
+        approvers: settings.stepup.listed().len(),
+        token_vault_enabled: settings.token_vault.enabled,
+        unattended_ready: settings.token_vault.unattended && has_sealer,
+        unattended_wanted: settings.token_vault.unattended,
+        openclaw_enabled: settings.openclaw.enabled,
+        env_names: {
+            let mut names: Vec<String> = env
+                .keys()
+                .filter(|k| k.starts_with("DEFENSECLAW_"))
+                .cloned()
+                .collect();
+            names.sort();
+            names
+        },
+    };
     let service = ControlService::new(
         gov,
         authn,
         socket.display().to_string(),
         cancel.clone(),
         crate::rpc::streams::StreamLimits::new(&settings.server),
-    );
+    )
+    .with_setup(setup);
     let max = settings.server.max_message_bytes;
     let control = ControlServer::new(service)
         .max_decoding_message_size(max)
@@ -449,6 +557,10 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             }
         };
         cleanup.run();
+        gate_task.abort();
+        gate_cleanup.run();
+        // Held until the very end: the store is released below, then the directory.
+        let _state_lock = state_lock;
         // No call is left to refuse: write the summaries of the open windows.
         coalescer_stop.cancel();
         if let Err(e) = coalescer_task.await {

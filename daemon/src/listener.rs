@@ -169,7 +169,13 @@ pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, BindError> {
             owned: None,
         });
     }
+    bind_path(path, mode)
+}
 
+/// Binds `path` with `mode` (never a systemd socket): the same checks as
+/// [`bind`] — a trusted directory chain, no live listener, only a stale
+/// socket replaced.
+pub fn bind_path(path: &Path, mode: u32) -> Result<BoundSocket, BindError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.exists()
     {

@@ -9,9 +9,16 @@ use defenseclawd::config::{ConfigFile, Settings};
 use defenseclawd::daemon::{self, DaemonOptions};
 use defenseclawd::secrets::SecretSources;
 
+/// Exit codes, for `--help` and the README.
+const EXIT_CODES: &str = "\
+Exit codes:
+   0  stopped cleanly (or --check-config / --print-example-config succeeded)
+   1  stopped with an error (socket taken, store unreadable, another daemon on the state directory, ...)
+  78  invalid configuration (file, environment variable or state directory), also from --check-config";
+
 /// DefenseClaw governance daemon.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = EXIT_CODES)]
 struct Args {
     /// Config file (default: /etc/defenseclaw/defenseclawd.toml when present).
     #[arg(long, value_name = "PATH")]
@@ -22,14 +29,32 @@ struct Args {
     /// Print the effective configuration (secrets redacted) and exit; non-zero if invalid.
     #[arg(long)]
     check_config: bool,
+    /// Print the commented example configuration (every key, with its default) and exit.
+    #[arg(long, conflicts_with_all = ["check_config", "config", "socket"])]
+    print_example_config: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.print_example_config {
+        // Needs no valid configuration: it is how one starts writing one.
+        print!("{}", defenseclawd::config::EXAMPLE_CONFIG);
+        return ExitCode::SUCCESS;
+    }
     let env: HashMap<String, String> = std::env::vars().collect();
     let config_file = match args.config {
         Some(path) => ConfigFile::Explicit(path),
-        None => ConfigFile::System,
+        None => {
+            // A user install's own file (written by `defenseclawctl init`), when there is one.
+            let user = defenseclaw_common::paths::default_config_path();
+            if user != std::path::Path::new(defenseclawd::config::SYSTEM_CONFIG_PATH)
+                && user.is_file()
+            {
+                ConfigFile::User(user)
+            } else {
+                ConfigFile::System
+            }
+        }
     };
     let mut settings = match Settings::load(&config_file, &env) {
         Ok(s) => s,

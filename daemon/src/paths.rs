@@ -55,3 +55,61 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
         Err(e) => Err(format!("cannot inspect {}: {e}", dir.display())),
     }
 }
+
+/// Name of the lock file that keeps a state directory to one daemon.
+pub const LOCK_FILE: &str = "defenseclawd.lock";
+
+/// Holds the state directory for one daemon: an exclusive `flock` on
+/// [`LOCK_FILE`], released when this is dropped (or the process dies, so a crash
+/// never leaves a stale lock behind).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// Takes the state directory's lock, or says which process holds it. Taken
+/// before the socket is bound and the store opened: two daemons on one store
+/// would fight over the audit chain.
+pub fn lock_state_dir(dir: &Path) -> Result<StateLock, String> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        // A symlink planted at the lock path is refused, not followed.
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            // The holder wrote its pid; a short, bounded read of a file we own.
+            let mut holder = String::new();
+            let _ = (&file).take(32).read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() || !holder.bytes().all(|b| b.is_ascii_digit()) {
+                "another defenseclawd".to_owned()
+            } else {
+                format!("another defenseclawd (pid {holder})")
+            };
+            return Err(format!(
+                "{who} already uses the state directory {}: one daemon per store (stop it, or give this one its own DEFENSECLAW_HOME)",
+                dir.display()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(format!("cannot lock {}: {e}", path.display()));
+        }
+    }
+    let pid = std::process::id();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{pid}"))
+        .map_err(|e| format!("cannot write the lock file {}: {e}", path.display()))?;
+    Ok(StateLock { _file: file })
+}

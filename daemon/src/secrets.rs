@@ -57,8 +57,14 @@ pub const OPENCLAW_GATEWAY_TOKEN: SecretName = SecretName {
     credential: "openclaw-gateway-token",
 };
 
+/// The LLM analyzer's API key (`[scanner.llm]`, when no `key_file` is set).
+pub const LLM_API_KEY: SecretName = SecretName {
+    env: "DEFENSECLAW_LLM_API_KEY",
+    credential: "llm-api-key",
+};
+
 /// Every secret the daemon reads, for `--check-config`.
-pub const KNOWN_SECRETS: &[SecretName] = &[AUTH_CLIENT_SECRET, OPENCLAW_GATEWAY_TOKEN];
+pub const KNOWN_SECRETS: &[SecretName] = &[AUTH_CLIENT_SECRET, OPENCLAW_GATEWAY_TOKEN, LLM_API_KEY];
 
 /// Where a secret was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

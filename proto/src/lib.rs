@@ -17,6 +17,9 @@ pub mod bench {
     tonic::include_proto!("defenseclaw.bench.v1");
 }
 
+// `delegate_control!`: the `Control` dispatch, generated from the proto by build.rs.
+include!(concat!(env!("OUT_DIR"), "/control_delegate.rs"));
+
 /// Encoded `FileDescriptorSet` of every service, for `grpc.reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("defenseclaw_descriptor");

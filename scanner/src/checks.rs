@@ -14,6 +14,7 @@ pub const KNOWN_CHECKS: &[&str] = &[
     "install_typosquat",
     "symlink_escape",
     "frontmatter_missing",
+    "frontmatter_malformed",
     "scan_incomplete",
     // language-aware flows (flows.rs)
     "secret_exfil",
@@ -78,6 +79,144 @@ pub(crate) fn front_matter(text: &str) -> Option<BTreeMap<String, String>> {
         }
     }
     None
+}
+
+/// Why a SKILL.md's front matter is not well-formed YAML, with the 1-based line
+/// to point at. Another parser (OpenClaw's) may read such a header differently
+/// from [`front_matter`], or refuse it, so the skill is not what it seems.
+/// Checks only what a strict parser rejects and [`front_matter`] would let
+/// through: an unclosed flow collection or quoted value, a top-level line that
+/// is not `key: value`, a key given twice, and tab indentation.
+pub(crate) fn front_matter_problem(text: &str) -> Option<(u32, String)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = text.lines().enumerate();
+    if lines.next().map(|(_, l)| l.trim_end()) != Some("---") {
+        return None;
+    }
+    let mut keys: Vec<String> = Vec::new();
+    // The value being read across lines: its key, first line and what it waits for.
+    let mut open: Option<(String, usize, Pending)> = None;
+    let line_no = |i: usize| u32::try_from(i + 1).unwrap_or(u32::MAX);
+    let unclosed = |key: &str, at: usize, pending: &Pending| {
+        (
+            line_no(at),
+            format!(
+                "the value of `{key}` never closes its `{}`",
+                pending.closer()
+            ),
+        )
+    };
+    for (i, line) in lines {
+        let trimmed = line.trim_end();
+        let top_level = !line.starts_with([' ', '\t', '-']);
+        let ends_header = trimmed == "---" || trimmed == "...";
+        if (ends_header || (top_level && !trimmed.is_empty() && !trimmed.starts_with('#')))
+            && let Some((key, at, pending)) = &open
+        {
+            return Some(unclosed(key, *at, pending));
+        }
+        if ends_header {
+            return None;
+        }
+        if let Some((key, at, pending)) = &mut open {
+            match pending.feed(trimmed) {
+                Fed::Open => {}
+                Fed::Closed => open = None,
+                Fed::Mismatch => return Some(unclosed(key, *at, pending)),
+            }
+            continue;
+        }
+        if trimmed.is_empty() || trimmed.trim_start().starts_with('#') {
+            continue;
+        }
+        if line.starts_with('\t') {
+            return Some((line_no(i), "a line is indented with a tab".into()));
+        }
+        if !top_level {
+            continue;
+        }
+        let Some((k, v)) = trimmed.split_once(':') else {
+            return Some((line_no(i), format!("line {} is not `key: value`", i + 1)));
+        };
+        let key = k.trim().to_owned();
+        if keys.contains(&key) {
+            return Some((line_no(i), format!("the key `{key}` is given twice")));
+        }
+        keys.push(key.clone());
+        let v = v.trim();
+        let mut pending = match v.chars().next() {
+            Some('[' | '{') => Pending::Flow(Vec::new()),
+            Some(q @ ('"' | '\'')) => {
+                // The rest of the first line, after the opening quote.
+                if !v[1..].contains(q) {
+                    open = Some((key, i, Pending::Quote(q)));
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        match pending.feed(v) {
+            Fed::Closed => {}
+            Fed::Open => open = Some((key, i, pending)),
+            Fed::Mismatch => return Some(unclosed(&key, i, &pending)),
+        }
+    }
+    open.map(|(key, at, pending)| unclosed(&key, at, &pending))
+}
+
+/// A multi-line YAML value not yet closed.
+enum Pending {
+    /// A flow collection: the closers still expected, innermost last.
+    Flow(Vec<char>),
+    /// A quoted scalar waiting for this quote.
+    Quote(char),
+}
+
+enum Fed {
+    Open,
+    Closed,
+    Mismatch,
+}
+
+impl Pending {
+    fn closer(&self) -> char {
+        match self {
+            Self::Flow(stack) => stack.last().copied().unwrap_or(']'),
+            Self::Quote(q) => *q,
+        }
+    }
+
+    /// Reads one more line of the value.
+    fn feed(&mut self, text: &str) -> Fed {
+        match self {
+            Self::Quote(q) => match text.contains(*q) {
+                true => Fed::Closed,
+                false => Fed::Open,
+            },
+            Self::Flow(stack) => {
+                let mut in_quote: Option<char> = None;
+                for c in text.chars() {
+                    match (in_quote, c) {
+                        (Some(q), c) if c == q => in_quote = None,
+                        (Some(_), _) => {}
+                        (None, '"' | '\'') => in_quote = Some(c),
+                        (None, '[') => stack.push(']'),
+                        (None, '{') => stack.push('}'),
+                        (None, c @ (']' | '}')) => {
+                            if stack.pop() != Some(c) {
+                                return Fed::Mismatch;
+                            }
+                            if stack.is_empty() {
+                                return Fed::Closed;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Fed::Open
+            }
+        }
+    }
 }
 
 fn unquote(v: &str) -> String {
@@ -519,6 +658,54 @@ pub(crate) fn install_typosquats(text: &str) -> Vec<(usize, usize, String, &'sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn well_formed_front_matter_has_no_problem() {
+        for ok in [
+            "---\nname: a\ndescription: b\n---\nbody",
+            "---\nname: \"a: b\"\ntags: [x, \"y]\", z]\nmeta: {a: 1}\n---\n",
+            "---\nname: a\ntags:\n  - x\n  - y\ndescription: >\n  folded\n  text\n---\n",
+            "---\nname: a\ntags: [x,\n  y]\n# comment\n---\n",
+            "---\nname: 'it''s'\n---\n",
+            "no front matter at all",
+        ] {
+            assert_eq!(front_matter_problem(ok), None, "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_front_matter_is_named_with_its_line() {
+        let cases = [
+            (
+                "---\nname: [unclosed\ndescription: x\n---\n",
+                2,
+                "never closes its `]`",
+            ),
+            (
+                "---\nname: x\nmeta: {a: [1, 2}\n---\n",
+                3,
+                "never closes its `}`",
+            ),
+            (
+                "---\nname: \"open\ndescription: x\n---\n",
+                2,
+                "never closes its `\"`",
+            ),
+            (
+                "---\nname: a\njust some words\n---\n",
+                3,
+                "is not `key: value`",
+            ),
+            ("---\nname: a\nname: b\n---\n", 3, "given twice"),
+            ("---\nname: a\ntags:\n\t- x\n---\n", 4, "tab"),
+            ("---\nname: [a, b\n", 2, "never closes"),
+        ];
+        for (text, line, why) in cases {
+            let (got_line, got) = front_matter_problem(text).unwrap_or_else(|| panic!("{text:?}"));
+            assert_eq!(got_line, line, "{text:?}: {got}");
+            assert!(got.contains(why), "{text:?}: {got}");
+        }
+    }
 
     #[test]
     fn typos() {

@@ -14,7 +14,8 @@ use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use crate::checks;
 use crate::flows;
 use crate::instructions::{self, InstructionModel};
-use crate::model::{Finding, ScanError, ScanReport, TargetKind};
+use crate::model::{Finding, ScanError, ScanReport, Severity, TargetKind};
+use crate::prose::ProseMap;
 use crate::redact;
 use crate::rules::{self, AppliesTo, ContextScope, FileType, Rule};
 use crate::walk::{self, Limits};
@@ -261,6 +262,16 @@ impl Engine {
     pub fn scan_skill(&self, dir: &Path) -> Result<ScanReport, ScanError> {
         let started = Instant::now();
         let loaded = walk::load_tree(dir, &self.limits)?;
+        Ok(self.scan_loaded(dir, loaded, started))
+    }
+
+    /// Scans a skill folder already read by `walk::load_tree`.
+    pub(crate) fn scan_loaded(
+        &self,
+        dir: &Path,
+        loaded: walk::Loaded,
+        started: Instant,
+    ) -> ScanReport {
         let skill_md = loaded
             .files
             .iter()
@@ -316,6 +327,22 @@ impl Engine {
                 Some("SKILL.md has no YAML front matter"),
             ),
             (Some(f), Some(m)) => {
+                if let Some((line, why)) = checks::front_matter_problem(&f.text) {
+                    let snippet = f
+                        .text
+                        .lines()
+                        .nth((line as usize).saturating_sub(1))
+                        .unwrap_or("");
+                    self.push_check(
+                        &mut report.findings,
+                        "frontmatter_malformed",
+                        TargetKind::Skill,
+                        &f.rel,
+                        line,
+                        snippet,
+                        Some(&why),
+                    );
+                }
                 if let Some(n) = m.get("name")
                     && let Some((part, popular)) = checks::name_typosquat(n)
                 {
@@ -361,7 +388,7 @@ impl Engine {
         }
         report.finalize();
         report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        Ok(report)
+        report
     }
 
     /// Parsed-code flows over every file, and the instruction score of SKILL.md.
@@ -487,6 +514,15 @@ impl Engine {
                     continue;
                 }
                 let mut lines_seen: Vec<u32> = Vec::new();
+                // Built on the first match that needs it, once per file and rule.
+                let in_prose = rule.prose_aware
+                    && kind == TargetKind::Skill
+                    && unit.file_type == FileType::Markdown;
+                let mut prose: Option<ProseMap> = None;
+                // Instructions count against `max_matches`; documented matches
+                // (reported at LOW) have a cap of their own, so examples early
+                // in a file cannot use up the findings a later instruction gets.
+                let (mut instructed, mut documented_n) = (0usize, 0usize);
                 'patterns: for p in cr.patterns.iter().filter(|p| h[**p]) {
                     let Some(re) = self.regex(*p) else { continue };
                     for m in re.find_iter(unit.text.as_bytes()) {
@@ -505,14 +541,34 @@ impl Engine {
                             break 'patterns;
                         }
                         lines_seen.push(line);
-                        findings.push(make_finding(
+                        let documented = if in_prose {
+                            let lang = &self.instructions.language;
+                            prose
+                                .get_or_insert_with(|| ProseMap::new(&unit.text, lang))
+                                .documentation(&unit.text, start, end, lang)
+                        } else {
+                            None
+                        };
+                        let mut finding = make_finding(
                             rule,
                             &unit.location,
                             line,
                             redact::snippet(&unit.text, start, end, SNIPPET_MAX),
-                            None,
-                        ));
-                        if lines_seen.len() >= rule.max_matches {
+                            documented
+                                .map(|why| format!("documented, not instructed: {why}"))
+                                .as_deref(),
+                        );
+                        if documented.is_some() {
+                            if documented_n >= rule.max_matches {
+                                continue;
+                            }
+                            documented_n += 1;
+                            finding.severity = finding.severity.min(Severity::Low);
+                        } else {
+                            instructed += 1;
+                        }
+                        findings.push(finding);
+                        if instructed >= rule.max_matches {
                             break 'patterns;
                         }
                     }

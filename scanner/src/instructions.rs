@@ -36,6 +36,14 @@ pub struct Language {
     pub negations: Vec<String>,
     pub descriptive: Vec<String>,
     pub leads: Vec<String>,
+    /// Words of a heading, introduction or document title that present
+    /// quoted or fenced material as an example (see `prose.rs`).
+    #[serde(default)]
+    pub framing: Vec<String>,
+    /// Verbs that tell the agent to run what follows: an introduction using
+    /// one in imperative position is an instruction, never an example frame.
+    #[serde(default)]
+    pub run_verbs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +140,8 @@ impl InstructionModel {
         lower(&mut m.language.negations);
         lower(&mut m.language.descriptive);
         lower(&mut m.language.leads);
+        lower(&mut m.language.framing);
+        lower(&mut m.language.run_verbs);
         for f in &mut m.features {
             lower(&mut f.verbs);
             lower(&mut f.objects);
@@ -160,6 +170,9 @@ impl InstructionModel {
             {
                 out.push((format!("weights:{}", f.id), w.clone()));
             }
+        }
+        for w in self.language.framing.iter().chain(&self.language.run_verbs) {
+            out.push(("weights:language".to_owned(), w.clone()));
         }
         out
     }
@@ -262,7 +275,7 @@ fn split_sentences(line: &str) -> Vec<&str> {
 }
 
 /// Removes inline code spans and quoted passages of three words or more.
-fn strip_quoted(line: &str) -> String {
+pub(crate) fn strip_quoted(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
@@ -292,7 +305,7 @@ fn strip_quoted(line: &str) -> String {
 }
 
 /// Position of `word` in `text` as a whole word (or phrase), if any.
-fn find_word(text: &str, word: &str) -> Option<usize> {
+pub(crate) fn find_word(text: &str, word: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(i) = text[from..].find(word) {
         let at = from + i;
@@ -319,7 +332,7 @@ fn find_word(text: &str, word: &str) -> Option<usize> {
 
 /// Whether `verb` is in imperative position in one of the clauses of `s`,
 /// and not negated before it.
-fn imperative(s: &str, verb: &str, lang: &Language, negatable: bool) -> bool {
+pub(crate) fn imperative(s: &str, verb: &str, lang: &Language, negatable: bool) -> bool {
     for clause in s.split([',', ':']) {
         let clause = clause.trim();
         let Some(at) = find_word(clause, verb) else {

@@ -209,6 +209,11 @@ pub struct Rule {
     /// A match whose own text matches one of these is dropped (placeholders).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_match: Vec<String>,
+    /// In a skill's Markdown, a match that documents the behaviour rather
+    /// than instructs it (negated, in a describing sentence, or quoted or
+    /// fenced as an example: see `prose.rs`) is reported at LOW.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prose_aware: bool,
     /// Patterns are case-insensitive unless this is set.
     #[serde(default)]
     pub case_sensitive: bool,

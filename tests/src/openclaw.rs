@@ -606,12 +606,21 @@ impl GatewayClient {
 /// `/v1/chat/completions`, streaming or not): the first turn answers with one
 /// `exec` tool call running `command`; once a tool result is in the
 /// conversation it answers with plain text and stops.
+///
+/// The user's message can script the call instead: `@@exec:COMMAND@@` runs
+/// `exec` with COMMAND, `@@tool:NAME:JSON@@` calls the first offered tool whose
+/// name is NAME or ends with NAME, with JSON as its arguments. Every tool
+/// result the model is shown is kept in [`MockModel::tool_results`].
 #[derive(Debug)]
 pub struct MockModel {
     /// Loopback port.
     pub port: u16,
     /// Completion requests served.
     pub completions: Arc<std::sync::atomic::AtomicUsize>,
+    /// Text of every `role: tool` message seen, in order, once per tool call.
+    pub tool_results: Arc<Mutex<Vec<String>>>,
+    /// The last completion request, for failure messages.
+    pub last_request: Arc<Mutex<Value>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -621,22 +630,41 @@ impl MockModel {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let completions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tool_results = Arc::new(Mutex::new(Vec::new()));
+        let last_request = Arc::new(Mutex::new(Value::Null));
         let count = completions.clone();
+        let results = tool_results.clone();
+        let last = last_request.clone();
+        // Tool call ids already recorded (a result is kept once per call).
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
         let command = command.to_owned();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let count = count.clone();
                 let command = command.clone();
+                let results = results.clone();
+                let last = last.clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
-                    let _ = serve_model(sock, &command, &count).await;
+                    let _ = serve_model(sock, &command, &count, &results, &last, &seen).await;
                 });
             }
         });
         Ok(Self {
             port,
             completions,
+            tool_results,
+            last_request,
             task,
         })
+    }
+
+    /// The tool results seen so far.
+    pub fn tool_results(&self) -> Vec<String> {
+        self.tool_results
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     /// `http://127.0.0.1:<port>/v1`
@@ -669,6 +697,9 @@ async fn serve_model(
     mut sock: tokio::net::TcpStream,
     command: &str,
     count: &std::sync::atomic::AtomicUsize,
+    results: &Mutex<Vec<String>>,
+    last: &Mutex<Value>,
+    seen_ids: &Mutex<Vec<String>>,
 ) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
@@ -713,6 +744,23 @@ async fn serve_model(
         } else if path.ends_with("/chat/completions") {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if let (Ok(mut seen), Ok(mut ids)) = (results.lock(), seen_ids.lock()) {
+                for m in req["messages"].as_array().into_iter().flatten() {
+                    if m["role"] == "tool" {
+                        let text = message_text(&m["content"]);
+                        let id = m["tool_call_id"]
+                            .as_str()
+                            .map_or_else(|| text.clone(), str::to_owned);
+                        if !ids.contains(&id) {
+                            ids.push(id);
+                            seen.push(text);
+                        }
+                    }
+                }
+            }
+            if let Ok(mut l) = last.lock() {
+                l.clone_from(&req);
+            }
             completion(&req, command)
         } else {
             (
@@ -729,20 +777,78 @@ async fn serve_model(
     }
 }
 
+/// The text of a message's `content` (a string or an array of text parts).
+fn message_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    }
+}
+
+/// The tool call a message scripts: `@@exec:CMD@@` or `@@tool:NAME:JSON@@`
+/// (the last message holding one).
+fn scripted_call(messages: &[Value], tools: &[Value], command: &str) -> Option<(String, String)> {
+    let names: Vec<&str> = tools
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    let text = messages
+        .iter()
+        .rev()
+        .map(|m| message_text(&m["content"]))
+        .find(|t| t.contains("@@exec:") || t.contains("@@tool:"))
+        .unwrap_or_default();
+    let directive = text
+        .find("@@")
+        .and_then(|i| text[i + 2..].find("@@").map(|j| &text[i + 2..i + 2 + j]));
+    match directive {
+        Some(d) if d.starts_with("exec:") => names
+            .contains(&"exec")
+            .then(|| ("exec".to_owned(), json!({"command": &d[5..]}).to_string())),
+        Some(d) if d.starts_with("tool:") => {
+            let (name, args) = d[5..].split_once(':')?;
+            match names.iter().find(|n| **n == name || n.ends_with(name)) {
+                Some(tool) => Some((tool.to_string(), args.to_owned())),
+                // A deferred tool (MCP tools usually are): through the `tool_call` meta-tool.
+                None if names.contains(&"tool_call") => {
+                    let args: Value = serde_json::from_str(args).unwrap_or(Value::Null);
+                    Some((
+                        "tool_call".to_owned(),
+                        json!({"id": name, "args": args}).to_string(),
+                    ))
+                }
+                None => None,
+            }
+        }
+        _ => names
+            .contains(&"exec")
+            .then(|| ("exec".to_owned(), json!({"command": command}).to_string())),
+    }
+}
+
 fn completion(req: &Value, command: &str) -> (&'static str, String) {
     let messages = req["messages"].as_array().cloned().unwrap_or_default();
+    let tools = req["tools"].as_array().cloned().unwrap_or_default();
     let has_tool_result = messages.iter().any(|m| m["role"] == "tool");
-    let has_exec = req["tools"]
-        .as_array()
-        .is_some_and(|t| t.iter().any(|t| t["function"]["name"] == "exec"));
     let stream = req["stream"] == true;
     let usage = json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15});
-    let call = !has_tool_result && has_exec;
-    let args = json!({"command": command}).to_string();
+    let scripted = if has_tool_result {
+        None
+    } else {
+        scripted_call(&messages, &tools, command)
+    };
+    let call = scripted.is_some();
+    let (tool_name, args) = scripted.unwrap_or_default();
+    let call_id = format!("call_{:016x}", rand::random::<u64>());
     if !stream {
         let message = if call {
-            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_mock_1", "type": "function",
-                "function": {"name": "exec", "arguments": args}}]})
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": call_id, "type": "function",
+                "function": {"name": tool_name, "arguments": args}}]})
         } else {
             json!({"role": "assistant", "content": "Done."})
         };
@@ -758,8 +864,8 @@ fn completion(req: &Value, command: &str) -> (&'static str, String) {
     let mut events = Vec::new();
     if call {
         events.push(chunk(
-            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function",
-                "function": {"name": "exec", "arguments": args}}]}),
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                "function": {"name": tool_name, "arguments": args}}]}),
             Value::Null,
         ));
         events.push(chunk(json!({}), json!("tool_calls")));

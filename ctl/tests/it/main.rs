@@ -8,6 +8,7 @@ mod auth;
 mod commands;
 mod connect;
 mod identity;
+mod quarantine;
 mod scanning;
 mod stepup;
 mod vault;

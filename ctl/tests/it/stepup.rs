@@ -160,7 +160,7 @@ async fn waiting_for_approval_from_the_cli() {
     assert_eq!(show["state"], "allowed");
 
     // --no-wait returns at once; cancel ends it (exit 13 when watched).
-    let out = ctl(&["-o", "json", "--no-wait", "skill", "block", "risky"])
+    let out = ctl(&["-o", "json", "skill", "block", "risky", "--no-wait"])
         .output()
         .bounded()
         .await

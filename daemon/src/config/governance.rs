@@ -169,6 +169,8 @@ pub struct ScannerSettings {
     pub scan_queue: usize,
     /// The Cisco `skill-scanner` adapter (`cisco-ai-skill-scanner` from PyPI).
     pub cisco_skill_scanner: AdapterSettings,
+    /// The optional LLM analyzer (off by default).
+    pub llm: LlmSettings,
 }
 
 impl Default for ScannerSettings {
@@ -185,7 +187,156 @@ impl Default for ScannerSettings {
                 path: PathBuf::from("skill-scanner"),
                 timeout_secs: 120,
             },
+            llm: LlmSettings::default(),
         }
+    }
+}
+
+/// `[scanner.llm]`: the optional LLM analyzer. An OpenAI-compatible chat
+/// endpoint is asked about skills whose static findings fall between
+/// `min_severity` and `max_severity`; its verdict is a finding of its own
+/// (`llm.verdict`), beside the static ones, never replacing them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmSettings {
+    /// Ask the analyzer at all.
+    pub enabled: bool,
+    /// API base: `POST {base_url}/chat/completions`. https, or plain http to
+    /// this machine only (localhost, 127.0.0.0/8, ::1).
+    pub base_url: String,
+    /// The model name sent in each request.
+    pub model: String,
+    /// File holding the API key (a regular file, 0600 or tighter). Without
+    /// it the key comes from `DEFENSECLAW_LLM_API_KEY`, the systemd credential
+    /// `llm-api-key` or `<state dir>/.env`; none at all sends no key.
+    pub key_file: Option<PathBuf>,
+    /// Lowest static severity a skill must reach to be reviewed.
+    pub min_severity: Severity,
+    /// Highest static severity still reviewed (above it the skill is already
+    /// rated high enough; the analyzer never lowers a rating).
+    pub max_severity: Severity,
+    /// Review skills with no static finding too.
+    pub review_clean: bool,
+    /// A `malicious` verdict below this confidence is reported at MEDIUM, not HIGH.
+    pub min_confidence: f64,
+    /// Time for one review, waiting for a slot included, in milliseconds.
+    pub timeout_ms: u64,
+    /// Most bytes of the skill's text sent (SKILL.md first; the rest is cut).
+    pub max_input_bytes: usize,
+    /// Largest answer read; a larger one is an analyzer error.
+    pub max_response_bytes: usize,
+    /// `max_tokens` asked of the model.
+    pub max_tokens: u32,
+    /// Reviews in flight at once; others wait within their timeout.
+    pub max_concurrent: usize,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            base_url: String::new(),
+            model: String::new(),
+            key_file: None,
+            min_severity: Severity::Low,
+            max_severity: Severity::Medium,
+            review_clean: false,
+            min_confidence: 0.7,
+            timeout_ms: 30_000,
+            max_input_bytes: 64 * 1024,
+            max_response_bytes: 64 * 1024,
+            max_tokens: 400,
+            max_concurrent: 2,
+        }
+    }
+}
+
+impl LlmSettings {
+    /// `{base_url}/chat/completions`: https, or http to this machine only; no
+    /// credentials, query or fragment in the URL.
+    pub fn endpoint(&self) -> std::result::Result<url::Url, String> {
+        let mut url = url::Url::parse(self.base_url.trim()).map_err(|e| e.to_string())?;
+        match url.scheme() {
+            "https" => {}
+            "http" if defenseclaw_common::loopback::is_loopback_url(&url) => {}
+            "http" => {
+                return Err(
+                    "plain http is accepted only to this machine (localhost, 127.0.0.0/8, ::1); use https"
+                        .into(),
+                );
+            }
+            other => return Err(format!("scheme {other:?}: use https")),
+        }
+        if url.host().is_none() {
+            return Err("no host".into());
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "credentials in the URL are refused; use key_file or the secret sources".into(),
+            );
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("no query or fragment".into());
+        }
+        let path = format!("{}/chat/completions", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        Ok(url)
+    }
+
+    /// Bounds serde cannot check (only when enabled: a disabled analyzer's
+    /// settings are never used).
+    pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.endpoint()
+            .map_err(|e| ("scanner.llm.base_url", format!("{:?}: {e}", self.base_url)))?;
+        if self.model.trim().is_empty() {
+            return Err(("scanner.llm.model", "is required when enabled".into()));
+        }
+        if self.min_severity > self.max_severity {
+            return Err((
+                "scanner.llm.min_severity",
+                "must not be above max_severity".into(),
+            ));
+        }
+        if !(self.min_confidence.is_finite() && (0.0..=1.0).contains(&self.min_confidence)) {
+            return Err((
+                "scanner.llm.min_confidence",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if !(100..=600_000).contains(&self.timeout_ms) {
+            return Err((
+                "scanner.llm.timeout_ms",
+                "must be between 100 and 600000".into(),
+            ));
+        }
+        if !(1024..=4 << 20).contains(&self.max_input_bytes) {
+            return Err((
+                "scanner.llm.max_input_bytes",
+                "must be between 1024 and 4194304".into(),
+            ));
+        }
+        if !(1024..=1 << 20).contains(&self.max_response_bytes) {
+            return Err((
+                "scanner.llm.max_response_bytes",
+                "must be between 1024 and 1048576".into(),
+            ));
+        }
+        if !(16..=8192).contains(&self.max_tokens) {
+            return Err((
+                "scanner.llm.max_tokens",
+                "must be between 16 and 8192".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.max_concurrent) {
+            return Err((
+                "scanner.llm.max_concurrent",
+                "must be between 1 and 64".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -216,7 +367,7 @@ impl ScannerSettings {
         if self.scan_queue > 4096 {
             return Err(("scanner.scan_queue", "must be at most 4096".into()));
         }
-        Ok(())
+        self.llm.validate()
     }
 }
 
@@ -237,6 +388,11 @@ pub struct AdmissionSettings {
     /// Targets (`skill/NAME`, `mcp/NAME`) admitted without scanning.
     #[serde(deserialize_with = "crate::config::lists::string_list")]
     pub allow_list: Vec<String>,
+    /// Move a skill's folder to `<state dir>/quarantine/` when a scan blocks it
+    /// (only folders the daemon knows as skills: OpenClaw-reported or in a watched directory).
+    pub quarantine: bool,
+    /// A quarantine or restore across file systems copies at most this many bytes.
+    pub quarantine_max_bytes: u64,
 }
 
 impl Default for AdmissionSettings {
@@ -245,6 +401,8 @@ impl Default for AdmissionSettings {
             block_at: Severity::High,
             mcp_block_at: Severity::Medium,
             allow_list: Vec::new(),
+            quarantine: false,
+            quarantine_max_bytes: 256 << 20,
         }
     }
 }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths;
 
+mod env;
+use env::{check_env_names, check_log_level, config_env, name_env_variable};
 mod error;
 pub mod governance;
 pub mod lists;
@@ -21,11 +23,15 @@ pub use governance::{
 };
 
 /// The system-wide config file read when `--config` is not given.
-pub const SYSTEM_CONFIG_PATH: &str = "/etc/defenseclaw/defenseclawd.toml";
+pub const SYSTEM_CONFIG_PATH: &str = defenseclaw_common::paths::SYSTEM_CONFIG;
 /// Prefix of environment overrides; nested keys are joined with `__`, e.g.
 /// `DEFENSECLAW_SERVER__SOCKET`. Variables without `__` (such as
 /// `DEFENSECLAW_HOME`) are not config keys and are left alone.
-pub const ENV_PREFIX: &str = "DEFENSECLAW";
+pub use env::ENV_PREFIX;
+
+/// The commented example configuration shipped as
+/// `/etc/defenseclaw/defenseclawd.toml`, printed by `--print-example-config`.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/config/defenseclawd.toml");
 
 /// Everything the daemon can be configured with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -290,6 +296,8 @@ pub enum ConfigFile {
     Explicit(PathBuf),
     /// The system path: read when present.
     System,
+    /// A user's own config file (`defenseclawctl init`), found without `--config`.
+    User(PathBuf),
     /// No file at all (tests).
     None,
 }
@@ -304,7 +312,7 @@ impl Settings {
             .map_err(|e| ConfigError::Invalid(format!("built-in defaults: {e}")))?;
         let mut builder = Config::builder().add_source(defaults);
         match file {
-            ConfigFile::Explicit(path) => {
+            ConfigFile::Explicit(path) | ConfigFile::User(path) => {
                 if !path.is_file() {
                     return Err(ConfigError::Invalid(format!(
                         "config file {} does not exist or is not a file",
@@ -322,6 +330,7 @@ impl Settings {
             }
             ConfigFile::None => {}
         }
+        check_env_names(env)?;
         let overrides = config_env(env);
         builder = builder.add_source(
             Environment::with_prefix(ENV_PREFIX)
@@ -333,7 +342,7 @@ impl Settings {
         let settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            .map_err(|e| ConfigError::Invalid(name_env_variable(&e.to_string())))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -388,6 +397,10 @@ impl Settings {
         }
         self.auth
             .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.openclaw
+            .validate()
+            .and_then(|()| crate::openclaw::Policy::from_settings(&self.openclaw).map(drop))
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.scanner
             .validate()
@@ -464,12 +477,21 @@ impl Settings {
                 reason: "must be an absolute path".into(),
             });
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            ConfigError::Value {
-                field: "log.level",
-                reason: e.to_string(),
-            }
-        })?;
+        check_log_level(&self.log.level)?;
+        if let Some(path) = &self.server.socket
+            && !path.is_absolute()
+        {
+            return Err(ConfigError::Value {
+                field: "server.socket",
+                reason: format!("{} is not an absolute path", path.display()),
+            });
+        }
+        if let Some(dir) = self.scanner.watch_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(ConfigError::Value {
+                field: "scanner.watch_dirs",
+                reason: format!("{} is not an absolute path", dir.display()),
+            });
+        }
         Ok(())
     }
 
@@ -517,18 +539,6 @@ impl ServerSettings {
         }
         Ok(bits)
     }
-}
-
-/// The env entries that are config keys: `DEFENSECLAW_<SECTION>__<KEY>`.
-fn config_env(env: &HashMap<String, String>) -> HashMap<String, String> {
-    let prefix = format!("{ENV_PREFIX}_");
-    env.iter()
-        .filter(|(k, _)| {
-            k.strip_prefix(&prefix)
-                .is_some_and(|rest| rest.contains("__"))
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }
 
 impl fmt::Display for Settings {
@@ -597,6 +607,78 @@ mod tests {
     }
 
     #[test]
+    fn unknown_plain_variables_are_refused_by_name() {
+        let err = Settings::load(&ConfigFile::None, &env(&[("DEFENSECLAW_FOOBAR", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DEFENSECLAW_FOOBAR is not a DefenseClaw setting"),
+            "{err}"
+        );
+        for known in env::PLAIN_ENV_VARS {
+            Settings::load(&ConfigFile::None, &env(&[(known, "/x")])).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_its_variable() {
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_SERVER__MAX_CONNECTIONS", "abc")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("variable DEFENSECLAW_SERVER__MAX_CONNECTIONS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_levels_must_name_a_level() {
+        for bad in ["loud", "info,loud", "defenseclawd=verbose", "=", "info,["] {
+            let err = Settings::load(&ConfigFile::None, &env(&[("DEFENSECLAW_LOG__LEVEL", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("log.level"), "{bad}: {err}");
+        }
+        for good in [
+            "info",
+            "WARN",
+            "defenseclawd=debug,info",
+            "off",
+            "tonic=warn, debug",
+        ] {
+            Settings::load(&ConfigFile::None, &env(&[("DEFENSECLAW_LOG__LEVEL", good)]))
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_SERVER__SOCKET", "1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("server.socket") && err.contains("absolute"),
+            "{err}"
+        );
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_SCANNER__WATCH_DIRS", "skills")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("scanner.watch_dirs") && err.contains("absolute"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_mode_is_rejected() {
         let err = Settings::load(
             &ConfigFile::None,
@@ -650,9 +732,48 @@ mod tests {
     }
 
     #[test]
+    fn gate_keys_from_env_and_bad_regex_is_named() {
+        let s = Settings::load(
+            &ConfigFile::None,
+            &env(&[
+                (
+                    "DEFENSECLAW_OPENCLAW__ASK_PATTERNS",
+                    r"\brm\s+-rf\b, ^git push",
+                ),
+                (
+                    "DEFENSECLAW_OPENCLAW__TOOL_RULES",
+                    "browser=deny,mcp:github/delete_repo=ask",
+                ),
+                ("DEFENSECLAW_OPENCLAW__ON_DAEMON_UNREACHABLE", "allow"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.openclaw.ask_patterns, vec![r"\brm\s+-rf\b", "^git push"]);
+        assert_eq!(s.openclaw.tool_rules.len(), 2);
+        assert_eq!(
+            s.openclaw.on_daemon_unreachable,
+            crate::openclaw::OnUnreachable::Allow
+        );
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_OPENCLAW__ASK_PATTERNS", "rm -rf (")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ask_patterns[0]"), "{err}");
+        let err = Settings::load(
+            &ConfigFile::None,
+            &env(&[("DEFENSECLAW_OPENCLAW__ON_DAEMON_UNREACHABLE", "maybe")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("maybe"), "{err}");
+    }
+
+    #[test]
     fn shipped_example_parses() {
         let example =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/defenseclawd.toml");
-        Settings::load(&ConfigFile::Explicit(example), &env(&[])).unwrap();
+        Settings::load(&ConfigFile::Explicit(example.clone()), &env(&[])).unwrap();
+        // The embedded copy is the shipped file, byte for byte.
+        assert_eq!(std::fs::read_to_string(example).unwrap(), EXAMPLE_CONFIG);
     }
 }

@@ -70,6 +70,9 @@ pub struct Admission {
     pub enforcer: Enforcer,
     /// Human approval of blocks on CRITICAL findings.
     pub stepups: Arc<StepUps>,
+    /// `[admission] quarantine`: a skill folder the daemon knows is moved to
+    /// quarantine when a scan blocks it.
+    pub quarantine: Option<Arc<crate::governance::quarantine::Quarantine>>,
 }
 
 impl Admission {
@@ -187,12 +190,73 @@ impl Admission {
                     ),
                 )
             })?;
-            results.push(
-                self.record_and_decide(&actor, Target { kind, name }, s, req.install)
-                    .await?,
-            );
+            let target = Target { kind, name };
+            // The LLM analyzer (when on and the skill is in its band); an
+            // allow-listed target is not scanned, so not reviewed either.
+            if !self.scan.admission.allow_listed(&target) {
+                self.scan.scanners.review(&mut s).await;
+            }
+            let mut result = self
+                .record_and_decide(&actor, target, s, req.install)
+                .await?;
+            if kind == TargetKind::Skill {
+                self.quarantine_if_blocked(&req.path, &mut result).await;
+            }
+            results.push(result);
         }
         Ok(results)
+    }
+
+    /// `[admission] quarantine`: a skill this scan just blocked is moved to
+    /// quarantine when its folder is one the daemon knows as a skill
+    /// (reported by OpenClaw or in a watched directory): a scan of any other
+    /// path never makes the daemon move it. The outcome is a note of the
+    /// result (and audited by the quarantine itself).
+    async fn quarantine_if_blocked(&self, path: &std::path::Path, result: &mut ScanResult) {
+        let Some(q) = &self.quarantine else {
+            return;
+        };
+        if result.decision != "blocked" || result.audit_seq == 0 {
+            return;
+        }
+        if !q.known().is_known(path) {
+            result.notes.push(
+                "not quarantined: the folder is not one the daemon knows as a skill (OpenClaw-reported or in a watched directory)"
+                    .into(),
+            );
+            return;
+        }
+        let actor = Actor {
+            id: "system:admission".into(),
+            name: "admission".into(),
+            ..Actor::system()
+        };
+        let reason = format!("admission blocked it: {}", result.decision_reason);
+        match q
+            .quarantine(actor, &result.target.name, Some(path.to_path_buf()), reason)
+            .await
+        {
+            Ok(done) => result
+                .notes
+                .push(format!("quarantined to {}", done.record.stored_path)),
+            Err(e) => {
+                tracing::warn!(skill = %result.target.name, error = %e, "could not quarantine a blocked skill");
+                result.notes.push(format!("quarantine failed: {e}"));
+            }
+        }
+    }
+
+    /// Records what a scan of `target` found (a scan the daemon ran itself,
+    /// e.g. of OpenClaw's tool catalog) and applies the admission policy as a
+    /// watched-folder scan does (never an install).
+    pub async fn record_scanned(
+        &self,
+        actor: Actor,
+        target: Target,
+        scanned: Scanned,
+    ) -> Result<ScanResult> {
+        crate::names::target_name("name", &target.name)?;
+        self.record_and_decide(&actor, target, scanned, false).await
     }
 
     /// The skill's name: its folder's. A caller-supplied name that differs is

@@ -7,12 +7,18 @@ pub mod connections;
 pub mod enforcement;
 pub mod enforcer;
 pub mod findings;
+pub mod gate_calls;
 pub mod openclaw_host;
 pub mod protection;
+pub mod quarantine;
 pub mod queries;
 pub mod scan_pool;
 pub mod scanning;
+pub mod skill_coverage;
+pub mod skill_dirs;
 pub mod stepup;
+pub mod tool_ask;
+pub mod tool_gate;
 pub mod vault;
 
 use std::sync::Arc;
@@ -38,6 +44,7 @@ pub struct Governance {
     stepups: Arc<StepUps>,
     vault: Arc<TokenBroker>,
     coalescer: Arc<AuditCoalescer>,
+    quarantine: Arc<quarantine::Quarantine>,
 }
 
 impl std::fmt::Debug for Governance {
@@ -67,6 +74,8 @@ pub struct Parts {
     pub vault: Arc<TokenBroker>,
     /// Refused calls are audited through it, one entry per key and window.
     pub coalescer: Arc<AuditCoalescer>,
+    /// Moves skill folders into quarantine and back.
+    pub quarantine: Arc<quarantine::Quarantine>,
 }
 
 impl Governance {
@@ -81,6 +90,7 @@ impl Governance {
             stepups,
             vault,
             coalescer,
+            quarantine,
         } = parts;
         Self {
             store,
@@ -91,6 +101,7 @@ impl Governance {
             stepups,
             vault,
             coalescer,
+            quarantine,
         }
     }
 
@@ -111,6 +122,33 @@ impl Governance {
         req: admission::ScanRequest,
     ) -> crate::error::Result<Vec<admission::ScanResult>> {
         self.admission.run(actor, req).await
+    }
+
+    /// Moves a skill's folder into quarantine (audited with `actor`).
+    pub async fn quarantine_skill(
+        &self,
+        actor: crate::model::Actor,
+        name: &str,
+        path: Option<std::path::PathBuf>,
+        reason: String,
+    ) -> crate::error::Result<quarantine::QuarantineOutcome> {
+        self.quarantine.quarantine(actor, name, path, reason).await
+    }
+
+    /// Moves a quarantined skill's folder back; its enforcement is unchanged.
+    pub async fn restore_skill(
+        &self,
+        actor: crate::model::Actor,
+        name: &str,
+    ) -> crate::error::Result<quarantine::QuarantineOutcome> {
+        self.quarantine.restore(actor, name).await
+    }
+
+    /// Every quarantined skill.
+    pub async fn list_quarantined(
+        &self,
+    ) -> crate::error::Result<Vec<crate::store::quarantine::QuarantineRow>> {
+        self.quarantine.list().await
     }
 
     /// An operator withdraws a pending step-up request.

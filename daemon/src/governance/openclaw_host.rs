@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::audit::NewEntry;
 use crate::events::EnforcementChanged;
+use crate::governance::skill_coverage::CoverageInbox;
 use crate::model::{Actor, EnforcementState, Target, TargetKind};
 use crate::openclaw::{self, Host, HostError, HostVerdict, MonitorAudit, MonitorHandle};
 use crate::state::{StateCache, Verdict};
@@ -15,12 +16,23 @@ use crate::store::{Audit, RegisterTargets, Store};
 pub struct GovernanceHost {
     cache: Arc<StateCache>,
     store: Store,
+    coverage: Option<Arc<CoverageInbox>>,
 }
 
 impl GovernanceHost {
     /// Wraps the store and the in-memory state.
     pub fn new(cache: Arc<StateCache>, store: Store) -> Self {
-        Self { cache, store }
+        Self {
+            cache,
+            store,
+            coverage: None,
+        }
+    }
+
+    /// Hands the skills and tools OpenClaw reports to runtime coverage.
+    pub fn with_coverage(mut self, inbox: Arc<CoverageInbox>) -> Self {
+        self.coverage = Some(inbox);
+        self
     }
 }
 
@@ -39,7 +51,7 @@ fn from_kind(kind: TargetKind) -> openclaw::TargetKind {
 }
 
 /// A monitor name as a daemon target: an MCP tool `server/tool` belongs to its server.
-fn target_of(kind: openclaw::TargetKind, name: &str) -> Option<Target> {
+pub(crate) fn target_of(kind: openclaw::TargetKind, name: &str) -> Option<Target> {
     let name = match kind {
         openclaw::TargetKind::Mcp => name.split('/').next().unwrap_or(name),
         openclaw::TargetKind::Skill => name,
@@ -59,20 +71,25 @@ fn monitor_actor() -> Actor {
     }
 }
 
+/// The daemon's enforcement verdict on a monitor target, from memory.
+pub fn verdict_in(cache: &StateCache, kind: openclaw::TargetKind, name: &str) -> HostVerdict {
+    let whole = match cache.check(to_kind(kind), name) {
+        Verdict::Blocked(d) => return HostVerdict::Blocked { reason: d.reason },
+        Verdict::Allowed(_) => HostVerdict::Allowed,
+        Verdict::Unknown => HostVerdict::Unknown,
+    };
+    // A tool of a blocked MCP server is blocked with it.
+    if let (openclaw::TargetKind::Mcp, Some((server, _))) = (kind, name.split_once('/'))
+        && let Verdict::Blocked(d) = cache.check(TargetKind::Mcp, server)
+    {
+        return HostVerdict::Blocked { reason: d.reason };
+    }
+    whole
+}
+
 impl Host for GovernanceHost {
     fn verdict(&self, kind: openclaw::TargetKind, name: &str) -> HostVerdict {
-        let whole = match self.cache.check(to_kind(kind), name) {
-            Verdict::Blocked(d) => return HostVerdict::Blocked { reason: d.reason },
-            Verdict::Allowed(_) => HostVerdict::Allowed,
-            Verdict::Unknown => HostVerdict::Unknown,
-        };
-        // A tool of a blocked MCP server is blocked with it.
-        if let (openclaw::TargetKind::Mcp, Some((server, _))) = (kind, name.split_once('/'))
-            && let Verdict::Blocked(d) = self.cache.check(TargetKind::Mcp, server)
-        {
-            return HostVerdict::Blocked { reason: d.reason };
-        }
-        whole
+        verdict_in(&self.cache, kind, name)
     }
 
     async fn enforced_targets(&self) -> Vec<(openclaw::TargetKind, String, bool)> {
@@ -109,6 +126,22 @@ impl Host for GovernanceHost {
             .await
             .map(|_| ())
             .map_err(|e| HostError(e.to_string()))
+    }
+
+    fn skills_reported(&self, skills: openclaw::ReportedSkills) {
+        if let Some(c) = &self.coverage {
+            c.skills(skills);
+        }
+    }
+
+    fn tools_reported(&self, tools: Vec<openclaw::ReportedTool>) {
+        if let Some(c) = &self.coverage {
+            c.tools(tools);
+        }
+    }
+
+    fn wants_tool_catalog(&self) -> bool {
+        self.coverage.as_ref().is_some_and(|c| c.wants_tools())
     }
 
     async fn observe_targets(&self, kind: openclaw::TargetKind, names: Vec<String>) {

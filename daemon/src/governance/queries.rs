@@ -32,6 +32,8 @@ pub struct StatusView {
     pub openclaw: GatewayStatus,
     /// Enforcement changes not yet pushed into OpenClaw.
     pub pending_enforcements: usize,
+    /// The tool-call gate's counters.
+    pub gate: super::tool_gate::GateCounts,
 }
 
 /// A target with its findings and the step-up holding it, if any.
@@ -56,6 +58,7 @@ impl Governance {
             head: self.store.head(),
             openclaw: self.openclaw.status(),
             pending_enforcements: self.openclaw.pending_enforcement_count(),
+            gate: self.openclaw.gate().stats.counts(),
         })
     }
 

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use defenseclaw_scanner::adapters::{AdapterConfig, SkillScannerAdapter};
-use defenseclaw_scanner::{Engine, ScanReport};
+use defenseclaw_scanner::llm::ReviewInput;
+use defenseclaw_scanner::{Engine, Finding, ScanReport};
 
 use crate::config::governance::{AdmissionSettings, ScannerSettings};
 use crate::error::{Error, Result, quoted};
+use crate::llm::LlmReviewer;
 use crate::model::Severity;
 use crate::store::{Audit, NewFinding, Store};
 
@@ -46,6 +48,8 @@ pub enum ScannerSetupError {
 pub const BUILTIN_SCANNER: &str = "defenseclaw";
 /// Name the Cisco skill scanner's findings are stored under.
 pub const CISCO_SKILL_SCANNER: &str = "cisco-ai-skill-scanner";
+/// Name the LLM analyzer's verdicts are stored under.
+pub const LLM_ANALYZER: &str = "llm-analyzer";
 
 /// One scanned target with what each scanner found.
 #[derive(Debug)]
@@ -56,12 +60,15 @@ pub struct Scanned {
     pub by_scanner: Vec<(String, Vec<NewFinding>)>,
     /// Scanners that failed.
     pub errors: Vec<String>,
+    /// The skill's text for the LLM analyzer, when it is to be asked.
+    pub review: Option<ReviewInput>,
 }
 
 /// The scanners the daemon runs.
 pub struct Scanners {
     engine: Engine,
     skill_adapter: Option<SkillScannerAdapter>,
+    llm: Option<LlmReviewer>,
 }
 
 impl std::fmt::Debug for Scanners {
@@ -93,21 +100,21 @@ fn clip(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
+fn new_finding(f: &Finding) -> NewFinding {
+    NewFinding {
+        rule_id: clip(&f.rule_id, 256),
+        severity: severity(f.severity),
+        title: clip(&f.title, 1024),
+        description: clip(&f.description, 16 * 1024),
+        location: clip(&f.location, 4096),
+        line: f.line,
+        category: clip(&f.category, 256),
+        snippet: clip(&f.snippet, 2048),
+    }
+}
+
 fn findings(report: &ScanReport) -> Vec<NewFinding> {
-    report
-        .findings
-        .iter()
-        .map(|f| NewFinding {
-            rule_id: clip(&f.rule_id, 256),
-            severity: severity(f.severity),
-            title: clip(&f.title, 1024),
-            description: clip(&f.description, 16 * 1024),
-            location: clip(&f.location, 4096),
-            line: f.line,
-            category: clip(&f.category, 256),
-            snippet: clip(&f.snippet, 2048),
-        })
-        .collect()
+    report.findings.iter().map(new_finding).collect()
 }
 
 impl Scanners {
@@ -118,11 +125,18 @@ impl Scanners {
         if self.skill_adapter.is_some() {
             names.push(CISCO_SKILL_SCANNER);
         }
+        if self.llm.is_some() {
+            names.push(LLM_ANALYZER);
+        }
         names
     }
 
-    /// Loads the rules (built-in plus `rule_dirs`) and the enabled adapters.
-    pub fn new(settings: &ScannerSettings) -> std::result::Result<Self, ScannerSetupError> {
+    /// Loads the rules (built-in plus `rule_dirs`) and the enabled adapters;
+    /// `llm` is the LLM analyzer when `[scanner.llm]` enables it.
+    pub fn new(
+        settings: &ScannerSettings,
+        llm: Option<LlmReviewer>,
+    ) -> std::result::Result<Self, ScannerSetupError> {
         let engine = if settings.rule_dirs.is_empty() {
             Engine::builtin()
         } else {
@@ -142,6 +156,7 @@ impl Scanners {
         Ok(Self {
             engine,
             skill_adapter,
+            llm,
         })
     }
 
@@ -149,10 +164,21 @@ impl Scanners {
     /// The folder is opened first, without blocking or following a symlink,
     /// and must be a directory; nothing else runs before that check.
     pub fn scan_skill(&self, dir: &Path) -> Result<Scanned> {
-        let report = self
-            .engine
-            .scan_skill(dir)
-            .map_err(|e| Error::invalid("path", e.to_string()))?;
+        let invalid = |e: defenseclaw_scanner::ScanError| Error::invalid("path", e.to_string());
+        // With the LLM analyzer on, the text it would read comes from the same
+        // read as the static scan; it is kept only when the static result
+        // falls in the analyzer's band.
+        let (report, review) = match &self.llm {
+            Some(llm) => {
+                let (report, input) = self
+                    .engine
+                    .scan_skill_for_review(dir, llm.settings().max_input_bytes)
+                    .map_err(invalid)?;
+                let wanted = llm.wants(report.max_severity);
+                (report, wanted.then_some(input))
+            }
+            None => (self.engine.scan_skill(dir).map_err(invalid)?, None),
+        };
         let mut by_scanner = vec![(BUILTIN_SCANNER.to_owned(), findings(&report))];
         let mut errors = Vec::new();
         if let Some(adapter) = &self.skill_adapter {
@@ -165,7 +191,49 @@ impl Scanners {
             report,
             by_scanner,
             errors,
+            review,
         })
+    }
+
+    /// Scans the tool descriptions an MCP server exposes (as OpenClaw's tool
+    /// catalog shows them: `{"tools": [{name, description}]}`) for tool
+    /// poisoning. Blocking: run it on the scan pool.
+    pub fn scan_mcp_tools(&self, server: &str, tools: &serde_json::Value) -> Scanned {
+        let def = serde_json::json!({ "tools": tools["tools"].clone() });
+        let report = self
+            .engine
+            .scan_mcp_server(server, &def, "openclaw tools.catalog");
+        Scanned {
+            by_scanner: vec![(BUILTIN_SCANNER.to_owned(), findings(&report))],
+            report,
+            errors: Vec::new(),
+            // MCP tool descriptions are not sent to the LLM analyzer (skills only).
+            review: None,
+        }
+    }
+
+    /// Asks the LLM analyzer about a scanned skill when the scan kept its
+    /// text for review. The verdict is a finding source of its own (it adds,
+    /// never replaces or lowers); any failure is recorded as a scanner error.
+    pub async fn review(&self, s: &mut Scanned) {
+        let (Some(llm), Some(input)) = (&self.llm, s.review.take()) else {
+            return;
+        };
+        match llm.review(&input).await {
+            Ok(v) => {
+                let f = defenseclaw_scanner::llm::verdict_finding(
+                    &v,
+                    &llm.settings().model,
+                    llm.settings().min_confidence,
+                );
+                s.by_scanner
+                    .push((LLM_ANALYZER.to_owned(), vec![new_finding(&f)]));
+            }
+            Err(e) => {
+                tracing::warn!(skill = %s.report.name, error = %e, "the LLM analyzer gave no verdict");
+                s.errors.push(format!("{LLM_ANALYZER}: {e}"));
+            }
+        }
     }
 
     /// Scans the MCP servers of a config file. Blocking: run it on the scan
@@ -191,6 +259,7 @@ impl Scanners {
                 by_scanner: vec![(BUILTIN_SCANNER.to_owned(), findings(&report))],
                 report,
                 errors: Vec::new(),
+                review: None,
             })
             .collect())
     }
@@ -203,10 +272,69 @@ impl Scanners {
 /// (a set, not a queue), so a folder that changes without pause while a
 /// scan runs costs one entry, not one per event.
 pub struct SkillWatcher {
-    _watcher: notify::RecommendedWatcher,
+    watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
     pending: Arc<Pending>,
-    roots: Arc<Vec<PathBuf>>,
+    roots: Roots,
     debounce: Duration,
+}
+
+/// The watched roots; more are added at run time (OpenClaw's skill directories).
+type Roots = Arc<std::sync::RwLock<Vec<PathBuf>>>;
+
+/// Adds roots to a running [`SkillWatcher`].
+#[derive(Clone)]
+pub struct WatchHandle {
+    watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
+    roots: Roots,
+}
+
+impl std::fmt::Debug for WatchHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchHandle").finish_non_exhaustive()
+    }
+}
+
+/// Roots watched at most (configured plus added).
+pub const MAX_WATCH_ROOTS: usize = 64;
+
+impl WatchHandle {
+    /// Watches `root` too (resolved once, here). Returns the resolved root
+    /// when it was added, `None` when already watched or at the cap.
+    pub fn add(&self, root: &Path) -> std::result::Result<Option<PathBuf>, ScannerSetupError> {
+        use notify::Watcher;
+        let canonical =
+            std::fs::canonicalize(root).map_err(|source| ScannerSetupError::WatchDir {
+                dir: root.to_path_buf(),
+                source,
+            })?;
+        // The watcher lock serialises adds; the roots lock is never held
+        // while notify works (its event thread reads the roots).
+        let watcher = self
+            .watcher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        {
+            let roots = self
+                .roots
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if roots.contains(&canonical) || roots.len() >= MAX_WATCH_ROOTS {
+                return Ok(None);
+            }
+        }
+        let mut watcher = watcher;
+        watcher
+            .watch(&canonical, notify::RecursiveMode::Recursive)
+            .map_err(|source| ScannerSetupError::Watch {
+                dir: canonical.clone(),
+                source,
+            })?;
+        self.roots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(canonical.clone());
+        Ok(Some(canonical))
+    }
 }
 
 /// Changed skill folders: when each first and last changed.
@@ -280,14 +408,18 @@ impl SkillWatcher {
                 }
             })?);
         }
-        let roots = Arc::new(canonical);
+        let roots: Roots = Arc::new(std::sync::RwLock::new(canonical));
         let pending = Arc::new(Pending::default());
         let (event_roots, event_pending) = (roots.clone(), pending.clone());
         let mut watcher = notify::RecommendedWatcher::new(
             move |res: notify::Result<notify::Event>| {
                 if let Ok(event) = res {
+                    let roots = event_roots
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
                     for path in event.paths {
-                        if let Some(skill) = skill_of(&event_roots, &path) {
+                        if let Some(skill) = skill_of(&roots, &path) {
                             event_pending.mark(skill);
                         }
                     }
@@ -296,7 +428,11 @@ impl SkillWatcher {
             notify::Config::default().with_follow_symlinks(false),
         )
         .map_err(ScannerSetupError::Watcher)?;
-        for root in roots.iter() {
+        for root in roots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             watcher
                 .watch(root, notify::RecursiveMode::Recursive)
                 .map_err(|source| ScannerSetupError::Watch {
@@ -305,11 +441,19 @@ impl SkillWatcher {
                 })?;
         }
         Ok(Self {
-            _watcher: watcher,
+            watcher: Arc::new(std::sync::Mutex::new(watcher)),
             pending,
             roots,
             debounce,
         })
+    }
+
+    /// A handle that adds roots while the watcher runs.
+    pub fn handle(&self) -> WatchHandle {
+        WatchHandle {
+            watcher: self.watcher.clone(),
+            roots: self.roots.clone(),
+        }
     }
 
     /// Runs until cancelled, calling `rescan` for each quiet changed skill

@@ -214,7 +214,7 @@ pub struct Approval {
     /// A refresh token for the approver, when `offline_access` was asked for
     /// and granted (the subject of unattended Token Vault exchanges).
     #[serde(skip)]
-    pub refresh_token: Option<super::RefreshToken>,
+    pub refresh_token: Option<super::secret::RefreshToken>,
 }
 
 /// The result of one poll of the token endpoint.
@@ -515,7 +515,7 @@ impl CibaClient {
         approval.refresh_token = tokens
             .refresh_token
             .filter(|t| !t.is_empty())
-            .map(super::RefreshToken::new);
+            .map(super::secret::RefreshToken::new);
         tracing::info!(approver = %approval.sub, "CIBA request approved");
         Ok(PollOutcome::Approved(approval))
     }
@@ -531,7 +531,7 @@ impl CibaClient {
         };
         if !azp_ok {
             return Err(CibaError::InvalidIdToken(AuthRejection {
-                reason: super::RejectReason::BadAudience,
+                reason: super::verify::RejectReason::BadAudience,
                 detail: "azp is not this client".into(),
                 unverified_sub: claims.sub.clone(),
                 kid: Some(kid),

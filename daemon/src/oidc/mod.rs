@@ -62,10 +62,9 @@ pub use ciba::{
 };
 pub use provider::{Discovery, JwksHealth, OidcError, Provider, http_client};
 pub use secret::{AuthReqId, ClientSecret, ProviderToken, RefreshToken};
-pub use settings::{
-    AuthConfigError, AuthMode, AuthSettings, MAX_LEEWAY_SECS, Role, RoleScopes, roles_for,
-};
+pub use settings::{AuthConfigError, AuthMode, AuthSettings, MAX_LEEWAY_SECS, Role, RoleScopes};
 pub use userinfo::{UserInfo, UserInfoCache};
 pub use verify::{
     AuthRejection, MAX_TOKEN_BYTES, RejectReason, TokenVerifier, VerifiedToken, bearer_from_header,
+    roles_for,
 };

@@ -225,7 +225,7 @@ impl Provider {
     }
 
     /// A provider built from validated `[auth]` settings with [`http_client`].
-    pub fn from_settings(settings: &super::AuthSettings) -> Result<Arc<Self>, OidcError> {
+    pub fn from_settings(settings: &super::settings::AuthSettings) -> Result<Arc<Self>, OidcError> {
         let issuer = settings.issuer_url()?;
         let http = http_client(&issuer)?;
         Self::new(

@@ -1,11 +1,9 @@
 //! The `[auth]` configuration section and the role model.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-use super::verify::VerifiedToken;
 
 /// Largest clock-skew allowance accepted for `exp`/`nbf` checks, in seconds.
 pub const MAX_LEEWAY_SECS: u64 = 60;
@@ -155,11 +153,6 @@ impl AuthSettings {
             None => Err(AuthConfigError("issuer is not set".into())),
         }
     }
-
-    /// The roles granted by a verified token's scopes and permissions.
-    pub fn roles_for(&self, token: &VerifiedToken) -> BTreeSet<Role> {
-        roles_for(&self.roles.mapping(), token)
-    }
 }
 
 /// `[auth.roles]`: the scopes or permissions (Auth0 RBAC) that grant each role.
@@ -209,16 +202,6 @@ impl RoleScopes {
         }
         map
     }
-}
-
-/// The roles granted by `token`'s scopes and permissions under `mapping`.
-pub fn roles_for(mapping: &BTreeMap<String, Role>, token: &VerifiedToken) -> BTreeSet<Role> {
-    token
-        .scopes
-        .iter()
-        .chain(token.permissions.iter())
-        .filter_map(|s| mapping.get(s).copied())
-        .collect()
 }
 
 /// Turns a configured issuer into the exact `iss` value tokens must carry: the

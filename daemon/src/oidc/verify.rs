@@ -1,6 +1,6 @@
 //! Access-token verification (the daemon is the resource server).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::provider::{KeyLookupError, Provider};
-use super::settings::MAX_LEEWAY_SECS;
+use super::settings::{AuthSettings, MAX_LEEWAY_SECS, Role};
 
 /// Largest bearer token accepted, in bytes; larger ones are refused before parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -530,4 +530,23 @@ pub fn bearer_from_header(authorization: Option<&str>) -> Result<&str, AuthRejec
         ));
     }
     Ok(token)
+}
+
+/// What a verified token grants: roles come from its scopes and permissions,
+/// mapped by `[auth.roles]`. Kept beside the token so settings need not know it.
+impl AuthSettings {
+    /// The roles granted by a verified token's scopes and permissions.
+    pub fn roles_for(&self, token: &VerifiedToken) -> BTreeSet<Role> {
+        roles_for(&self.roles.mapping(), token)
+    }
+}
+
+/// The roles granted by `token`'s scopes and permissions under `mapping`.
+pub fn roles_for(mapping: &BTreeMap<String, Role>, token: &VerifiedToken) -> BTreeSet<Role> {
+    token
+        .scopes
+        .iter()
+        .chain(token.permissions.iter())
+        .filter_map(|s| mapping.get(s).copied())
+        .collect()
 }

@@ -7,11 +7,13 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::host::{Host, HostVerdict, MonitorAudit, TargetKind};
-use super::policy::{Policy, PolicyDecision};
 use super::redact::{hash_and_preview, redact_text, truncate};
 use super::settings::ExecDefault;
 use super::state::{ApprovalKind, ApprovalView, Shared, lock};
 use super::tool_frame::ToolPayload;
+use crate::governance::tool_gate::{
+    GATE_PLUGIN_ID, GateSkill, GateVerdict, PendingAsk, ToolCall, ToolGate,
+};
 
 /// Longest command kept in audit details / approval views.
 const MAX_SUBJECT_CHARS: usize = 2048;
@@ -30,6 +32,8 @@ pub(crate) struct SkillInfo {
 pub(crate) enum Verdict {
     Allow,
     Deny,
+    /// A named human decides over CIBA; resolved when the answer comes.
+    Ask,
     Defer,
 }
 
@@ -38,6 +42,7 @@ impl Verdict {
         match self {
             Verdict::Allow => "allowed",
             Verdict::Deny => "denied",
+            Verdict::Ask => "pending",
             Verdict::Defer => "deferred",
         }
     }
@@ -47,7 +52,7 @@ impl Verdict {
         match self {
             Verdict::Allow => Some("allow-once"),
             Verdict::Deny => Some("deny"),
-            Verdict::Defer => None,
+            Verdict::Ask | Verdict::Defer => None,
         }
     }
 }
@@ -58,11 +63,13 @@ pub(crate) struct Evaluation {
     pub id: String,
     pub kind: ApprovalKind,
     pub verdict: Verdict,
+    /// The call waiting for a human, with `Verdict::Ask`.
+    pub ask: Option<PendingAsk>,
     pub audit: MonitorAudit,
 }
 
 pub(crate) struct Engine<H> {
-    pub policy: Policy,
+    pub gate: Arc<ToolGate>,
     pub host: Arc<H>,
     pub shared: Arc<Shared>,
     audit_tx: mpsc::Sender<MonitorAudit>,
@@ -121,13 +128,13 @@ fn mcp_tool(req: &Value) -> Option<(String, String)> {
 
 impl<H: Host> Engine<H> {
     pub(crate) fn new(
-        policy: Policy,
+        gate: Arc<ToolGate>,
         host: Arc<H>,
         shared: Arc<Shared>,
         audit_tx: mpsc::Sender<MonitorAudit>,
     ) -> Self {
         Self {
-            policy,
+            gate,
             host,
             shared,
             audit_tx,
@@ -190,6 +197,16 @@ impl<H: Host> Engine<H> {
     }
 
     pub(crate) fn set_skills(&self, skills: Vec<SkillInfo>) {
+        self.gate.set_skills(
+            skills
+                .iter()
+                .map(|s| GateSkill {
+                    name: s.name.clone(),
+                    key: s.key.clone(),
+                    base_dir: s.base_dir.clone(),
+                })
+                .collect(),
+        );
         *lock(&self.skills) = skills;
     }
 
@@ -215,29 +232,14 @@ impl<H: Host> Engine<H> {
             .unwrap_or_else(|| name.to_owned())
     }
 
-    /// A blocked skill whose directory the command or cwd refers to.
-    fn blocked_skill_in(&self, command: &str, cwd: &str) -> Option<(String, String)> {
-        let skills = lock(&self.skills);
-        for sk in skills.iter() {
-            let dir = sk.base_dir.trim_end_matches('/');
-            let mentioned = (!dir.is_empty()
-                && (command.contains(dir) || cwd == dir || cwd.starts_with(&format!("{dir}/"))))
-                || command.contains(&format!("skills/{}/", sk.name));
-            if !mentioned {
-                continue;
-            }
-            for name in [&sk.key, &sk.name] {
-                if let HostVerdict::Blocked { reason } = self.host.verdict(TargetKind::Skill, name)
-                {
-                    return Some((name.clone(), reason));
-                }
-            }
-        }
-        None
+    /// The gate's view of the host's enforcement state.
+    fn verdict_fn(&self) -> impl Fn(TargetKind, &str) -> HostVerdict + '_ {
+        |kind, name| self.host.verdict(kind, name)
     }
 
     /// Evaluates an `exec.approval.requested` payload (or an `exec.approval.list`
-    /// item). `None` when it has no id or was already handled.
+    /// item) through the gate's one decision. `None` when it has no id or was
+    /// already handled.
     pub(crate) fn eval_exec(&self, p: &Value) -> Option<Evaluation> {
         let id = s(&p["id"])?.to_owned();
         if self.shared.has_approval(&id) {
@@ -258,44 +260,43 @@ impl<H: Host> Engine<H> {
         let argv_joined = argv.join(" ");
         let preview = s(&req["commandPreview"]).unwrap_or("");
         let cwd = s(&plan["cwd"]).or_else(|| s(&req["cwd"])).unwrap_or("");
-
-        let mut target = None;
-        let (verdict, rule, reason) = match self.policy.evaluate(&[command, &argv_joined, preview])
-        {
-            PolicyDecision::Deny { rule } => {
-                let reason = format!("command matches deny rule {rule}");
-                (Verdict::Deny, rule, reason)
+        let call = ToolCall {
+            tool: "exec".to_owned(),
+            params: json!({"command": command, "commandPreview": preview}),
+            command: Some(command.to_owned()),
+            argv: argv.iter().map(|a| (*a).to_owned()).collect(),
+            cwd: (!cwd.is_empty()).then(|| cwd.to_owned()),
+            agent_id: opt_string(&req["agentId"]),
+            session_key: opt_string(&req["sessionKey"]),
+            session_id: opt_string(&req["sessionId"]),
+            run_id: opt_string(&req["runId"]),
+            tool_call_id: opt_string(&req["toolCallId"]),
+            mcp: None,
+        };
+        let decision = self.gate.decide(&call, &self.verdict_fn());
+        let target = decision.target.clone();
+        let (verdict, rule, reason) = match decision.verdict {
+            GateVerdict::Deny => (Verdict::Deny, decision.rule, decision.reason),
+            GateVerdict::Ask => (Verdict::Ask, decision.rule, decision.reason),
+            GateVerdict::Allow if allow_once_available(req) => {
+                (Verdict::Allow, decision.rule, decision.reason)
             }
-            decision => match self.blocked_skill_in(command, cwd) {
-                Some((skill, why)) => {
-                    target = Some((TargetKind::Skill, skill.clone()));
-                    (
-                        Verdict::Deny,
-                        "blocked-skill".to_owned(),
-                        format!("command uses blocked skill {skill}: {why}"),
-                    )
-                }
-                None => match decision {
-                    PolicyDecision::Allow { rule } if allow_once_available(req) => {
-                        let reason = format!("command matches allow rule {rule}");
-                        (Verdict::Allow, rule, reason)
-                    }
-                    PolicyDecision::Allow { rule } => (
-                        Verdict::Defer,
-                        rule,
-                        "allow-once is not available for this command; left to a human".to_owned(),
-                    ),
-                    PolicyDecision::Default(ExecDefault::Deny) => (
-                        Verdict::Deny,
-                        "exec_default".to_owned(),
-                        "no rule matched; exec_default = deny".to_owned(),
-                    ),
-                    _ => (
-                        Verdict::Defer,
-                        "exec_default".to_owned(),
-                        "no rule matched; left to a human (exec_default = ask)".to_owned(),
-                    ),
-                },
+            GateVerdict::Allow => (
+                Verdict::Defer,
+                decision.rule,
+                "allow-once is not available for this command; left to a human".to_owned(),
+            ),
+            GateVerdict::NoRule => match self.gate.policy().exec_default() {
+                ExecDefault::Deny => (
+                    Verdict::Deny,
+                    "exec_default".to_owned(),
+                    "no rule matched; exec_default = deny".to_owned(),
+                ),
+                ExecDefault::Ask => (
+                    Verdict::Defer,
+                    "exec_default".to_owned(),
+                    "no rule matched; left to a human (exec_default = ask)".to_owned(),
+                ),
             },
         };
         let subject = truncate(
@@ -306,8 +307,8 @@ impl<H: Host> Engine<H> {
             }),
             MAX_SUBJECT_CHARS,
         );
-        let session_key = opt_string(&req["sessionKey"]);
-        let agent_id = opt_string(&req["agentId"]);
+        let session_key = call.session_key.clone();
+        let agent_id = call.agent_id.clone();
         let details = json!({
             "approval_id": id,
             "approval_kind": "exec",
@@ -321,6 +322,8 @@ impl<H: Host> Engine<H> {
             "rule": rule,
             "decision": verdict.wire(),
         });
+        let ask = (verdict == Verdict::Ask).then(|| self.ask_for(&call, &subject, &rule, &details));
+        self.count(verdict);
         self.shared.record_approval(ApprovalView {
             id: id.clone(),
             kind: ApprovalKind::Exec,
@@ -338,6 +341,7 @@ impl<H: Host> Engine<H> {
             id,
             kind: ApprovalKind::Exec,
             verdict,
+            ask,
             audit: MonitorAudit {
                 action: "openclaw.exec.approval".to_owned(),
                 target,
@@ -348,7 +352,29 @@ impl<H: Host> Engine<H> {
         })
     }
 
-    /// Evaluates a `plugin.approval.requested` payload (or list item).
+    /// A pending ask for a call an approval stands for (not from the gate plugin).
+    fn ask_for(&self, call: &ToolCall, subject: &str, rule: &str, details: &Value) -> PendingAsk {
+        let mut ask = PendingAsk::new(&call.tool, subject);
+        ask.tool_call_id = call.tool_call_id.clone();
+        ask.session = call.session_key.clone().unwrap_or_default();
+        ask.rule = rule.to_owned();
+        ask.details = details.clone();
+        ask
+    }
+
+    /// Counts a final verdict in the gate's status counters.
+    fn count(&self, verdict: Verdict) {
+        match verdict {
+            Verdict::Allow => self.gate.stats.record("allowed"),
+            Verdict::Deny => self.gate.stats.record("denied"),
+            Verdict::Ask | Verdict::Defer => {}
+        }
+    }
+
+    /// Evaluates a `plugin.approval.requested` payload (or list item). An
+    /// approval the gate plugin asked for is matched to its pending ask (none
+    /// → denied: the daemon did not ask for it); others go through the gate's
+    /// one decision.
     pub(crate) fn eval_plugin(&self, p: &Value) -> Option<Evaluation> {
         let id = s(&p["id"])?.to_owned();
         if self.shared.has_approval(&id) {
@@ -357,26 +383,70 @@ impl<H: Host> Engine<H> {
         let req = &p["request"];
         let mcp = mcp_tool(req);
         let tool_name = s(&req["toolName"]).unwrap_or("");
+        let title = s(&req["title"]).unwrap_or("");
+        let ours = s(&req["pluginId"]) == Some(GATE_PLUGIN_ID);
         let mut target = None;
-        let mut verdict = Verdict::Defer;
-        let mut reason = "no daemon rule covers this tool call; left to a human".to_owned();
-        let subject = match &mcp {
-            Some((server, tool)) => {
-                let tool_target = format!("{server}/{tool}");
-                for name in [server.as_str(), tool_target.as_str()] {
-                    if let HostVerdict::Blocked { reason: why } =
-                        self.host.verdict(TargetKind::Mcp, name)
-                    {
-                        verdict = Verdict::Deny;
-                        reason = format!("MCP {name} is blocked: {why}");
-                        target = Some((TargetKind::Mcp, name.to_owned()));
-                        break;
-                    }
+        let mut ask = None;
+        let (verdict, rule, reason) = if ours {
+            match self.gate.asks.claim(s(&req["toolCallId"]), title) {
+                Some(a) => {
+                    let rule = a.rule.clone();
+                    ask = Some(a);
+                    (
+                        Verdict::Ask,
+                        rule,
+                        "waiting for the approver (CIBA)".to_owned(),
+                    )
                 }
-                tool_target
+                None => (
+                    Verdict::Deny,
+                    "no-pending-ask".to_owned(),
+                    "no DefenseClaw ask matches this approval (expired, or the daemon restarted)"
+                        .to_owned(),
+                ),
             }
+        } else {
+            let call = ToolCall {
+                tool: if tool_name.is_empty() {
+                    title.to_owned()
+                } else {
+                    tool_name.to_owned()
+                },
+                params: json!({"title": title, "description": req["description"]}),
+                command: None,
+                argv: Vec::new(),
+                cwd: None,
+                agent_id: opt_string(&req["agentId"]),
+                session_key: opt_string(&req["sessionKey"]),
+                session_id: None,
+                run_id: opt_string(&req["runId"]),
+                tool_call_id: opt_string(&req["toolCallId"]),
+                mcp: mcp.clone(),
+            };
+            let d = self.gate.decide(&call, &self.verdict_fn());
+            target = d.target.clone();
+            let verdict = match d.verdict {
+                GateVerdict::Deny => Verdict::Deny,
+                GateVerdict::Allow if allow_once_available(req) => Verdict::Allow,
+                GateVerdict::Ask => Verdict::Ask,
+                GateVerdict::Allow | GateVerdict::NoRule => Verdict::Defer,
+            };
+            let reason = match verdict {
+                Verdict::Defer => {
+                    "no daemon rule covers this tool call; left to a human".to_owned()
+                }
+                _ => d.reason,
+            };
+            if verdict == Verdict::Ask {
+                let subject = truncate(&redact_text(&call.subject()), MAX_SUBJECT_CHARS);
+                ask = Some(self.ask_for(&call, &subject, &d.rule, &Value::Null));
+            }
+            (verdict, d.rule, reason)
+        };
+        let subject = match &mcp {
+            Some((server, tool)) => format!("{server}/{tool}"),
             None if !tool_name.is_empty() => tool_name.to_owned(),
-            None => s(&req["title"]).unwrap_or("").to_owned(),
+            None => title.to_owned(),
         };
         let subject = truncate(&redact_text(&subject), MAX_SUBJECT_CHARS);
         let session_key = opt_string(&req["sessionKey"]);
@@ -389,12 +459,19 @@ impl<H: Host> Engine<H> {
             "mcp_server": mcp.as_ref().map(|m| m.0.clone()),
             "mcp_tool": mcp.as_ref().map(|m| m.1.clone()),
             "plugin_id": req["pluginId"],
-            "title": truncate(&redact_text(s(&req["title"]).unwrap_or("")), 200),
+            "title": truncate(&redact_text(title), 200),
             "session_key": session_key,
             "agent_id": agent_id,
             "tool_call_id": req["toolCallId"],
+            "rule": rule,
             "decision": verdict.wire(),
         });
+        if let Some(a) = ask.as_mut()
+            && a.details.is_null()
+        {
+            a.details = details.clone();
+        }
+        self.count(verdict);
         self.shared.record_approval(ApprovalView {
             id: id.clone(),
             kind: ApprovalKind::Plugin,
@@ -412,6 +489,7 @@ impl<H: Host> Engine<H> {
             id,
             kind: ApprovalKind::Plugin,
             verdict,
+            ask,
             audit: MonitorAudit {
                 action: "openclaw.plugin.approval".to_owned(),
                 target,
@@ -545,7 +623,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(16);
         let shared = Arc::new(Shared::new(&settings));
         Engine::new(
-            Policy::from_settings(&settings).unwrap(),
+            Arc::new(ToolGate::from_settings(&settings).unwrap()),
             Arc::new(H),
             shared,
             tx,

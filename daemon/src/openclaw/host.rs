@@ -49,6 +49,43 @@ pub struct MonitorAudit {
     pub details: serde_json::Value,
 }
 
+/// One skill as OpenClaw reports it (`skills.status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedSkill {
+    /// `skillKey` (the name when absent).
+    pub key: String,
+    /// `name`.
+    pub name: String,
+    /// `baseDir`: the skill's folder (empty when not reported).
+    pub base_dir: String,
+    /// `source`, e.g. `openclaw-bundled`, `openclaw-workspace`.
+    pub source: String,
+    /// Disabled in OpenClaw.
+    pub disabled: bool,
+}
+
+/// What one `skills.status` answer said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportedSkills {
+    /// The agent's workspace (its skills are in `<workspaceDir>/skills`).
+    pub workspace_dir: Option<String>,
+    /// The managed skills directory (`~/.openclaw/skills`).
+    pub managed_skills_dir: Option<String>,
+    /// The skills.
+    pub skills: Vec<ReportedSkill>,
+}
+
+/// One MCP tool description from OpenClaw's tool catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedTool {
+    /// The MCP server (or plugin) exposing it.
+    pub server: String,
+    /// The tool's name.
+    pub name: String,
+    /// Its full description, as the model sees it.
+    pub description: String,
+}
+
 /// What the daemon provides to the monitor.
 pub trait Host: Send + Sync + 'static {
     /// In-memory enforcement verdict for a target (kind = Skill|Mcp), no disk I/O.
@@ -63,4 +100,15 @@ pub trait Host: Send + Sync + 'static {
         kind: TargetKind,
         names: Vec<String>,
     ) -> impl Future<Output = ()> + Send;
+    /// The skills OpenClaw reported, for scanning new and changed ones. Must
+    /// not block: the daemon queues the report (only the latest is kept).
+    fn skills_reported(&self, _skills: ReportedSkills) {}
+    /// MCP tool descriptions from OpenClaw's tool catalog, for tool-poisoning
+    /// scans. Must not block (only the latest is kept).
+    fn tools_reported(&self, _tools: Vec<ReportedTool>) {}
+    /// Whether the monitor should read OpenClaw's tool catalog for
+    /// [`Host::tools_reported`].
+    fn wants_tool_catalog(&self) -> bool {
+        false
+    }
 }

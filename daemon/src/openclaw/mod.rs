@@ -41,21 +41,24 @@ mod audit_queue;
 mod conn;
 mod device;
 mod engine;
-mod host;
+pub(crate) mod host;
 mod monitor;
 mod peer;
-mod policy;
-mod redact;
-mod settings;
+pub(crate) mod policy;
+pub(crate) mod redact;
+pub(crate) mod settings;
 mod state;
 mod tls;
 mod tool_frame;
 
-pub use host::{Host, HostError, HostVerdict, MonitorAudit, TargetKind};
+pub use host::{
+    Host, HostError, HostVerdict, MonitorAudit, ReportedSkill, ReportedSkills, ReportedTool,
+    TargetKind,
+};
 pub use monitor::{MonitorHandle, OpenClawMonitor};
 pub use policy::{BUILTIN_DENY_RULES, Policy, PolicyDecision};
 pub use settings::{
-    DEFAULT_URL, DEVICE_KEY_FILE, ExecDefault, GatewayToken, OpenClawError, OpenClawSettings,
-    REQUESTED_SCOPES,
+    DEFAULT_URL, DEVICE_KEY_FILE, ExecDefault, GatewayToken, OnUnreachable, OpenClawError,
+    OpenClawSettings, REQUESTED_SCOPES, ToolAction, ToolRule,
 };
 pub use state::{ApprovalKind, ApprovalView, GatewayState, GatewayStatus};

@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use super::conn;
 use super::device::DeviceIdentity;
 use super::host::{Host, TargetKind};
-use super::policy::Policy;
 use super::settings::{GatewayToken, OpenClawError, OpenClawSettings};
 use super::state::{ApprovalView, GatewayState, GatewayStatus, Shared, lock};
+use crate::governance::tool_gate::ToolGate;
 
 /// Entry point of the monitor.
 #[derive(Debug)]
@@ -32,22 +32,24 @@ impl OpenClawMonitor {
     ) -> Result<MonitorHandle, OpenClawError> {
         let (done_tx, done_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(&settings));
+        // The gate decides plugin calls even when the monitor is off.
+        let gate = Arc::new(ToolGate::from_settings(&settings)?);
         if !settings.enabled {
             let _ = done_tx.send(true);
             return Ok(MonitorHandle {
                 shared,
+                gate,
                 done: done_rx,
             });
         }
         let endpoint = conn::Endpoint::parse(&settings)?;
-        let policy = Policy::from_settings(&settings)?;
         let device = DeviceIdentity::load_or_create(state_dir)?;
         shared.set_state(GatewayState::Connecting);
         let ctx = conn::Context::new(
             settings,
             token,
             endpoint,
-            policy,
+            gate.clone(),
             device,
             host,
             shared.clone(),
@@ -58,6 +60,7 @@ impl OpenClawMonitor {
         });
         Ok(MonitorHandle {
             shared,
+            gate,
             done: done_rx,
         })
     }
@@ -67,6 +70,7 @@ impl OpenClawMonitor {
 #[derive(Debug, Clone)]
 pub struct MonitorHandle {
     shared: Arc<Shared>,
+    gate: Arc<ToolGate>,
     done: watch::Receiver<bool>,
 }
 
@@ -74,6 +78,11 @@ impl MonitorHandle {
     /// Current connection status.
     pub fn status(&self) -> GatewayStatus {
         self.shared.status()
+    }
+
+    /// The tool-call gate (rules, counters, pending asks).
+    pub fn gate(&self) -> &Arc<ToolGate> {
+        &self.gate
     }
 
     /// Approvals seen (pending and recently resolved) with the daemon's decision, newest last.

@@ -141,6 +141,11 @@ impl Policy {
         })
     }
 
+    /// What no rule decided gets.
+    pub fn exec_default(&self) -> ExecDefault {
+        self.exec_default
+    }
+
     /// Evaluates a command (its text forms: command line, argv joined, ...).
     /// Deny wins over allow; an empty command is denied (fail closed).
     pub fn evaluate(&self, forms: &[&str]) -> PolicyDecision {

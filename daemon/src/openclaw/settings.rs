@@ -29,12 +29,105 @@ pub enum ExecDefault {
     Deny,
 }
 
+/// What the gate plugin does when the daemon does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnreachable {
+    /// Block the tool call (fail closed).
+    #[default]
+    Deny,
+    /// Let the tool call run (fail open; audited nowhere, so not recommended).
+    Allow,
+}
+
+impl OnUnreachable {
+    /// `deny` or `allow`, as the plugin's `onDaemonUnreachable` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnreachable::Deny => "deny",
+            OnUnreachable::Allow => "allow",
+        }
+    }
+}
+
+/// `[openclaw] tool_rules` entry action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolAction {
+    /// Run it.
+    Allow,
+    /// Ask a named human (CIBA) first.
+    Ask,
+    /// Block it.
+    Deny,
+}
+
+/// One parsed `[openclaw] tool_rules` entry: `<selector>=<allow|ask|deny>`.
+/// A selector is a tool name (`browser`), `mcp:<server>/<tool>`, or
+/// `mcp:<server>/*` (every tool of a server); `*` at the end of a tool name
+/// matches any suffix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolRule {
+    /// The selector as written.
+    pub selector: String,
+    /// What a matching call gets.
+    pub action: ToolAction,
+}
+
+impl ToolRule {
+    /// Parses `selector=action`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (sel, action) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{s:?}: expected <tool>=<allow|ask|deny>, e.g. \"browser=deny\" or \"mcp:github/delete_repo=ask\""))?;
+        let sel = sel.trim();
+        let action = match action.trim() {
+            "allow" => ToolAction::Allow,
+            "ask" => ToolAction::Ask,
+            "deny" | "block" => ToolAction::Deny,
+            other => return Err(format!("{s:?}: action {other:?} is not allow, ask or deny")),
+        };
+        let body = sel.strip_prefix("mcp:").unwrap_or(sel);
+        let valid = !body.is_empty()
+            && body.len() <= 200
+            && body
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '*'));
+        if !valid || (sel.starts_with("mcp:") && !body.contains('/')) {
+            return Err(format!(
+                "{s:?}: selector must be a tool name or mcp:<server>/<tool> (letters, digits, _ - . and a trailing *)"
+            ));
+        }
+        Ok(Self {
+            selector: sel.to_owned(),
+            action,
+        })
+    }
+
+    /// Whether the rule covers `tool` (and, for MCP tools, `server`/`mcp_tool`).
+    pub fn matches(&self, tool: &str, mcp: Option<(&str, &str)>) -> bool {
+        let glob = |pat: &str, s: &str| match pat.strip_suffix('*') {
+            Some(prefix) => s.starts_with(prefix),
+            None => pat == s,
+        };
+        match self.selector.strip_prefix("mcp:") {
+            Some(body) => {
+                let Some((server, t)) = mcp else { return false };
+                let (ps, pt) = body.split_once('/').unwrap_or((body, "*"));
+                glob(ps, server) && glob(pt, t)
+            }
+            None => glob(&self.selector, tool),
+        }
+    }
+}
+
 /// `[openclaw]` section of the daemon configuration
 /// (environment: `DEFENSECLAW_OPENCLAW__<KEY>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpenClawSettings {
-    /// Connect to the OpenClaw gateway at all (default `true`).
+    /// Connect to the OpenClaw gateway at all (default `false`: a host without
+    /// OpenClaw should not log a refused connection forever; turn it on where
+    /// the gateway runs).
     pub enabled: bool,
     /// Gateway WebSocket URL (default `ws://127.0.0.1:18789/`). `ws://` is only
     /// accepted for loopback hosts; use `wss://` for anything else.
@@ -55,6 +148,16 @@ pub struct OpenClawSettings {
     /// Use the built-in deny rules (download piped to a shell, reverse shells,
     /// credential files, destructive deletes). Default `true`.
     pub builtin_deny_rules: bool,
+    /// Scan each skill OpenClaw reports (`skills.status`, again on
+    /// `skills.changed`) when it appears and when its content changes, and
+    /// apply admission (default `true`).
+    pub scan_skills: bool,
+    /// Add OpenClaw's skill directories (workspace and managed skills, each
+    /// reported skill's parent) to the watched directories (default `true`).
+    pub watch_skill_dirs: bool,
+    /// Scan the MCP tool descriptions OpenClaw's tool catalog exposes for tool
+    /// poisoning (default `true`; no MCP server is started for it).
+    pub scan_tool_catalog: bool,
     /// Timeout for one gateway RPC, in seconds (default 30).
     pub request_timeout_secs: u64,
     /// Timeout for dialing plus the `connect` handshake, in seconds (default 15).
@@ -77,18 +180,107 @@ pub struct OpenClawSettings {
     /// accepted (it can read the token from the daemon anyway). Not used for
     /// `wss://`, where the certificate (pinned with `tls_pin_sha256`) decides.
     pub gateway_uid: Option<u32>,
+    /// Regular expressions (case-insensitive) over an agent's exec command, or
+    /// over `<tool> <JSON arguments>` for other tools: a matching call waits for
+    /// a named human's approval over CIBA (the approver of `[stepup]`).
+    /// Environment: one comma-separated string.
+    #[serde(deserialize_with = "crate::config::lists::string_list")]
+    pub ask_patterns: Vec<String>,
+    /// Per-tool rules, `<tool>=<allow|ask|deny>`: `"browser=deny"`,
+    /// `"mcp:github/delete_repo=ask"`, `"mcp:scratch/*=allow"`. Deny wins over
+    /// ask, ask over allow. Environment: one comma-separated string.
+    #[serde(deserialize_with = "crate::config::lists::string_list")]
+    pub tool_rules: Vec<String>,
+    /// What the gate plugin does when the daemon does not answer within its
+    /// decision timeout: `deny` (default) or `allow`. `openclaw setup` writes
+    /// it into the plugin's config.
+    pub on_daemon_unreachable: OnUnreachable,
+    /// The gate socket the OpenClaw plugin asks (default: `gate.sock` beside
+    /// the control socket).
+    pub gate_socket: Option<std::path::PathBuf>,
+    /// Most gate connections open at once (default 32); one more is refused.
+    pub gate_max_connections: usize,
+    /// Most undecided calls on one gate connection (default 64); one more is
+    /// answered with an error (the plugin blocks the call).
+    pub gate_max_in_flight: usize,
+    /// Largest gate request line in bytes (default 1 MiB); a larger one is
+    /// answered with an error and the connection closed.
+    pub gate_max_frame_bytes: usize,
+    /// Most tool calls waiting for a human at once (default 16), and per
+    /// agent session (default 4); more are denied so an agent cannot flood
+    /// the approver's phone.
+    pub max_pending_asks: usize,
+    /// See `max_pending_asks`.
+    pub max_pending_asks_per_session: usize,
+}
+
+impl OpenClawSettings {
+    /// The parsed `tool_rules`.
+    pub fn parsed_tool_rules(&self) -> Result<Vec<ToolRule>, OpenClawError> {
+        self.tool_rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                ToolRule::parse(r)
+                    .map_err(|e| OpenClawError::Config(format!("tool_rules[{i}]: {e}")))
+            })
+            .collect()
+    }
+
+    /// Checks what serde cannot: every ask pattern compiles, every tool rule
+    /// parses, every bound is at least 1. (The exec deny/allow rules are
+    /// checked by compiling them: [`super::policy::Policy::from_settings`].)
+    pub fn validate(&self) -> Result<(), OpenClawError> {
+        self.parsed_tool_rules()?;
+        for (i, p) in self.ask_patterns.iter().enumerate() {
+            regex::RegexBuilder::new(p)
+                .case_insensitive(true)
+                .size_limit(8 << 20)
+                .build()
+                .map_err(|e| OpenClawError::Config(format!("ask_patterns[{i}] {p:?}: {e}")))?;
+        }
+        for (field, v) in [
+            ("gate_max_connections", self.gate_max_connections),
+            ("gate_max_in_flight", self.gate_max_in_flight),
+            ("max_pending_asks", self.max_pending_asks),
+            (
+                "max_pending_asks_per_session",
+                self.max_pending_asks_per_session,
+            ),
+        ] {
+            if v == 0 {
+                return Err(OpenClawError::Config(format!("{field} must be at least 1")));
+            }
+        }
+        if self.gate_max_frame_bytes < 1024 {
+            return Err(OpenClawError::Config(
+                "gate_max_frame_bytes must be at least 1024".into(),
+            ));
+        }
+        if let Some(p) = &self.gate_socket
+            && !p.is_absolute()
+        {
+            return Err(OpenClawError::Config(
+                "gate_socket must be an absolute path".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for OpenClawSettings {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             url: DEFAULT_URL.to_owned(),
             tls_pin_sha256: None,
             exec_default: ExecDefault::Ask,
             deny_patterns: Vec::new(),
             allow_patterns: Vec::new(),
             builtin_deny_rules: true,
+            scan_skills: true,
+            watch_skill_dirs: true,
+            scan_tool_catalog: true,
             request_timeout_secs: 30,
             handshake_timeout_secs: 15,
             backoff_initial_ms: 1000,
@@ -97,6 +289,15 @@ impl Default for OpenClawSettings {
             max_frame_bytes: 26_214_400,
             audit_queue_capacity: 8192,
             gateway_uid: None,
+            ask_patterns: Vec::new(),
+            tool_rules: Vec::new(),
+            on_daemon_unreachable: OnUnreachable::Deny,
+            gate_socket: None,
+            gate_max_connections: 32,
+            gate_max_in_flight: 64,
+            gate_max_frame_bytes: 1024 * 1024,
+            max_pending_asks: 16,
+            max_pending_asks_per_session: 4,
         }
     }
 }
@@ -147,10 +348,51 @@ mod tests {
     fn settings_defaults_and_unknown_keys() {
         let s: OpenClawSettings = toml::from_str("").unwrap();
         assert_eq!(s, OpenClawSettings::default());
-        assert!(s.enabled);
+        assert!(!s.enabled, "monitoring is on only where configured");
         assert_eq!(s.url, DEFAULT_URL);
         assert!(toml::from_str::<OpenClawSettings>("bogus = 1").is_err());
         let s: OpenClawSettings = toml::from_str("exec_default = \"deny\"").unwrap();
         assert_eq!(s.exec_default, ExecDefault::Deny);
+    }
+
+    #[test]
+    fn tool_rules_parse_and_match() {
+        let r = ToolRule::parse("browser=deny").unwrap();
+        assert_eq!(r.action, ToolAction::Deny);
+        assert!(r.matches("browser", None));
+        assert!(!r.matches("browser2", None));
+        let r = ToolRule::parse("mcp:github/delete_*=ask").unwrap();
+        assert!(r.matches("github__delete_repo", Some(("github", "delete_repo"))));
+        assert!(!r.matches("github__list", Some(("github", "list"))));
+        assert!(!r.matches("delete_repo", None));
+        let r = ToolRule::parse(" mcp:scratch/* = allow ").unwrap();
+        assert!(r.matches("x", Some(("scratch", "anything"))));
+        for bad in [
+            "browser",
+            "browser=maybe",
+            "=deny",
+            "mcp:github=deny",
+            "a b=deny",
+            "x;rm=deny",
+        ] {
+            assert!(ToolRule::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_bad_entry() {
+        let s = OpenClawSettings {
+            ask_patterns: vec!["ok".into(), "(".into()],
+            ..OpenClawSettings::default()
+        };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("ask_patterns[1]"), "{e}");
+        let s = OpenClawSettings {
+            tool_rules: vec!["browser=nope".into()],
+            ..OpenClawSettings::default()
+        };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("tool_rules[0]"), "{e}");
+        assert!(OpenClawSettings::default().validate().is_ok());
     }
 }

@@ -368,7 +368,11 @@ pub fn pb_counts(v: &StatusView) -> pb::TargetCounts {
 }
 
 /// Wire form of the OpenClaw monitor's status.
-pub fn pb_openclaw_status(s: GatewayStatus, pending_enforcements: usize) -> pb::OpenClawStatus {
+pub fn pb_openclaw_status(
+    s: GatewayStatus,
+    pending_enforcements: usize,
+    gate: crate::governance::tool_gate::GateCounts,
+) -> pb::OpenClawStatus {
     let state = serde_json::to_value(s.state)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -384,6 +388,15 @@ pub fn pb_openclaw_status(s: GatewayStatus, pending_enforcements: usize) -> pb::
         last_error: s.last_error.unwrap_or_default(),
         gateway_check: s.gateway_check.unwrap_or_default(),
         pending_enforcements: u32::try_from(pending_enforcements).unwrap_or(u32::MAX),
+        gate: Some(pb::OpenClawGate {
+            last_decision_at: gate.last_decision_at.unwrap_or_default(),
+            decisions: Some(pb::GateDecisions {
+                allowed: gate.allowed,
+                denied: gate.denied,
+                approved: gate.approved,
+                timed_out: gate.timed_out,
+            }),
+        }),
     }
 }
 
@@ -472,5 +485,45 @@ pub fn pb_account(a: &LinkedAccountRow) -> pb::LinkedAccount {
         connection: a.connection.clone(),
         account_id: a.account_id.clone(),
         linked_at: a.linked_at.clone(),
+    }
+}
+
+/// A quarantine record on the wire.
+pub fn pb_quarantine_record(r: &crate::store::quarantine::QuarantineRow) -> pb::QuarantineRecord {
+    pb::QuarantineRecord {
+        name: r.name.clone(),
+        original_path: r.original_path.clone(),
+        stored_path: r.stored_path.clone(),
+        state: r.state.as_str().to_owned(),
+        reason: r.reason.clone(),
+        quarantined_by: r.quarantined_by.clone(),
+        quarantined_at: r.quarantined_at.clone(),
+    }
+}
+
+/// A quarantine or restore on the wire.
+pub fn pb_quarantine(o: &crate::governance::quarantine::QuarantineOutcome) -> pb::QuarantineReply {
+    pb::QuarantineReply {
+        record: Some(pb_quarantine_record(&o.record)),
+        how: o.how.to_owned(),
+        notes: o.notes.clone(),
+        audit_seq: o.audit_seq,
+    }
+}
+
+/// A `Diagnose` check on the wire.
+pub fn pb_diagnostic(check: crate::doctor::Check) -> pb::DiagnosticCheck {
+    use crate::doctor::CheckState;
+    use pb::diagnostic_check::State;
+    let state = match check.state {
+        CheckState::Ok => State::Ok,
+        CheckState::Warn => State::Warn,
+        CheckState::Fail => State::Fail,
+    };
+    pb::DiagnosticCheck {
+        name: check.name.to_owned(),
+        state: state as i32,
+        detail: check.detail,
+        fix: check.fix,
     }
 }

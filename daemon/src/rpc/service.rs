@@ -24,6 +24,8 @@ pub struct ControlService {
     pub(super) socket: String,
     pub(super) cancel: CancellationToken,
     pub(super) streams: streams::StreamLimits,
+    /// The daemon's setup as it started, for `Diagnose`.
+    pub(super) setup: Option<Arc<crate::doctor::SetupFacts>>,
 }
 
 impl std::fmt::Debug for ControlService {
@@ -54,7 +56,15 @@ impl ControlService {
             socket,
             cancel,
             streams,
+            setup: None,
         }
+    }
+
+    /// Adds what `Diagnose` reports of the daemon's setup.
+    #[must_use]
+    pub fn with_setup(mut self, setup: crate::doctor::SetupFacts) -> Self {
+        self.setup = Some(Arc::new(setup));
+        self
     }
 
     /// Identifies the caller of `rpc` and checks it may do what `need` says; a

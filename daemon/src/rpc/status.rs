@@ -5,7 +5,9 @@ use defenseclaw_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::authn::Need;
-use super::convert::{pb_actor, pb_auth_mode, pb_counts, pb_head, pb_openclaw_status};
+use super::convert::{
+    pb_actor, pb_auth_mode, pb_counts, pb_diagnostic, pb_head, pb_openclaw_status,
+};
 use super::service::ControlService;
 use crate::clock::format_ts;
 
@@ -46,12 +48,16 @@ pub(super) async fn get_status(
         caller: Some(pb_actor(&actor)),
         daemon_pid: std::process::id(),
         auth: Some(auth),
-        openclaw: Some(pb_openclaw_status(view.openclaw, view.pending_enforcements)),
+        openclaw: Some(pb_openclaw_status(
+            view.openclaw,
+            view.pending_enforcements,
+            view.gate,
+        )),
     }))
 }
 
 /// Unauthenticated on purpose: a client reads it to learn how to authenticate.
-pub(super) fn get_auth_config(
+pub(super) async fn get_auth_config(
     svc: &ControlService,
     _request: Request<pb::GetAuthConfigRequest>,
 ) -> Result<Response<pb::AuthConfig>, Status> {
@@ -64,3 +70,53 @@ pub(super) fn get_auth_config(
         scopes: settings.roles.mapping().into_keys().collect(),
     }))
 }
+
+/// The daemon's checks of its own setup: the facts from start, then the live
+/// ones (identity provider, OpenClaw gateway). Readers may call it; it shows
+/// presence of secrets, never values.
+pub(super) async fn diagnose(
+    svc: &ControlService,
+    request: Request<pb::DiagnoseRequest>,
+) -> Result<Response<pb::DiagnoseReply>, Status> {
+    svc.authorize(&request, "Diagnose", Need::Read).await?;
+    let mut checks = svc
+        .setup
+        .as_ref()
+        .map(|setup| setup.local_checks())
+        .unwrap_or_default();
+    if let Some(provider) = svc.authn.provider() {
+        let discovery = provider
+            .discovery()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let health = provider.health();
+        // Fetched at most once per interval however often doctor runs.
+        let stale = health
+            .last_attempt_at
+            .is_none_or(|at| at.elapsed().unwrap_or_default() >= DIAGNOSE_REFETCH);
+        let jwks =
+            if discovery.is_ok() && (health.keys == 0 || health.last_error.is_some()) && stale {
+                provider.refresh_jwks().await.map_err(|e| e.to_string())
+            } else {
+                match health.last_error {
+                    Some(e) if health.keys == 0 => Err(e),
+                    _ => Ok(health.keys),
+                }
+            };
+        checks.push(crate::doctor::idp_check(provider.issuer(), discovery, jwks));
+    }
+    let view = svc.gov.status().await?;
+    let openclaw_enabled = svc.setup.as_ref().is_some_and(|s| s.openclaw_enabled);
+    checks.push(crate::doctor::openclaw_check(
+        openclaw_enabled,
+        &view.openclaw,
+    ));
+    Ok(Response::new(pb::DiagnoseReply {
+        version: env!("CARGO_PKG_VERSION").into(),
+        checks: checks.into_iter().map(pb_diagnostic).collect(),
+    }))
+}
+
+/// Least time between two key-set fetches `Diagnose` triggers.
+const DIAGNOSE_REFETCH: std::time::Duration = std::time::Duration::from_secs(10);

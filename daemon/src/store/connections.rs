@@ -9,9 +9,9 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::Store;
 use super::audit_log::merge_details;
 use super::enforcement::ensure_target;
+use super::handle::Store;
 use super::writer::{Operation, Tx};
 use crate::audit::{Entry, NewEntry};
 use crate::error::{Error, Result};

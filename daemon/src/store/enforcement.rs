@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::Store;
 use super::audit_log::merge_details;
+use super::handle::Store;
 use super::writer::{Operation, Tx};
 use crate::audit::{Entry, NewEntry};
 use crate::error::{Error, Result};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::Store;
+use super::handle::Store;
 use super::writer::{Operation, Tx};
 use crate::audit::{Entry, NewEntry};
 use crate::error::{Error, Result};

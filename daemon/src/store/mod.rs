@@ -7,14 +7,21 @@
 //!
 //! Each family of operations has its own module with its SQL, its
 //! [`Operation`]s and their audit entries: [`enforcement`], [`findings`],
-//! [`scan_reports`], [`stepup`], [`connections`] and [`audit_log`].
+//! [`scan_reports`], [`stepup`], [`connections`], [`quarantine`] and [`audit_log`].
 //! [`Store::write`] answers with the operation's own effect type.
+//!
+//! Layers inside, no circle: [`handle`] (the `Store` type) and [`chain`] (the
+//! audit chain's rows) are leaves; [`writer`] runs operations; the operation
+//! families build on them; this file opens the store and is imported by none of them.
 
 pub mod audit_log;
+mod chain;
 pub mod connections;
 pub mod enforcement;
 pub mod findings;
+mod handle;
 pub mod profile;
+pub mod quarantine;
 mod readers;
 pub mod scan_reports;
 mod schema;
@@ -34,49 +41,19 @@ pub use connections::{
 };
 pub use enforcement::{Enforced, RegisterTargets, SetEnforcement, TargetRow};
 pub use findings::{DismissFinding, Dismissed, FindingRow};
+pub use handle::Store;
 pub use scan_reports::{NewFinding, ReportOrigin, ReportStored, ScanReport};
 pub use schema::{APPLICATION_ID, OpenError, SCHEMA_VERSION};
 pub use stepup::{
     Committed, StepUpClose, StepUpClosed, StepUpCommit, StepUpOpen, StepUpOpened, StepUpSent,
     StepUpStatus,
 };
-pub use writer::{Operation, Tx};
+pub use writer::{Operation, Tx, WriterContext};
 
 use crate::audit::{Entry, Head};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::state::StateCache;
 use readers::ReaderPool;
-use writer::Job;
-
-/// Handle to the store; cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    jobs: mpsc::Sender<Box<dyn Job>>,
-    readers: Arc<ReaderPool>,
-    head: Arc<Mutex<Head>>,
-    entries: broadcast::Sender<Arc<Entry>>,
-    clock: Clock,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.readers.path)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What the writer thread needs besides its connection.
-pub struct WriterContext {
-    /// In-memory state kept in step with commits.
-    pub cache: Arc<StateCache>,
-    /// Log the chain head every this many entries (0: never).
-    pub head_log_every: u64,
-    /// The clock stamping rows and audit entries; also handed to whoever
-    /// holds the store ([`Store::clock`]) so expiry logic reads the same time.
-    pub clock: Clock,
-}
 
 impl Store {
     /// Opens the database (refusing foreign or damaged files), loads the
@@ -93,7 +70,7 @@ impl Store {
             source,
         };
         enforcement::load_cache(&conn, &ctx.cache).map_err(sql)?;
-        let head = audit_log::last_head(&conn).map_err(sql)?;
+        let head = chain::last_head(&conn).map_err(sql)?;
         tracing::info!(audit_head = %head, store = %path.display(), "store opened");
         let head = Arc::new(Mutex::new(head));
         let (jobs, rx) = mpsc::channel(4096);
@@ -170,6 +147,7 @@ mod tests {
     use super::*;
     use crate::audit::NewEntry;
     use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind};
+    use crate::state::StateCache;
     use time::OffsetDateTime;
 
     fn open(dir: &Path, clock: Clock) -> (Store, std::thread::JoinHandle<()>) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, params};
 
 use super::enforcement::ensure_target;
-use super::findings::FindingRow;
+use super::findings::{FINDING_COLUMNS, FindingRow, finding_row};
 use super::writer::{Operation, Tx};
 use crate::audit::{Entry, NewEntry};
 use crate::error::{Error, Result};
@@ -91,6 +91,14 @@ impl Operation for ScanReport {
             Some(keep) => kept_findings(conn, &target, &scanner, keep, &findings)?,
             None => Vec::new(),
         };
+        // Findings carried again unchanged keep their row, so the id an operator
+        // was shown (`finding dismiss ID`) still names them after a re-scan.
+        let (unchanged, findings) = split_unchanged(conn, &target, &scanner, findings)?;
+        let keep_rows: Vec<u64> = kept
+            .iter()
+            .chain(unchanged.iter().map(|f| &f.id))
+            .copied()
+            .collect();
         let replaced = conn
             .prepare_cached(
                 "DELETE FROM findings WHERE kind = ?1 AND name = ?2 AND scanner = ?3 AND dismissed_at IS NULL
@@ -101,7 +109,7 @@ impl Operation for ScanReport {
                     target.kind.as_str(),
                     target.name,
                     scanner,
-                    serde_json::json!(kept).to_string()
+                    serde_json::json!(keep_rows).to_string()
                 ])
             })
             .map_err(Error::store("replacing findings"))?;
@@ -113,7 +121,11 @@ impl Operation for ScanReport {
                 "daemon_scanned": daemon_scanned(conn, &target)?,
             }),
         };
-        let stored = insert_findings(conn, &target, &scanner, findings, &now)?;
+        let inserted = insert_findings(conn, &target, &scanner, findings, &now)?;
+        let new_ids: Vec<u64> = inserted.iter().map(|f| f.id).collect();
+        let mut stored = unchanged;
+        stored.extend(inserted);
+        stored.sort_by_key(|f| f.id);
         let mut by_severity = serde_json::Map::new();
         for f in &stored {
             let slot = by_severity
@@ -133,6 +145,7 @@ impl Operation for ScanReport {
                 "by_severity": by_severity,
                 "replaced": replaced,
                 "finding_ids": stored.iter().map(|f| f.id).collect::<Vec<_>>(),
+                "new_finding_ids": new_ids,
                 "new_target": created,
                 "daemon_scan": origin == ReportOrigin::Daemon,
                 // Open findings at or above min_severity the report left out or
@@ -201,6 +214,52 @@ fn insert_findings(
         });
     }
     Ok(stored)
+}
+
+/// Splits `incoming` into the open findings of `scanner` on `target` it
+/// carries again with every field equal (returned as stored, ids kept) and the
+/// findings to insert. Each stored row matches at most one incoming finding.
+fn split_unchanged(
+    conn: &Connection,
+    target: &Target,
+    scanner: &str,
+    incoming: Vec<NewFinding>,
+) -> Result<(Vec<FindingRow>, Vec<NewFinding>)> {
+    let mut open: Vec<FindingRow> = conn
+        .prepare_cached(&format!(
+            "SELECT {FINDING_COLUMNS} FROM findings
+             WHERE kind = ?1 AND name = ?2 AND scanner = ?3 AND dismissed_at IS NULL ORDER BY id"
+        ))
+        .and_then(|mut s| {
+            s.query_map(
+                params![target.kind.as_str(), target.name, scanner],
+                finding_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(Error::store("reading findings"))?
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let mut unchanged = Vec::new();
+    let mut fresh = Vec::new();
+    for f in incoming {
+        match open.iter().position(|row| same_finding(row, &f)) {
+            Some(i) => unchanged.push(open.swap_remove(i)),
+            None => fresh.push(f),
+        }
+    }
+    Ok((unchanged, fresh))
+}
+
+fn same_finding(row: &FindingRow, f: &NewFinding) -> bool {
+    row.rule_id == f.rule_id
+        && row.severity == f.severity
+        && row.title == f.title
+        && row.description == f.description
+        && row.location == f.location
+        && row.line == f.line
+        && row.category == f.category
+        && row.snippet == f.snippet
 }
 
 /// Open findings of `scanner` on `target` at or above `keep` that the new

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 /// `PRAGMA application_id` of a DefenseClaw database ("DCLW").
 pub const APPLICATION_ID: i64 = 0x4443_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -123,6 +123,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         4,
+        r#"
+    CREATE TABLE quarantine (
+        name           TEXT PRIMARY KEY,
+        original_path  TEXT NOT NULL,
+        stored_path    TEXT NOT NULL,
+        state          TEXT NOT NULL,
+        reason         TEXT NOT NULL DEFAULT '',
+        quarantined_by TEXT NOT NULL,
+        quarantined_at TEXT NOT NULL
+    );
+    "#,
+    ),
+    (
+        6,
         // Counters kept with the data: triggers update them in the transaction
         // that changes the rows, so `status` reads one row instead of counting.
         r#"
@@ -353,17 +367,18 @@ mod tests {
         .unwrap();
     }
 
-    /// A version-3 database with findings migrates to counters that match its
-    /// rows, and the counters then follow inserts, dismissals and deletes.
+    /// A version-4 database (main's last before the counters) with findings
+    /// migrates to counters that match its rows, and the counters then follow
+    /// inserts, dismissals and deletes.
     #[test]
-    fn migration_4_seeds_the_counters_and_triggers_keep_them() {
+    fn migration_6_seeds_the_counters_and_triggers_keep_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         {
             let fresh = prepare_file(&path).unwrap();
             assert!(fresh);
             let conn = Connection::open(&path).unwrap();
-            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 3) {
+            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 4) {
                 conn.execute_batch(sql).unwrap();
                 conn.execute_batch(&format!(
                     "PRAGMA user_version = {version}; PRAGMA application_id = {APPLICATION_ID};"

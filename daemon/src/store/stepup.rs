@@ -8,11 +8,11 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::Store;
 use super::audit_log::merge_details;
 use super::connections::{ConnectionDecl, GrantConnections, Granted};
 use super::enforcement::{Enforced, SetEnforcement};
 use super::findings::{DismissFinding, Dismissed};
+use super::handle::Store;
 use super::writer::{Operation, Tx};
 use crate::audit::{Entry, NewEntry};
 use crate::error::{Error, Result, quoted};

@@ -10,14 +10,24 @@ use std::time::Instant;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::WriterContext;
-use super::audit_log;
+use super::chain;
 use super::profile::{self, Phase};
 use crate::audit::{Entry, Head, NewEntry};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::model::{Decision, Target};
 use crate::state::StateCache;
+
+/// What the writer thread needs besides its connection.
+pub struct WriterContext {
+    /// In-memory state kept in step with commits.
+    pub cache: Arc<StateCache>,
+    /// Log the chain head every this many entries (0: never).
+    pub head_log_every: u64,
+    /// The clock stamping rows and audit entries; also handed to whoever
+    /// holds the store ([`crate::store::Store::clock`]) so expiry logic reads the same time.
+    pub clock: Clock,
+}
 
 /// Jobs the writer may fold into one transaction.
 const MAX_GROUP: usize = 512;
@@ -69,7 +79,7 @@ impl<'a> Tx<'a> {
 
     /// Appends an audit entry to the chain; it is broadcast after the commit.
     pub(crate) fn append(&mut self, new: &NewEntry) -> Result<Arc<Entry>> {
-        let entry = audit_log::insert(self.conn, &self.chain, new, self.clock.ts())?;
+        let entry = chain::insert(self.conn, &self.chain, new, self.clock.ts())?;
         self.chain.seq = entry.seq;
         self.chain.hash.clone_from(&entry.hash);
         let entry = Arc::new(entry);

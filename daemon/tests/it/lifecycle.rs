@@ -17,8 +17,14 @@ use nix::sys::signal::Signal;
 const DAEMON_BIN: &str = env!("CARGO_BIN_EXE_defenseclawd");
 
 async fn try_start(dir: &std::path::Path) -> Result<defenseclawd::daemon::DaemonHandle, String> {
-    let socket = defenseclaw_testkit::daemon::socket_in(dir);
-    let env = daemon_env(dir, &socket, &[]);
+    try_start_on(dir, &defenseclaw_testkit::daemon::socket_in(dir)).await
+}
+
+async fn try_start_on(
+    dir: &std::path::Path,
+    socket: &std::path::Path,
+) -> Result<defenseclawd::daemon::DaemonHandle, String> {
+    let env = daemon_env(dir, socket, &[]);
     let settings = Settings::load(&ConfigFile::None, &env).unwrap();
     daemon::start(DaemonOptions::new(settings, ConfigFile::None, env).unwrap())
         .await
@@ -38,8 +44,13 @@ async fn socket_is_0660_and_a_second_daemon_is_refused_without_touching_the_stor
         .mode()
         & 0o777;
     assert_eq!(home_mode, 0o700);
+    // Same state directory and socket: the state directory's lock refuses it first.
     let err = try_start(d.dir.path()).await.unwrap_err();
-    assert!(err.contains("already answering"), "{err}");
+    let holder = format!("pid {}", std::process::id());
+    assert!(
+        err.contains("already uses the state directory") && err.contains(&holder),
+        "{err}"
+    );
     // The first daemon still serves.
     d.client()
         .await
@@ -47,6 +58,62 @@ async fn socket_is_0660_and_a_second_daemon_is_refused_without_touching_the_stor
         .get_status(pb::GetStatusRequest {})
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_another_socket_is_refused_by_the_store_lock() {
+    let d = TestDaemon::start().await.unwrap();
+    let mut client = d.client().await.unwrap();
+    client
+        .set_enforcement(set(skill("before"), Block, "first"))
+        .await
+        .unwrap();
+    let other_socket = d.dir.path().join("other.sock");
+    let err = try_start_on(d.dir.path(), &other_socket).await.unwrap_err();
+    let holder = format!("pid {}", std::process::id());
+    assert!(
+        err.contains("already uses the state directory") && err.contains(&holder),
+        "{err}"
+    );
+    assert!(
+        !other_socket.exists(),
+        "the refused daemon bound its socket"
+    );
+    // Mutations on the first daemon still commit (no second writer on the chain).
+    client
+        .set_enforcement(set(skill("after"), Block, "second"))
+        .await
+        .unwrap();
+    let report = verify(&mut client, "").await.unwrap();
+    assert!(report.ok, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_daemon_socket_still_answering_refuses_a_daemon_on_another_store() {
+    let d = TestDaemon::start().await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let err = try_start_on(other.path(), &d.socket).await.unwrap_err();
+    assert!(err.contains("already answering"), "{err}");
+    d.client()
+        .await
+        .unwrap()
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_lock_file_refuses_a_planted_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, "untouched").unwrap();
+    std::os::unix::fs::symlink(&target, home.join("defenseclawd.lock")).unwrap();
+    let err = try_start(dir.path()).await.unwrap_err();
+    assert!(err.contains("lock file"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
 }
 
 #[tokio::test]
@@ -313,6 +380,50 @@ fn check_config_prints_redacted_config_and_rejects_unknown_keys() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sokcet"));
 }
 
+/// `--print-example-config` needs no valid configuration, and what it prints
+/// is a configuration `--check-config` accepts; a bad one exits 78.
+#[test]
+fn the_printed_example_config_checks_clean_and_a_bad_config_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(DAEMON_BIN)
+        .arg("--print-example-config")
+        .env("DEFENSECLAW_LOG__LEVEL", "loud")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let example = dir.path().join("example.toml");
+    std::fs::write(&example, &out.stdout).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[server]"));
+    let check = std::process::Command::new(DAEMON_BIN)
+        .args(["--check-config", "--config"])
+        .arg(&example)
+        .env("DEFENSECLAW_HOME", dir.path().join("home"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let bad = std::process::Command::new(DAEMON_BIN)
+        .args(["--check-config", "--config"])
+        .arg(&example)
+        .env("DEFENSECLAW_HOME", dir.path().join("home"))
+        .env("DEFENSECLAW_STEPUP_ENABLED", "true")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("DEFENSECLAW_STEPUP_ENABLED"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
 #[test]
 fn dotenv_with_process_keys_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -332,4 +443,62 @@ fn dotenv_with_process_keys_stops_the_start() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("LD_PRELOAD"), "{err}");
+}
+
+/// A gateway that stays unreachable is one warning, not one per retry: the
+/// daemon retried several times (the listener counted them) and logged the
+/// unchanged failure once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_gateway_is_logged_once_per_change_not_per_retry() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        // Accept and hang up at once: every attempt fails the same way.
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let mut child = tokio::process::Command::new(DAEMON_BIN)
+        .arg("--socket")
+        .arg(dir.path().join("d.sock"))
+        .env("DEFENSECLAW_HOME", dir.path().join("home"))
+        .env("DEFENSECLAW_OPENCLAW__ENABLED", "true")
+        .env(
+            "DEFENSECLAW_OPENCLAW__URL",
+            format!("ws://127.0.0.1:{port}"),
+        )
+        .env("DEFENSECLAW_OPENCLAW__BACKOFF_INITIAL_MS", "50")
+        .env("DEFENSECLAW_OPENCLAW__BACKOFF_MAX_SECS", "1")
+        .env_remove("DEFENSECLAWD_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    defenseclaw_testkit::wait_for("four connection attempts", Duration::from_secs(60), || {
+        let seen = attempts.load(Ordering::SeqCst);
+        async move { (seen >= 4).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the daemon did not stop")
+        .unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("openclaw gateway connection"))
+        .count();
+    assert_eq!(warnings, 1, "{stderr}");
 }

@@ -2,17 +2,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod attacks_client;
+mod attacks_gate;
 mod attacks_local;
 mod attacks_protection;
 mod attacks_scan;
 mod attacks_vault;
 mod audit_chain;
+mod gate_e2e;
 mod governance;
 mod lifecycle;
+mod llm;
 mod oidc;
 mod oidc_tokens;
 mod openclaw;
+mod openclaw_coverage;
 mod openclaw_e2e;
+mod package;
+mod quarantine;
 mod scanning;
 mod stepup;
 mod token_vault;

@@ -1173,11 +1173,32 @@ const REAL_WAIT: Duration = Duration::from_secs(60);
 
 /// One real gateway at a time: each is a heavy Node process, and CI machines
 /// may have two cores.
-static REAL_GATEWAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static REAL_GATEWAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn real_connected(m: &Running) {
     m.wait_state_within(REAL_WAIT, GatewayState::Connected)
         .await;
+}
+
+/// Waits until the daemon's status shows its gateway connection up, and
+/// returns that status.
+pub(crate) async fn daemon_connected(
+    d: &defenseclaw_testkit::daemon::TestDaemon,
+) -> defenseclaw_proto::v1::OpenClawStatus {
+    let c = d.client().await.unwrap();
+    eventually("the daemon connected to the gateway", || {
+        let mut c = c.clone();
+        async move {
+            let s = c
+                .get_status(defenseclaw_proto::v1::GetStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let oc = s.openclaw?;
+            (oc.state == "connected").then_some(oc)
+        }
+    })
+    .await
 }
 
 /// Polls `f` until it returns `Some`.

@@ -6,7 +6,9 @@ use defenseclaw_proto::v1 as pb;
 use defenseclaw_testkit::openclaw::{GatewayClient, OpenClawGateway};
 use serde_json::json;
 
-use crate::openclaw::{eventually, first_enabled_skill, request_exec, skill_disabled};
+use crate::openclaw::{
+    daemon_connected, eventually, first_enabled_skill, request_exec, skill_disabled,
+};
 use defenseclaw_testkit::daemon::TestDaemon;
 use defenseclaw_testkit::requests::{set, skill};
 
@@ -24,19 +26,7 @@ async fn daemon_connects_blocks_skills_and_denies_dangerous_exec_in_the_real_gat
     .await
     .unwrap();
     let mut c = d.client().await.unwrap();
-    let status = eventually("the daemon connected to the gateway", || {
-        let mut c = c.clone();
-        async move {
-            let s = c
-                .get_status(pb::GetStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            let oc = s.openclaw?;
-            (oc.state == "connected").then_some(oc)
-        }
-    })
-    .await;
+    let status = daemon_connected(&d).await;
     assert_eq!(status.url, url);
     assert!(!status.server_version.is_empty());
     assert!(status.protocol >= 3);

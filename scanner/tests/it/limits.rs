@@ -151,6 +151,26 @@ fn missing_skill_md_and_front_matter_are_reported() {
 }
 
 #[test]
+fn malformed_front_matter_is_a_medium_finding_not_a_name() {
+    let skill = tree(&[(
+        "SKILL.md",
+        b"---\nname: [unclosed\ndescription: Formats text.\n---\n\nFormat the text.\n",
+    )]);
+    let r = engine().scan_skill(skill.path()).unwrap();
+    let f = r.findings.iter().find(|f| f.rule_id == "DC-SK-004");
+    let f = f.unwrap_or_else(|| panic!("{}", show(&r)));
+    assert_eq!((f.severity, f.line), (Severity::Medium, 2), "{}", show(&r));
+    assert!(f.description.contains("never closes"), "{}", f.description);
+
+    let skill = tree(&[(
+        "SKILL.md",
+        b"---\nname: fmt\ndescription: Formats text.\ntags: [text, \"a]b\"]\n---\n\nFormat the text.\n",
+    )]);
+    let r = engine().scan_skill(skill.path()).unwrap();
+    assert!(!has(&r, "DC-SK-004"), "{}", show(&r));
+}
+
+#[test]
 fn not_a_directory_is_an_error() {
     let dir = tree(&[("file.txt", b"x")]);
     assert!(engine().scan_skill(&dir.path().join("file.txt")).is_err());

@@ -2,8 +2,9 @@
 //! `reconnect` (the task's outer loop) → `session` (one connected session's
 //! frame loop) → `handshake` (dial and signed connect) → `endpoint` (URL and
 //! TLS policy); `session` → `reconcile` (work after connect) → `rpc` (request
-//! correlation).
+//! correlation); `reconcile` → `coverage` (what the daemon scans of OpenClaw).
 
+mod coverage;
 mod endpoint;
 mod handshake;
 mod reconcile;

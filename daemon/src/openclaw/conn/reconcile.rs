@@ -69,6 +69,7 @@ pub(super) async fn background<H: Host>(
         relist_approvals(&engine, &rpc).await;
         refresh_skills(&engine, &rpc).await;
         refresh_mcp(&engine, &rpc).await;
+        super::coverage::refresh_tools(&engine, &rpc).await;
         for (kind, name, blocked) in engine.host.enforced_targets().await {
             if blocked && needs_block(&engine, kind, &name) {
                 engine.shared.push_enforcement(kind, &name, true);
@@ -81,7 +82,10 @@ pub(super) async fn background<H: Host>(
             tokio::select! {
                 _ = engine.shared.pending_notified() => apply_pending(&engine, &rpc).await,
                 _ = triggers.skills.notified() => refresh_skills(&engine, &rpc).await,
-                _ = triggers.config.notified() => refresh_mcp(&engine, &rpc).await,
+                _ = triggers.config.notified() => {
+                    refresh_mcp(&engine, &rpc).await;
+                    super::coverage::refresh_tools(&engine, &rpc).await;
+                }
                 _ = periodic.tick() => {
                     relist_approvals(&engine, &rpc).await;
                     apply_pending(&engine, &rpc).await;
@@ -196,6 +200,9 @@ async fn refresh_skills<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
                 .collect()
         })
         .unwrap_or_default();
+    engine
+        .host
+        .skills_reported(super::coverage::reported_skills(&v));
     let names: Vec<String> = skills.iter().map(|s| s.key.clone()).collect();
     for s in &skills {
         if !s.disabled

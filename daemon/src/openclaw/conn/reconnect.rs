@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 use super::endpoint::Endpoint;
 use super::handshake::{Conn, End};
 use super::session::session;
+use crate::governance::tool_gate::ToolGate;
 use crate::openclaw::audit_queue::audit_writer;
 use crate::openclaw::device::DeviceIdentity;
 use crate::openclaw::engine::Engine;
 use crate::openclaw::host::{Host, MonitorAudit};
-use crate::openclaw::policy::Policy;
 use crate::openclaw::settings::{GatewayToken, OpenClawSettings};
 use crate::openclaw::state::{GatewayState, Shared};
 
@@ -24,7 +24,7 @@ pub(crate) struct Context<H> {
     settings: OpenClawSettings,
     token: Option<GatewayToken>,
     endpoint: Endpoint,
-    policy: Policy,
+    gate: Arc<ToolGate>,
     device: DeviceIdentity,
     host: Arc<H>,
     shared: Arc<Shared>,
@@ -35,7 +35,7 @@ impl<H: Host> Context<H> {
         settings: OpenClawSettings,
         token: Option<GatewayToken>,
         endpoint: Endpoint,
-        policy: Policy,
+        gate: Arc<ToolGate>,
         device: DeviceIdentity,
         host: Arc<H>,
         shared: Arc<Shared>,
@@ -44,7 +44,7 @@ impl<H: Host> Context<H> {
             settings,
             token,
             endpoint,
-            policy,
+            gate,
             device,
             host,
             shared,
@@ -77,14 +77,14 @@ pub(crate) async fn run<H: Host>(ctx: Context<H>, cancel: CancellationToken) {
         settings,
         token,
         endpoint,
-        policy,
+        gate,
         device,
         host,
         shared,
     } = ctx;
     let (audit_tx, audit_rx) = mpsc::channel(settings.audit_queue_capacity.max(16));
     let writer = tokio::spawn(audit_writer(host.clone(), audit_rx));
-    let engine = Arc::new(Engine::new(policy, host, shared.clone(), audit_tx));
+    let engine = Arc::new(Engine::new(gate, host, shared.clone(), audit_tx));
     let conn = Conn {
         settings,
         token,
@@ -95,6 +95,10 @@ pub(crate) async fn run<H: Host>(ctx: Context<H>, cancel: CancellationToken) {
     let mut attempt: u32 = 0;
     // The last refusal to trust the listener, audited and logged once per change.
     let mut last_refusal: Option<String> = None;
+    // The state last warned about: a gateway that stays down (or a host with
+    // none) is one warning per change of state, the retries only at debug
+    // (their wording varies with timing: reset, refused, handshake cut).
+    let mut last_warned: Option<GatewayState> = None;
     loop {
         if cancel.is_cancelled() {
             break;
@@ -114,6 +118,7 @@ pub(crate) async fn run<H: Host>(ctx: Context<H>, cancel: CancellationToken) {
             } => {
                 if connected {
                     attempt = 0;
+                    last_warned = None;
                 }
                 let d = restart_after.unwrap_or_else(|| backoff_delay(s, attempt));
                 attempt = attempt.saturating_add(1);
@@ -176,7 +181,12 @@ pub(crate) async fn run<H: Host>(ctx: Context<H>, cancel: CancellationToken) {
                 continue;
             }
         };
-        tracing::warn!(url = %conn.endpoint.url, error = %error, retry_in_ms = delay.as_millis() as u64, "openclaw gateway connection");
+        if last_warned == Some(state) {
+            tracing::debug!(url = %conn.endpoint.url, error = %error, retry_in_ms = delay.as_millis() as u64, "openclaw gateway connection (unchanged)");
+        } else {
+            tracing::warn!(url = %conn.endpoint.url, error = %error, retry_in_ms = delay.as_millis() as u64, "openclaw gateway connection; retrying, further failures in this state are logged at debug");
+            last_warned = Some(state);
+        }
         shared.update_status(|st| {
             st.state = state;
             st.last_error = Some(error);

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::handshake::{Conn, End, Sink, Ws, handshake};
 use super::reconcile::{Triggers, background, resolve_failed};
 use super::rpc::{ALREADY_RESOLVED, Cmd, Pending, Rpc, RpcError};
-use crate::openclaw::engine::{Engine, Verdict};
+use crate::governance::tool_gate::{AskOutcome, PendingAsk};
+use crate::openclaw::engine::{Engine, Evaluation, Verdict};
 use crate::openclaw::host::{Host, MonitorAudit};
 use crate::openclaw::redact::truncate;
 use crate::openclaw::state::{ApprovalKind, GatewayState};
@@ -108,7 +109,7 @@ pub(super) async fn session<H: Host>(
     let mut tasks = JoinSet::new();
     tasks.spawn(background(
         engine.clone(),
-        rpc,
+        rpc.clone(),
         triggers.clone(),
         conn_cancel.clone(),
     ));
@@ -117,6 +118,7 @@ pub(super) async fn session<H: Host>(
     let end = serve(
         ws,
         engine,
+        rpc,
         cmd_rx,
         &triggers,
         dead_after,
@@ -133,6 +135,7 @@ pub(super) async fn session<H: Host>(
 /// The frame loop's state for one connected session.
 struct Serve<'a, H> {
     sink: Sink,
+    rpc: Rpc,
     engine: &'a Arc<Engine<H>>,
     triggers: &'a Triggers,
     pending: HashMap<String, Pending>,
@@ -145,6 +148,7 @@ struct Serve<'a, H> {
 async fn serve<H: Host>(
     ws: Ws,
     engine: &Arc<Engine<H>>,
+    rpc: Rpc,
     mut cmd_rx: mpsc::Receiver<Cmd>,
     triggers: &Triggers,
     dead_after: Duration,
@@ -155,6 +159,7 @@ async fn serve<H: Host>(
     let (sink, mut stream) = ws.split();
     let mut st = Serve {
         sink,
+        rpc,
         engine,
         triggers,
         pending: HashMap::new(),
@@ -389,12 +394,12 @@ impl<H: Host> Serve<'_, H> {
         match event {
             "exec.approval.requested" => {
                 if let Some(ev) = engine.eval_exec(payload) {
-                    self.decide(ev.id, ev.kind, ev.verdict, ev.audit).await?;
+                    self.evaluated(ev).await?;
                 }
             }
             "plugin.approval.requested" => {
                 if let Some(ev) = engine.eval_plugin(payload) {
-                    self.decide(ev.id, ev.kind, ev.verdict, ev.audit).await?;
+                    self.evaluated(ev).await?;
                 }
             }
             "exec.approval.resolved" => {
@@ -420,6 +425,23 @@ impl<H: Host> Serve<'_, H> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Answers an evaluation: at once, or (ask) after the approver's answer.
+    async fn evaluated(&mut self, ev: Evaluation) -> Result<(), String> {
+        match (ev.verdict, ev.ask) {
+            (Verdict::Ask, Some(ask)) => {
+                let leftover = self.engine.try_audit(ev.audit);
+                if let Some(a) = leftover {
+                    self.engine.audit(a).await;
+                }
+                let engine = self.engine.clone();
+                let rpc = self.rpc.clone();
+                tokio::spawn(ask_and_resolve(engine, rpc, ev.id, ev.kind, ask));
+                Ok(())
+            }
+            (verdict, _) => self.decide(ev.id, ev.kind, verdict, ev.audit).await,
+        }
     }
 
     /// Audits (queued before the frame when there is room, so nothing is lost)
@@ -454,5 +476,99 @@ impl<H: Host> Serve<'_, H> {
             self.engine.audit(a).await;
         }
         Ok(())
+    }
+}
+
+/// Asks the approver (CIBA) about a call OpenClaw holds for approval, then
+/// resolves it: `allow-once` on approval, `deny` on denial, timeout or error.
+/// The final outcome is audited as `tool-call` with who decided.
+async fn ask_and_resolve<H: Host>(
+    engine: Arc<Engine<H>>,
+    rpc: Rpc,
+    id: String,
+    kind: ApprovalKind,
+    ask: PendingAsk,
+) {
+    let outcome = match engine.gate.backend() {
+        Some(backend) => backend.run(&ask).await,
+        None => AskOutcome::Failed(
+            "no approver is configured ([stepup] enabled with an approver)".into(),
+        ),
+    };
+    let decision = match outcome {
+        AskOutcome::Approved { .. } => "allow-once",
+        _ => "deny",
+    };
+    let method = match kind {
+        ApprovalKind::Exec => "exec.approval.resolve",
+        ApprovalKind::Plugin => "plugin.approval.resolve",
+    };
+    engine.expect_confirmation(&id, decision);
+    let sent = rpc
+        .call(method, json!({"id": id, "decision": decision}))
+        .await;
+    engine.confirmed(&id);
+    if let Err(e) = &sent
+        && !e.reason_is(ALREADY_RESOLVED)
+    {
+        tracing::warn!(approval = %id, error = %e, "could not resolve an approval after asking the approver");
+    }
+    let audit = ask_audit(&ask, &outcome, &id, decision);
+    engine.gate.stats.record(outcome.outcome());
+    engine.audit(audit).await;
+}
+
+/// The `tool-call` audit entry of an ask's end.
+fn ask_audit(
+    ask: &PendingAsk,
+    outcome: &AskOutcome,
+    approval_id: &str,
+    decision: &str,
+) -> MonitorAudit {
+    let mut details = match &ask.details {
+        Value::Object(m) => Value::Object(m.clone()),
+        _ => json!({}),
+    };
+    let (approver, human, reason) = match outcome {
+        AskOutcome::Approved { sub, email } => (
+            json!({"sub": sub, "email": email}),
+            true,
+            format!("approved by {sub} ({})", ask.code),
+        ),
+        AskOutcome::Denied => (
+            Value::Null,
+            true,
+            format!("denied on the approver's device ({})", ask.code),
+        ),
+        AskOutcome::TimedOut => (
+            Value::Null,
+            false,
+            format!(
+                "no answer from the approver before the deadline ({})",
+                ask.code
+            ),
+        ),
+        AskOutcome::Failed(why) => (
+            Value::Null,
+            false,
+            format!("could not ask the approver ({}): {why}", ask.code),
+        ),
+    };
+    if let Value::Object(m) = &mut details {
+        m.insert("request_id".into(), json!(ask.code));
+        m.insert("binding_message".into(), json!(ask.binding));
+        m.insert("approver".into(), approver);
+        m.insert("human_confirmed".into(), json!(human));
+        m.insert("source".into(), json!("approver"));
+        m.insert("rule".into(), json!(ask.rule));
+        m.insert("approval_id".into(), json!(approval_id));
+        m.insert("decision".into(), json!(decision));
+    }
+    MonitorAudit {
+        action: "tool-call".into(),
+        target: None,
+        outcome: outcome.outcome().into(),
+        reason,
+        details,
     }
 }
