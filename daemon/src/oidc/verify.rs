@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -209,13 +210,14 @@ fn peek_sub(payload_b64: &str) -> Option<String> {
 
 /// Verifies a compact JWS: RS256 only, signature with the provider's key for `kid`,
 /// then `iss` exactly, `aud` containing `audience`, `exp` (required) and `nbf` with
-/// `leeway`, and `sub`. Returns the claims and the `kid`.
+/// `leeway`, and `sub`. Returns the claims, the `kid` and the key that verified the
+/// signature.
 pub(crate) async fn verify_jwt(
     provider: &Arc<Provider>,
     token: &str,
     audience: &str,
     leeway: u64,
-) -> Result<(Claims, String), AuthRejection> {
+) -> Result<(Claims, String, Arc<DecodingKey>), AuthRejection> {
     let token = token.trim();
     if token.is_empty() {
         return Err(AuthRejection::new(RejectReason::Missing, "no bearer token"));
@@ -336,7 +338,7 @@ pub(crate) async fn verify_jwt(
     if claims.sub.as_deref().is_none_or(str::is_empty) {
         return Err(reject(RejectReason::MissingSub, "no sub claim".into()));
     }
-    Ok((claims, kid_value.to_owned()))
+    Ok((claims, kid_value.to_owned(), key))
 }
 
 /// SHA-256 of a bearer token: the verified-token cache's key, so the cache
@@ -349,6 +351,11 @@ fn digest(bearer: &str) -> TokenDigest {
 
 struct CacheEntry {
     token: Arc<VerifiedToken>,
+    /// The key that verified the signature: a hit needs the provider to still
+    /// hold this very key under the token's kid (a key dropped, or replaced
+    /// under the same kid, or any JWKS refresh, sends the token through full
+    /// verification again).
+    key: Arc<DecodingKey>,
     valid_until: i64,
     /// Recency tick of the last hit (the least recent goes first when full).
     last_used: AtomicU64,
@@ -401,6 +408,13 @@ impl TokenVerifier {
         self
     }
 
+    /// Whether the provider still publishes the very key that verified `entry`.
+    fn holds_key(&self, entry: &CacheEntry) -> bool {
+        self.provider
+            .cached_key(&entry.token.kid)
+            .is_some_and(|k| Arc::ptr_eq(&k, &entry.key))
+    }
+
     /// Verified tokens remembered now.
     pub fn cached_tokens(&self) -> usize {
         self.cache.read().map_or(0, |c| c.len())
@@ -434,16 +448,18 @@ impl TokenVerifier {
         if let Ok(cache) = self.cache.read()
             && let Some(entry) = cache.get(&key)
             && entry.valid_until > now
-            && self.provider.cached_key(&entry.token.kid).is_some()
+            && self.holds_key(entry)
         {
-            // Still signed by a key the provider publishes (a key dropped from the JWKS
-            // invalidates the tokens it signed at the next refresh).
+            // Still signed by a key the provider publishes (a key dropped from the JWKS,
+            // or replaced under its kid, invalidates the tokens it signed at the next
+            // refresh).
             entry
                 .last_used
                 .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
             return Ok(Arc::clone(&entry.token));
         }
-        let (claims, kid) = verify_jwt(&self.provider, bearer, &self.audience, self.leeway).await?;
+        let (claims, kid, signing_key) =
+            verify_jwt(&self.provider, bearer, &self.audience, self.leeway).await?;
         let exp = claims.exp.map(|e| e as i64).unwrap_or(now);
         let token = Arc::new(VerifiedToken {
             sub: claims.sub.unwrap_or_default(),
@@ -466,9 +482,7 @@ impl TokenVerifier {
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= self.capacity && !cache.contains_key(&key) {
                 // Expired tokens and tokens of retired keys go first, then the least recent.
-                cache.retain(|_, e| {
-                    e.valid_until > now && self.provider.cached_key(&e.token.kid).is_some()
-                });
+                cache.retain(|_, e| e.valid_until > now && self.holds_key(e));
                 while cache.len() >= self.capacity {
                     let Some(oldest) = cache
                         .iter()
@@ -484,6 +498,7 @@ impl TokenVerifier {
                 key,
                 CacheEntry {
                     token: Arc::clone(&token),
+                    key: signing_key,
                     valid_until: exp.saturating_add(leeway),
                     last_used: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
                 },

@@ -1110,6 +1110,32 @@ async fn a_key_dropped_from_the_jwks_invalidates_cached_tokens() {
     assert_eq!(r.unverified_sub.as_deref(), Some(ALICE));
 }
 
+/// A key replaced under the same kid (the IdP reusing a kid for new material)
+/// must not keep serving tokens the old key signed from the cache; a refresh
+/// that changes nothing only costs one full verification again.
+#[tokio::test]
+async fn a_key_replaced_under_its_kid_invalidates_cached_tokens() {
+    let idp = MockIdp::start().await;
+    let provider = idp.provider(Duration::ZERO);
+    let verifier = TokenVerifier::new(Arc::clone(&provider), AUD, 60);
+    let token = sign(1, "k1", &access_claims(&idp.issuer));
+    verifier.verify(&token).await.unwrap();
+    provider.refresh_jwks().await.unwrap();
+    assert_eq!(verifier.verify(&token).await.unwrap().sub, ALICE);
+    assert_eq!(verifier.cached_tokens(), 1);
+    idp.set(|s| s.jwks = vec![jwk(2, "k1")]);
+    provider.refresh_jwks().await.unwrap();
+    let r = verifier.verify(&token).await.unwrap_err();
+    assert_eq!(r.reason, RejectReason::BadSignature);
+    // The new key's tokens verify and are cached in the refused one's place.
+    let fresh = sign(2, "k1", &access_claims(&idp.issuer));
+    assert_eq!(verifier.verify(&fresh).await.unwrap().sub, ALICE);
+    assert_eq!(
+        verifier.verify(&token).await.unwrap_err().reason,
+        RejectReason::BadSignature
+    );
+}
+
 #[tokio::test]
 async fn ciba_start_rate_limited_is_retryable() {
     let idp = MockIdp::start().await;
