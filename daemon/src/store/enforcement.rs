@@ -137,10 +137,9 @@ impl Operation for RegisterTargets {
     type Effect = Vec<Target>;
 
     fn apply(self, tx: &mut Tx<'_>) -> Result<Vec<Target>> {
-        let now = tx.now();
         let mut created = Vec::new();
         for target in self.targets {
-            if ensure_target(tx.conn(), &target, &now)? {
+            if ensure_target(tx, &target)? {
                 tx.append(&NewEntry {
                     action: "target-discovered".into(),
                     target: Some(target.clone()),
@@ -152,9 +151,6 @@ impl Operation for RegisterTargets {
                 })?;
                 created.push(target);
             }
-        }
-        for target in &created {
-            tx.cache(target.clone(), Decision::default());
         }
         Ok(created)
     }
@@ -227,14 +223,23 @@ fn current_decision(conn: &Connection, target: &Target) -> Result<Option<Decisio
     .transpose()
 }
 
-/// Creates the target's row if it has none; true when it did.
-pub(super) fn ensure_target(conn: &Connection, target: &Target, now: &str) -> Result<bool> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO targets (kind, name, created_at) VALUES (?1, ?2, ?3)",
-    )
-    .and_then(|mut s| s.execute(params![target.kind.as_str(), target.name, now]))
-    .map(|n| n > 0)
-    .map_err(Error::store("registering a target"))
+/// Creates the target's row if it has none; true when it did. A created
+/// target enters the in-memory state with the commit, so the target count
+/// `status` reads from there always equals the rows.
+pub(super) fn ensure_target(tx: &mut Tx<'_>, target: &Target) -> Result<bool> {
+    let now = tx.now();
+    let created = tx
+        .conn()
+        .prepare_cached(
+            "INSERT OR IGNORE INTO targets (kind, name, created_at) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut s| s.execute(params![target.kind.as_str(), target.name, now]))
+        .map(|n| n > 0)
+        .map_err(Error::store("registering a target"))?;
+    if created {
+        tx.cache(target.clone(), Decision::default());
+    }
+    Ok(created)
 }
 
 /// Loads every stored decision into the in-memory state (at open).
