@@ -202,7 +202,18 @@ pub(super) fn dump() {
     }
 }
 
+/// Only numbers and fixed labels go out (no target, reason or caller), into a
+/// private file; a symlink at the path is refused rather than followed.
 fn write(path: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let text = serde_json::to_string_pretty(&snapshot()).map_err(std::io::Error::other)?;
-    std::fs::write(path, text)
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(text.as_bytes())
 }

@@ -686,3 +686,101 @@ async fn status_counts_equal_the_rows_across_changes_and_a_crash() {
         "after restart"
     );
 }
+
+/// The benchmark's write-path profile (DEFENSECLAW_PROFILE_OUT): the daemon
+/// accepts the variable, writes the file at shutdown, privately, with only
+/// fixed labels and numbers in it (no target, reason or caller), and never
+/// follows a symlink planted at the path.
+#[tokio::test]
+async fn the_write_profile_holds_only_numbers_and_labels() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const MARK: &str = "s3cret-marker-7f1c";
+    let run = |dir: &std::path::Path, out: &std::path::Path| {
+        std::process::Command::new(DAEMON_BIN)
+            .arg("--socket")
+            .arg(defenseclaw_testkit::daemon::socket_in(dir))
+            .env("DEFENSECLAW_HOME", dir.join("home"))
+            .env("DEFENSECLAW_OPENCLAW__ENABLED", "false")
+            .env(defenseclawd::store::profile::PROFILE_ENV, out)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("profile.json");
+    let socket = defenseclaw_testkit::daemon::socket_in(dir.path());
+    let mut child = run(dir.path(), &out);
+    let mut c = defenseclaw_testkit::daemon::ready_client(&socket)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        c.set_enforcement(set(skill(&format!("{MARK}-{i}")), Block, MARK))
+            .await
+            .unwrap();
+    }
+    drop(c);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let text = std::fs::read_to_string(&out).expect("the profile is written at shutdown");
+    assert!(!text.contains(MARK), "{text}");
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let profile: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // Every string in it is one of the fixed labels (phase names, bucket
+    // labels, keys); every other leaf is a number.
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(o) => o.iter().for_each(|(k, v)| {
+                out.push(k.clone());
+                strings(v, out);
+            }),
+            serde_json::Value::Number(_) => {}
+            other => panic!("unexpected leaf {other}"),
+        }
+    }
+    let mut seen = Vec::new();
+    strings(&profile, &mut seen);
+    for s in &seen {
+        assert!(
+            s.len() <= 20
+                && s.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "_-+".contains(ch)),
+            "{s:?} is not a fixed label"
+        );
+    }
+    assert!(
+        profile["phases"]["commit_fsync"]["count"].as_u64().unwrap() >= 5,
+        "{profile}"
+    );
+
+    // A symlink at the path is not followed: the daemon refuses to write there.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    std::fs::remove_file(&out).unwrap();
+    std::os::unix::fs::symlink(&victim, &out).unwrap();
+    let mut child = run(dir.path(), &out);
+    let mut c = defenseclaw_testkit::daemon::ready_client(&socket)
+        .await
+        .unwrap();
+    c.set_enforcement(set(skill("x"), Block, "t"))
+        .await
+        .unwrap();
+    drop(c);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+}
