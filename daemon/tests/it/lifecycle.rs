@@ -696,7 +696,7 @@ async fn the_write_profile_holds_only_numbers_and_labels() {
     use std::os::unix::fs::PermissionsExt as _;
     const MARK: &str = "s3cret-marker-7f1c";
     let run = |dir: &std::path::Path, out: &std::path::Path| {
-        std::process::Command::new(DAEMON_BIN)
+        let child = std::process::Command::new(DAEMON_BIN)
             .arg("--socket")
             .arg(defenseclaw_testkit::daemon::socket_in(dir))
             .env("DEFENSECLAW_HOME", dir.join("home"))
@@ -707,7 +707,11 @@ async fn the_write_profile_holds_only_numbers_and_labels() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        DaemonProcess {
+            child,
+            socket: defenseclaw_testkit::daemon::socket_in(dir),
+        }
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("profile.json");
@@ -722,12 +726,9 @@ async fn the_write_profile_holds_only_numbers_and_labels() {
             .unwrap();
     }
     drop(c);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    child.signal(Signal::SIGTERM).unwrap();
+    let status = child.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "{status:?}");
 
     let text = std::fs::read_to_string(&out).expect("the profile is written at shutdown");
     assert!(!text.contains(MARK), "{text}");
@@ -776,11 +777,7 @@ async fn the_write_profile_holds_only_numbers_and_labels() {
         .await
         .unwrap();
     drop(c);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        Signal::SIGTERM,
-    )
-    .unwrap();
-    child.wait().unwrap();
+    child.signal(Signal::SIGTERM).unwrap();
+    child.wait_exit(Duration::from_secs(30)).await.unwrap();
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
 }
