@@ -160,6 +160,7 @@ async fn run_async(approvals: usize, events: usize) -> Result<BenchFigures, Benc
     let host = Arc::new(CountingHost::default());
     let cancel = CancellationToken::new();
     let settings = OpenClawSettings {
+        enabled: true,
         url: format!("ws://{addr}/"),
         allow_patterns: vec![r"^ls(\s|$)".into()],
         ..OpenClawSettings::default()

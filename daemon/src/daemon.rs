@@ -69,6 +69,9 @@ pub enum StartError {
     /// The scan pool could not start.
     #[error(transparent)]
     ScanPool(#[from] crate::governance::scan_pool::PoolError),
+    /// The metrics endpoint (`[metrics] listen`) could not be bound.
+    #[error("{0}")]
+    Metrics(String),
     /// Step-up is on but what it needs is missing.
     #[error("{0}")]
     StepUp(&'static str),
@@ -130,6 +133,7 @@ pub struct DaemonHandle {
     supervisor: JoinHandle<Result<(), StartError>>,
     enforcement: broadcast::Sender<EnforcementChanged>,
     store: Store,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for DaemonHandle {
@@ -149,6 +153,11 @@ impl DaemonHandle {
     /// The cancellation token that stops everything.
     pub fn cancel_token(&self) -> CancellationToken {
         self.cancel.clone()
+    }
+
+    /// The bound TCP address of `[metrics] listen` (port 0 resolved), if any.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// Committed enforcement changes, for runtime enforcers.
@@ -211,7 +220,11 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
 
     let cancel = CancellationToken::new();
     let (enforcement, _) = broadcast::channel(1024);
-    let enforcer = Enforcer::new(store.clone(), enforcement.clone());
+    let metrics = Arc::new(crate::metrics::Metrics::new(&[
+        defenseclaw_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ]));
+    let enforcer = Enforcer::new(store.clone(), enforcement.clone(), metrics.clone());
     let gateway_token = secrets
         .get(crate::secrets::OPENCLAW_GATEWAY_TOKEN)
         .map_err(StartError::Secrets)?
@@ -453,6 +466,18 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         .map_err(StartError::Socket)?;
     let gate_cleanup =
         listener::BoundSocket::cleanup_token(&gate_bound.path, gate_bound.owned_id());
+    let metrics_bound = match settings.metrics.endpoint()? {
+        Some(listen) => Some(
+            crate::metrics::serve::bind(&listen, mode)
+                .await
+                .inspect_err(|_| {
+                    cleanup.run();
+                    gate_cleanup.run();
+                })
+                .map_err(StartError::Metrics)?,
+        ),
+        None => None,
+    };
     // Agents must not reach DefenseClaw's own files and sockets.
     let mut protected = vec![
         socket.clone(),
@@ -462,6 +487,9 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     ];
     if let ConfigFile::Explicit(path) | ConfigFile::User(path) = &config_file {
         protected.push(path.clone());
+    }
+    if let Some(path) = metrics_bound.as_ref().and_then(|b| b.unix_path.clone()) {
+        protected.push(path);
     }
     monitor.gate().protect_paths(protected);
     let gate_task = crate::gate::spawn(
@@ -535,6 +563,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .max_concurrent_streams(settings.server.max_streams_per_connection)
+            .layer(crate::metrics::rpc::RpcMetricsLayer::new(metrics.clone()))
             .layer(crate::limits::RequestLimitsLayer::new(&settings.server))
             .add_service(health)
             .add_service(reflection)
@@ -542,6 +571,20 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             .add_service(control)
             .serve_with_incoming_shutdown(incoming, server_cancel.cancelled_owned()),
     );
+    let metrics_addr = metrics_bound.as_ref().and_then(|b| b.tcp_addr);
+    let (metrics_task, metrics_cleanup) = match metrics_bound {
+        Some(bound) => {
+            tracing::info!(tcp = ?bound.tcp_addr, unix = ?bound.unix_path, "serving metrics at /metrics");
+            let task = crate::metrics::serve::spawn(
+                bound.endpoint,
+                metrics,
+                settings.metrics.max_scrapers,
+                cancel.child_token(),
+            );
+            (Some(task), bound.cleanup)
+        }
+        None => (None, None),
+    };
     let drain = Duration::from_secs(settings.server.drain_timeout_secs);
     let supervisor_cancel = cancel.clone();
     let supervisor = tokio::spawn(async move {
@@ -559,6 +602,12 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         cleanup.run();
         gate_task.abort();
         gate_cleanup.run();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
+        if let Some(c) = metrics_cleanup {
+            c.run();
+        }
         // Held until the very end: the store is released below, then the directory.
         let _state_lock = state_lock;
         // No call is left to refuse: write the summaries of the open windows.
@@ -583,6 +632,7 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         supervisor,
         enforcement,
         store,
+        metrics_addr,
     })
 }
 

@@ -5,7 +5,7 @@
 //! function of [`governance`] (the only code that writes or publishes events),
 //! which writes through [`store`] (and so [`audit`]). Leaves below them:
 //! [`clock`], [`config`], [`events`], [`model`], [`names`], [`paths`], [`secrets`],
-//! [`listener`], [`telemetry`], [`oidc`] and the [`openclaw`] protocol client.
+//! [`listener`], [`telemetry`], [`metrics`], [`oidc`] and the [`openclaw`] protocol client.
 
 pub mod audit;
 pub mod audit_coalesce;
@@ -21,6 +21,7 @@ pub mod governance;
 pub mod limits;
 pub mod listener;
 pub mod llm;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod oidc;

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod idp;
 pub mod impostor;
 pub mod openclaw;
+pub mod python;
 pub mod requests;
 
 use std::path::{Path, PathBuf};

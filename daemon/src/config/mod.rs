@@ -15,12 +15,14 @@ use env::{check_env_names, check_log_level, config_env, name_env_variable};
 mod error;
 pub mod governance;
 pub mod lists;
+mod metrics;
 
 pub use error::ConfigError;
 pub use governance::{
     AdapterSettings, AdmissionSettings, ScannerSettings, StepUpSettings, TokenVaultSettings,
     Unconfirmed,
 };
+pub use metrics::{MetricsListen, MetricsSettings};
 
 /// The system-wide config file read when `--config` is not given.
 pub const SYSTEM_CONFIG_PATH: &str = defenseclaw_common::paths::SYSTEM_CONFIG;
@@ -59,6 +61,8 @@ pub struct Settings {
     pub stepup: StepUpSettings,
     /// Token Vault: provider tokens for MCP servers, just in time.
     pub token_vault: TokenVaultSettings,
+    /// The Prometheus endpoint (`[metrics] listen`), off unless set.
+    pub metrics: MetricsSettings,
 }
 
 /// `[server]`
@@ -478,6 +482,7 @@ impl Settings {
             });
         }
         check_log_level(&self.log.level)?;
+        self.metrics.endpoint()?;
         if let Some(path) = &self.server.socket
             && !path.is_absolute()
         {

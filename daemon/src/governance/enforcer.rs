@@ -3,10 +3,13 @@
 //! the step-up gate in [`super::enforcement`]), admission and the step-up
 //! driver all change enforcement through [`Enforcer`].
 
+use std::sync::Arc;
+
 use tokio::sync::broadcast;
 
 use crate::error::Result;
 use crate::events::EnforcementChanged;
+use crate::metrics::{DecisionKind, Metrics};
 use crate::model::{Actor, EnforcementAction, EnforcementState, Target};
 use crate::store::profile::{self, Phase};
 use crate::store::{Operation, SetEnforcement, Store};
@@ -18,12 +21,27 @@ pub use crate::store::Enforced;
 pub struct Enforcer {
     store: Store,
     changes: broadcast::Sender<EnforcementChanged>,
+    metrics: Arc<Metrics>,
 }
 
 impl Enforcer {
-    /// An enforcer writing to `store` and publishing on `changes`.
-    pub fn new(store: Store, changes: broadcast::Sender<EnforcementChanged>) -> Self {
-        Self { store, changes }
+    /// An enforcer writing to `store`, publishing on `changes` and counting
+    /// decisions in `metrics`.
+    pub fn new(
+        store: Store,
+        changes: broadcast::Sender<EnforcementChanged>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            changes,
+            metrics,
+        }
+    }
+
+    /// The daemon's metrics, for the decisions governance counts.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A receiver of every committed change from now on.
@@ -88,6 +106,15 @@ impl Enforcer {
     /// Publishes the change an enforcement write committed (possibly inside
     /// another write); returns whether it did.
     pub fn published(&self, target: &Target, committed: Option<&Enforced>) -> bool {
+        if let Some(enforced) = committed {
+            let outcome = match (enforced.changed, enforced.decision.state) {
+                (false, _) => "unchanged",
+                (true, EnforcementState::Blocked) => "blocked",
+                (true, EnforcementState::Allowed) => "allowed",
+                (true, EnforcementState::None) => "released",
+            };
+            self.metrics.decision(DecisionKind::Enforcement, outcome);
+        }
         match committed {
             Some(enforced) if enforced.changed => {
                 let started = profile::start();

@@ -119,6 +119,9 @@ impl Governance {
                 match self.open_ask(ask) {
                     Ok(a) => {
                         // Audited when the approver answers (or does not).
+                        self.enforcer
+                            .metrics()
+                            .decision(crate::metrics::DecisionKind::ToolCall, "ask");
                         return GateAnswer {
                             decision: "ask",
                             reason: decision.reason,
@@ -147,6 +150,9 @@ impl Governance {
             }
         };
         gate.stats.record(outcome);
+        self.enforcer
+            .metrics()
+            .decision(crate::metrics::DecisionKind::ToolCall, outcome);
         let target = decision.target.as_ref().and_then(|(k, n)| target_of(*k, n));
         if let (Some((_, name)), Value::Object(m)) = (&decision.target, &mut details) {
             m.insert("openclaw_name".into(), json!(name));

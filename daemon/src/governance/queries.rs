@@ -93,7 +93,16 @@ impl Governance {
 
     /// The verdict in force for a target, from memory (the hot path).
     pub fn check(&self, kind: TargetKind, name: &str) -> Verdict {
-        self.cache.check(kind, name)
+        let verdict = self.cache.check(kind, name);
+        let outcome = match &verdict {
+            Verdict::Unknown => "unknown",
+            Verdict::Allowed(_) => "allowed",
+            Verdict::Blocked(_) => "blocked",
+        };
+        self.enforcer
+            .metrics()
+            .decision(crate::metrics::DecisionKind::Check, outcome);
+        verdict
     }
 
     /// Findings, filtered by target and lowest severity.

@@ -696,6 +696,7 @@ impl StepUps {
             })
             .await?;
         let (committed, closed) = (closed.committed, closed.row);
+        self.enforcer.metrics().stepup(status.as_str());
         if !holds(closed.action) {
             let _ = self.events.send(StepUpEvent {
                 row: (*closed).clone(),

@@ -62,9 +62,12 @@ fn decide(id: u64, command: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gate_protocol_decides_and_audits() {
-    let d = TestDaemon::start_with(&[("DEFENSECLAW_OPENCLAW__TOOL_RULES", "browser=deny")])
-        .await
-        .unwrap();
+    let d = TestDaemon::start_with(&[
+        ("DEFENSECLAW_OPENCLAW__TOOL_RULES", "browser=deny"),
+        ("DEFENSECLAW_METRICS__LISTEN", "127.0.0.1:0"),
+    ])
+    .await
+    .unwrap();
     let mode = std::fs::metadata(gate_socket(&d))
         .unwrap()
         .permissions()
@@ -122,6 +125,18 @@ async fn gate_protocol_decides_and_audits() {
         .into_inner();
     let n = st.openclaw.unwrap().gate.unwrap().decisions.unwrap();
     assert_eq!((n.allowed, n.denied), (1, 2));
+    // The same verdicts in the metrics (counted before the answer is sent).
+    let m = crate::metrics::scrape(&d).await;
+    let tool_calls = |outcome: &str| {
+        m.get(&format!(
+            "defenseclaw_decisions_total{{kind=\"tool_call\",outcome=\"{outcome}\"}}"
+        ))
+        .copied()
+    };
+    assert_eq!(
+        (tool_calls("allowed"), tool_calls("denied")),
+        (Some(1.0), Some(2.0))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

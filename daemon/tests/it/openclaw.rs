@@ -169,6 +169,7 @@ impl Running {
 
 fn settings(url: &str) -> OpenClawSettings {
     OpenClawSettings {
+        enabled: true,
         url: url.to_owned(),
         allow_patterns: vec![r"^ls(\s|$)".into()],
         backoff_initial_ms: 100,
@@ -1038,6 +1039,7 @@ async fn insecure_remote_url_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let r = OpenClawMonitor::start(
         OpenClawSettings {
+            enabled: true,
             url: "ws://192.0.2.10:18789/".into(),
             ..OpenClawSettings::default()
         },

@@ -133,7 +133,9 @@ pub(crate) fn verdict(c: &pb::CheckReply) -> pb::Verdict {
 #[tokio::test(flavor = "multi_thread")]
 async fn approve_deny_coalesce_and_auto_proposal() {
     let idp = provider().await;
-    let d = start(None, &env(&idp, "120")).await;
+    let mut with_metrics = env(&idp, "120");
+    with_metrics.push(crate::metrics::listen_env());
+    let d = start(None, &with_metrics).await;
     let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
 
@@ -297,6 +299,11 @@ async fn approve_deny_coalesce_and_auto_proposal() {
         .into_inner();
     assert_eq!(verdict(&v), pb::Verdict::Allowed);
     assert!(v.reason.contains("override"), "{}", v.reason);
+    crate::metrics::wait_for_stepup_outcomes(
+        &d,
+        &[("approved", 1.0), ("denied", 2.0), ("timed_out", 0.0)],
+    )
+    .await;
     assert!(
         c.verify_audit(pb::VerifyAuditRequest::default())
             .await
@@ -310,7 +317,9 @@ async fn approve_deny_coalesce_and_auto_proposal() {
 async fn timeout_is_distinct_from_deny_and_restart_resumes_or_times_out() {
     let idp = provider().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut d = start(Some(dir), &env(&idp, "3")).await;
+    let mut with_metrics = env(&idp, "3");
+    with_metrics.push(crate::metrics::listen_env());
+    let mut d = start(Some(dir), &with_metrics).await;
     let mut c = d.client().await.unwrap();
     let token = operator_token(&idp).await;
     c.submit_scan_report(bearer(report("slow", pb::Severity::High), &token))
@@ -326,6 +335,7 @@ async fn timeout_is_distinct_from_deny_and_restart_resumes_or_times_out() {
     // Nobody answers: timed out, and the policy (keep_blocked) commits the block unconfirmed.
     let done = outcome(&mut c, &pending.request_id).await;
     assert_eq!(done.status, "timed_out");
+    crate::metrics::wait_for_stepup_outcomes(&d, &[("timed_out", 1.0), ("denied", 0.0)]).await;
     let v = c
         .check_target(skill("slow").unwrap())
         .await
