@@ -285,6 +285,21 @@ pub enum RuleCommand {
 pub enum OpenclawCommand {
     /// Approvals the daemon has seen (pending and recent) and what it decided.
     Approvals,
+    /// Install and enable the gate plugin and set OpenClaw's exec policy so
+    /// nothing runs unasked, through the daemon's gateway connection
+    /// (idempotent; reports each setting it manages). While it is in effect,
+    /// MCP servers allowed with Token Vault connections are started through
+    /// `defenseclawctl mcp exec`.
+    Setup {
+        /// Report what would change without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Restore what setup changed (and every wired MCP server's own
+        /// command). With step-up on, the [stepup] approver must approve it
+        /// first: the command waits for the answer.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 /// Skill commands.
@@ -646,8 +661,11 @@ pub enum AuditCommand {
     /// Recompute the hash chain; optionally check a head recorded earlier.
     Verify {
         /// SEQ:HASH recorded earlier (catches truncation).
-        #[arg(long, value_name = "SEQ:HASH")]
+        #[arg(long, value_name = "SEQ:HASH", conflicts_with = "from_export")]
         head: Option<String>,
+        /// Check a JSON-lines export from any sink instead (no daemon needed; "-" for stdin).
+        #[arg(long, value_name = "FILE")]
+        from_export: Option<PathBuf>,
     },
     /// Every entry as JSON lines, oldest first.
     Export,

@@ -62,7 +62,53 @@ async fn openclaw_command(
     action: OpenclawCommand,
     output: Output,
 ) -> Result<(), Failure> {
-    let OpenclawCommand::Approvals = action;
+    let (dry_run, undo) = match action {
+        OpenclawCommand::Approvals => return openclaw_approvals(client, output).await,
+        OpenclawCommand::Setup { dry_run, undo } => (dry_run, undo),
+    };
+    if undo && !dry_run {
+        eprintln!(
+            "undo lowers protection: with step-up on, it waits for the approver's answer on their phone"
+        );
+    }
+    let reply = client
+        .open_claw_setup(pb::OpenClawSetupRequest { dry_run, undo })
+        .await?
+        .into_inner();
+    let value = render::openclaw_setup(&reply);
+    match output {
+        Output::Json | Output::Sarif => print_json(&value),
+        Output::Table => {
+            let verb = match (reply.undo, reply.dry_run) {
+                (true, true) => "undo would change",
+                (true, false) => "undo changed",
+                (false, true) => "setup would change",
+                (false, false) => "setup changed",
+            };
+            let rows: Vec<Vec<String>> = reply
+                .changes
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.path.clone(),
+                        c.before.clone(),
+                        c.after.clone(),
+                        if c.changed { "yes" } else { "no" }.into(),
+                    ]
+                })
+                .collect();
+            let changed = reply.changes.iter().filter(|c| c.changed).count();
+            let mut text = render::table(&["SETTING", "BEFORE", "AFTER", "CHANGED"], &rows);
+            text.push_str(&format!("\n{verb} {changed} setting(s)"));
+            if !reply.plugin.is_empty() {
+                text.push_str(&format!("; gate plugin: {}", reply.plugin));
+            }
+            print_text(&text)
+        }
+    }
+}
+
+async fn openclaw_approvals(client: &mut Client, output: Output) -> Result<(), Failure> {
     let reply = client
         .list_open_claw_approvals(pb::ListOpenClawApprovalsRequest {})
         .await?
@@ -201,7 +247,23 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
                 h.hash,
                 auth_line,
                 oc_line
-            ))
+            ))?;
+            for e in &s.exporters {
+                print_text(&format!(
+                    "export:   {} ({}) {}, cursor {}, lag {}{}",
+                    e.name,
+                    e.kind,
+                    e.state,
+                    e.cursor,
+                    e.lag,
+                    if e.last_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last error: {}", e.last_error)
+                    }
+                ))?;
+            }
+            Ok(())
         }
     }
 }
@@ -593,6 +655,35 @@ fn entry_rows(entries: &[Value]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// `audit verify --from-export FILE`: checked locally, no daemon.
+pub fn verify_export(file: &std::path::Path, output: Output) -> Result<(), Failure> {
+    let report =
+        crate::export_verify::verify_file(file).map_err(|e| Failure::new(crate::exit::USAGE, e))?;
+    match output {
+        Output::Json | Output::Sarif => print_json(&json!(report))?,
+        Output::Table if report.ok => print_text(&format!(
+            "export intact: {} entries ({} repeats), {} head records, last {}",
+            report.entries_checked,
+            report.duplicates,
+            report.heads_checked,
+            report.last.as_deref().unwrap_or("none")
+        ))?,
+        Output::Table => {}
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            AUDIT_BROKEN,
+            format!(
+                "audit export broken at entry {}: {}",
+                report.first_bad_seq.unwrap_or(0),
+                report.problem.unwrap_or_default()
+            ),
+        ))
+    }
+}
+
 async fn audit_command(
     client: &mut Client,
     action: AuditCommand,
@@ -656,7 +747,11 @@ async fn audit_command(
             }
             Ok(())
         }
-        AuditCommand::Verify { head } => {
+        AuditCommand::Verify {
+            from_export: Some(file),
+            ..
+        } => verify_export(&file, output),
+        AuditCommand::Verify { head, .. } => {
             let reply = client
                 .verify_audit(pb::VerifyAuditRequest {
                     head: head.unwrap_or_default(),

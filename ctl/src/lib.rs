@@ -10,6 +10,7 @@ pub mod connections;
 pub mod doctor;
 pub mod examples;
 pub mod exit;
+pub mod export_verify;
 pub mod init;
 pub mod meta;
 pub mod quarantine;
@@ -201,6 +202,13 @@ pub fn main_entry() -> ExitCode {
                 return scan::offline(defenseclaw_proto::v1::TargetKind::Mcp, &args, output);
             }
             cli::Command::Rule { action } => return scan::rules(&action, output),
+            cli::Command::Audit {
+                action:
+                    cli::AuditCommand::Verify {
+                        from_export: Some(file),
+                        ..
+                    },
+            } => return commands::verify_export(&file, output),
             other => other,
         };
         let scan_command = matches!(

@@ -171,6 +171,15 @@ pub fn status(s: &pb::StatusReply) -> Value {
             "jwks_last_refresh_ok_at": empty_null(&a.jwks_last_refresh_ok_at),
         })).unwrap_or(Value::Null),
         "openclaw": s.openclaw.as_ref().map(openclaw_status).unwrap_or(Value::Null),
+        "exporters": s.exporters.iter().map(|e| json!({
+            "name": e.name,
+            "kind": e.kind,
+            "state": e.state,
+            "cursor": e.cursor,
+            "lag": e.lag,
+            "last_error": empty_null(&e.last_error),
+            "last_success_at": empty_null(&e.last_success_at),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -194,6 +203,10 @@ pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
         "gate": o.gate.as_ref().map(|g| {
             let n = g.decisions.unwrap_or_default();
             json!({
+                // null until the daemon has read the gateway's plugins.
+                "plugin": empty_null(&g.plugin),
+                "version": empty_null(&g.version),
+                "exec_policy": empty_null(&g.exec_policy),
                 "last_decision_at": empty_null(&g.last_decision_at),
                 "decisions": {
                     "allowed": n.allowed,
@@ -203,6 +216,24 @@ pub fn openclaw_status(o: &pb::OpenClawStatus) -> Value {
                 },
             })
         }),
+    })
+}
+
+/// The answer of `openclaw setup -o json`: each managed setting with its
+/// value before and after (JSON values; `null`: absent).
+pub fn openclaw_setup(r: &pb::OpenClawSetupReply) -> Value {
+    let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap_or_else(|_| json!(t));
+    json!({
+        "dry_run": r.dry_run,
+        "undo": r.undo,
+        "changes": r.changes.iter().map(|c| json!({
+            "path": c.path,
+            "before": parse(&c.before),
+            "after": parse(&c.after),
+            "changed": c.changed,
+        })).collect::<Vec<_>>(),
+        "plugin": empty_null(&r.plugin),
+        "audit_seq": (r.audit_seq != 0).then_some(r.audit_seq),
     })
 }
 

@@ -69,6 +69,9 @@ pub enum StartError {
     /// The scan pool could not start.
     #[error(transparent)]
     ScanPool(#[from] crate::governance::scan_pool::PoolError),
+    /// An `[export.<name>]` sink could not be started.
+    #[error("audit export: {0}")]
+    Export(String),
     /// The metrics endpoint (`[metrics] listen`) could not be bound.
     #[error("{0}")]
     Metrics(String),
@@ -246,6 +249,16 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
     )
     .inspect_err(|_| cleanup.run())?;
     if settings.openclaw.enabled {
+        monitor.set_mcp_wrapper(
+            settings.openclaw.ctl_path.display().to_string(),
+            socket.display().to_string(),
+        );
+        // A setup done before (and not undone) is kept by reconciliation.
+        match store.gate_setup().await {
+            Ok(Some(row)) if row.active => monitor.set_gate_spec(Some(row.spec)),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not read the openclaw setup record"),
+        }
         tokio::spawn(forward_enforcement(
             monitor.clone(),
             enforcer.subscribe(),
@@ -448,6 +461,21 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
             cancel.child_token(),
         ));
     }
+    // Audit export: one task per sink, reading after its stored cursor.
+    let exporters = crate::export::Exporters::default();
+    crate::governance::exporting::start(
+        &store,
+        &settings.export,
+        &secrets,
+        &exporters,
+        &metrics,
+        &cancel,
+    )
+    .await
+    .map_err(StartError::Export)
+    .inspect_err(|_| cleanup.run())?;
+    // The gate socket the OpenClaw plugin asks, beside the control socket.
+    let gate_path = crate::gate::socket_path(&settings.openclaw, &socket);
     let gov = Governance::new(Parts {
         store: store.clone(),
         cache,
@@ -458,9 +486,9 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         vault,
         coalescer: coalescer.clone(),
         quarantine,
+        exporters: exporters.clone(),
+        gate_spec: crate::governance::openclaw_setup::gate_spec(&settings.openclaw, &gate_path),
     });
-    // The gate socket the OpenClaw plugin asks, beside the control socket.
-    let gate_path = crate::gate::socket_path(&settings.openclaw, &socket);
     let gate_bound = listener::bind_path(&gate_path, mode)
         .inspect_err(|_| cleanup.run())
         .map_err(StartError::Socket)?;
@@ -484,6 +512,8 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         gate_bound.path.clone(),
         state_dir.clone(),
         store_path.clone(),
+        // The gate plugin `openclaw setup` installs.
+        settings.openclaw.plugin_dir.clone(),
     ];
     if let ConfigFile::Explicit(path) | ConfigFile::User(path) = &config_file {
         protected.push(path.clone());

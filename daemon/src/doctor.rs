@@ -302,6 +302,68 @@ pub fn openclaw_check(enabled: bool, status: &GatewayStatus) -> Check {
     }
 }
 
+/// The gate plugin in OpenClaw as a check (only while the gateway is connected
+/// and the daemon has read its plugin list).
+pub fn gate_check(gate: &crate::openclaw::GateView) -> Check {
+    let detail = format!(
+        "plugin {}{}; exec approvals {}",
+        gate.plugin,
+        gate.version
+            .as_deref()
+            .map(|v| format!(" (version {v})"))
+            .unwrap_or_default(),
+        gate.exec_policy
+    );
+    if gate.plugin == "active" {
+        Check::ok("openclaw-gate", detail)
+    } else {
+        Check::bad(
+            "openclaw-gate",
+            CheckState::Fail,
+            format!("{detail}: agents' tool calls are not decided by the daemon"),
+            "defenseclawctl openclaw setup",
+        )
+    }
+}
+
+/// One audit exporter as a check, with its lag behind the chain head `head`.
+pub fn exporter_check(sink: &crate::export::SinkStatus, head: u64) -> Check {
+    use crate::export::SinkHealth;
+    let lag = head.saturating_sub(sink.cursor);
+    let error = sink.last_error.as_deref().unwrap_or("no error recorded");
+    let fix = format!(
+        "check that the [export.{}] receiver is up and reachable, and its url and secret",
+        sink.name
+    );
+    match sink.state {
+        SinkHealth::Ok => Check::ok(
+            "exporter",
+            format!(
+                "{} ({}): delivering, {lag} entries behind",
+                sink.name, sink.kind
+            ),
+        ),
+        SinkHealth::Retrying => Check::bad(
+            "exporter",
+            CheckState::Warn,
+            format!(
+                "{} ({}): retrying, {lag} entries behind: {error}",
+                sink.name, sink.kind
+            ),
+            fix,
+        ),
+        SinkHealth::Failing => Check::bad(
+            "exporter",
+            CheckState::Fail,
+            format!(
+                "{} ({}): failing, {lag} entries behind: {error}",
+                sink.name, sink.kind
+            ),
+            fix,
+        ),
+    }
+}
+
 /// The identity provider as a check: `discovery` and `jwks` are the outcomes
 /// of fetching its discovery document and key set (key count).
 pub fn idp_check(
@@ -422,5 +484,16 @@ mod tests {
         let c = idp_check("https://i/", Err("connection refused".into()), Ok(0));
         assert!(c.detail.contains("connection refused") && c.state == CheckState::Fail);
         assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+        let gate = |plugin: &str| crate::openclaw::GateView {
+            plugin: plugin.into(),
+            version: Some("0.1.0".into()),
+            exec_policy: "security=allowlist ask=on-miss askFallback=deny".into(),
+        };
+        assert_eq!(gate_check(&gate("active")).state, CheckState::Ok);
+        let off = gate_check(&gate("disabled"));
+        assert_eq!(
+            (off.state, off.fix.as_str()),
+            (CheckState::Fail, "defenseclawctl openclaw setup")
+        );
     }
 }

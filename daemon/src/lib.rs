@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod fs_move;
 pub mod gate;
 pub mod governance;

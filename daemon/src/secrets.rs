@@ -205,7 +205,16 @@ impl SecretSources {
         &self,
         name: SecretName,
     ) -> Result<Option<(SecretString, SecretOrigin)>, SecretsError> {
-        let (env_name, credential_name) = (name.env, name.credential);
+        self.get_named(name.env, name.credential)
+    }
+
+    /// [`Self::get`] for a name made at run time (an export sink's
+    /// `DEFENSECLAW_EXPORT_<NAME>_TOKEN` / `export-<name>-token`).
+    pub fn get_named(
+        &self,
+        env_name: &str,
+        credential_name: &str,
+    ) -> Result<Option<(SecretString, SecretOrigin)>, SecretsError> {
         if let Some(v) = self.env.get(env_name).filter(|v| !v.is_empty()) {
             return Ok(Some((SecretString::new(v.clone()), SecretOrigin::Env)));
         }

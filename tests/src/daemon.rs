@@ -221,12 +221,18 @@ impl DaemonProcess {
     /// Spawns `binary` (the caller's `env!("CARGO_BIN_EXE_defenseclawd")`)
     /// with its state in `dir` and waits until it answers.
     pub async fn spawn(binary: &Path, dir: &Path) -> Result<Self> {
+        Self::spawn_with(binary, dir, &[]).await
+    }
+
+    /// [`Self::spawn`] with extra environment variables (settings, secrets).
+    pub async fn spawn_with(binary: &Path, dir: &Path, envs: &[(&str, &str)]) -> Result<Self> {
         let socket = socket_in(dir);
         let child = Command::new(binary)
             .arg("--socket")
             .arg(&socket)
             .env("DEFENSECLAW_HOME", dir.join("home"))
             .env("DEFENSECLAW_OPENCLAW__ENABLED", "false")
+            .envs(envs.iter().copied())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .stdout(Stdio::null())

@@ -8,6 +8,7 @@ pub mod impostor;
 pub mod openclaw;
 pub mod python;
 pub mod requests;
+pub mod rsyslog;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -33,7 +33,12 @@ pub(super) fn check_env_names(env: &HashMap<String, String>) -> Result<(), Confi
     let mut unknown: Vec<&str> = env
         .keys()
         .map(String::as_str)
-        .filter(|k| k.starts_with(&prefix) && !k.contains("__") && !PLAIN_ENV_VARS.contains(k))
+        .filter(|k| {
+            k.starts_with(&prefix)
+                && !k.contains("__")
+                && !PLAIN_ENV_VARS.contains(k)
+                && !is_export_token(k)
+        })
         .collect();
     unknown.sort_unstable();
     match unknown.first() {
@@ -45,6 +50,18 @@ pub(super) fn check_env_names(env: &HashMap<String, String>) -> Result<(), Confi
             PLAIN_ENV_VARS.join(", ")
         ))),
     }
+}
+
+/// `DEFENSECLAW_EXPORT_<NAME>_TOKEN`: a sink's secret (read through the
+/// secret sources, never a config key).
+fn is_export_token(key: &str) -> bool {
+    key.strip_prefix(ENV_PREFIX)
+        .and_then(|k| k.strip_prefix("_EXPORT_"))
+        .and_then(|k| k.strip_suffix("_TOKEN"))
+        .is_some_and(|name| {
+            crate::export::settings::valid_name(&name.to_ascii_lowercase())
+                && !name.bytes().any(|b| b.is_ascii_lowercase())
+        })
 }
 
 /// A log filter must say what to log: every directive is a level, or

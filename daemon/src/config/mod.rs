@@ -61,6 +61,8 @@ pub struct Settings {
     pub stepup: StepUpSettings,
     /// Token Vault: provider tokens for MCP servers, just in time.
     pub token_vault: TokenVaultSettings,
+    /// Audit export sinks, `[export.<name>]`.
+    pub export: std::collections::BTreeMap<String, crate::export::SinkSettings>,
     /// The Prometheus endpoint (`[metrics] listen`), off unless set.
     pub metrics: MetricsSettings,
 }
@@ -481,6 +483,10 @@ impl Settings {
                 reason: "must be an absolute path".into(),
             });
         }
+        for (name, sink) in &self.export {
+            sink.validate(name)
+                .map_err(|(field, reason)| ConfigError::Invalid(format!("{field}: {reason}")))?;
+        }
         check_log_level(&self.log.level)?;
         self.metrics.endpoint()?;
         if let Some(path) = &self.server.socket
@@ -623,6 +629,75 @@ mod tests {
         for known in env::PLAIN_ENV_VARS {
             Settings::load(&ConfigFile::None, &env(&[(known, "/x")])).unwrap();
         }
+    }
+
+    #[test]
+    fn export_sinks_come_from_toml_or_the_environment() {
+        let s = Settings::load(
+            &ConfigFile::None,
+            &env(&[
+                ("DEFENSECLAW_EXPORT__SIEM__KIND", "syslog"),
+                ("DEFENSECLAW_EXPORT__SIEM__URL", "tcp://127.0.0.1:6514"),
+                ("DEFENSECLAW_EXPORT__SIEM__BATCH_SIZE", "10"),
+                ("DEFENSECLAW_EXPORT_SIEM_TOKEN", "not-a-config-key"),
+            ]),
+        )
+        .unwrap();
+        let sink = &s.export["siem"];
+        assert_eq!(sink.kind, crate::export::SinkKind::Syslog);
+        assert_eq!(sink.batch_size, 10);
+        assert!(!s.to_toml().unwrap().contains("not-a-config-key"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.toml");
+        std::fs::write(
+            &file,
+            "[export.local]\nkind = \"file\"\nurl = \"/var/log/dc.jsonl\"\nactions = [\"block\"]\nmin_severity = \"HIGH\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(&ConfigFile::Explicit(file.clone()), &env(&[])).unwrap();
+        assert_eq!(s.export["local"].actions, vec!["block".to_owned()]);
+
+        for (toml, needle) in [
+            (
+                "[export.Bad]\nkind = \"file\"\nurl = \"/x\"\n",
+                "sink names",
+            ),
+            (
+                "[export.a]\nkind = \"file\"\nurl = \"rel\"\n",
+                "export.a.url",
+            ),
+            (
+                "[export.a]\nkind = \"syslog\"\nurl = \"udp://h:1\"\n",
+                "export.a.url",
+            ),
+            (
+                "[export.a]\nkind = \"syslog\"\nurl = \"tcp://h:1\"\nbatch_size = 0\n",
+                "batch_size",
+            ),
+            (
+                "[export.a]\nkind = \"file\"\nurl = \"/x\"\ntarget_kinds = [\"x\"]\n",
+                "target_kinds",
+            ),
+            (
+                "[export.a]\nkind = \"file\"\nurl = \"/x\"\nfilter = 1\n",
+                "filter",
+            ),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let err = Settings::load(&ConfigFile::Explicit(file.clone()), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        // A token variable for a malformed name is still a typo.
+        assert!(
+            Settings::load(
+                &ConfigFile::None,
+                &env(&[("DEFENSECLAW_EXPORT_siem_TOKEN", "x")])
+            )
+            .is_err()
+        );
     }
 
     #[test]

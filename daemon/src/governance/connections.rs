@@ -44,6 +44,8 @@ impl Governance {
                 actor,
             })
             .await?;
+        // OpenClaw starts the server with its own command again.
+        self.openclaw.rewire_mcp();
         Ok((*grant, entry.seq))
     }
 

@@ -91,7 +91,11 @@ impl Governance {
                 details: serde_json::json!({"human_confirmed": false}),
             };
             let change = (action, reason, actor, serde_json::Value::Null);
-            self.enforcer.commit_with(&target, change, grant).await?.0
+            let done = self.enforcer.commit_with(&target, change, grant).await?.0;
+            // A grant on an already allowed server publishes no change: the
+            // Token Vault wiring in OpenClaw is checked either way.
+            self.openclaw.rewire_mcp();
+            done
         };
         Ok(EnforcementOutcome::Done {
             summary: TargetRow {

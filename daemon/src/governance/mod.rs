@@ -6,9 +6,11 @@ pub mod admission;
 pub mod connections;
 pub mod enforcement;
 pub mod enforcer;
+pub mod exporting;
 pub mod findings;
 pub mod gate_calls;
 pub mod openclaw_host;
+pub mod openclaw_setup;
 pub mod protection;
 pub mod quarantine;
 pub mod queries;
@@ -44,7 +46,9 @@ pub struct Governance {
     stepups: Arc<StepUps>,
     vault: Arc<TokenBroker>,
     coalescer: Arc<AuditCoalescer>,
+    gate_spec: crate::openclaw::GateSpec,
     quarantine: Arc<quarantine::Quarantine>,
+    exporters: crate::export::Exporters,
 }
 
 impl std::fmt::Debug for Governance {
@@ -74,8 +78,12 @@ pub struct Parts {
     pub vault: Arc<TokenBroker>,
     /// Refused calls are audited through it, one entry per key and window.
     pub coalescer: Arc<AuditCoalescer>,
+    /// What `openclaw setup` puts into the gateway.
+    pub gate_spec: crate::openclaw::GateSpec,
     /// Moves skill folders into quarantine and back.
     pub quarantine: Arc<quarantine::Quarantine>,
+    /// The audit export sinks' delivery state.
+    pub exporters: crate::export::Exporters,
 }
 
 impl Governance {
@@ -90,7 +98,9 @@ impl Governance {
             stepups,
             vault,
             coalescer,
+            gate_spec,
             quarantine,
+            exporters,
         } = parts;
         Self {
             store,
@@ -101,7 +111,9 @@ impl Governance {
             stepups,
             vault,
             coalescer,
+            gate_spec,
             quarantine,
+            exporters,
         }
     }
 

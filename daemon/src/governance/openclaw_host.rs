@@ -9,6 +9,7 @@ use crate::governance::skill_coverage::CoverageInbox;
 use crate::model::{Actor, EnforcementState, Target, TargetKind};
 use crate::openclaw::{self, Host, HostError, HostVerdict, MonitorAudit, MonitorHandle};
 use crate::state::{StateCache, Verdict};
+use crate::store::connections::GrantStatus;
 use crate::store::{Audit, RegisterTargets, Store};
 
 /// The governance core as the monitor sees it.
@@ -144,6 +145,23 @@ impl Host for GovernanceHost {
         self.coverage.as_ref().is_some_and(|c| c.wants_tools())
     }
 
+    async fn vault_servers(&self) -> Option<std::collections::BTreeSet<String>> {
+        let grants = match self.store.list_grants(None).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read Token Vault grants for MCP wiring");
+                return None;
+            }
+        };
+        let servers = grants
+            .into_iter()
+            .filter(|g| g.status != GrantStatus::Revoked)
+            .map(|g| g.server)
+            .filter(|s| matches!(self.cache.check(TargetKind::Mcp, s), Verdict::Allowed(_)))
+            .collect();
+        Some(servers)
+    }
+
     async fn observe_targets(&self, kind: openclaw::TargetKind, names: Vec<String>) {
         let targets: Vec<Target> = names.iter().filter_map(|n| target_of(kind, n)).collect();
         if targets.is_empty() {
@@ -172,11 +190,18 @@ pub async fn forward_enforcement(
     use tokio::sync::broadcast::error::RecvError;
     loop {
         match changes.recv().await {
-            Ok(change) => monitor.apply_enforcement(
-                from_kind(change.target.kind),
-                &change.target.name,
-                change.state == EnforcementState::Blocked,
-            ),
+            Ok(change) => {
+                monitor.apply_enforcement(
+                    from_kind(change.target.kind),
+                    &change.target.name,
+                    change.state == EnforcementState::Blocked,
+                );
+                // An MCP server allowed (with connections) or blocked: its
+                // Token Vault wiring in OpenClaw follows.
+                if change.target.kind == TargetKind::Mcp {
+                    monitor.rewire_mcp();
+                }
+            }
             Err(RecvError::Lagged(_)) => {
                 // Missed some: re-apply the whole current state.
                 for (t, state) in cache.enforced() {

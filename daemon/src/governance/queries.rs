@@ -34,6 +34,10 @@ pub struct StatusView {
     pub pending_enforcements: usize,
     /// The tool-call gate's counters.
     pub gate: super::tool_gate::GateCounts,
+    /// Each audit export sink's delivery state.
+    pub exporters: Vec<crate::export::SinkStatus>,
+    /// The gate plugin and exec policy as last read from the gateway.
+    pub gate_setup: Option<crate::openclaw::GateView>,
 }
 
 /// A target with its findings and the step-up holding it, if any.
@@ -59,6 +63,8 @@ impl Governance {
             openclaw: self.openclaw.status(),
             pending_enforcements: self.openclaw.pending_enforcement_count(),
             gate: self.openclaw.gate().stats.counts(),
+            exporters: self.exporters.snapshot(),
+            gate_setup: self.openclaw.gate_view(),
         })
     }
 

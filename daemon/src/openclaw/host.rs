@@ -111,4 +111,13 @@ pub trait Host: Send + Sync + 'static {
     fn wants_tool_catalog(&self) -> bool {
         false
     }
+    /// MCP servers the daemon allows with Token Vault connections (a grant
+    /// not revoked): OpenClaw starts them through `defenseclawctl mcp exec`
+    /// while `openclaw setup` is in effect. `None` when it cannot be known
+    /// now (nothing is rewritten then).
+    fn vault_servers(
+        &self,
+    ) -> impl Future<Output = Option<std::collections::BTreeSet<String>>> + Send {
+        async { None }
+    }
 }

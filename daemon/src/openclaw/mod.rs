@@ -37,11 +37,14 @@
 //! denied when the server (target `<server>`) or the tool (target
 //! `<server>/<tool>`) is blocked; others are left to a human.
 
+mod approval_kind;
 mod audit_queue;
 mod conn;
 mod device;
 mod engine;
+pub mod gate_setup;
 pub(crate) mod host;
+pub(crate) mod mcp_wiring;
 mod monitor;
 mod peer;
 pub(crate) mod policy;
@@ -51,6 +54,7 @@ mod state;
 mod tls;
 mod tool_frame;
 
+pub use gate_setup::{GateChange, GateError, GateSpec, GateView, GatewayDocs};
 pub use host::{
     Host, HostError, HostVerdict, MonitorAudit, ReportedSkill, ReportedSkills, ReportedTool,
     TargetKind,
@@ -58,7 +62,8 @@ pub use host::{
 pub use monitor::{MonitorHandle, OpenClawMonitor};
 pub use policy::{BUILTIN_DENY_RULES, Policy, PolicyDecision};
 pub use settings::{
-    DEFAULT_URL, DEVICE_KEY_FILE, ExecDefault, GatewayToken, OnUnreachable, OpenClawError,
-    OpenClawSettings, REQUESTED_SCOPES, ToolAction, ToolRule,
+    DEFAULT_PLUGIN_DIR, DEFAULT_URL, DEVICE_KEY_FILE, ExecDefault, GatewayToken, OnUnreachable,
+    OpenClawError, OpenClawSettings, REQUESTED_SCOPES, ToolAction, ToolRule,
 };
 pub use state::{ApprovalKind, ApprovalView, GatewayState, GatewayStatus};
+pub use tls::{parse_pin as parse_tls_pin, pinned_config as pinned_tls_config};

@@ -115,6 +115,88 @@ impl MonitorHandle {
             .collect()
     }
 
+    /// The gate as last read from the gateway (`None` before the first read).
+    pub fn gate_view(&self) -> Option<super::gate_setup::GateView> {
+        self.shared.gate_setup.view()
+    }
+
+    /// What setup put into the gateway and reconciliation keeps there
+    /// (`None`: setup not done, or undone).
+    pub fn set_gate_spec(&self, spec: Option<super::gate_setup::GateSpec>) {
+        self.shared.gate_setup.set_spec(spec);
+    }
+
+    /// How OpenClaw is to start the MCP servers the daemon allows with
+    /// Token Vault connections (`defenseclawctl` and the control socket).
+    pub fn set_mcp_wrapper(&self, ctl: String, socket: String) {
+        self.shared
+            .gate_setup
+            .set_wrapper(super::gate_setup::McpWrapper { ctl, socket });
+    }
+
+    /// Asks reconciliation to re-check the wired MCP servers (a grant was
+    /// given or revoked, a server allowed or blocked).
+    pub fn rewire_mcp(&self) {
+        self.shared.gate_setup.rewire();
+    }
+
+    /// The gate spec reconciliation keeps in the gateway.
+    pub fn gate_spec(&self) -> Option<super::gate_setup::GateSpec> {
+        self.shared.gate_setup.spec()
+    }
+
+    /// Reads the gateway's config and exec policy and plans setup (or its
+    /// undo from `recorded`, the changes setup made).
+    pub async fn gate_plan(
+        &self,
+        spec: &super::gate_setup::GateSpec,
+        undo_of: Option<&[super::gate_setup::GateChange]>,
+    ) -> Result<
+        (
+            super::gate_setup::GatewayDocs,
+            Vec<super::gate_setup::GateChange>,
+        ),
+        super::gate_setup::GateError,
+    > {
+        let rpc = self.shared.gate_setup.rpc()?;
+        let docs = super::gate_setup::read_docs(&rpc).await?;
+        let changes = match undo_of {
+            None => super::gate_setup::plan(spec, &docs),
+            // Undo also gives every wired MCP server its own command back.
+            Some(recorded) => {
+                let mut changes = super::gate_setup::plan_undo(spec, recorded, &docs);
+                changes.extend(super::mcp_wiring::plan_unwrap_all(docs.config()));
+                changes
+            }
+        };
+        Ok((docs, changes))
+    }
+
+    /// Writes planned changes into the gateway, then reads the plugin's state
+    /// (waiting, bounded, for it to turn active when `wait_active`; without
+    /// it, the changes are an undo and written as `gate_setup::apply_undo` does).
+    pub async fn gate_apply(
+        &self,
+        docs: &super::gate_setup::GatewayDocs,
+        changes: &[super::gate_setup::GateChange],
+        wait_active: bool,
+    ) -> Result<super::gate_setup::GateView, super::gate_setup::GateError> {
+        let rpc = self.shared.gate_setup.rpc()?;
+        let version = env!("CARGO_PKG_VERSION");
+        if wait_active {
+            super::gate_setup::apply(&rpc, docs, changes).await?;
+        } else {
+            super::gate_setup::apply_undo(&rpc, docs, changes, version).await?;
+        }
+        let view = if wait_active {
+            super::gate_setup::wait_active(&rpc, version).await?
+        } else {
+            super::gate_setup::read_view(&rpc, version).await?
+        };
+        self.shared.gate_setup.set_view(view.clone());
+        Ok(view)
+    }
+
     /// Resolves once the connection task has stopped (after cancellation) and
     /// the audit queue has been drained into the host.
     pub async fn stopped(&self) {

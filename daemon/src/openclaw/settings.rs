@@ -2,6 +2,7 @@
 //! error of validating them when the monitor starts.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -195,9 +196,23 @@ pub struct OpenClawSettings {
     /// decision timeout: `deny` (default) or `allow`. `openclaw setup` writes
     /// it into the plugin's config.
     pub on_daemon_unreachable: OnUnreachable,
+    /// Folder of the gate plugin `openclaw setup` installs into the gateway
+    /// (added to OpenClaw's `plugins.load.paths`); default the packaged
+    /// `/usr/share/defenseclaw/openclaw-plugin`. Must be absolute.
+    pub plugin_dir: PathBuf,
+    /// How long the gate plugin waits for the daemon's decision, connecting
+    /// included, in milliseconds (default 1500, 50 to 10000: the plugin's own
+    /// bounds). `openclaw setup` writes it into the plugin's config as
+    /// `decisionTimeoutMs`.
+    pub decision_timeout_ms: u64,
+    /// Absolute path of `defenseclawctl`, which OpenClaw runs as
+    /// `defenseclawctl --socket <control socket> mcp exec <server> -- <command>`
+    /// for an MCP server allowed with Token Vault connections while
+    /// `openclaw setup` is in effect (default the packaged `/usr/bin/defenseclawctl`).
+    pub ctl_path: PathBuf,
     /// The gate socket the OpenClaw plugin asks (default: `gate.sock` beside
     /// the control socket).
-    pub gate_socket: Option<std::path::PathBuf>,
+    pub gate_socket: Option<PathBuf>,
     /// Most gate connections open at once (default 32); one more is refused.
     pub gate_max_connections: usize,
     /// Most undecided calls on one gate connection (default 64); one more is
@@ -264,9 +279,30 @@ impl OpenClawSettings {
                 "gate_socket must be an absolute path".into(),
             ));
         }
+        if !self.ctl_path.is_absolute() {
+            return Err(OpenClawError::Config(
+                "ctl_path must be an absolute path".into(),
+            ));
+        }
+        if !self.plugin_dir.is_absolute() {
+            return Err(OpenClawError::Config(
+                "plugin_dir must be an absolute path".into(),
+            ));
+        }
+        if !(50..=10_000).contains(&self.decision_timeout_ms) {
+            return Err(OpenClawError::Config(
+                "decision_timeout_ms must be between 50 and 10000 (the plugin's bounds)".into(),
+            ));
+        }
         Ok(())
     }
 }
+
+/// The packaged location of `defenseclawctl`.
+pub const DEFAULT_CTL_PATH: &str = "/usr/bin/defenseclawctl";
+
+/// The packaged location of the gate plugin.
+pub const DEFAULT_PLUGIN_DIR: &str = "/usr/share/defenseclaw/openclaw-plugin";
 
 impl Default for OpenClawSettings {
     fn default() -> Self {
@@ -292,6 +328,9 @@ impl Default for OpenClawSettings {
             ask_patterns: Vec::new(),
             tool_rules: Vec::new(),
             on_daemon_unreachable: OnUnreachable::Deny,
+            plugin_dir: PathBuf::from(DEFAULT_PLUGIN_DIR),
+            decision_timeout_ms: 1500,
+            ctl_path: PathBuf::from(DEFAULT_CTL_PATH),
             gate_socket: None,
             gate_max_connections: 32,
             gate_max_in_flight: 64,

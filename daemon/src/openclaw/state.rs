@@ -52,15 +52,7 @@ pub struct GatewayStatus {
     pub gateway_check: Option<String>,
 }
 
-/// Kind of an OpenClaw approval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApprovalKind {
-    /// `exec.approval.*`
-    Exec,
-    /// `plugin.approval.*`
-    Plugin,
-}
+pub use super::approval_kind::ApprovalKind;
 
 /// A pending (or recently resolved) approval the monitor saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +90,7 @@ pub(crate) struct Shared {
     approvals: Mutex<Approvals>,
     pub(crate) pending: Mutex<BTreeMap<(TargetKind, String), bool>>,
     pending_notify: Notify,
+    pub(crate) gate_setup: super::gate_setup::GateShared,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +121,7 @@ impl Shared {
             approvals: Mutex::new(Approvals::default()),
             pending: Mutex::new(BTreeMap::new()),
             pending_notify: Notify::new(),
+            gate_setup: super::gate_setup::GateShared::default(),
         }
     }
 

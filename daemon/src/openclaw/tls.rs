@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::settings::OpenClawError;
 
 /// Parses a SHA-256 fingerprint: 64 hex digits, colons/spaces ignored.
-pub(crate) fn parse_pin(pin: &str) -> Result<[u8; 32], OpenClawError> {
+pub fn parse_pin(pin: &str) -> Result<[u8; 32], OpenClawError> {
     let cleaned: String = pin.chars().filter(|c| !matches!(c, ':' | ' ')).collect();
     let bytes = hex::decode(cleaned.to_ascii_lowercase())
         .map_err(|_| OpenClawError::Config("tls_pin_sha256 must be hex".into()))?;
@@ -39,7 +39,7 @@ impl ServerCertVerifier for PinVerifier {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(
-                "gateway certificate does not match tls_pin_sha256".into(),
+                "the server certificate does not match tls_pin_sha256".into(),
             ))
         }
     }
@@ -83,6 +83,12 @@ impl ServerCertVerifier for PinVerifier {
 pub(crate) fn pinned_connector(
     pin: [u8; 32],
 ) -> Result<tokio_tungstenite::Connector, OpenClawError> {
+    Ok(tokio_tungstenite::Connector::Rustls(pinned_config(pin)?))
+}
+
+/// A client configuration accepting exactly the pinned certificate (also
+/// used by `tls://` syslog export sinks).
+pub fn pinned_config(pin: [u8; 32]) -> Result<Arc<rustls::ClientConfig>, OpenClawError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -90,7 +96,7 @@ pub(crate) fn pinned_connector(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinVerifier { pin, provider }))
         .with_no_client_auth();
-    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

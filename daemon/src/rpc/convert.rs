@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::names;
 use crate::oidc::AuthMode;
-use crate::openclaw::{ApprovalKind, ApprovalView, GatewayStatus};
+use crate::openclaw::{ApprovalKind, ApprovalView, GateChange, GateView, GatewayStatus};
 use crate::state::Verdict;
 use crate::store::connections::{ConnectionDecl, GrantRow, LinkedAccountRow};
 use crate::store::stepup::StepUpRow;
@@ -295,6 +295,19 @@ pub fn pb_entry(e: &Entry) -> pb::AuditEntry {
     }
 }
 
+/// Wire form of an export sink's state; `head_seq` gives its lag.
+pub fn pb_exporter(s: &crate::export::SinkStatus, head_seq: u64) -> pb::ExporterStatus {
+    pb::ExporterStatus {
+        name: s.name.clone(),
+        kind: s.kind.clone(),
+        state: s.state.as_str().to_owned(),
+        cursor: s.cursor,
+        lag: head_seq.saturating_sub(s.cursor),
+        last_error: s.last_error.clone().unwrap_or_default(),
+        last_success_at: s.last_success_at.clone().unwrap_or_default(),
+    }
+}
+
 /// Wire form of the audit chain's head.
 pub fn pb_head(h: &Head) -> pb::AuditHead {
     pb::AuditHead {
@@ -372,6 +385,7 @@ pub fn pb_openclaw_status(
     s: GatewayStatus,
     pending_enforcements: usize,
     gate: crate::governance::tool_gate::GateCounts,
+    gate_setup: Option<GateView>,
 ) -> pb::OpenClawStatus {
     let state = serde_json::to_value(s.state)
         .ok()
@@ -388,15 +402,38 @@ pub fn pb_openclaw_status(
         last_error: s.last_error.unwrap_or_default(),
         gateway_check: s.gateway_check.unwrap_or_default(),
         pending_enforcements: u32::try_from(pending_enforcements).unwrap_or(u32::MAX),
-        gate: Some(pb::OpenClawGate {
-            last_decision_at: gate.last_decision_at.unwrap_or_default(),
-            decisions: Some(pb::GateDecisions {
-                allowed: gate.allowed,
-                denied: gate.denied,
-                approved: gate.approved,
-                timed_out: gate.timed_out,
-            }),
+        gate: Some(pb_openclaw_gate(gate, gate_setup)),
+    }
+}
+
+/// Wire form of the gate: the plugin and exec policy as last read from the
+/// gateway (empty before the first read), and the daemon's decisions.
+fn pb_openclaw_gate(
+    counts: crate::governance::tool_gate::GateCounts,
+    setup: Option<GateView>,
+) -> pb::OpenClawGate {
+    let setup = setup.unwrap_or_default();
+    pb::OpenClawGate {
+        plugin: setup.plugin,
+        version: setup.version.unwrap_or_default(),
+        exec_policy: setup.exec_policy,
+        last_decision_at: counts.last_decision_at.unwrap_or_default(),
+        decisions: Some(pb::GateDecisions {
+            allowed: counts.allowed,
+            denied: counts.denied,
+            approved: counts.approved,
+            timed_out: counts.timed_out,
         }),
+    }
+}
+
+/// Wire form of one setting `openclaw setup` manages.
+pub fn pb_gate_change(c: &GateChange) -> pb::OpenClawSetupChange {
+    pb::OpenClawSetupChange {
+        path: c.path.clone(),
+        before: c.before.to_string(),
+        after: c.after.to_string(),
+        changed: c.changed,
     }
 }
 

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::authn::Need;
 use super::convert::{
-    pb_actor, pb_auth_mode, pb_counts, pb_diagnostic, pb_head, pb_openclaw_status,
+    pb_actor, pb_auth_mode, pb_counts, pb_diagnostic, pb_exporter, pb_head, pb_openclaw_status,
 };
 use super::service::ControlService;
 use crate::clock::format_ts;
@@ -52,7 +52,13 @@ pub(super) async fn get_status(
             view.openclaw,
             view.pending_enforcements,
             view.gate,
+            view.gate_setup,
         )),
+        exporters: view
+            .exporters
+            .iter()
+            .map(|s| pb_exporter(s, view.head.seq))
+            .collect(),
     }))
 }
 
@@ -107,11 +113,19 @@ pub(super) async fn diagnose(
         checks.push(crate::doctor::idp_check(provider.issuer(), discovery, jwks));
     }
     let view = svc.gov.status().await?;
+    checks.extend(
+        view.exporters
+            .iter()
+            .map(|sink| crate::doctor::exporter_check(sink, view.head.seq)),
+    );
     let openclaw_enabled = svc.setup.as_ref().is_some_and(|s| s.openclaw_enabled);
     checks.push(crate::doctor::openclaw_check(
         openclaw_enabled,
         &view.openclaw,
     ));
+    if let Some(gate) = view.gate_setup.as_ref().filter(|_| openclaw_enabled) {
+        checks.push(crate::doctor::gate_check(gate));
+    }
     Ok(Response::new(pb::DiagnoseReply {
         version: env!("CARGO_PKG_VERSION").into(),
         checks: checks.into_iter().map(pb_diagnostic).collect(),

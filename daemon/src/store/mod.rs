@@ -7,7 +7,8 @@
 //!
 //! Each family of operations has its own module with its SQL, its
 //! [`Operation`]s and their audit entries: [`enforcement`], [`findings`],
-//! [`scan_reports`], [`stepup`], [`connections`], [`quarantine`] and [`audit_log`].
+//! [`scan_reports`], [`stepup`], [`connections`], [`quarantine`], [`export_cursors`],
+//! [`openclaw_setup`] and [`audit_log`].
 //! [`Store::write`] answers with the operation's own effect type.
 //!
 //! Layers inside, no circle: [`handle`] (the `Store` type) and [`chain`] (the
@@ -18,8 +19,10 @@ pub mod audit_log;
 mod chain;
 pub mod connections;
 pub mod enforcement;
+pub mod export_cursors;
 pub mod findings;
 mod handle;
+pub mod openclaw_setup;
 pub mod profile;
 pub mod quarantine;
 mod readers;
@@ -40,8 +43,10 @@ pub use connections::{
     LinkAccount, RevokeConnection, Revoked,
 };
 pub use enforcement::{Enforced, RegisterTargets, SetEnforcement, TargetRow};
+pub use export_cursors::AdvanceExportCursor;
 pub use findings::{DismissFinding, Dismissed, FindingRow};
 pub use handle::Store;
+pub use openclaw_setup::{GateSetupRow, RecordGateSetup, RecordGateUndo};
 pub use scan_reports::{NewFinding, ReportOrigin, ReportStored, ScanReport};
 pub use schema::{APPLICATION_ID, OpenError, SCHEMA_VERSION};
 pub use stepup::{

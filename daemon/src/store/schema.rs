@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 /// `PRAGMA application_id` of a DefenseClaw database ("DCLW").
 pub const APPLICATION_ID: i64 = 0x4443_4C57;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -136,6 +136,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
     "#,
     ),
     (
+        5,
+        r#"
+    CREATE TABLE openclaw_setup (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        spec       TEXT NOT NULL,
+        originals  TEXT NOT NULL,
+        active     INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    "#,
+    ),
+    (
         6,
         // Counters kept with the data: triggers update them in the transaction
         // that changes the rows, so `status` reads one row instead of counting.
@@ -163,6 +175,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
            SET value = value + (CASE WHEN NEW.dismissed_at IS NULL THEN 1 ELSE -1 END)
          WHERE name = 'open_findings';
     END;
+    "#,
+    ),
+    (
+        7,
+        r#"
+    CREATE TABLE export_cursors (
+        name       TEXT PRIMARY KEY,
+        seq        INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE export_host (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        host_id TEXT NOT NULL
+    );
+    INSERT INTO export_host (id, host_id) VALUES (1, lower(hex(randomblob(16))));
     "#,
     ),
 ];

@@ -21,7 +21,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &[u8]) -
     String::from_utf8(out).unwrap()
 }
 
-async fn tcp(daemon: &TestDaemon, request: &[u8]) -> String {
+pub(crate) async fn tcp(daemon: &TestDaemon, request: &[u8]) -> String {
     let addr = daemon.handle.as_ref().unwrap().metrics_addr().unwrap();
     exchange(tokio::net::TcpStream::connect(addr).await.unwrap(), request).await
 }
@@ -34,7 +34,8 @@ async fn unix(path: &Path, request: &[u8]) -> String {
     .await
 }
 
-const GET: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain\r\n\r\n";
+pub(crate) const GET: &[u8] =
+    b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain\r\n\r\n";
 
 /// The body of a 200 answer, as `series -> value`.
 fn samples(response: &str) -> HashMap<String, f64> {

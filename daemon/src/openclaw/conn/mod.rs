@@ -9,7 +9,7 @@ mod endpoint;
 mod handshake;
 mod reconcile;
 mod reconnect;
-mod rpc;
+pub(crate) mod rpc;
 mod session;
 
 pub(crate) use endpoint::Endpoint;

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::rpc::{ALREADY_RESOLVED, Rpc, RpcError};
 use crate::openclaw::engine::{Engine, SkillInfo};
+use crate::openclaw::gate_setup::{self, GateError};
 use crate::openclaw::host::{Host, HostVerdict, MonitorAudit, TargetKind};
+use crate::openclaw::mcp_wiring;
 use crate::openclaw::state::ApprovalKind;
 
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
@@ -76,6 +78,8 @@ pub(super) async fn background<H: Host>(
             }
         }
         apply_pending(&engine, &rpc).await;
+        gate_check(&engine, &rpc).await;
+        wiring_check(&engine, &rpc).await;
         let mut periodic = tokio::time::interval(RECONCILE_EVERY);
         periodic.tick().await;
         loop {
@@ -85,10 +89,15 @@ pub(super) async fn background<H: Host>(
                 _ = triggers.config.notified() => {
                     refresh_mcp(&engine, &rpc).await;
                     super::coverage::refresh_tools(&engine, &rpc).await;
+                    gate_check(&engine, &rpc).await;
+                    wiring_check(&engine, &rpc).await;
                 }
+                () = engine.shared.gate_setup.rewire_notified() => wiring_check(&engine, &rpc).await,
                 _ = periodic.tick() => {
                     relist_approvals(&engine, &rpc).await;
                     apply_pending(&engine, &rpc).await;
+                    gate_check(&engine, &rpc).await;
+                    wiring_check(&engine, &rpc).await;
                 }
             }
         }
@@ -258,6 +267,143 @@ async fn refresh_mcp<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
     let names = servers.keys().cloned().collect();
     engine.set_mcp_servers(servers);
     engine.host.observe_targets(TargetKind::Mcp, names).await;
+}
+
+/// Reads the gate's state for status and, when setup was done and not undone,
+/// puts back what someone turned off or loosened (audited; at most a few times
+/// per window, so a gateway that keeps reverting is not fought in a loop).
+async fn gate_check<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
+    let gate = &engine.shared.gate_setup;
+    if let Some(spec) = gate.spec() {
+        let mut admitted = false;
+        // A write racing ours changes the hash: read again once.
+        for attempt in 0..2 {
+            let docs = match gate_setup::read_docs(rpc).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "openclaw: reading the gate settings failed");
+                    break;
+                }
+            };
+            let changes: Vec<_> = gate_setup::plan(&spec, &docs)
+                .into_iter()
+                .filter(|c| c.changed)
+                .collect();
+            if changes.is_empty() {
+                break;
+            }
+            if !admitted && !gate.admit_reapply() {
+                let msg = "the gate was turned off again; not re-applied (too many re-applies in 10 minutes): run `defenseclawctl openclaw setup`";
+                tracing::warn!("openclaw: {msg}");
+                engine
+                    .shared
+                    .update_status(|s| s.last_error = Some(msg.into()));
+                break;
+            }
+            admitted = true;
+            let result = gate_setup::apply(rpc, &docs, &changes).await;
+            let conflict = result.as_ref().is_err_and(GateError::is_conflict);
+            if conflict && attempt == 0 {
+                continue;
+            }
+            let (outcome, reason) = match result {
+                Ok(()) => (
+                    "applied",
+                    "the gate was turned off or loosened in OpenClaw; re-applied".to_owned(),
+                ),
+                Err(e) => ("error", format!("re-applying the gate failed: {e}")),
+            };
+            engine
+                .audit(MonitorAudit {
+                    action: "openclaw-gate-reapplied".into(),
+                    target: None,
+                    outcome: outcome.into(),
+                    reason,
+                    details: json!({ "changes": changes }),
+                })
+                .await;
+            break;
+        }
+    }
+    match gate_setup::read_view(rpc, env!("CARGO_PKG_VERSION")).await {
+        Ok(view) => gate.set_view(view),
+        Err(e) => tracing::warn!(error = %e, "openclaw: reading the gate state failed"),
+    }
+}
+
+/// While setup is in effect, makes OpenClaw start every MCP server the daemon
+/// allows with connections through `defenseclawctl mcp exec`, and puts back
+/// the original command of a wired server whose grant went away (revoked,
+/// blocked). Each server's rewrite is audited.
+async fn wiring_check<H: Host>(engine: &Engine<H>, rpc: &Rpc) {
+    let gate = &engine.shared.gate_setup;
+    let (Some(_), Some(wrapper)) = (gate.spec(), gate.wrapper()) else {
+        return;
+    };
+    let Some(wanted) = engine.host.vault_servers().await else {
+        return;
+    };
+    // A write racing ours changes the hash: read again once.
+    for attempt in 0..2 {
+        let docs = match gate_setup::read_docs(rpc).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "openclaw: reading MCP servers for wiring failed");
+                return;
+            }
+        };
+        let changes = mcp_wiring::plan(&wrapper, docs.config(), &wanted);
+        if changes.is_empty() {
+            return;
+        }
+        let result = gate_setup::apply(rpc, &docs, &changes).await;
+        if result.as_ref().is_err_and(GateError::is_conflict) && attempt == 0 {
+            continue;
+        }
+        let mut by_server: BTreeMap<String, (bool, Vec<Value>)> = BTreeMap::new();
+        for c in &changes {
+            if let Some((name, wraps)) = mcp_wiring::server_of(c) {
+                by_server.insert(name.to_owned(), (wraps, Vec::new()));
+            }
+        }
+        for c in &changes {
+            let name = c
+                .path
+                .trim_start_matches("mcp.servers.")
+                .rsplit_once('.')
+                .map_or("", |(n, _)| n);
+            if let Some((_, views)) = by_server.get_mut(name) {
+                views.push(mcp_wiring::audit_view(c));
+            }
+        }
+        for (name, (wraps, views)) in by_server {
+            let (action, what) = if wraps {
+                (
+                    "openclaw-mcp-wrapped",
+                    "now starts through `defenseclawctl mcp exec` (Token Vault)",
+                )
+            } else {
+                (
+                    "openclaw-mcp-unwrapped",
+                    "has its own command back (no Token Vault grant)",
+                )
+            };
+            let (outcome, reason) = match &result {
+                Ok(()) => ("applied", format!("MCP server {name} {what}")),
+                Err(e) => ("error", format!("rewriting MCP server {name} failed: {e}")),
+            };
+            engine
+                .audit(MonitorAudit {
+                    action: action.into(),
+                    target: Some((TargetKind::Mcp, name)),
+                    outcome: outcome.into(),
+                    reason,
+                    details: json!({ "changes": views }),
+                })
+                .await;
+        }
+        return;
+    }
 }
 
 /// What pushing one enforcement change into OpenClaw came to.

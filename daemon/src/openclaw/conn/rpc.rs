@@ -9,8 +9,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::openclaw::approval_kind::ApprovalKind;
 use crate::openclaw::redact::{redact_text, truncate};
-use crate::openclaw::state::ApprovalKind;
 
 /// The gateway's reason when an approval was resolved by someone else first.
 pub(super) const ALREADY_RESOLVED: &str = "APPROVAL_ALREADY_RESOLVED";
@@ -80,7 +80,7 @@ pub(super) struct Cmd {
 }
 
 /// Client side of the connection loop for background tasks.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct Rpc {
     tx: mpsc::Sender<Cmd>,
     timeout: Duration,

@@ -27,7 +27,7 @@ use crate::openclaw::state::{ApprovalKind, GatewayState};
 use crate::openclaw::tool_frame::ToolFrame;
 
 /// Events the monitor acts on; others only update `last_event_at`.
-const RELEVANT_EVENTS: [&str; 8] = [
+const RELEVANT_EVENTS: [&str; 9] = [
     "exec.approval.requested",
     "exec.approval.resolved",
     "plugin.approval.requested",
@@ -35,6 +35,7 @@ const RELEVANT_EVENTS: [&str; 8] = [
     "session.tool",
     "skills.changed",
     "config.changed",
+    "plugins.changed",
     "shutdown",
 ];
 
@@ -101,6 +102,7 @@ pub(super) async fn session<H: Host>(
     let timeout = Duration::from_secs(conn.settings.request_timeout_secs.max(1));
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let rpc = Rpc::new(cmd_tx, timeout);
+    shared.gate_setup.set_rpc(Some(rpc.clone()));
     let triggers = Arc::new(Triggers {
         skills: Notify::new(),
         config: Notify::new(),
@@ -127,6 +129,7 @@ pub(super) async fn session<H: Host>(
         cancel,
     )
     .await;
+    engine.shared.gate_setup.set_rpc(None);
     conn_cancel.cancel();
     tasks.shutdown().await;
     end
@@ -413,7 +416,7 @@ impl<H: Host> Serve<'_, H> {
                 }
             }
             "skills.changed" => self.triggers.skills.notify_one(),
-            "config.changed" => self.triggers.config.notify_one(),
+            "config.changed" | "plugins.changed" => self.triggers.config.notify_one(),
             "shutdown" => {
                 let ms = payload["restartExpectedMs"].as_u64().unwrap_or(0);
                 self.restart_hint = Some(Duration::from_millis(ms.clamp(250, 60_000)));

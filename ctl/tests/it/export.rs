@@ -1,0 +1,133 @@
+//! `audit verify --from-export`: a file sink's export verifies, and an edited
+//! or a dropped record is named by its seq.
+
+use std::time::Duration;
+
+use defenseclaw_testkit::daemon::TestDaemon;
+use defenseclaw_testkit::wait_for;
+use serde_json::Value;
+
+use crate::cli::{Ctl, ctl_at};
+
+async fn verify(file: &std::path::Path) -> crate::cli::Run {
+    // No daemon is needed: a socket nobody listens on.
+    ctl_at(
+        std::path::Path::new("/nonexistent/defenseclawd.sock"),
+        &[
+            "-o",
+            "json",
+            "audit",
+            "verify",
+            "--from-export",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await
+}
+
+fn write_lines(path: &std::path::Path, records: &[Value]) {
+    let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn verify_from_export_names_an_edited_and_a_dropped_record() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("audit.jsonl");
+    let url = format!("file://{}", path.display());
+    let d = TestDaemon::start_with(&[
+        ("DEFENSECLAW_EXPORT__LOCAL__KIND", "file"),
+        ("DEFENSECLAW_EXPORT__LOCAL__URL", url.as_str()),
+        ("DEFENSECLAW_EXPORT__LOCAL__FLUSH_INTERVAL_MS", "20"),
+    ])
+    .await
+    .unwrap();
+    for i in 0..6 {
+        d.ctl(&["skill", "block", &format!("s{i}"), "--reason", "exported"])
+            .await
+            .ok();
+    }
+    let status = d.ctl(&["-o", "json", "status"]).await.ok().json();
+    let head = status["audit_head"]["seq"].as_u64().unwrap();
+    assert!(head >= 6);
+    let records: Vec<Value> = wait_for(
+        "the export to hold every entry",
+        Duration::from_secs(60),
+        || async {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let records: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            records
+                .iter()
+                .any(|r| r.get("type").is_none() && r["seq"] == head)
+                .then_some(records)
+        },
+    )
+    .await
+    .unwrap();
+    let exporters = d.ctl(&["-o", "json", "status"]).await.ok().json()["exporters"].clone();
+    assert_eq!(exporters[0]["name"], "local");
+    assert_eq!(exporters[0]["kind"], "file");
+
+    let intact = verify(&path).await.ok().json();
+    assert_eq!(intact["ok"], true, "{intact}");
+    assert_eq!(intact["entries_checked"], head);
+
+    // The same export from `audit export` (plus host_id) verifies too.
+    let exported = d.ctl(&["-o", "json", "audit", "export"]).await.ok();
+    let from_cli = out.path().join("cli.jsonl");
+    std::fs::write(&from_cli, &exported.stdout).unwrap();
+    assert_eq!(verify(&from_cli).await.ok().json()["ok"], true);
+
+    let entry_index = |seq: u64| {
+        records
+            .iter()
+            .position(|r| r.get("type").is_none() && r["seq"] == seq)
+            .unwrap()
+    };
+
+    // One record edited.
+    let mut edited = records.clone();
+    edited[entry_index(3)]["reason"] = Value::from("nothing to see");
+    let file = out.path().join("edited.jsonl");
+    write_lines(&file, &edited);
+    let run = verify(&file).await;
+    assert_eq!(run.code, 8, "{}", run.stderr);
+    assert_eq!(run.json()["first_bad_seq"], 3);
+    assert!(
+        run.stderr.contains("entry 3 was modified"),
+        "{}",
+        run.stderr
+    );
+
+    // One record dropped.
+    let mut dropped = records.clone();
+    dropped.remove(entry_index(4));
+    let file = out.path().join("dropped.jsonl");
+    write_lines(&file, &dropped);
+    let run = verify(&file).await;
+    assert_eq!(run.code, 8, "{}", run.stderr);
+    assert_eq!(run.json()["first_bad_seq"], 4);
+    assert!(run.stderr.contains("entry 4 is missing"), "{}", run.stderr);
+
+    // Repeats (at-least-once delivery) are fine; a cut-off tail is not.
+    let mut repeated = records.clone();
+    repeated.extend(records.iter().take(3).cloned());
+    let file = out.path().join("repeated.jsonl");
+    write_lines(&file, &repeated);
+    assert_eq!(verify(&file).await.ok().json()["ok"], true);
+    let mut cut: Vec<Value> = records
+        .iter()
+        .filter(|r| r.get("type").is_some() || r["seq"].as_u64() < Some(head))
+        .cloned()
+        .collect();
+    let head_hash = records[entry_index(head)]["hash"].clone();
+    cut.push(serde_json::json!({"type": "head", "host_id": records[0]["host_id"], "seq": head, "hash": head_hash, "ts": "", "filtered": false}));
+    let file = out.path().join("cut.jsonl");
+    write_lines(&file, &cut);
+    let run = verify(&file).await;
+    assert_eq!(run.code, 8, "{}", run.stderr);
+    assert_eq!(run.json()["first_bad_seq"], head);
+}

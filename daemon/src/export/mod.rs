@@ -1,0 +1,108 @@
+//! Audit export transports: the sink settings, the exported record, the
+//! sinks themselves (`file`, `syslog`) and their in-memory status. The loop
+//! that reads the log and advances each sink's cursor is
+//! [`crate::governance::exporting`].
+
+pub mod file;
+pub mod record;
+pub mod settings;
+pub mod state;
+pub mod syslog;
+pub mod webhook;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use settings::{Endpoint, SinkKind, SinkSettings};
+pub use state::{Exporters, SinkHealth, SinkStatus};
+
+/// One configured sink's transport.
+#[derive(Debug)]
+pub enum Sink {
+    /// JSON lines.
+    File(std::sync::Arc<file::FileSink>),
+    /// RFC 5424 over TCP.
+    Syslog(syslog::SyslogSink),
+    /// Signed JSON POSTs.
+    Webhook(webhook::WebhookSink),
+}
+
+/// How a delivery went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// Accepted.
+    Ok,
+    /// Accepted on a new connection: what went over the previous one may be lost.
+    OkReconnected,
+}
+
+impl Sink {
+    /// The transport for `settings` (already validated).
+    pub fn new(
+        settings: &SinkSettings,
+        secret: Option<crate::secrets::SecretString>,
+    ) -> Result<Self, String> {
+        match settings.endpoint()? {
+            Endpoint::Http(url) => {
+                let secret = secret.ok_or_else(|| {
+                    "a webhook sink needs its signing secret: DEFENSECLAW_EXPORT_<NAME>_TOKEN, the credential export-<name>-token, or <state dir>/.env".to_owned()
+                })?;
+                Ok(Self::Webhook(webhook::WebhookSink::new(
+                    url,
+                    secret,
+                    Duration::from_secs(settings.timeout_secs),
+                )?))
+            }
+            Endpoint::File(path) => Ok(Self::File(std::sync::Arc::new(file::FileSink::new(
+                path,
+                settings.max_file_bytes,
+                settings.keep_files,
+            )))),
+            Endpoint::Tcp {
+                host,
+                port,
+                tls_pin,
+            } => {
+                let tls = tls_pin
+                    .map(|pin| crate::openclaw::pinned_tls_config(pin).map_err(|e| e.to_string()))
+                    .transpose()?;
+                Ok(Self::Syslog(syslog::SyslogSink::new(
+                    host,
+                    port,
+                    tls,
+                    settings.facility,
+                    Duration::from_secs(settings.timeout_secs),
+                )))
+            }
+        }
+    }
+
+    /// True once after a connection that carried earlier deliveries was lost
+    /// (the runner then replays its last delivery).
+    pub fn check_lost(&mut self) -> bool {
+        match self {
+            Self::File(_) | Self::Webhook(_) => false,
+            Self::Syslog(s) => s.check_lost(),
+        }
+    }
+
+    /// Delivers `records` in order; `Ok` only once the receiver has them.
+    pub async fn deliver(&mut self, records: &[Value]) -> Result<Delivered, String> {
+        match self {
+            Self::File(file) => {
+                let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || file.write(&lines))
+                    .await
+                    .map_err(|e| format!("file writer task: {e}"))??;
+                Ok(Delivered::Ok)
+            }
+            Self::Webhook(w) => w.send(records).await.map(|()| Delivered::Ok),
+            Self::Syslog(s) => Ok(match s.send(records).await? {
+                syslog::Sent::Same => Delivered::Ok,
+                syslog::Sent::Reconnected => Delivered::OkReconnected,
+            }),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Delivering the audit log to each `[export.<name>]` sink: one task per sink
+//! reads entries after its cursor through the store's readers, sends them in
+//! batches, and advances the cursor in the store only once the receiver
+//! accepted the batch. Woken by audit appends; retries with capped
+//! exponential backoff; never holds anything the control plane waits on.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::export::record::{Filter, entry_object, head_object};
+use crate::export::settings::token_names;
+use crate::export::{Delivered, Exporters, SinkHealth, SinkSettings, state::FAILING_AFTER};
+use crate::secrets::SecretSources;
+use crate::store::{AdvanceExportCursor, Store};
+
+/// Starts one task per sink. Fails (before anything is spawned) when a sink
+/// cannot be built (a webhook without its secret) or the store cannot be read.
+pub async fn start(
+    store: &Store,
+    sinks: &BTreeMap<String, SinkSettings>,
+    secrets: &SecretSources,
+    exporters: &Exporters,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    cancel: &CancellationToken,
+) -> std::result::Result<(), String> {
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    let host_id = store.export_host_id().await.map_err(|e| e.to_string())?;
+    let mut tasks = Vec::new();
+    for (name, settings) in sinks {
+        let (env_name, credential) = token_names(name);
+        let secret = secrets
+            .get_named(&env_name, &credential)
+            .map_err(|e| e.to_string())?
+            .map(|(s, _)| s);
+        if settings.kind == crate::export::SinkKind::Webhook && secret.is_none() {
+            return Err(format!(
+                "[export.{name}]: a webhook sink needs its signing secret: set {env_name}, the credential {credential}, or {env_name} in <state dir>/.env"
+            ));
+        }
+        let sink = crate::export::Sink::new(settings, secret)
+            .map_err(|e| format!("[export.{name}]: {e}"))?;
+        let cursor = store
+            .export_cursor(name.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let slot = exporters.register(name, settings.kind.as_str(), cursor);
+        tasks.push(Runner {
+            name: name.clone(),
+            settings: settings.clone(),
+            filter: Filter::from_settings(settings),
+            sink,
+            store: store.clone(),
+            exporters: exporters.clone(),
+            metrics: metrics.clone(),
+            slot,
+            host_id: host_id.clone(),
+            cursor,
+        });
+    }
+    for runner in tasks {
+        tokio::spawn(runner.run(cancel.child_token()));
+    }
+    Ok(())
+}
+
+struct Runner {
+    name: String,
+    settings: SinkSettings,
+    filter: Filter,
+    sink: crate::export::Sink,
+    store: Store,
+    exporters: Exporters,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    slot: usize,
+    host_id: String,
+    /// Last seq the receiver accepted (persisted).
+    cursor: u64,
+}
+
+impl Runner {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut wake = self.store.subscribe();
+        self.report_lag();
+        let flush = Duration::from_millis(self.settings.flush_interval_ms);
+        let head_every = Duration::from_secs(self.settings.head_every_secs);
+        let max_backoff = Duration::from_secs(self.settings.max_backoff_secs);
+        let mut backoff = flush;
+        // Where the next read starts; behind `cursor` only while replaying.
+        let mut send_pos = self.cursor;
+        // Where the last accepted batch started, for a replay after a lost connection.
+        let mut last_batch_after: Option<u64> = None;
+        let mut last_head: Option<Instant> = None;
+        // The newest seq:hash sent without a head record after it.
+        let mut unheaded: Option<(u64, String)> = None;
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            if self.sink.check_lost()
+                && let Some(after) = last_batch_after.take()
+            {
+                send_pos = send_pos.min(after);
+            }
+            let page = match self
+                .store
+                .audit_page(send_pos, self.settings.batch_size)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    self.failed(&format!("reading the audit log: {e}"));
+                    if sleep_or_cancel(&cancel, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                    continue;
+                }
+            };
+            let head_due = last_head.is_none_or(|t| t.elapsed() >= head_every);
+            let Some(last) = page.last() else {
+                // Idle: a due head record for what was sent, then wait for appends.
+                if head_due && let Some((seq, hash)) = unheaded.clone() {
+                    let head = [self.head(seq, &hash)];
+                    let sent = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        r = self.sink.deliver(&head) => r,
+                    };
+                    if sent.is_ok() {
+                        last_head = Some(Instant::now());
+                        unheaded = None;
+                        continue;
+                    }
+                }
+                let wait = if unheaded.is_some() {
+                    last_head.map_or(flush, |t| head_every.saturating_sub(t.elapsed()).max(flush))
+                } else {
+                    head_every
+                };
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = wake.recv() => if matches!(r, Err(RecvError::Closed)) { return },
+                    () = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            };
+            let (last_seq, last_hash) = (last.seq, last.hash.clone());
+            let mut records: Vec<serde_json::Value> = page
+                .iter()
+                .filter(|e| self.filter.matches(e))
+                .map(|e| entry_object(e, &self.host_id))
+                .collect();
+            if head_due {
+                records.push(self.head(last_seq, &last_hash));
+            }
+            let outcome = if records.is_empty() {
+                Ok(Delivered::Ok)
+            } else {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = self.sink.deliver(&records) => r,
+                }
+            };
+            match outcome {
+                Ok(_) => {
+                    if last_seq > self.cursor {
+                        if let Err(e) = self
+                            .store
+                            .write(AdvanceExportCursor {
+                                name: self.name.clone(),
+                                seq: last_seq,
+                            })
+                            .await
+                        {
+                            self.failed(&format!("recording the cursor: {e}"));
+                            if sleep_or_cancel(&cancel, backoff).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        self.cursor = last_seq;
+                    }
+                    last_batch_after = Some(send_pos);
+                    send_pos = last_seq;
+                    if head_due {
+                        last_head = Some(Instant::now());
+                        unheaded = None;
+                    } else {
+                        unheaded = Some((last_seq, last_hash));
+                    }
+                    backoff = flush;
+                    let (cursor, now) = (self.cursor, self.store.clock().ts());
+                    self.report_lag();
+                    self.exporters.update(self.slot, |s| {
+                        s.state = SinkHealth::Ok;
+                        s.cursor = cursor;
+                        s.failures = 0;
+                        s.last_success_at = Some(now);
+                    });
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    if sleep_or_cancel(&cancel, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+    }
+
+    fn head(&self, seq: u64, hash: &str) -> serde_json::Value {
+        head_object(
+            &self.host_id,
+            seq,
+            hash,
+            &self.store.clock().ts(),
+            !self.filter.is_empty(),
+        )
+    }
+
+    /// Entries appended after the cursor, for the metrics endpoint.
+    fn report_lag(&self) {
+        self.metrics.set_exporter_lag(
+            &self.name,
+            self.store.head().seq.saturating_sub(self.cursor),
+        );
+    }
+
+    fn failed(&self, error: &str) {
+        self.report_lag();
+        tracing::warn!(sink = %self.name, error, "audit export delivery failed; retrying");
+        self.exporters.update(self.slot, |s| {
+            s.failures = s.failures.saturating_add(1);
+            s.state = if s.failures >= FAILING_AFTER {
+                SinkHealth::Failing
+            } else {
+                SinkHealth::Retrying
+            };
+            s.last_error = Some(error.to_owned());
+        });
+    }
+}
+
+/// Sleeps `d`; true when cancelled first.
+async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}
