@@ -286,12 +286,14 @@ impl Bench {
         let (mut bare, _) = bare_run(bare, self.warmup()).await?;
         load::run(&one, 1, &block_work, self.warmup(), Duration::ZERO).await?;
         let mut bare_rates = Vec::new();
+        let mut bare_latencies = Vec::new();
         let mut mut1 = Vec::new();
         for rep in 0..self.args.repeats {
-            let (b, (rows, took)) = bare_run(bare, self.window()).await?;
+            let (b, (rows, took, lat)) = bare_run(bare, self.window()).await?;
             bare = b;
             let rate = rows as f64 / took.as_secs_f64();
             bare_rates.push(rate);
+            bare_latencies.extend(lat);
             let s = load::run(&one, 1, &block_work, Duration::ZERO, self.window()).await?;
             say!(
                 "durable rep {}: bare sqlite {:.0} rows/s, SetEnforcement x1 {:.0}/s",
@@ -337,9 +339,37 @@ impl Bench {
         };
         phase("ctl_status_after_load", t);
 
-        let total = started.elapsed().as_secs_f64();
         drop(echo);
         drop(daemon);
+
+        // ---- where a write's time goes, and group commit (profiled daemons)
+        let t = Instant::now();
+        say!("profiled daemon: SetEnforcement x1 (breakdown)");
+        let one = crate::breakdown::run(
+            &self.daemon_bin,
+            &self.dir.join("profile-1"),
+            &self.args.daemon_env,
+            self.token.clone(),
+            1,
+            self.warmup(),
+            self.window(),
+        )
+        .await
+        .context("the profiled 1-client run")?;
+        say!("profiled daemon: SetEnforcement x64 (group commit)");
+        let many = crate::breakdown::run(
+            &self.daemon_bin,
+            &self.dir.join("profile-64"),
+            &self.args.daemon_env,
+            self.token.clone(),
+            64,
+            self.warmup(),
+            self.window(),
+        )
+        .await
+        .context("the profiled 64-client run")?;
+        phase("write_profile", t);
+        let total = started.elapsed().as_secs_f64();
         phases.insert("total".into(), report::round(total, 2));
 
         let inputs = report::Inputs {
@@ -349,6 +379,9 @@ impl Bench {
             true_ms: true_times,
             ctl_after_load_ms: ctl_after.0,
             bare_rates,
+            bare_latencies_ns: bare_latencies,
+            breakdown: crate::breakdown::breakdown_json(&one),
+            group_commit: crate::breakdown::groups_json(&many, 64),
             mut1,
             mut64,
             idle,
@@ -448,7 +481,7 @@ impl Bench {
 async fn bare_run(
     mut bare: BareInserts,
     window: Duration,
-) -> anyhow::Result<(BareInserts, (u64, Duration))> {
+) -> anyhow::Result<(BareInserts, (u64, Duration, Vec<u64>))> {
     tokio::task::spawn_blocking(move || {
         let r = bare.run(window)?;
         Ok((bare, r))

@@ -11,6 +11,8 @@
 //!   the local identity provider ([`token_vault::run`]);
 //! - `hostile`: resident memory under a flood of unread streams and
 //!   `GetStatus` latency under idle connections and FIFO scans ([`hostile::run`]);
+//! - `scale`: read-side figures on an empty store beside a store filled to
+//!   1M audit entries and 100k targets ([`scale::run`]);
 //! - `gate`: the OpenClaw gate's decision latency on its socket against a
 //!   bare round trip of the same transport ([`gate::run`]);
 //! - `scan-eval CORPUS`: the built-in scanner (and `skill-scanner` when
@@ -21,6 +23,7 @@ macro_rules! say {
     ($($arg:tt)*) => { eprintln!("[bench] {}", format_args!($($arg)*)) };
 }
 
+mod breakdown;
 mod control;
 mod echo;
 mod gate;
@@ -29,6 +32,7 @@ mod load;
 mod openclaw;
 mod procs;
 mod report;
+mod scale;
 mod scan_eval;
 mod sqlite_loop;
 mod token_vault;
@@ -110,6 +114,12 @@ enum Command {
     /// open. Runs the real defenseclawd with its shipped limits; one JSON
     /// document on stdout.
     Hostile(hostile::HostileArgs),
+    /// Store scale: `defenseclawctl status`, `audit list --limit 20`, `audit
+    /// verify` and `audit export` (entries/s), CheckTarget throughput, database
+    /// bytes per entry and RSS, on an empty store and on one filled (default
+    /// 1M audit entries, 100k targets) through the store's own writer (same
+    /// hash chain). One JSON document on stdout.
+    Scale(scale::ScaleArgs),
     /// The OpenClaw gate: decision latency of a plugin call (p50/p99 at 1 and
     /// 16 concurrent calls on one connection) against a bare `ping` round
     /// trip on the same socket. The daemon runs in process; one JSON document
@@ -140,6 +150,7 @@ fn main() -> ExitCode {
         }
         Some(Command::TokenVault(args)) => token_vault::run(&args),
         Some(Command::Hostile(args)) => hostile::run(&args),
+        Some(Command::Scale(args)) => scale::run(&args),
         Some(Command::Gate { samples, warmup }) => gate::run(samples, warmup),
         Some(Command::ScanEval { corpus }) => {
             scan_eval::run(&corpus).and_then(|v| report::print_json(&v))

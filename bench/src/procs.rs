@@ -43,6 +43,32 @@ impl Guarded {
         Ok(())
     }
 
+    /// Asks the process to stop (SIGTERM) and waits up to `grace` for it to
+    /// exit, so it can finish its shutdown work (the daemon writes its profile).
+    pub fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed ({status})", self.pid());
+        }
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.what))?
+                .is_some()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} did not exit within {grace:?} of SIGTERM", self.what)
+    }
+
     /// Resident set size and its peak, in MiB, from `/proc/<pid>/status`.
     pub fn memory_mib(&self) -> anyhow::Result<Memory> {
         let path = format!("/proc/{}/status", self.pid());
@@ -263,6 +289,14 @@ pub fn ctl_status_command(ctl: &Path, socket: &Path, home: &Path) -> Command {
         .arg("--socket")
         .arg(socket)
         .arg("status");
+    cmd
+}
+
+/// A `defenseclawctl --socket SOCKET ARGS…` command with an isolated home.
+pub fn ctl_command(ctl: &Path, socket: &Path, home: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(ctl);
+    scrubbed(&mut cmd);
+    cmd.env("HOME", home).arg("--socket").arg(socket).args(args);
     cmd
 }
 

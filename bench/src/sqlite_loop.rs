@@ -38,11 +38,14 @@ impl BareInserts {
     }
 
     /// Inserts one row per transaction until `window` has passed; returns the
-    /// number of committed rows and the elapsed time.
-    pub fn run(&mut self, window: Duration) -> anyhow::Result<(u64, Duration)> {
+    /// number of committed rows, the elapsed time and each commit's latency in ns
+    /// (begin to durable commit).
+    pub fn run(&mut self, window: Duration) -> anyhow::Result<(u64, Duration, Vec<u64>)> {
         let start = Instant::now();
         let mut rows = 0u64;
+        let mut latencies = Vec::with_capacity(4096);
         while start.elapsed() < window {
+            let t0 = Instant::now();
             self.next += 1;
             let tx = self
                 .conn
@@ -54,8 +57,9 @@ impl BareInserts {
             )
             .context("inserting")?;
             tx.commit().context("committing")?;
+            latencies.push(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
             rows += 1;
         }
-        Ok((rows, start.elapsed()))
+        Ok((rows, start.elapsed(), latencies))
     }
 }

@@ -17,22 +17,58 @@ pub enum Verdict {
     Blocked(Decision),
 }
 
-/// Decisions by kind, then name (so a lookup by `&str` allocates nothing).
+/// Decisions by kind, then name (so a lookup by `&str` allocates nothing),
+/// with the counts `status` reports kept beside them (no walk over the map).
 #[derive(Debug, Default)]
 pub struct StateCache {
-    by_kind: RwLock<HashMap<TargetKind, HashMap<String, Decision>>>,
+    by_kind: RwLock<Decisions>,
     /// Targets held while step-ups are pending, with every holding request:
     /// they read as blocked (fail closed) until the last one ends.
     holds: RwLock<HashMap<TargetKind, HashMap<String, Vec<String>>>>,
 }
 
+/// The decisions and their counts, changed together under one lock.
+#[derive(Debug, Default)]
+struct Decisions {
+    map: HashMap<TargetKind, HashMap<String, Decision>>,
+    /// (targets, blocked, allowed).
+    counts: (u64, u64, u64),
+}
+
+impl Decisions {
+    fn tally(&mut self, state: EnforcementState, up: bool) {
+        let slot = match state {
+            EnforcementState::Blocked => &mut self.counts.1,
+            EnforcementState::Allowed => &mut self.counts.2,
+            EnforcementState::None => return,
+        };
+        *slot = if up {
+            slot.saturating_add(1)
+        } else {
+            slot.saturating_sub(1)
+        };
+    }
+}
+
 impl StateCache {
     /// Records the decision now in force for a target.
     pub fn set(&self, target: &Target, decision: Decision) {
-        let mut map = self.by_kind.write().unwrap_or_else(PoisonError::into_inner);
-        map.entry(target.kind)
-            .or_default()
-            .insert(target.name.clone(), decision);
+        let mut guard = self.by_kind.write().unwrap_or_else(PoisonError::into_inner);
+        let d = &mut *guard;
+        let new_state = decision.state;
+        let names = d.map.entry(target.kind).or_default();
+        let old_state = match names.get_mut(target.name.as_str()) {
+            Some(slot) => Some(std::mem::replace(slot, decision).state),
+            None => {
+                names.insert(target.name.clone(), decision);
+                None
+            }
+        };
+        match old_state {
+            Some(old) => d.tally(old, false),
+            None => d.counts.0 += 1,
+        }
+        d.tally(new_state, true);
     }
 
     /// Holds a target while step-up `request_id` is pending.
@@ -82,8 +118,8 @@ impl StateCache {
                 decided_at: String::new(),
             });
         }
-        let map = self.by_kind.read().unwrap_or_else(PoisonError::into_inner);
-        match map.get(&kind).and_then(|m| m.get(name)) {
+        let d = self.by_kind.read().unwrap_or_else(PoisonError::into_inner);
+        match d.map.get(&kind).and_then(|m| m.get(name)) {
             None => Verdict::Unknown,
             Some(d) => match d.state {
                 EnforcementState::None => Verdict::Unknown,
@@ -93,25 +129,20 @@ impl StateCache {
         }
     }
 
-    /// (targets, blocked, allowed), without touching the disk.
+    /// (targets, blocked, allowed), without touching the disk or walking the
+    /// targets: kept up to date by [`StateCache::set`].
     pub fn counts(&self) -> (u64, u64, u64) {
-        let map = self.by_kind.read().unwrap_or_else(PoisonError::into_inner);
-        let mut out = (0, 0, 0);
-        for d in map.values().flat_map(|m| m.values()) {
-            out.0 += 1;
-            match d.state {
-                EnforcementState::Blocked => out.1 += 1,
-                EnforcementState::Allowed => out.2 += 1,
-                EnforcementState::None => {}
-            }
-        }
-        out
+        self.by_kind
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counts
     }
 
     /// Every target with a block or allow decision.
     pub fn enforced(&self) -> Vec<(Target, EnforcementState)> {
-        let map = self.by_kind.read().unwrap_or_else(PoisonError::into_inner);
-        map.iter()
+        let d = self.by_kind.read().unwrap_or_else(PoisonError::into_inner);
+        d.map
+            .iter()
             .flat_map(|(kind, names)| {
                 names
                     .iter()
@@ -127,5 +158,57 @@ impl StateCache {
                     })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skill(name: &str) -> Target {
+        Target {
+            kind: TargetKind::Skill,
+            name: name.into(),
+        }
+    }
+
+    fn decided(state: EnforcementState) -> Decision {
+        Decision {
+            state,
+            ..Decision::default()
+        }
+    }
+
+    /// The kept counts always equal a walk over the decisions.
+    #[test]
+    fn counts_follow_every_change() {
+        let cache = StateCache::default();
+        let walk = |c: &StateCache| {
+            let d = c.by_kind.read().unwrap();
+            let all: Vec<_> = d.map.values().flat_map(|m| m.values()).collect();
+            (
+                all.len() as u64,
+                all.iter()
+                    .filter(|d| d.state == EnforcementState::Blocked)
+                    .count() as u64,
+                all.iter()
+                    .filter(|d| d.state == EnforcementState::Allowed)
+                    .count() as u64,
+            )
+        };
+        let steps = [
+            ("a", EnforcementState::Blocked),
+            ("b", EnforcementState::None),
+            ("a", EnforcementState::Blocked),
+            ("a", EnforcementState::Allowed),
+            ("b", EnforcementState::Blocked),
+            ("a", EnforcementState::None),
+            ("c", EnforcementState::Allowed),
+        ];
+        for (name, state) in steps {
+            cache.set(&skill(name), decided(state));
+            assert_eq!(cache.counts(), walk(&cache), "after {name} -> {state:?}");
+        }
+        assert_eq!(cache.counts(), (3, 1, 1));
     }
 }

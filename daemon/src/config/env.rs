@@ -21,6 +21,8 @@ pub(super) const PLAIN_ENV_VARS: &[&str] = &[
     "DEFENSECLAW_SESSION",
     "DEFENSECLAW_TOKEN",
     "DEFENSECLAW_BENCH_TOKEN",
+    // The benchmark's write-path profile (crate::store::profile::PROFILE_ENV).
+    "DEFENSECLAW_PROFILE_OUT",
 ];
 
 /// Refuses a `DEFENSECLAW_*` variable that is neither a config key nor one of

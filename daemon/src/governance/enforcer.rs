@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::events::EnforcementChanged;
 use crate::metrics::{DecisionKind, Metrics};
 use crate::model::{Actor, EnforcementAction, EnforcementState, Target};
+use crate::store::profile::{self, Phase};
 use crate::store::{Operation, SetEnforcement, Store};
 
 pub use crate::store::Enforced;
@@ -116,7 +117,9 @@ impl Enforcer {
         }
         match committed {
             Some(enforced) if enforced.changed => {
+                let started = profile::start();
                 self.publish(target, enforced.decision.state);
+                profile::record(Phase::FanOut, started);
                 true
             }
             _ => false,

@@ -521,9 +521,10 @@ impl CibaClient {
     }
 
     async fn validate_id_token(&self, id_token: &str) -> Result<Approval, CibaError> {
-        let (claims, kid) = verify_jwt(&self.provider, id_token, &self.client_id, self.leeway)
-            .await
-            .map_err(CibaError::InvalidIdToken)?;
+        let (claims, kid, _key) =
+            verify_jwt(&self.provider, id_token, &self.client_id, self.leeway)
+                .await
+                .map_err(CibaError::InvalidIdToken)?;
         let multi_aud = claims.aud.as_ref().is_some_and(|a| a.len() > 1);
         let azp_ok = match claims.azp.as_deref() {
             Some(azp) => azp == self.client_id,

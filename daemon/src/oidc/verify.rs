@@ -2,11 +2,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::provider::{KeyLookupError, Provider};
 use super::settings::{AuthSettings, MAX_LEEWAY_SECS, Role};
@@ -207,13 +210,14 @@ fn peek_sub(payload_b64: &str) -> Option<String> {
 
 /// Verifies a compact JWS: RS256 only, signature with the provider's key for `kid`,
 /// then `iss` exactly, `aud` containing `audience`, `exp` (required) and `nbf` with
-/// `leeway`, and `sub`. Returns the claims and the `kid`.
+/// `leeway`, and `sub`. Returns the claims, the `kid` and the key that verified the
+/// signature.
 pub(crate) async fn verify_jwt(
     provider: &Arc<Provider>,
     token: &str,
     audience: &str,
     leeway: u64,
-) -> Result<(Claims, String), AuthRejection> {
+) -> Result<(Claims, String, Arc<DecodingKey>), AuthRejection> {
     let token = token.trim();
     if token.is_empty() {
         return Err(AuthRejection::new(RejectReason::Missing, "no bearer token"));
@@ -334,25 +338,44 @@ pub(crate) async fn verify_jwt(
     if claims.sub.as_deref().is_none_or(str::is_empty) {
         return Err(reject(RejectReason::MissingSub, "no sub claim".into()));
     }
-    Ok((claims, kid_value.to_owned()))
+    Ok((claims, kid_value.to_owned(), key))
+}
+
+/// SHA-256 of a bearer token: the verified-token cache's key, so the cache
+/// never holds a token itself.
+type TokenDigest = [u8; 32];
+
+fn digest(bearer: &str) -> TokenDigest {
+    Sha256::digest(bearer.as_bytes()).into()
 }
 
 struct CacheEntry {
     token: Arc<VerifiedToken>,
+    /// The key that verified the signature: a hit needs the provider to still
+    /// hold this very key under the token's kid (a key dropped, or replaced
+    /// under the same kid, or any JWKS refresh, sends the token through full
+    /// verification again).
+    key: Arc<DecodingKey>,
     valid_until: i64,
+    /// Recency tick of the last hit (the least recent goes first when full).
+    last_used: AtomicU64,
 }
 
 /// Verifies bearer access tokens for the daemon's API.
 ///
 /// A token that verified once is remembered until its `exp` (plus leeway) while its
-/// signing key stays in the key set, so repeated calls with the same token cost two map
-/// lookups. The map is keyed by the whole token (compared in full on a hit, so no hash
-/// collision can alias two tokens); it lives only in memory and is never logged.
+/// signing key stays in the key set, so repeated calls with the same token cost a
+/// SHA-256 of the token and two map lookups. The map is keyed by the token's SHA-256
+/// (never the token), holds at most its capacity (least recently used evicted first)
+/// and only tokens that verified: a spray of forged or distinct tokens cannot grow it
+/// past the bound. It lives only in memory and is never logged.
 pub struct TokenVerifier {
     provider: Arc<Provider>,
     audience: String,
     leeway: u64,
-    cache: RwLock<HashMap<Box<str>, CacheEntry>>,
+    cache: RwLock<HashMap<TokenDigest, CacheEntry>>,
+    capacity: usize,
+    tick: AtomicU64,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -373,7 +396,28 @@ impl TokenVerifier {
             audience: audience.into(),
             leeway: leeway_secs.min(MAX_LEEWAY_SECS),
             cache: RwLock::new(HashMap::new()),
+            capacity: CACHE_CAPACITY,
+            tick: AtomicU64::new(0),
         }
+    }
+
+    /// The same verifier remembering at most `capacity` verified tokens (at least one).
+    #[must_use]
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// Whether the provider still publishes the very key that verified `entry`.
+    fn holds_key(&self, entry: &CacheEntry) -> bool {
+        self.provider
+            .cached_key(&entry.token.kid)
+            .is_some_and(|k| Arc::ptr_eq(&k, &entry.key))
+    }
+
+    /// Verified tokens remembered now.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.read().map_or(0, |c| c.len())
     }
 
     /// The provider whose keys are used.
@@ -400,16 +444,22 @@ impl TokenVerifier {
             ));
         }
         let now = crate::clock::unix_now();
+        let key = digest(bearer);
         if let Ok(cache) = self.cache.read()
-            && let Some(entry) = cache.get(bearer)
+            && let Some(entry) = cache.get(&key)
             && entry.valid_until > now
-            && self.provider.cached_key(&entry.token.kid).is_some()
+            && self.holds_key(entry)
         {
-            // Still signed by a key the provider publishes (a key dropped from the JWKS
-            // invalidates the tokens it signed at the next refresh).
+            // Still signed by a key the provider publishes (a key dropped from the JWKS,
+            // or replaced under its kid, invalidates the tokens it signed at the next
+            // refresh).
+            entry
+                .last_used
+                .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
             return Ok(Arc::clone(&entry.token));
         }
-        let (claims, kid) = verify_jwt(&self.provider, bearer, &self.audience, self.leeway).await?;
+        let (claims, kid, signing_key) =
+            verify_jwt(&self.provider, bearer, &self.audience, self.leeway).await?;
         let exp = claims.exp.map(|e| e as i64).unwrap_or(now);
         let token = Arc::new(VerifiedToken {
             sub: claims.sub.unwrap_or_default(),
@@ -430,17 +480,27 @@ impl TokenVerifier {
         });
         let leeway = i64::try_from(self.leeway).unwrap_or(0);
         if let Ok(mut cache) = self.cache.write() {
-            if cache.len() >= CACHE_CAPACITY {
-                cache.retain(|_, e| e.valid_until > now);
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
+            if cache.len() >= self.capacity && !cache.contains_key(&key) {
+                // Expired tokens and tokens of retired keys go first, then the least recent.
+                cache.retain(|_, e| e.valid_until > now && self.holds_key(e));
+                while cache.len() >= self.capacity {
+                    let Some(oldest) = cache
+                        .iter()
+                        .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
+                        .map(|(k, _)| *k)
+                    else {
+                        break;
+                    };
+                    cache.remove(&oldest);
                 }
             }
             cache.insert(
-                Box::from(bearer),
+                key,
                 CacheEntry {
                     token: Arc::clone(&token),
+                    key: signing_key,
                     valid_until: exp.saturating_add(leeway),
+                    last_used: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
                 },
             );
         }

@@ -15,6 +15,7 @@ use crate::oidc::{
     UserInfoCache, VerifiedToken, bearer_from_header,
 };
 use crate::rpc::access::{AccessPolicy, Caller, UserNames};
+use crate::store::profile::{self, Phase};
 
 /// What an RPC needs from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +166,18 @@ impl Authenticator {
 
     /// Identifies the caller of `rpc` and checks it may do what `need` says.
     pub async fn identify<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+        need: Need,
+    ) -> Result<Actor, Refusal> {
+        let started = profile::start();
+        let out = self.identify_caller(request, rpc, need).await;
+        profile::record(Phase::Authorize, started);
+        out
+    }
+
+    async fn identify_caller<T>(
         &self,
         request: &Request<T>,
         rpc: &'static str,

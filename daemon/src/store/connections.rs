@@ -412,7 +412,7 @@ impl Operation for GrantConnections {
         } = self;
         let now = tx.now();
         let target = server_target(&server);
-        ensure_target(tx.conn(), &target, &now)?;
+        ensure_target(tx, &target)?;
         // A declaration approved by someone else does not inherit the
         // previous approver's credential.
         if subject.is_none() {

@@ -88,8 +88,7 @@ impl Operation for SetEnforcement {
                 decided_by: actor.id.clone(),
                 decided_at: now.clone(),
             };
-            ensure_target(conn, &target, &now)?;
-            store_decision(conn, &target, &decision)?;
+            store_decision(conn, &target, &decision, &now)?;
             decision
         } else {
             previous.unwrap_or_default()
@@ -138,10 +137,9 @@ impl Operation for RegisterTargets {
     type Effect = Vec<Target>;
 
     fn apply(self, tx: &mut Tx<'_>) -> Result<Vec<Target>> {
-        let now = tx.now();
         let mut created = Vec::new();
         for target in self.targets {
-            if ensure_target(tx.conn(), &target, &now)? {
+            if ensure_target(tx, &target)? {
                 tx.append(&NewEntry {
                     action: "target-discovered".into(),
                     target: Some(target.clone()),
@@ -154,17 +152,24 @@ impl Operation for RegisterTargets {
                 created.push(target);
             }
         }
-        for target in &created {
-            tx.cache(target.clone(), Decision::default());
-        }
         Ok(created)
     }
 }
 
-fn store_decision(conn: &Connection, target: &Target, decision: &Decision) -> Result<()> {
+/// Creates the target's row with the decision, or updates its decision: one
+/// statement either way.
+fn store_decision(
+    conn: &Connection,
+    target: &Target,
+    decision: &Decision,
+    now: &str,
+) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE targets SET state = ?3, reason = ?4, decided_by = ?5, decided_at = ?6
-         WHERE kind = ?1 AND name = ?2",
+        "INSERT INTO targets (kind, name, state, reason, decided_by, decided_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (kind, name) DO UPDATE SET state = excluded.state,
+             reason = excluded.reason, decided_by = excluded.decided_by,
+             decided_at = excluded.decided_at",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -174,6 +179,7 @@ fn store_decision(conn: &Connection, target: &Target, decision: &Decision) -> Re
             decision.reason,
             decision.decided_by,
             decision.decided_at,
+            now,
         ])
     })
     .map(|_| ())
@@ -217,14 +223,23 @@ fn current_decision(conn: &Connection, target: &Target) -> Result<Option<Decisio
     .transpose()
 }
 
-/// Creates the target's row if it has none; true when it did.
-pub(super) fn ensure_target(conn: &Connection, target: &Target, now: &str) -> Result<bool> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO targets (kind, name, created_at) VALUES (?1, ?2, ?3)",
-    )
-    .and_then(|mut s| s.execute(params![target.kind.as_str(), target.name, now]))
-    .map(|n| n > 0)
-    .map_err(Error::store("registering a target"))
+/// Creates the target's row if it has none; true when it did. A created
+/// target enters the in-memory state with the commit, so the target count
+/// `status` reads from there always equals the rows.
+pub(super) fn ensure_target(tx: &mut Tx<'_>, target: &Target) -> Result<bool> {
+    let now = tx.now();
+    let created = tx
+        .conn()
+        .prepare_cached(
+            "INSERT OR IGNORE INTO targets (kind, name, created_at) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut s| s.execute(params![target.kind.as_str(), target.name, now]))
+        .map(|n| n > 0)
+        .map_err(Error::store("registering a target"))?;
+    if created {
+        tx.cache(target.clone(), Decision::default());
+    }
+    Ok(created)
 }
 
 /// Loads every stored decision into the in-memory state (at open).

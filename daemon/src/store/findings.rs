@@ -117,16 +117,14 @@ impl Operation for DismissFinding {
 }
 
 impl Store {
-    /// Undismissed findings, for `status`.
+    /// Undismissed findings, for `status`: the counter the findings' triggers
+    /// keep in the same transaction (one row, whatever the store's size).
     pub async fn open_findings(&self) -> Result<u64> {
         self.read(|c| {
-            c.query_row(
-                "SELECT count(*) FROM findings WHERE dismissed_at IS NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n.max(0) as u64)
-            .map_err(Error::store("counting findings"))
+            c.prepare_cached("SELECT value FROM counters WHERE name = 'open_findings'")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map(|n| n.max(0) as u64)
+                .map_err(Error::store("counting findings"))
         })
         .await
     }

@@ -24,6 +24,7 @@ pub mod findings;
 pub mod grant_status;
 mod handle;
 pub mod openclaw_setup;
+pub mod profile;
 pub mod quarantine;
 mod readers;
 pub mod scan_reports;
@@ -69,6 +70,7 @@ impl Store {
         path: &Path,
         ctx: WriterContext,
     ) -> Result<(Self, std::thread::JoinHandle<()>), OpenError> {
+        profile::init_from_env();
         let conn = schema::open_writer(path)?;
         let sql = |source| OpenError::Sqlite {
             path: path.display().to_string(),
@@ -107,8 +109,11 @@ impl Store {
             .send(job)
             .await
             .map_err(|_| Error::Unavailable("the store is shutting down".into()))?;
-        rx.await
-            .map_err(|_| Error::Internal("the store writer stopped before answering".into()))?
+        let (result, answered) = rx
+            .await
+            .map_err(|_| Error::Internal("the store writer stopped before answering".into()))?;
+        profile::record(profile::Phase::Wake, answered);
+        result
     }
 
     /// The clock the store stamps with.
@@ -148,6 +153,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::audit::NewEntry;
+    use crate::clock::format_ts;
     use crate::model::{Actor, EnforcementAction, EnforcementState, Target, TargetKind};
     use crate::state::StateCache;
     use time::OffsetDateTime;
@@ -222,6 +228,71 @@ mod tests {
         assert_eq!(entry.seq, again.entry.seq + 1);
         assert!(store.verify_audit(Some(store.head())).await.unwrap().ok);
 
+        drop(store);
+        writer.join().unwrap();
+    }
+
+    fn observed(name: &str) -> Audit {
+        Audit(NewEntry {
+            action: "observed".into(),
+            target: Some(skill(name)),
+            severity: None,
+            outcome: "recorded".into(),
+            reason: "test".into(),
+            details: serde_json::Value::Null,
+            actor: Actor::system(),
+        })
+    }
+
+    /// `audit list` answers the same whichever plan it picks: few or many
+    /// entries since the bound, with the clock going backwards in between, a
+    /// target filter, and every limit.
+    #[tokio::test]
+    async fn audit_list_filters_match_a_walk_over_the_whole_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let clock = Clock::manual(start);
+        let (store, writer) = open(dir.path(), clock.clone());
+        for i in 0..1500u32 {
+            // A step back now and then: timestamps are not monotonic in seq.
+            if i % 97 == 0 {
+                clock.set(start + time::Duration::seconds(i64::from(i) - 50));
+            } else {
+                clock.advance(std::time::Duration::from_secs(1));
+            }
+            let name = if i % 3 == 0 { "a" } else { "b" };
+            store.write(observed(name)).await.unwrap();
+        }
+        let all = store.audit_page(0, 10_000).await.unwrap();
+        assert_eq!(all.len(), 1500);
+        for back in [3i64, 40, 700, 1400, 5000] {
+            let since = format_ts(start + time::Duration::seconds(1500 - back));
+            for limit in [1u32, 20, 2000] {
+                for target in [None, Some(skill("a"))] {
+                    let want: Vec<u64> = all
+                        .iter()
+                        .rev()
+                        .filter(|e| e.ts >= since)
+                        .filter(|e| target.as_ref().is_none_or(|t| e.target_name == t.name))
+                        .take(limit as usize)
+                        .map(|e| e.seq)
+                        .collect();
+                    let got: Vec<u64> = store
+                        .list_audit(AuditQuery {
+                            limit,
+                            since: Some(since.clone()),
+                            actor: None,
+                            target: target.clone(),
+                        })
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|e| e.seq)
+                        .collect();
+                    assert_eq!(got, want, "since -{back}s, limit {limit}, {target:?}");
+                }
+            }
+        }
         drop(store);
         writer.join().unwrap();
     }

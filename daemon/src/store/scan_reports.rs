@@ -11,7 +11,7 @@ use super::findings::{FINDING_COLUMNS, FindingRow, finding_row};
 use super::writer::{Operation, Tx};
 use crate::audit::{Entry, NewEntry};
 use crate::error::{Error, Result};
-use crate::model::{Actor, Decision, Severity, Target};
+use crate::model::{Actor, Severity, Target};
 
 /// One finding as submitted by a scanner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +86,7 @@ impl Operation for ScanReport {
         } = self;
         let conn = tx.conn();
         let now = tx.now();
-        let created = ensure_target(conn, &target, &now)?;
+        let created = ensure_target(tx, &target)?;
         let kept = match keep_open_at {
             Some(keep) => kept_findings(conn, &target, &scanner, keep, &findings)?,
             None => Vec::new(),
@@ -155,9 +155,6 @@ impl Operation for ScanReport {
             }),
             actor,
         })?;
-        if created {
-            tx.cache(target, Decision::default());
-        }
         Ok(ReportStored {
             findings: stored,
             entry,

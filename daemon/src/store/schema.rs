@@ -148,6 +148,36 @@ const MIGRATIONS: &[(i64, &str)] = &[
     "#,
     ),
     (
+        6,
+        // Counters kept with the data: triggers update them in the transaction
+        // that changes the rows, so `status` reads one row instead of counting.
+        r#"
+    CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO counters (name, value)
+        SELECT 'open_findings', count(*) FROM findings WHERE dismissed_at IS NULL;
+    CREATE TRIGGER counters_finding_added AFTER INSERT ON findings
+        WHEN NEW.dismissed_at IS NULL
+    BEGIN
+        UPDATE counters SET value = value + 1 WHERE name = 'open_findings';
+    END;
+    CREATE TRIGGER counters_finding_removed AFTER DELETE ON findings
+        WHEN OLD.dismissed_at IS NULL
+    BEGIN
+        UPDATE counters SET value = value - 1 WHERE name = 'open_findings';
+    END;
+    CREATE TRIGGER counters_finding_dismissed AFTER UPDATE OF dismissed_at ON findings
+        WHEN (OLD.dismissed_at IS NULL) <> (NEW.dismissed_at IS NULL)
+    BEGIN
+        UPDATE counters
+           SET value = value + (CASE WHEN NEW.dismissed_at IS NULL THEN 1 ELSE -1 END)
+         WHERE name = 'open_findings';
+    END;
+    "#,
+    ),
+    (
         7,
         r#"
     CREATE TABLE export_cursors (
@@ -330,5 +360,108 @@ fn prepare_file(path: &Path) -> Result<bool, OpenError> {
             Ok(true)
         }
         Err(e) => Err(refused(path, format!("cannot inspect it: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_findings(conn: &Connection) -> (i64, i64) {
+        let kept: i64 = conn
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'open_findings'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let counted: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM findings WHERE dismissed_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (kept, counted)
+    }
+
+    fn add_finding(conn: &Connection, name: &str, dismissed: bool) {
+        conn.execute(
+            "INSERT OR IGNORE INTO targets (kind, name, created_at) VALUES ('skill', ?1, 't')",
+            [name],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO findings (kind, name, scanner, rule_id, severity, title, description,
+                                   location, line, category, snippet, created_at, dismissed_at)
+             VALUES ('skill', ?1, 's', 'r', 3, 't', 'd', 'l', 1, 'c', '', 't', ?2)",
+            rusqlite::params![name, dismissed.then_some("t")],
+        )
+        .unwrap();
+    }
+
+    /// A version-4 database (main's last before the counters) with findings
+    /// migrates to counters that match its rows, and the counters then follow
+    /// inserts, dismissals and deletes.
+    #[test]
+    fn migration_6_seeds_the_counters_and_triggers_keep_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let fresh = prepare_file(&path).unwrap();
+            assert!(fresh);
+            let conn = Connection::open(&path).unwrap();
+            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 4) {
+                conn.execute_batch(sql).unwrap();
+                conn.execute_batch(&format!(
+                    "PRAGMA user_version = {version}; PRAGMA application_id = {APPLICATION_ID};"
+                ))
+                .unwrap();
+            }
+            add_finding(&conn, "a", false);
+            add_finding(&conn, "a", false);
+            add_finding(&conn, "b", true);
+        }
+        let conn = open_writer(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            open_findings(&conn),
+            (2, 2),
+            "seeded from the existing rows"
+        );
+
+        add_finding(&conn, "c", false);
+        assert_eq!(open_findings(&conn), (3, 3));
+        conn.execute(
+            "UPDATE findings SET dismissed_at = 'now' WHERE name = 'a' AND id = (SELECT min(id) FROM findings WHERE name = 'a')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(open_findings(&conn), (2, 2));
+        // Re-dismissing a dismissed finding changes nothing.
+        conn.execute(
+            "UPDATE findings SET dismissed_at = 'again' WHERE name = 'b'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(open_findings(&conn), (2, 2));
+        conn.execute("DELETE FROM findings WHERE name = 'b'", [])
+            .unwrap();
+        assert_eq!(
+            open_findings(&conn),
+            (2, 2),
+            "a dismissed row leaves no mark"
+        );
+        conn.execute("DELETE FROM findings WHERE name = 'a'", [])
+            .unwrap();
+        assert_eq!(open_findings(&conn), (1, 1));
+        // A rolled-back change leaves the counter as it was.
+        conn.execute_batch("BEGIN").unwrap();
+        add_finding(&conn, "d", false);
+        conn.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(open_findings(&conn), (1, 1));
     }
 }

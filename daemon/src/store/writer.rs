@@ -5,11 +5,13 @@
 //! and this module only runs them.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::chain;
+use super::profile::{self, Phase};
 use crate::audit::{Entry, Head, NewEntry};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -98,21 +100,28 @@ pub(super) trait Job: Send {
     fn run(&mut self, tx: &mut Tx<'_>) -> Result<()>;
     /// Answers the caller: the kept effect on success, else the error.
     fn answer(self: Box<Self>, outcome: Result<()>);
+    /// When the job was queued (profiling only).
+    fn queued_at(&self) -> Option<Instant>;
 }
+
+/// A job's answer, with when it was sent (profiling only).
+pub(super) type Answer<E> = (Result<E>, Option<Instant>);
 
 struct Typed<O: Operation> {
     op: Option<O>,
     effect: Option<O::Effect>,
-    reply: oneshot::Sender<Result<O::Effect>>,
+    reply: oneshot::Sender<Answer<O::Effect>>,
+    queued: Option<Instant>,
 }
 
 /// Wraps an operation for the queue; the receiver gets its effect.
-pub(super) fn job<O: Operation>(op: O) -> (Box<dyn Job>, oneshot::Receiver<Result<O::Effect>>) {
+pub(super) fn job<O: Operation>(op: O) -> (Box<dyn Job>, oneshot::Receiver<Answer<O::Effect>>) {
     let (reply, rx) = oneshot::channel();
     let job = Typed {
         op: Some(op),
         effect: None,
         reply,
+        queued: profile::start(),
     };
     (Box::new(job), rx)
 }
@@ -133,7 +142,11 @@ impl<O: Operation> Job for Typed<O> {
             effect.ok_or_else(|| Error::Internal("a write operation left no result".into()))
         });
         // A caller that went away no longer needs the answer; the work is done.
-        let _ = reply.send(result);
+        let _ = reply.send((result, profile::start()));
+    }
+
+    fn queued_at(&self) -> Option<Instant> {
+        self.queued
     }
 }
 
@@ -188,10 +201,15 @@ impl Writer {
     }
 
     /// Applies every job in one transaction, each in its own savepoint so one
-    /// failing job does not take the others down; commits once; publishes; and
-    /// only then answers the callers.
+    /// failing job does not take the others down (a lone job needs none);
+    /// commits once; publishes; and only then answers the callers.
     fn commit_group(&mut self, jobs: Vec<Box<dyn Job>>) {
+        profile::group(jobs.len());
+        for job in &jobs {
+            profile::record(Phase::Handoff, job.queued_at());
+        }
         let mut chain = self.chain.clone();
+        let begin = profile::start();
         let tx = match self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -205,8 +223,13 @@ impl Writer {
                 return;
             }
         };
+        profile::record(Phase::Begin, begin);
+        // A lone job needs no savepoint: if it fails, the whole transaction
+        // (only its own work) is rolled back instead.
+        let alone = jobs.len() == 1;
         let mut done: Vec<(Box<dyn Job>, Result<Staged>)> = Vec::with_capacity(jobs.len());
         for mut job in jobs {
+            let statements = profile::start();
             let mut op_tx = Tx {
                 conn: &tx,
                 clock: &self.clock,
@@ -214,23 +237,42 @@ impl Writer {
                 entries: Vec::new(),
                 cache_updates: Vec::new(),
             };
-            let result = in_savepoint(&tx, || job.run(&mut op_tx)).map(|()| {
+            let run = if alone {
+                job.run(&mut op_tx)
+            } else {
+                in_savepoint(&tx, || job.run(&mut op_tx))
+            };
+            let result = run.map(|()| {
                 chain = op_tx.chain;
                 Staged {
                     entries: op_tx.entries,
                     cache_updates: op_tx.cache_updates,
                 }
             });
+            profile::record(Phase::Statements, statements);
             done.push((job, result));
         }
-        if let Err(e) = commit(tx) {
+        if alone && done.iter().all(|(_, r)| r.is_err()) {
+            // Its failure is its answer; nothing of it may commit.
+            drop(tx);
+            for (job, result) in done {
+                job.answer(result.map(|_| ()));
+            }
+            return;
+        }
+        let committing = profile::start();
+        let committed = commit(tx);
+        profile::record(Phase::Commit, committing);
+        if let Err(e) = committed {
             tracing::error!(error = %e, "group commit failed; every change in it was rolled back");
             for (job, result) in done {
                 job.answer(result.and_then(|_| Err(Error::store("committing")(clone_err(&e)))));
             }
             return;
         }
+        let publishing = profile::start();
         self.publish(chain, &mut done);
+        profile::record(Phase::Publish, publishing);
         for (job, result) in done {
             job.answer(result.map(|_| ()));
         }
@@ -260,6 +302,7 @@ impl Writer {
 
     fn close(self) {
         tracing::info!(audit_head = %self.chain, "store closing");
+        profile::dump();
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
             tracing::warn!(error = %e, "WAL checkpoint at close failed");
         }

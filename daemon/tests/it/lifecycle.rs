@@ -502,3 +502,282 @@ async fn an_unreachable_gateway_is_logged_once_per_change_not_per_retry() {
         .count();
     assert_eq!(warnings, 1, "{stderr}");
 }
+
+/// `status` counts as the daemon reports them: (targets, blocked, allowed,
+/// open findings, audit entries).
+async fn status_counts(
+    c: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
+) -> (u64, u64, u64, u64, u64) {
+    let n = c
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .counts
+        .unwrap();
+    (
+        n.targets,
+        n.blocked,
+        n.allowed,
+        n.open_findings,
+        n.audit_entries,
+    )
+}
+
+/// The same figures counted over the database rows.
+fn counted_rows(db: &std::path::Path) -> (u64, u64, u64, u64, u64) {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let one = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64;
+    (
+        one("SELECT count(*) FROM targets"),
+        one("SELECT count(*) FROM targets WHERE state = 'blocked'"),
+        one("SELECT count(*) FROM targets WHERE state = 'allowed'"),
+        one("SELECT count(*) FROM findings WHERE dismissed_at IS NULL"),
+        one("SELECT count(*) FROM audit"),
+    )
+}
+
+fn scan_report(name: &str, rules: &[&str]) -> pb::ScanReport {
+    pb::ScanReport {
+        scanner: "counts-test".into(),
+        target: skill(name),
+        findings: rules
+            .iter()
+            .map(|rule| pb::FindingInput {
+                rule_id: (*rule).into(),
+                severity: pb::Severity::Low as i32,
+                title: format!("{rule} finding"),
+                location: "SKILL.md".into(),
+                line: 1,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// `status` reads kept counters (no COUNT(*) on the request path); they must
+/// equal COUNT(*) over the rows after blocks, allows, unblocks, findings
+/// added, dismissed and deleted by a re-scan, and after a `kill -9` in the
+/// middle of a mixed write load and a restart.
+#[tokio::test]
+async fn status_counts_equal_the_rows_across_changes_and_a_crash() {
+    use pb::EnforcementAction::{Allow, Unblock};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("home/defenseclaw.db");
+    let mut daemon = DaemonProcess::spawn(DAEMON_BIN.as_ref(), dir.path())
+        .await
+        .unwrap();
+    let mut c = defenseclaw_testkit::control_client(&daemon.socket)
+        .await
+        .unwrap();
+    assert_eq!(status_counts(&mut c).await, counted_rows(&db), "empty");
+
+    let steps: Vec<(&str, pb::SetEnforcementRequest)> = vec![
+        ("block a", set(skill("a"), Block, "t")),
+        ("block b", set(skill("b"), Block, "t")),
+        ("block a again", set(skill("a"), Block, "t")),
+        ("allow c", set(skill("c"), Allow, "t")),
+        ("allow b (was blocked)", set(skill("b"), Allow, "t")),
+        ("unblock a", set(skill("a"), Unblock, "t")),
+        ("block c (was allowed)", set(skill("c"), Block, "t")),
+    ];
+    for (what, req) in steps {
+        c.set_enforcement(req).await.unwrap();
+        assert_eq!(status_counts(&mut c).await, counted_rows(&db), "{what}");
+    }
+
+    // Findings: a new target with three, one dismissed, then a re-scan that
+    // carries one of the open two and deletes the other.
+    let stored = c
+        .submit_scan_report(scan_report("e", &["R1", "R2", "R3"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .findings;
+    assert_eq!(status_counts(&mut c).await, counted_rows(&db), "scan e");
+    assert_eq!(status_counts(&mut c).await.3, 3);
+    c.dismiss_finding(pb::DismissFindingRequest {
+        id: stored[0].id,
+        reason: "accepted".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_counts(&mut c).await, counted_rows(&db), "dismiss");
+    c.submit_scan_report(scan_report("e", &["R2"]))
+        .await
+        .unwrap();
+    assert_eq!(status_counts(&mut c).await, counted_rows(&db), "re-scan e");
+    assert_eq!(status_counts(&mut c).await.3, 1);
+    c.submit_scan_report(scan_report("f", &["R1", "R2"]))
+        .await
+        .unwrap();
+    assert_eq!(status_counts(&mut c).await, counted_rows(&db), "scan f");
+
+    // Mixed writers, then the plug pulled mid-flight.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let socket = daemon.socket.clone();
+        let done = done.clone();
+        writers.push(tokio::spawn(async move {
+            let Ok(mut c) = defenseclaw_testkit::control_client(&socket).await else {
+                return;
+            };
+            for i in 0usize.. {
+                let name = format!("w{w}-{}", i % 7);
+                let r = match i % 4 {
+                    0 => c
+                        .set_enforcement(set(skill(&name), Block, "t"))
+                        .await
+                        .map(|_| ()),
+                    1 => c
+                        .set_enforcement(set(skill(&name), Allow, "t"))
+                        .await
+                        .map(|_| ()),
+                    2 => {
+                        let rules = &["R1", "R2"][..(i / 4) % 3];
+                        c.submit_scan_report(scan_report(&name, rules))
+                            .await
+                            .map(|_| ())
+                    }
+                    _ => c
+                        .set_enforcement(set(skill(&name), Unblock, "t"))
+                        .await
+                        .map(|_| ()),
+                };
+                if r.is_err() {
+                    return;
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    let probe = done.clone();
+    defenseclaw_testkit::wait_for("100 mixed writes", Duration::from_secs(60), || {
+        let n = probe.load(std::sync::atomic::Ordering::Relaxed);
+        async move { (n >= 100).then_some(()) }
+    })
+    .await
+    .unwrap();
+    daemon.kill9();
+    for w in writers {
+        let _ = w.await;
+    }
+    let daemon = DaemonProcess::spawn(DAEMON_BIN.as_ref(), dir.path())
+        .await
+        .unwrap();
+    let mut c = defenseclaw_testkit::control_client(&daemon.socket)
+        .await
+        .unwrap();
+    let after = status_counts(&mut c).await;
+    assert_eq!(after, counted_rows(&db), "after kill -9 and restart");
+    assert!(after.0 > 6, "the writers' targets are counted: {after:?}");
+    // And the counters keep following after the restart.
+    c.set_enforcement(set(skill("g"), Block, "t"))
+        .await
+        .unwrap();
+    c.submit_scan_report(scan_report("g", &["R9"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        status_counts(&mut c).await,
+        counted_rows(&db),
+        "after restart"
+    );
+}
+
+/// The benchmark's write-path profile (DEFENSECLAW_PROFILE_OUT): the daemon
+/// accepts the variable, writes the file at shutdown, privately, with only
+/// fixed labels and numbers in it (no target, reason or caller), and never
+/// follows a symlink planted at the path.
+#[tokio::test]
+async fn the_write_profile_holds_only_numbers_and_labels() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const MARK: &str = "s3cret-marker-7f1c";
+    let run = |dir: &std::path::Path, out: &std::path::Path| {
+        let child = std::process::Command::new(DAEMON_BIN)
+            .arg("--socket")
+            .arg(defenseclaw_testkit::daemon::socket_in(dir))
+            .env("DEFENSECLAW_HOME", dir.join("home"))
+            .env("DEFENSECLAW_OPENCLAW__ENABLED", "false")
+            .env(defenseclawd::store::profile::PROFILE_ENV, out)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        DaemonProcess {
+            child,
+            socket: defenseclaw_testkit::daemon::socket_in(dir),
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("profile.json");
+    let socket = defenseclaw_testkit::daemon::socket_in(dir.path());
+    let mut child = run(dir.path(), &out);
+    let mut c = defenseclaw_testkit::daemon::ready_client(&socket)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        c.set_enforcement(set(skill(&format!("{MARK}-{i}")), Block, MARK))
+            .await
+            .unwrap();
+    }
+    drop(c);
+    child.signal(Signal::SIGTERM).unwrap();
+    let status = child.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+
+    let text = std::fs::read_to_string(&out).expect("the profile is written at shutdown");
+    assert!(!text.contains(MARK), "{text}");
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let profile: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // Every string in it is one of the fixed labels (phase names, bucket
+    // labels, keys); every other leaf is a number.
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(o) => o.iter().for_each(|(k, v)| {
+                out.push(k.clone());
+                strings(v, out);
+            }),
+            serde_json::Value::Number(_) => {}
+            other => panic!("unexpected leaf {other}"),
+        }
+    }
+    let mut seen = Vec::new();
+    strings(&profile, &mut seen);
+    for s in &seen {
+        assert!(
+            s.len() <= 20
+                && s.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "_-+".contains(ch)),
+            "{s:?} is not a fixed label"
+        );
+    }
+    assert!(
+        profile["phases"]["commit_fsync"]["count"].as_u64().unwrap() >= 5,
+        "{profile}"
+    );
+
+    // A symlink at the path is not followed: the daemon refuses to write there.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    std::fs::remove_file(&out).unwrap();
+    std::os::unix::fs::symlink(&victim, &out).unwrap();
+    let mut child = run(dir.path(), &out);
+    let mut c = defenseclaw_testkit::daemon::ready_client(&socket)
+        .await
+        .unwrap();
+    c.set_enforcement(set(skill("x"), Block, "t"))
+        .await
+        .unwrap();
+    drop(c);
+    child.signal(Signal::SIGTERM).unwrap();
+    child.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+}

@@ -1110,6 +1110,32 @@ async fn a_key_dropped_from_the_jwks_invalidates_cached_tokens() {
     assert_eq!(r.unverified_sub.as_deref(), Some(ALICE));
 }
 
+/// A key replaced under the same kid (the IdP reusing a kid for new material)
+/// must not keep serving tokens the old key signed from the cache; a refresh
+/// that changes nothing only costs one full verification again.
+#[tokio::test]
+async fn a_key_replaced_under_its_kid_invalidates_cached_tokens() {
+    let idp = MockIdp::start().await;
+    let provider = idp.provider(Duration::ZERO);
+    let verifier = TokenVerifier::new(Arc::clone(&provider), AUD, 60);
+    let token = sign(1, "k1", &access_claims(&idp.issuer));
+    verifier.verify(&token).await.unwrap();
+    provider.refresh_jwks().await.unwrap();
+    assert_eq!(verifier.verify(&token).await.unwrap().sub, ALICE);
+    assert_eq!(verifier.cached_tokens(), 1);
+    idp.set(|s| s.jwks = vec![jwk(2, "k1")]);
+    provider.refresh_jwks().await.unwrap();
+    let r = verifier.verify(&token).await.unwrap_err();
+    assert_eq!(r.reason, RejectReason::BadSignature);
+    // The new key's tokens verify and are cached in the refused one's place.
+    let fresh = sign(2, "k1", &access_claims(&idp.issuer));
+    assert_eq!(verifier.verify(&fresh).await.unwrap().sub, ALICE);
+    assert_eq!(
+        verifier.verify(&token).await.unwrap_err().reason,
+        RejectReason::BadSignature
+    );
+}
+
 #[tokio::test]
 async fn ciba_start_rate_limited_is_retryable() {
     let idp = MockIdp::start().await;
@@ -1176,4 +1202,106 @@ async fn a_slow_provider_never_delays_verification_with_cached_keys() {
     let h = provider.health();
     assert!(h.serving_stale, "{h:?}");
     assert_eq!(h.keys, 1);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_even_though_it_was_cached() {
+    let idp = MockIdp::start().await;
+    // No leeway: the token is good until its exp and not a second longer.
+    let verifier = TokenVerifier::new(idp.provider(Duration::from_secs(3600)), AUD, 0);
+    let token = sign(
+        1,
+        "k1",
+        &with(access_claims(&idp.issuer), json!({"exp": now() + 2})),
+    );
+    verifier.verify(&token).await.unwrap();
+    assert_eq!(
+        verifier.cached_tokens(),
+        1,
+        "a verified token is remembered"
+    );
+    verifier.verify(&token).await.unwrap();
+    while now() < now_after_exp(&token) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = verifier.verify(&token).await.unwrap_err();
+    assert_eq!(r.reason, RejectReason::Expired);
+}
+
+/// The first second at which `token` (exp in its payload) is expired.
+fn now_after_exp(token: &str) -> i64 {
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    claims["exp"].as_i64().unwrap() + 1
+}
+
+#[tokio::test]
+async fn a_rotated_out_key_drops_its_cached_tokens_and_the_cache_forgets_them() {
+    let idp = MockIdp::start().await;
+    let provider = idp.provider(Duration::ZERO);
+    let verifier = TokenVerifier::new(Arc::clone(&provider), AUD, 60).with_cache_capacity(2);
+    let old = sign(1, "k1", &access_claims(&idp.issuer));
+    verifier.verify(&old).await.unwrap();
+    idp.set(|s| s.jwks = vec![jwk(2, "k2")]);
+    provider.refresh_jwks().await.unwrap();
+    // Refused although it verified a moment ago.
+    let r = verifier.verify(&old).await.unwrap_err();
+    assert_eq!(r.reason, RejectReason::UnknownKid);
+    // New tokens under the new key fill the cache; the retired key's token goes first.
+    for i in 0..2 {
+        let t = sign(
+            2,
+            "k2",
+            &with(access_claims(&idp.issuer), json!({"jti": i})),
+        );
+        verifier.verify(&t).await.unwrap();
+    }
+    assert_eq!(verifier.cached_tokens(), 2);
+    assert_eq!(
+        verifier.verify(&old).await.unwrap_err().reason,
+        RejectReason::UnknownKid
+    );
+}
+
+#[tokio::test]
+async fn a_spray_of_tokens_cannot_grow_the_verified_token_cache() {
+    let idp = MockIdp::start().await;
+    let verifier =
+        TokenVerifier::new(idp.provider(Duration::from_secs(3600)), AUD, 60).with_cache_capacity(8);
+    // Forged tokens (right kid, wrong key) and tokens for another audience are never remembered.
+    for i in 0..40 {
+        let claims = with(access_claims(&idp.issuer), json!({"jti": i}));
+        let forged = sign(2, "k1", &claims);
+        assert_eq!(
+            verifier.verify(&forged).await.unwrap_err().reason,
+            RejectReason::BadSignature
+        );
+        let foreign = sign(1, "k1", &with(claims, json!({"aud": "someone-else"})));
+        verifier.verify(&foreign).await.unwrap_err();
+    }
+    assert_eq!(verifier.cached_tokens(), 0, "no refused token is cached");
+    // Distinct valid tokens: the cache stays at its bound, the most recent kept.
+    let keep = sign(
+        1,
+        "k1",
+        &with(access_claims(&idp.issuer), json!({"jti": "keep"})),
+    );
+    for i in 0..64 {
+        let t = sign(
+            1,
+            "k1",
+            &with(access_claims(&idp.issuer), json!({"jti": i})),
+        );
+        verifier.verify(&t).await.unwrap();
+        verifier.verify(&keep).await.unwrap();
+        assert!(verifier.cached_tokens() <= 8, "bound exceeded after {i}");
+    }
+    assert_eq!(verifier.cached_tokens(), 8);
+    // Every token still verifies (an evicted one is simply checked again).
+    let first = sign(
+        1,
+        "k1",
+        &with(access_claims(&idp.issuer), json!({"jti": 0})),
+    );
+    assert_eq!(verifier.verify(&first).await.unwrap().sub, ALICE);
 }
