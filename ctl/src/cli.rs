@@ -196,6 +196,23 @@ pub enum ConnectionsCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Stop serving SERVER's grant for CONNECTION until it is resumed; its cached
+    /// tokens are dropped at once (audited).
+    Suspend(GrantArgs),
+    /// Serve a suspended grant again (audited).
+    Resume(GrantArgs),
+}
+
+/// A grant and why it changes (`connections suspend|resume`).
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// MCP server name.
+    pub server: String,
+    /// Connection name.
+    pub connection: String,
+    /// Why (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 /// Arguments of `connections connect`.

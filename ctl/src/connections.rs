@@ -110,20 +110,67 @@ pub async fn command(
                 })
                 .await?
                 .into_inner();
-            let mut v = reply.grant.as_ref().map(grant).unwrap_or(Value::Null);
-            if let Value::Object(map) = &mut v {
-                map.insert("audit_seq".into(), json!(reply.audit_seq));
-            }
-            match output {
-                Output::Json | Output::Sarif => print_json(&v),
-                Output::Table => print_text(&format!(
-                    "revoked {}'s grant for {} (audit #{}); its stored credential was dropped",
-                    s(&v["server"]),
-                    s(&v["connection"]),
-                    reply.audit_seq
-                )),
-            }
+            print_grant_change(
+                reply.grant.as_ref(),
+                reply.audit_seq,
+                "revoked",
+                "its stored credential was dropped",
+                output,
+            )
         }
+        ConnectionsCommand::Suspend(args) => {
+            let reply = client.suspend_connection(status_request(args)).await?;
+            let reply = reply.into_inner();
+            print_grant_change(
+                reply.grant.as_ref(),
+                reply.audit_seq,
+                "suspended",
+                "",
+                output,
+            )
+        }
+        ConnectionsCommand::Resume(args) => {
+            let reply = client.resume_connection(status_request(args)).await?;
+            let reply = reply.into_inner();
+            print_grant_change(reply.grant.as_ref(), reply.audit_seq, "resumed", "", output)
+        }
+    }
+}
+
+fn status_request(args: crate::cli::GrantArgs) -> pb::ConnectionStatusRequest {
+    pb::ConnectionStatusRequest {
+        server: args.server,
+        connection: args.connection,
+        reason: args.reason,
+    }
+}
+
+/// A changed grant: the grant with its audit seq as JSON, or one line saying
+/// what was `done` (and `then`, when something else happened too).
+fn print_grant_change(
+    changed: Option<&pb::ConnectionGrant>,
+    audit_seq: u64,
+    done: &str,
+    then: &str,
+    output: Output,
+) -> Result<(), Failure> {
+    let mut v = changed.map(grant).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.insert("audit_seq".into(), json!(audit_seq));
+    }
+    match output {
+        Output::Json | Output::Sarif => print_json(&v),
+        Output::Table => print_text(&format!(
+            "{done} {}'s grant for {} (audit #{audit_seq}); status {}{}",
+            s(&v["server"]),
+            s(&v["connection"]),
+            s(&v["status"]),
+            if then.is_empty() {
+                String::new()
+            } else {
+                format!("; {then}")
+            }
+        )),
     }
 }
 

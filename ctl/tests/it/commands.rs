@@ -566,6 +566,10 @@ async fn help_is_per_kind_with_examples() {
         );
     }
     assert!(help(&["audit", "list"]).await.contains("0: all"));
+    let connections = commands(&help(&["connections"]).await);
+    for c in ["suspend", "resume", "revoke"] {
+        assert!(connections.contains(&c.to_owned()), "{connections:?}");
+    }
     for wrong in [
         &["mcp", "install", "x"][..],
         &["skill", "exec", "x", "--", "true"],

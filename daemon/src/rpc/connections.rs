@@ -9,6 +9,7 @@ use super::convert::{pb_account, pb_grant};
 use super::service::ControlService;
 use crate::model::{MAX_REASON_BYTES, validate_text};
 use crate::names;
+use crate::store::StatusChange;
 
 pub(super) async fn get_connection_token(
     svc: &ControlService,
@@ -72,9 +73,7 @@ pub(super) async fn revoke_connection(
         .authorize(&request, "RevokeConnection", Need::Operate)
         .await?;
     let req = request.into_inner();
-    names::server_name("server", &req.server)?;
-    names::connection_name("connection", &req.connection)?;
-    validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
+    check_grant_change(&req.server, &req.connection, &req.reason)?;
     let (grant, audit_seq) = svc
         .gov
         .revoke_connection(actor, req.server, req.connection, req.reason)
@@ -83,6 +82,46 @@ pub(super) async fn revoke_connection(
         grant: Some(pb_grant(&grant)),
         audit_seq,
     }))
+}
+
+pub(super) async fn suspend_connection(
+    svc: &ControlService,
+    request: Request<pb::ConnectionStatusRequest>,
+) -> Result<Response<pb::ConnectionStatusReply>, Status> {
+    change_status(svc, request, "SuspendConnection", StatusChange::Suspend).await
+}
+
+pub(super) async fn resume_connection(
+    svc: &ControlService,
+    request: Request<pb::ConnectionStatusRequest>,
+) -> Result<Response<pb::ConnectionStatusReply>, Status> {
+    change_status(svc, request, "ResumeConnection", StatusChange::Resume).await
+}
+
+async fn change_status(
+    svc: &ControlService,
+    request: Request<pb::ConnectionStatusRequest>,
+    rpc: &'static str,
+    change: StatusChange,
+) -> Result<Response<pb::ConnectionStatusReply>, Status> {
+    let actor = svc.authorize(&request, rpc, Need::Operate).await?;
+    let req = request.into_inner();
+    check_grant_change(&req.server, &req.connection, &req.reason)?;
+    let (grant, audit_seq) = svc
+        .gov
+        .change_connection_status(actor, req.server, req.connection, change, req.reason)
+        .await?;
+    Ok(Response::new(pb::ConnectionStatusReply {
+        grant: Some(pb_grant(&grant)),
+        audit_seq,
+    }))
+}
+
+/// The fields every change of one grant carries.
+fn check_grant_change(server: &str, connection: &str, reason: &str) -> crate::error::Result<()> {
+    names::server_name("server", server)?;
+    names::connection_name("connection", connection)?;
+    validate_text("reason", reason, MAX_REASON_BYTES)
 }
 
 pub(super) async fn record_connected_account(

@@ -749,3 +749,97 @@ async fn revocation_block_and_provider_failures() {
         assert!(!e.details_json.contains(&ok.access_token));
     }
 }
+
+/// An operator suspends a grant: the very next token request is refused (a
+/// cached token is not handed out) and names the resume command; a second
+/// suspend, a resume of an active grant and a suspend without the operator
+/// role are refused; resuming serves it again, each change audited.
+#[tokio::test(flavor = "multi_thread")]
+async fn suspend_stops_serving_at_once_and_resume_serves_again() {
+    let idp = provider().await;
+    idp.link_account(OPERATOR, "github", "repo").await.unwrap();
+    let d = start(None, &env(&idp, &[])).await;
+    let mut c = d.client().await.unwrap();
+    let token = operator_token(&idp).await;
+    c.set_enforcement(bearer(allow(SERVER, &[("github", &[])]), &token))
+        .await
+        .unwrap();
+    let first = c
+        .get_connection_token(bearer(want(SERVER, "github"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let cached = c
+        .get_connection_token(bearer(want(SERVER, "github"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cached.cached && cached.access_token == first.access_token);
+    let change = |reason: &str| pb::ConnectionStatusRequest {
+        server: SERVER.into(),
+        connection: "github".into(),
+        reason: reason.into(),
+    };
+
+    // Without a token (no operator role) the change is refused and nothing changes.
+    let anonymous = c.suspend_connection(change("no role")).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+
+    let suspended = c
+        .suspend_connection(bearer(change("idle since the audit"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(suspended.grant.unwrap().status, "suspended");
+    let refused = c
+        .get_connection_token(bearer(want(SERVER, "github"), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!(
+            "defenseclawctl connections resume {SERVER} github"
+        )),
+        "{}",
+        refused.message()
+    );
+    let again = c
+        .suspend_connection(bearer(change("twice"), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+
+    let resumed = c
+        .resume_connection(bearer(change("reviewed"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.grant.unwrap().status, "active");
+    assert!(resumed.audit_seq > suspended.audit_seq);
+    let served = c
+        .get_connection_token(bearer(want(SERVER, "github"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!served.cached, "the cache was dropped by the suspension");
+    let active = c
+        .resume_connection(bearer(change("already"), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(active.code(), Code::FailedPrecondition, "{active:?}");
+
+    let entries = c
+        .list_audit(pb::ListAuditRequest {
+            limit: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    for action in ["connection-suspend", "connection-resume"] {
+        let e = entries.iter().find(|e| e.action == action);
+        let e = e.unwrap_or_else(|| panic!("no {action} entry"));
+        assert_eq!(e.actor.as_ref().unwrap().id, OPERATOR, "{e:?}");
+    }
+}

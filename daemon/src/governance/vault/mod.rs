@@ -254,10 +254,15 @@ impl TokenBroker {
         };
         let grant = match grant {
             None => return Err(self.escalate(caller, server, connection).await),
-            Some(g) if matches!(g.status, GrantStatus::Suspended | GrantStatus::Unlinked) => {
+            Some(g) if g.status == GrantStatus::Suspended => {
                 return Err(Error::FailedPrecondition(format!(
-                    "{server}'s grant for {connection} is {} ({}); it is not served until re-approved: `defenseclawctl mcp allow {server} --connection {connection}`",
-                    g.status.as_str(),
+                    "{server}'s grant for {connection} is suspended ({}); it is not served until an operator resumes it: `defenseclawctl connections resume {server} {connection}`",
+                    g.status_reason
+                )));
+            }
+            Some(g) if g.status == GrantStatus::Unlinked => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{server}'s grant for {connection} is unlinked ({}); it is not served until re-approved: `defenseclawctl mcp allow {server} --connection {connection}`",
                     g.status_reason
                 )));
             }
