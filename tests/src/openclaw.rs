@@ -48,7 +48,8 @@ pub struct Install {
     pub openclaw_mjs: PathBuf,
 }
 
-fn workspace_dir() -> PathBuf {
+/// The workspace root (the parent of this crate's folder).
+pub(crate) fn workspace_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest
         .parent()

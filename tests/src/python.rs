@@ -32,20 +32,12 @@ pub struct Install {
     pub client: PathBuf,
 }
 
-fn workspace_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest.to_path_buf())
-}
-
 /// `<target>/test-peers/python` (beside the OpenClaw peer's cache).
 pub fn cache_dir() -> PathBuf {
     crate::openclaw::cache_dir()
         .parent()
         .map(|p| p.join("python"))
-        .unwrap_or_else(|| workspace_dir().join("target/test-peers/python"))
+        .unwrap_or_else(|| crate::openclaw::workspace_dir().join("target/test-peers/python"))
 }
 
 /// The system interpreter the venv is made from: Debian's, where present.
@@ -86,7 +78,7 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
 }
 
 fn install_locked() -> anyhow::Result<Install> {
-    let ws = workspace_dir();
+    let ws = crate::openclaw::workspace_dir();
     let src = ws.join("tests/clients/python");
     let proto_root = ws.join("proto/proto");
     let proto = "defenseclaw/v1/control.proto";
