@@ -263,6 +263,12 @@ async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
                     }
                 ))?;
             }
+            if !s.exporters.is_empty() && !s.export_signing_key.is_empty() {
+                print_text(&format!(
+                    "export:   head records signed by Ed25519 key {}",
+                    s.export_signing_key
+                ))?;
+            }
             Ok(())
         }
     }

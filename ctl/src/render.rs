@@ -180,6 +180,7 @@ pub fn status(s: &pb::StatusReply) -> Value {
             "last_error": empty_null(&e.last_error),
             "last_success_at": empty_null(&e.last_success_at),
         })).collect::<Vec<_>>(),
+        "export_signing_key": empty_null(&s.export_signing_key),
     })
 }
 

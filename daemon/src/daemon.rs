@@ -462,12 +462,19 @@ pub async fn start(opts: DaemonOptions) -> Result<DaemonHandle, StartError> {
         ));
     }
     // Audit export: one task per sink, reading after its stored cursor.
-    let exporters = crate::export::Exporters::default();
+    // Head records are signed with the host's key (created once, 0600).
+    let head_signer = std::sync::Arc::new(
+        crate::export::signing::HeadSigner::load_or_create(&state_dir)
+            .map_err(StartError::Export)
+            .inspect_err(|_| cleanup.run())?,
+    );
+    let exporters = crate::export::Exporters::with_signing_key(head_signer.public_key());
     crate::governance::exporting::start(
         &store,
         &settings.export,
         &secrets,
         &exporters,
+        &head_signer,
         &metrics,
         &cancel,
     )

@@ -364,6 +364,16 @@ pub fn exporter_check(sink: &crate::export::SinkStatus, head: u64) -> Check {
     }
 }
 
+/// The key signing exported head records, for receivers to pin.
+pub fn export_key_check(public_key: &str) -> Check {
+    Check::ok(
+        "export signing key",
+        format!(
+            "head records are signed with Ed25519 key {public_key}; pin it: audit verify --from-export FILE --public-key {public_key}"
+        ),
+    )
+}
+
 /// The identity provider as a check: `discovery` and `jwks` are the outcomes
 /// of fetching its discovery document and key set (key count).
 pub fn idp_check(

@@ -1,11 +1,14 @@
 //! Audit export transports: the sink settings, the exported record, the
-//! sinks themselves (`file`, `syslog`) and their in-memory status. The loop
+//! sinks themselves (`file`, `syslog`, `webhook`, `otlp`), the head records'
+//! signing key and the sinks' in-memory status. The loop
 //! that reads the log and advances each sink's cursor is
 //! [`crate::governance::exporting`].
 
 pub mod file;
+pub mod otlp;
 pub mod record;
 pub mod settings;
+pub mod signing;
 pub mod state;
 pub mod syslog;
 pub mod webhook;
@@ -26,6 +29,8 @@ pub enum Sink {
     Syslog(syslog::SyslogSink),
     /// Signed JSON POSTs.
     Webhook(webhook::WebhookSink),
+    /// OTLP/HTTP protobuf logs.
+    Otlp(otlp::OtlpSink),
 }
 
 /// How a delivery went.
@@ -44,6 +49,12 @@ impl Sink {
         secret: Option<crate::secrets::SecretString>,
     ) -> Result<Self, String> {
         match settings.endpoint()? {
+            Endpoint::Otlp(url) => Ok(Self::Otlp(otlp::OtlpSink::new(
+                url,
+                secret,
+                settings.auth_header.as_deref(),
+                Duration::from_secs(settings.timeout_secs),
+            )?)),
             Endpoint::Http(url) => {
                 let secret = secret.ok_or_else(|| {
                     "a webhook sink needs its signing secret: DEFENSECLAW_EXPORT_<NAME>_TOKEN, the credential export-<name>-token, or <state dir>/.env".to_owned()
@@ -82,7 +93,7 @@ impl Sink {
     /// (the runner then replays its last delivery).
     pub fn check_lost(&mut self) -> bool {
         match self {
-            Self::File(_) | Self::Webhook(_) => false,
+            Self::File(_) | Self::Webhook(_) | Self::Otlp(_) => false,
             Self::Syslog(s) => s.check_lost(),
         }
     }
@@ -99,6 +110,7 @@ impl Sink {
                 Ok(Delivered::Ok)
             }
             Self::Webhook(w) => w.send(records).await.map(|()| Delivered::Ok),
+            Self::Otlp(o) => o.send(records).await.map(|()| Delivered::Ok),
             Self::Syslog(s) => Ok(match s.send(records).await? {
                 syslog::Sent::Same => Delivered::Ok,
                 syslog::Sent::Reconnected => Delivered::OkReconnected,

@@ -15,7 +15,7 @@ pub const MAX_BATCH: u32 = 1000;
 pub enum SinkKind {
     /// RFC 5424 over TCP with octet-counted framing (RFC 6587).
     Syslog,
-    /// OTLP/HTTP protobuf logs (not built yet: refused at start).
+    /// OTLP/HTTP protobuf logs to an OpenTelemetry Collector.
     Otlp,
     /// Signed JSON POSTs, one per record.
     Webhook,
@@ -41,7 +41,8 @@ impl SinkKind {
 pub struct SinkSettings {
     /// `syslog`, `otlp`, `webhook` or `file`.
     pub kind: SinkKind,
-    /// `tcp://host:port` or `tls://host:port` (syslog), `file:///abs/path` or an absolute path (file).
+    /// `tcp://host:port` or `tls://host:port` (syslog), `file:///abs/path` or
+    /// an absolute path (file), the collector's base or `/v1/logs` URL (otlp).
     pub url: String,
     /// Only entries with one of these actions (empty: all).
     #[serde(default)]
@@ -83,6 +84,10 @@ pub struct SinkSettings {
     /// colons allowed). Required for `tls://`: the receiver is trusted by pin.
     #[serde(default)]
     pub tls_pin_sha256: Option<String>,
+    /// `otlp`: the header carrying the token as is (e.g. `x-api-key`); unset,
+    /// the token goes as `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub auth_header: Option<String>,
 }
 
 fn default_batch_size() -> u32 {
@@ -151,6 +156,22 @@ impl SinkSettings {
                 field("target_kinds"),
                 format!("{k:?} is not a target kind (skill, mcp)"),
             ));
+        }
+        if let Some(h) = &self.auth_header {
+            if self.kind != SinkKind::Otlp {
+                return Err((field("auth_header"), "only otlp sinks take it".into()));
+            }
+            if h.is_empty()
+                || h.len() > 64
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err((
+                    field("auth_header"),
+                    format!("{h:?} is not a header name (1-64 of A-Z, a-z, 0-9, - and _)"),
+                ));
+            }
         }
         self.endpoint().map(drop).map_err(|e| (field("url"), e))
     }
@@ -221,17 +242,40 @@ impl SinkSettings {
                 }
                 Ok(Endpoint::Http(url))
             }
-            SinkKind::Otlp => Err(format!(
-                "{} sinks are not built yet; use file, syslog or webhook",
-                self.kind.as_str()
-            )),
+            SinkKind::Otlp => otlp_logs_url(&self.url).map(Endpoint::Otlp),
         }
     }
+}
+
+/// The OTLP/HTTP logs URL for `url`: a base URL gets `/v1/logs` appended (as
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` does); one already ending in it is kept.
+fn otlp_logs_url(url: &str) -> Result<url::Url, String> {
+    let mut parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
+        return Err("otlp sinks take an http:// or https:// URL (OTLP/HTTP)".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("put the collector's credentials in the sink's token, not the URL".into());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("the collector URL takes no query or fragment".into());
+    }
+    if !parsed.path().ends_with(super::otlp::LOGS_PATH) {
+        let path = format!(
+            "{}{}",
+            parsed.path().trim_end_matches('/'),
+            super::otlp::LOGS_PATH
+        );
+        parsed.set_path(&path);
+    }
+    Ok(parsed)
 }
 
 /// A parsed sink URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// An OTLP/HTTP collector's logs URL (ends in `/v1/logs`).
+    Otlp(url::Url),
     /// An HTTP(S) receiver.
     Http(url::Url),
     /// A JSON-lines file.
@@ -264,4 +308,49 @@ pub fn token_names(name: &str) -> (String, String) {
         format!("DEFENSECLAW_EXPORT_{}_TOKEN", name.to_ascii_uppercase()),
         format!("export-{name}-token"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn otlp(url: &str) -> SinkSettings {
+        toml::from_str(&format!("kind = \"otlp\"\nurl = {url:?}")).unwrap()
+    }
+
+    #[test]
+    fn otlp_urls_get_the_logs_path_once() {
+        for (given, want) in [
+            ("http://127.0.0.1:4318", "http://127.0.0.1:4318/v1/logs"),
+            ("http://c:4318/", "http://c:4318/v1/logs"),
+            ("https://c/otel/", "https://c/otel/v1/logs"),
+            ("https://c/otel/v1/logs", "https://c/otel/v1/logs"),
+        ] {
+            assert_eq!(
+                otlp(given).endpoint().unwrap(),
+                Endpoint::Otlp(url::Url::parse(want).unwrap()),
+                "{given}"
+            );
+        }
+        for bad in [
+            "grpc://c:4317",
+            "http://u:p@c:4318",
+            "http://c:4318/?token=x",
+            "c:4318",
+        ] {
+            assert!(otlp(bad).validate("o").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn auth_header_is_a_header_name_and_only_for_otlp() {
+        let mut s = otlp("http://c:4318");
+        s.auth_header = Some("x-api-key".into());
+        assert!(s.validate("o").is_ok());
+        s.auth_header = Some("bad header\r\n".into());
+        assert_eq!(s.validate("o").unwrap_err().0, "export.o.auth_header");
+        let mut f: SinkSettings = toml::from_str("kind = \"file\"\nurl = \"/x\"").unwrap();
+        f.auth_header = Some("x-api-key".into());
+        assert!(f.validate("f").is_err());
+    }
 }

@@ -51,9 +51,24 @@ pub struct SinkStatus {
 #[derive(Debug, Clone, Default)]
 pub struct Exporters {
     sinks: Arc<Mutex<Vec<SinkStatus>>>,
+    /// The head records' public key (hex), for receivers to pin.
+    signing_key: Option<Arc<str>>,
 }
 
 impl Exporters {
+    /// No sinks yet; head records signed by `public_key` (hex).
+    pub fn with_signing_key(public_key: &str) -> Self {
+        Self {
+            sinks: Arc::default(),
+            signing_key: Some(public_key.into()),
+        }
+    }
+
+    /// The head records' public key (hex), if the daemon has one.
+    pub fn signing_key(&self) -> Option<&str> {
+        self.signing_key.as_deref()
+    }
+
     /// Registers a sink; returns its slot.
     pub fn register(&self, name: &str, kind: &str, cursor: u64) -> usize {
         let mut sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);

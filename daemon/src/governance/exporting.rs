@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::export::record::{Filter, entry_object, head_object};
 use crate::export::settings::token_names;
+use crate::export::signing::HeadSigner;
 use crate::export::{Delivered, Exporters, SinkHealth, SinkSettings, state::FAILING_AFTER};
 use crate::secrets::SecretSources;
 use crate::store::{AdvanceExportCursor, Store};
@@ -23,6 +24,7 @@ pub async fn start(
     sinks: &BTreeMap<String, SinkSettings>,
     secrets: &SecretSources,
     exporters: &Exporters,
+    signer: &std::sync::Arc<HeadSigner>,
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
     cancel: &CancellationToken,
 ) -> std::result::Result<(), String> {
@@ -59,6 +61,7 @@ pub async fn start(
             metrics: metrics.clone(),
             slot,
             host_id: host_id.clone(),
+            signer: signer.clone(),
             cursor,
         });
     }
@@ -78,6 +81,8 @@ struct Runner {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     slot: usize,
     host_id: String,
+    /// Signs head records.
+    signer: std::sync::Arc<HeadSigner>,
     /// Last seq the receiver accepted (persisted).
     cursor: u64,
 }
@@ -214,13 +219,15 @@ impl Runner {
     }
 
     fn head(&self, seq: u64, hash: &str) -> serde_json::Value {
-        head_object(
+        let mut head = head_object(
             &self.host_id,
             seq,
             hash,
             &self.store.clock().ts(),
             !self.filter.is_empty(),
-        )
+        );
+        self.signer.sign(&mut head);
+        head
     }
 
     /// Entries appended after the cursor, for the metrics endpoint.

@@ -36,6 +36,8 @@ pub struct StatusView {
     pub gate: super::tool_gate::GateCounts,
     /// Each audit export sink's delivery state.
     pub exporters: Vec<crate::export::SinkStatus>,
+    /// The public key (hex) signing exported head records.
+    pub export_signing_key: Option<String>,
     /// The gate plugin and exec policy as last read from the gateway.
     pub gate_setup: Option<crate::openclaw::GateView>,
 }
@@ -64,6 +66,7 @@ impl Governance {
             pending_enforcements: self.openclaw.pending_enforcement_count(),
             gate: self.openclaw.gate().stats.counts(),
             exporters: self.exporters.snapshot(),
+            export_signing_key: self.exporters.signing_key().map(str::to_owned),
             gate_setup: self.openclaw.gate_view(),
         })
     }

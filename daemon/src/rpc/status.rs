@@ -59,6 +59,7 @@ pub(super) async fn get_status(
             .iter()
             .map(|s| pb_exporter(s, view.head.seq))
             .collect(),
+        export_signing_key: view.export_signing_key.clone().unwrap_or_default(),
     }))
 }
 
@@ -118,6 +119,11 @@ pub(super) async fn diagnose(
             .iter()
             .map(|sink| crate::doctor::exporter_check(sink, view.head.seq)),
     );
+    if !view.exporters.is_empty()
+        && let Some(key) = &view.export_signing_key
+    {
+        checks.push(crate::doctor::export_key_check(key));
+    }
     let openclaw_enabled = svc.setup.as_ref().is_some_and(|s| s.openclaw_enabled);
     checks.push(crate::doctor::openclaw_check(
         openclaw_enabled,
