@@ -683,6 +683,10 @@ pub enum AuditCommand {
         /// Check a JSON-lines export from any sink instead (no daemon needed; "-" for stdin).
         #[arg(long, value_name = "FILE")]
         from_export: Option<PathBuf>,
+        /// With --from-export: every head record must be signed by this Ed25519
+        /// public key (64 hex digits: `status -o json` .export_signing_key).
+        #[arg(long, value_name = "KEY", requires = "from_export")]
+        public_key: Option<String>,
     },
     /// Every entry as JSON lines, oldest first.
     Export,

@@ -661,17 +661,32 @@ fn entry_rows(entries: &[Value]) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// `audit verify --from-export FILE`: checked locally, no daemon.
-pub fn verify_export(file: &std::path::Path, output: Output) -> Result<(), Failure> {
+/// `audit verify --from-export FILE [--public-key KEY]`: checked locally, no daemon.
+pub fn verify_export(
+    file: &std::path::Path,
+    public_key: Option<&str>,
+    output: Output,
+) -> Result<(), Failure> {
+    let usage = |e| Failure::new(crate::exit::USAGE, e);
+    let pinned = public_key
+        .map(crate::export_verify::parse_public_key)
+        .transpose()
+        .map_err(usage)?;
     let report =
-        crate::export_verify::verify_file(file).map_err(|e| Failure::new(crate::exit::USAGE, e))?;
+        crate::export_verify::verify_file_pinned(file, pinned.as_deref()).map_err(usage)?;
     match output {
         Output::Json | Output::Sarif => print_json(&json!(report))?,
         Output::Table if report.ok => print_text(&format!(
-            "export intact: {} entries ({} repeats), {} head records, last {}",
+            "export intact: {} entries ({} repeats), {} head records ({} signed{}), last {}",
             report.entries_checked,
             report.duplicates,
             report.heads_checked,
+            report.heads_signed,
+            match (&report.signing_key, report.key_pinned) {
+                (Some(_), true) => " by the pinned key".to_owned(),
+                (Some(k), false) => format!(" by {k}, not pinned"),
+                (None, _) => String::new(),
+            },
             report.last.as_deref().unwrap_or("none")
         ))?,
         Output::Table => {}
@@ -755,8 +770,9 @@ async fn audit_command(
         }
         AuditCommand::Verify {
             from_export: Some(file),
+            public_key,
             ..
-        } => verify_export(&file, output),
+        } => verify_export(&file, public_key.as_deref(), output),
         AuditCommand::Verify { head, .. } => {
             let reply = client
                 .verify_audit(pb::VerifyAuditRequest {

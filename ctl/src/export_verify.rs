@@ -3,17 +3,23 @@
 //! the daemon: every entry's hash is recomputed from its fields, each entry
 //! must follow the one before it (seq + 1, `prev_hash` = previous `hash`), and
 //! head records must match the entry they name and not point past the end.
-//! Duplicates (at-least-once delivery) are accepted when identical.
+//! Duplicates (at-least-once delivery) are accepted when identical. Signed
+//! head records (Ed25519 over the daemon's canonical head encoding, see
+//! daemon/src/export/signing.rs) must verify; with a pinned public key every
+//! head record must be signed by it, so a forged or edited one is named by line.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
 use std::path::Path;
 
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Must match the daemon's encoding tag (daemon/src/audit.rs).
 const ENCODING_TAG: &str = "defenseclaw-audit-v1";
+/// Must match the daemon's head encoding tag (daemon/src/export/signing.rs).
+const HEAD_ENCODING_TAG: &str = "defenseclaw-head-v1";
 /// Longest line read (an exported record is far smaller).
 const MAX_LINE: usize = 4 * 1024 * 1024;
 
@@ -28,6 +34,13 @@ pub struct ExportReport {
     pub duplicates: u64,
     /// Head records checked.
     pub heads_checked: u64,
+    /// Head records whose signature verified.
+    pub heads_signed: u64,
+    /// The public key (hex) the head records are signed with: the pinned one,
+    /// else the first seen.
+    pub signing_key: Option<String>,
+    /// Whether that key was pinned (`--public-key`), not just read from the export.
+    pub key_pinned: bool,
     /// The host the records name (the first seen).
     pub host_id: Option<String>,
     /// Last entry's `seq:hash`.
@@ -38,8 +51,23 @@ pub struct ExportReport {
     pub problem: Option<String>,
 }
 
-/// Verifies the export in `path` ("-" for stdin).
-pub fn verify_file(path: &Path) -> Result<ExportReport, String> {
+/// Parses a pinned Ed25519 public key: 64 hex digits, optionally `ed25519:`-prefixed.
+pub fn parse_public_key(key: &str) -> Result<String, String> {
+    let hex_key = key
+        .trim()
+        .trim_start_matches("ed25519:")
+        .to_ascii_lowercase();
+    match unhex(&hex_key).map(<[u8; 32]>::try_from) {
+        Some(Ok(raw)) if VerifyingKey::from_bytes(&raw).is_ok() => Ok(hex_key),
+        _ => Err(format!(
+            "--public-key {key:?} is not an Ed25519 public key (64 hex digits, as `status -o json` .export_signing_key shows)"
+        )),
+    }
+}
+
+/// Verifies the export in `path` ("-" for stdin); head records must be signed
+/// by `public_key` (hex) when given.
+pub fn verify_file_pinned(path: &Path, public_key: Option<&str>) -> Result<ExportReport, String> {
     let reader: Box<dyn BufRead> = if path == Path::new("-") {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
@@ -47,19 +75,37 @@ pub fn verify_file(path: &Path) -> Result<ExportReport, String> {
             std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?,
         ))
     };
-    verify_lines(reader)
+    verify_lines_pinned(reader, public_key)
+}
+
+/// Verifies the export in `path` ("-" for stdin).
+pub fn verify_file(path: &Path) -> Result<ExportReport, String> {
+    verify_file_pinned(path, None)
 }
 
 /// Verifies JSON lines from `reader`.
-pub fn verify_lines(mut reader: impl BufRead) -> Result<ExportReport, String> {
-    // Entries by seq (repeats must be identical); heads kept for the end.
+pub fn verify_lines(reader: impl BufRead) -> Result<ExportReport, String> {
+    verify_lines_pinned(reader, None)
+}
+
+/// Verifies JSON lines from `reader`; head records must be signed by
+/// `public_key` (hex) when given.
+pub fn verify_lines_pinned(
+    mut reader: impl BufRead,
+    public_key: Option<&str>,
+) -> Result<ExportReport, String> {
+    // Entries by seq (repeats must be identical); heads (with their line) kept for the end.
     let mut entries: BTreeMap<u64, (String, String)> = BTreeMap::new();
     let mut heads: Vec<(u64, String)> = Vec::new();
+    let mut head_lines: Vec<(u64, Value)> = Vec::new();
     let mut report = ExportReport {
         ok: true,
         entries_checked: 0,
         duplicates: 0,
         heads_checked: 0,
+        heads_signed: 0,
+        signing_key: public_key.map(str::to_owned),
+        key_pinned: public_key.is_some(),
         host_id: None,
         last: None,
         first_bad_seq: None,
@@ -119,6 +165,7 @@ pub fn verify_lines(mut reader: impl BufRead) -> Result<ExportReport, String> {
         if v.get("type").and_then(Value::as_str) == Some("head") {
             filtered |= v.get("filtered").and_then(Value::as_bool) == Some(true);
             heads.push((seq, hash));
+            head_lines.push((number, v));
             continue;
         }
         let prev = v
@@ -198,7 +245,104 @@ pub fn verify_lines(mut reader: impl BufRead) -> Result<ExportReport, String> {
             _ => {}
         }
     }
+    check_head_signatures(&mut report, &head_lines, public_key, &fail);
     Ok(report)
+}
+
+/// Every signed head record must verify; with a pinned key (or once one head
+/// record is signed) every head record must be signed by that key.
+fn check_head_signatures(
+    report: &mut ExportReport,
+    heads: &[(u64, Value)],
+    pinned: Option<&str>,
+    fail: &impl Fn(&mut ExportReport, u64, String),
+) {
+    let any_signed = heads.iter().any(|(_, h)| h.get("signature").is_some());
+    for (line, head) in heads {
+        let seq = head.get("seq").and_then(Value::as_u64).unwrap_or_default();
+        let Some(signature) = head.get("signature") else {
+            if pinned.is_some() || any_signed {
+                fail(
+                    report,
+                    seq,
+                    format!(
+                        "line {line}: the head record naming entry {seq} is unsigned (forged): the host signs every head record"
+                    ),
+                );
+            }
+            continue;
+        };
+        let key = head
+            .get("public_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match &report.signing_key {
+            None => report.signing_key = Some(key.clone()),
+            Some(expected) if *expected != key => {
+                let whose = if pinned.is_some() {
+                    "the pinned key"
+                } else {
+                    "the export's first head record's key"
+                };
+                fail(
+                    report,
+                    seq,
+                    format!(
+                        "line {line}: the head record naming entry {seq} is signed by another key than {whose} (forged)"
+                    ),
+                );
+                continue;
+            }
+            Some(_) => {}
+        }
+        let s = |k: &str| head.get(k).and_then(Value::as_str).unwrap_or_default();
+        let message = serde_json::json!([
+            HEAD_ENCODING_TAG,
+            s("host_id"),
+            seq,
+            s("hash"),
+            s("ts"),
+            head.get("filtered")
+                .and_then(Value::as_bool)
+                .unwrap_or_default(),
+            key
+        ])
+        .to_string();
+        let verified = unhex(&key)
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+            .zip(
+                signature
+                    .as_str()
+                    .and_then(unhex)
+                    .and_then(|sig| <[u8; 64]>::try_from(sig).ok())
+                    .map(|sig| Signature::from_bytes(&sig)),
+            )
+            .is_some_and(|(k, sig)| k.verify_strict(message.as_bytes(), &sig).is_ok());
+        if verified {
+            report.heads_signed += 1;
+        } else {
+            fail(
+                report,
+                seq,
+                format!(
+                    "line {line}: the head record naming entry {seq} was forged or edited: its signature does not verify"
+                ),
+            );
+        }
+    }
+}
+
+/// Lowercase or uppercase hex to bytes.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

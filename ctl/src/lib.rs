@@ -206,9 +206,10 @@ pub fn main_entry() -> ExitCode {
                 action:
                     cli::AuditCommand::Verify {
                         from_export: Some(file),
+                        public_key,
                         ..
                     },
-            } => return commands::verify_export(&file, output),
+            } => return commands::verify_export(&file, public_key.as_deref(), output),
             other => other,
         };
         let scan_command = matches!(

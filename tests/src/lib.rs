@@ -1,11 +1,12 @@
 //! Shared test support: gRPC clients over Unix sockets, waiting helpers, and
-//! (in submodules) the test daemon builder, request builders and the real
-//! protocol peers the integration tests run against.
+//! (in submodules) the test daemon builder, request builders, the real
+//! protocol peers the integration tests run against and an OTLP/HTTP receiver.
 
 pub mod daemon;
 pub mod idp;
 pub mod impostor;
 pub mod openclaw;
+pub mod otlp;
 pub mod python;
 pub mod requests;
 pub mod rsyslog;

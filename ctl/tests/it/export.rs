@@ -131,3 +131,149 @@ async fn verify_from_export_names_an_edited_and_a_dropped_record() {
     assert_eq!(run.code, 8, "{}", run.stderr);
     assert_eq!(run.json()["first_bad_seq"], head);
 }
+
+async fn verify_pinned(file: &std::path::Path, key: &str) -> crate::cli::Run {
+    ctl_at(
+        std::path::Path::new("/nonexistent/defenseclawd.sock"),
+        &[
+            "-o",
+            "json",
+            "audit",
+            "verify",
+            "--from-export",
+            file.to_str().unwrap(),
+            "--public-key",
+            key,
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn signed_head_records_verify_against_the_pinned_key_and_a_forged_one_is_named_by_line() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("audit.jsonl");
+    let url = format!("file://{}", path.display());
+    let d = TestDaemon::start_with(&[
+        ("DEFENSECLAW_EXPORT__LOCAL__KIND", "file"),
+        ("DEFENSECLAW_EXPORT__LOCAL__URL", url.as_str()),
+        ("DEFENSECLAW_EXPORT__LOCAL__FLUSH_INTERVAL_MS", "20"),
+    ])
+    .await
+    .unwrap();
+    for i in 0..4 {
+        d.ctl(&["skill", "block", &format!("k{i}"), "--reason", "signed"])
+            .await
+            .ok();
+    }
+    let status = d.ctl(&["-o", "json", "status"]).await.ok().json();
+    let key = status["export_signing_key"].as_str().unwrap().to_owned();
+    assert_eq!(key.len(), 64, "{status}");
+    let head = status["audit_head"]["seq"].as_u64().unwrap();
+    // The key is private to the state dir and never shown in full elsewhere.
+    let key_file = d.db_path().with_file_name("export-signing.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let seed = std::fs::read_to_string(&key_file).unwrap();
+    assert!(!status.to_string().contains(seed.trim()));
+
+    // Wait for the entries and a head record naming the last one.
+    let records: Vec<Value> = wait_for(
+        "a head record after every entry",
+        Duration::from_secs(60),
+        || async {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let records: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let headed = records
+                .iter()
+                .any(|r| r.get("type").is_some() && r["seq"].as_u64() >= Some(head));
+            headed.then_some(records)
+        },
+    )
+    .await
+    .unwrap();
+    let heads: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.get("type").is_some())
+        .map(|(i, _)| i)
+        .collect();
+    for &i in &heads {
+        assert_eq!(records[i]["public_key"], key.as_str());
+        assert_eq!(records[i]["signature"].as_str().unwrap().len(), 128);
+    }
+
+    let intact = verify_pinned(&path, &key).await.ok().json();
+    assert_eq!(intact["ok"], true, "{intact}");
+    assert_eq!(intact["heads_signed"], heads.len());
+    assert_eq!(intact["key_pinned"], true);
+
+    // An edited head record (its time) is named by its line, pinned or not.
+    let last = *heads.last().unwrap();
+    let mut edited = records.clone();
+    edited[last]["ts"] = Value::from("2000-01-01T00:00:00.000000Z");
+    let file = out.path().join("edited-head.jsonl");
+    write_lines(&file, &edited);
+    for run in [verify(&file).await, verify_pinned(&file, &key).await] {
+        assert_eq!(run.code, 8, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("line {}: the head record", last + 1))
+                && run.stderr.contains("forged or edited"),
+            "{}",
+            run.stderr
+        );
+    }
+
+    // A head record signed by another key passes its own signature check but
+    // not the pin; an unsigned one is refused when the key is pinned.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let other_pub = hex::encode(other.verifying_key().to_bytes());
+    let mut forged = records.clone();
+    let h = &mut forged[last];
+    let msg = serde_json::json!([
+        "defenseclaw-head-v1",
+        h["host_id"],
+        h["seq"],
+        h["hash"],
+        h["ts"],
+        h["filtered"],
+        other_pub
+    ])
+    .to_string();
+    let sig = ed25519_dalek::Signer::sign(&other, msg.as_bytes());
+    h["public_key"] = Value::from(other_pub.as_str());
+    h["signature"] = Value::from(hex::encode(sig.to_bytes()));
+    let file = out.path().join("forged-head.jsonl");
+    write_lines(&file, &forged);
+    let run = verify_pinned(&file, &key).await;
+    assert_eq!(run.code, 8, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("line {}: the head record", last + 1))
+            && run.stderr.contains("another key than the pinned key"),
+        "{}",
+        run.stderr
+    );
+    let mut unsigned = records.clone();
+    for k in ["signature", "public_key", "key_id"] {
+        unsigned[last].as_object_mut().unwrap().remove(k);
+    }
+    let file = out.path().join("unsigned-head.jsonl");
+    write_lines(&file, &unsigned);
+    let run = verify_pinned(&file, &key).await;
+    assert_eq!(run.code, 8, "{}", run.stderr);
+    assert!(run.stderr.contains("unsigned"), "{}", run.stderr);
+
+    // The wrong pin fails every head; a malformed pin is a usage error.
+    let run = verify_pinned(&path, &other_pub).await;
+    assert_eq!(run.code, 8, "{}", run.stderr);
+    let run = verify_pinned(&path, "not-a-key").await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("--public-key"), "{}", run.stderr);
+}

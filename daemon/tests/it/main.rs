@@ -10,6 +10,7 @@ mod attacks_vault;
 mod audit_chain;
 mod clients;
 mod export;
+mod export_otlp;
 mod gate_e2e;
 mod governance;
 mod lifecycle;
