@@ -336,7 +336,7 @@ fn check_head_signatures(
 
 /// Lowercase or uppercase hex to bytes.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -59,6 +59,7 @@ struct Inner {
     accepted: Vec<Received>,
     refused_unauthenticated: usize,
     answered_503: usize,
+    answered_partial: usize,
 }
 
 /// The receiver; stops when dropped.
@@ -119,6 +120,11 @@ impl OtlpReceiver {
     /// Requests answered 503.
     pub fn answered_503(&self) -> usize {
         self.lock().answered_503
+    }
+
+    /// Requests answered with a partial success.
+    pub fn answered_partial(&self) -> usize {
+        self.lock().answered_partial
     }
 
     /// Requests refused for a missing or wrong authentication header.
@@ -206,6 +212,7 @@ async fn handle(
     }
     let partial_success = (s.partial_next > 0).then(|| {
         s.partial_next -= 1;
+        s.answered_partial += 1;
         ExportLogsPartialSuccess {
             rejected_log_records: 1,
             error_message: "one record was not wanted".into(),

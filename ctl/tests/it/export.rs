@@ -158,6 +158,7 @@ async fn signed_head_records_verify_against_the_pinned_key_and_a_forged_one_is_n
         ("DEFENSECLAW_EXPORT__LOCAL__KIND", "file"),
         ("DEFENSECLAW_EXPORT__LOCAL__URL", url.as_str()),
         ("DEFENSECLAW_EXPORT__LOCAL__FLUSH_INTERVAL_MS", "20"),
+        ("DEFENSECLAW_EXPORT__LOCAL__HEAD_EVERY_SECS", "1"),
     ])
     .await
     .unwrap();

@@ -225,6 +225,7 @@ async fn a_custom_auth_header_a_wrong_token_and_a_partial_success() {
     .await
     .unwrap();
     assert_eq!(st.exporters[0].state, "ok");
+    assert_eq!(rx.answered_partial(), 1);
 
     // No token but an auth header: the sink does not start, and says why.
     let err = TestDaemon::start_with(&as_refs(&otlp_env_with_header(&rx.url)))
