@@ -5,7 +5,8 @@
 //! only writes; its writes are confirmed together once the sink is idle for a
 //! flush interval, or every [`CONFIRM_EVERY`] / [`CONFIRM_ENTRIES`] under
 //! load, and the cursor moves then. After any failure delivery resumes from
-//! the cursor. Woken by audit appends; retries with capped exponential
+//! the cursor. The cursor is written to the store at most once a second
+//! ([`PERSIST_EVERY`]); after a crash delivery resumes from the stored one. Woken by audit appends; retries with capped exponential
 //! backoff; never holds anything the control plane waits on.
 
 use std::collections::BTreeMap;
@@ -24,6 +25,11 @@ use crate::store::{AdvanceExportCursor, Store};
 pub const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 /// …and at least every this many entries (so a failure resends a bounded tail).
 pub const CONFIRM_ENTRIES: usize = 2000;
+
+/// The stored cursor is written at most this often while it moves (and when
+/// the sink has been idle this long), so a crash resends at most about this
+/// much.
+pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// Writes sent but not yet confirmed (see [`crate::export::Delivered::Written`]).
 struct Unconfirmed {
@@ -79,6 +85,7 @@ pub async fn start(
             slot,
             host_id: host_id.clone(),
             cursor,
+            persisted: (cursor, Instant::now()),
         });
     }
     for runner in tasks {
@@ -97,8 +104,10 @@ struct Runner {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     slot: usize,
     host_id: String,
-    /// Last seq the receiver accepted (persisted).
+    /// Last seq the receiver accepted.
     cursor: u64,
+    /// The cursor as last written to the store, and when.
+    persisted: (u64, Instant),
 }
 
 impl Runner {
@@ -193,11 +202,21 @@ impl Runner {
                     }
                     continue;
                 }
-                let wait = if unheaded.is_some() {
+                let mut wait = if unheaded.is_some() {
                     last_head.map_or(flush, |t| head_every.saturating_sub(t.elapsed()).max(flush))
                 } else {
                     head_every
                 };
+                if self.cursor > self.persisted.0 {
+                    // Idle with the stored cursor behind: write it once due.
+                    if self.persisted.1.elapsed() >= PERSIST_EVERY {
+                        if let Err(e) = self.persist_cursor(true).await {
+                            self.failed(&e);
+                        }
+                    } else {
+                        wait = wait.min(PERSIST_EVERY.saturating_sub(self.persisted.1.elapsed()));
+                    }
+                }
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     r = wake.recv() => if matches!(r, Err(RecvError::Closed)) { return },
@@ -277,16 +296,8 @@ impl Runner {
     /// health. On error the cursor stays where it was.
     async fn confirm(&mut self, upto: u64) -> Result<(), String> {
         self.sink.confirm().await?;
-        if upto > self.cursor {
-            self.store
-                .write(AdvanceExportCursor {
-                    name: self.name.clone(),
-                    seq: upto,
-                })
-                .await
-                .map_err(|e| format!("recording the cursor: {e}"))?;
-            self.cursor = upto;
-        }
+        self.cursor = self.cursor.max(upto);
+        self.persist_cursor(false).await?;
         let (cursor, now) = (self.cursor, self.store.clock().ts());
         self.report_lag();
         self.exporters.update(self.slot, |s| {
@@ -295,6 +306,26 @@ impl Runner {
             s.failures = 0;
             s.last_success_at = Some(now);
         });
+        Ok(())
+    }
+
+    /// Writes the cursor to the store when it moved and [`PERSIST_EVERY`]
+    /// has passed since the last write (or `now`): one small commit a second
+    /// at most, instead of one per batch competing with mutations for the
+    /// store's writer. A restart resends what was accepted after it.
+    async fn persist_cursor(&mut self, now: bool) -> Result<(), String> {
+        if self.cursor <= self.persisted.0 || !(now || self.persisted.1.elapsed() >= PERSIST_EVERY)
+        {
+            return Ok(());
+        }
+        self.store
+            .write(AdvanceExportCursor {
+                name: self.name.clone(),
+                seq: self.cursor,
+            })
+            .await
+            .map_err(|e| format!("recording the cursor: {e}"))?;
+        self.persisted = (self.cursor, Instant::now());
         Ok(())
     }
 
