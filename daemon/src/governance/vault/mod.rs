@@ -492,6 +492,11 @@ impl TokenBroker {
                 "subject": subject.kind(),
                 "subject_sub": key.sub,
             });
+            // The grant's health this exchange decided (the Auth-IBOM's history
+            // reads it; a held grant keeps its status, as in the store).
+            if let (Some(map), Some((s, _))) = (details.as_object_mut(), &status) {
+                map.insert("grant_status".into(), serde_json::json!(s.as_str()));
+            }
             if let (Some(map), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra)
             {
                 map.extend(extra);
