@@ -477,7 +477,7 @@ async fn write(stream: &mut TcpStream, reply: Reply) {
     let mut head = format!(
         "HTTP/1.1 {} {reason}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
          Content-Security-Policy: {CSP}\r\nX-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n\
-         Referrer-Policy: no-referrer\r\nCache-Control: no-store\r\nConnection: close\r\n",
+         Referrer-Policy: same-origin\r\nCache-Control: no-store\r\nConnection: close\r\n",
         reply.status,
         reply.html.len()
     );

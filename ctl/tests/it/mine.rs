@@ -73,7 +73,7 @@ impl World {
             &idp,
             &[
                 ("DEFENSECLAW_STEPUP__ENABLED", "true"),
-                ("DEFENSECLAW_STEPUP__APPROVER", "requester"),
+                ("DEFENSECLAW_STEPUP__APPROVER", "requester,auth0|operator1"),
                 ("DEFENSECLAW_STEPUP__REQUESTED_EXPIRY_SECS", "120"),
                 ("DEFENSECLAW_TOKEN_VAULT__KEY_FILE", key.to_str().unwrap()),
             ],
@@ -446,6 +446,9 @@ async fn the_page_lists_the_grant_and_its_revoke_button_revokes_it_in_a_real_bro
     assert_eq!(status(&all, "alice-mcp"), "revoked");
     assert_eq!(status(&all, "ops-mcp"), "active");
 
-    ui.start_kill().unwrap();
-    let _ = ui.wait().await;
+    // Ctrl-C ends it, cleanly.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(ui.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = ui.wait().bounded().await.unwrap();
+    assert!(status.success(), "{status:?}");
 }
