@@ -216,8 +216,10 @@ pub enum ConnectionsCommand {
     /// The Auth-IBOM: every grant ever made with its status history, each event
     /// naming its audit entry (`auth-ibom/v1`, `-o json` or `-o csv`), or
     /// `--verify FILE` to check such a document against the audit log.
+    #[command(after_help = crate::examples::CONNECTIONS_EXPORT)]
     Export(ExportArgs),
     /// A local web page (127.0.0.1) listing your grants, with a Revoke button each.
+    #[command(after_help = crate::examples::CONNECTIONS_UI)]
     Ui(UiArgs),
 }
 

@@ -298,6 +298,56 @@ async fn an_end_user_sees_and_revokes_only_their_own_grants() {
         g["history"].as_array().unwrap().last().unwrap()["actor"]["id"],
         ALICE
     );
+
+    // Broken by the provider and repaired: both in the operator's grant's history.
+    w.idp
+        .link_account(OPERATOR, "github", "repo")
+        .await
+        .unwrap();
+    let exec = ["mcp", "exec", "ops-mcp", "--", "true"];
+    ctl(d, Some(&op), &exec).await.ok();
+    w.idp.break_account(OPERATOR, "github").await.unwrap();
+    let failed = ctl(d, Some(&op), &exec).await;
+    assert_ne!(failed.code, 0, "{}", failed.stderr);
+    w.idp
+        .link_account(OPERATOR, "github", "repo")
+        .await
+        .unwrap();
+    ctl(d, Some(&op), &exec).await.ok();
+    let out = ctl(d, Some(&op), &["connections", "export"]).await.ok();
+    let doc = out.json();
+    let g = doc["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["server"] == "ops-mcp")
+        .unwrap();
+    let seen: Vec<(&str, &str)> = g["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("connection-grant", "active"),
+            ("token-exchange", "broken"),
+            ("token-exchange", "active"),
+        ],
+        "{g:#}"
+    );
+    assert_eq!(g["use_count"], 2);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ibom.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let verified = ctl(
+        d,
+        Some(&op),
+        &["connections", "export", "--verify", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
