@@ -218,8 +218,9 @@ fn event(e: &ChainEntry, status: &str) -> Event {
         status: status.to_owned(),
         actor: e.actor.clone(),
         reason: e.reason.clone(),
-        human_confirmed: None,
-        request_id: None,
+        // A change a human confirmed over step-up (a grant, a CIBA resumption) says so.
+        human_confirmed: e.details.get("human_confirmed").and_then(Value::as_bool),
+        request_id: text(&e.details, "request_id").or_else(|| text(&e.details, "stepup")),
     }
 }
 
@@ -245,10 +246,17 @@ fn grant_keys(e: &ChainEntry) -> Vec<(String, String)> {
             );
         }
     }
-    if let Some(list) = e.details.get("grants").and_then(Value::as_array) {
+    // An unlink names the connection once and every grant it reached.
+    if e.action == "connection-unlink"
+        && let (Some(connection), Some(list)) = (
+            text(&e.details, "connection"),
+            e.details.get("grants_unlinked").and_then(Value::as_array),
+        )
+    {
         keys.extend(
             list.iter()
-                .filter_map(|g| Some((text(g, "server")?, text(g, "connection")?))),
+                .filter_map(|g| text(g, "server"))
+                .map(|server| (server, connection.clone())),
         );
     }
     keys.dedup();
@@ -288,6 +296,16 @@ pub fn derive(
         }
         if !ACTIONS.contains(&e.action.as_str()) {
             continue;
+        }
+        // The account's record goes with an unlink (whatever the provider said).
+        if e.action == "connection-unlink"
+            && e.details.get("linked_account_record_removed") == Some(&Value::Bool(true))
+            && let (Some(sub), Some(connection)) = (
+                text(&e.details, "subject_sub"),
+                text(&e.details, "connection"),
+            )
+        {
+            accounts.remove(&(sub, connection));
         }
         for (server, connection) in grant_keys(&e) {
             apply(&mut grants, &e, server, connection);
@@ -381,7 +399,6 @@ fn apply(
         g.approval = approval;
         let mut ev = event(e, "active");
         ev.human_confirmed = Some(human);
-        ev.request_id = request_id;
         g.history.push(ev);
         return;
     }
@@ -406,9 +423,18 @@ fn apply(
             g.status = to.clone();
             g.history.push(event(e, &to));
         }
-        "connection-unlink" if e.outcome == "success" => {
+        // Marked unlinked whether or not the provider's DELETE succeeded
+        // (`partial` says it failed there).
+        "connection-unlink" if matches!(e.outcome.as_str(), "success" | "partial") => {
             g.status = "unlinked".into();
-            g.unattended = false;
+            g.unattended = e
+                .details
+                .get("grants_unlinked")
+                .and_then(Value::as_array)
+                .and_then(|l| l.iter().find(|x| text(x, "server") == Some(key.0.clone())))
+                .and_then(|x| x.get("unattended"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             g.history.push(event(e, "unlinked"));
         }
         "connection-credential-dropped" => {
@@ -510,6 +536,36 @@ mod tests {
             entry(7, "connection-revoke", json!({"connection": "github"})),
             entry(8, "block", json!({"connection": "github"})),
         ];
+        // An unlink (target-less) reaching another grant, and the account record gone.
+        let mut linked = entry(
+            9,
+            "account-linked",
+            json!({"connection": "github", "account_id": "acc1"}),
+        );
+        linked.actor.id = "auth0|alice".into();
+        let mut unlink = entry(
+            10,
+            "connection-unlink",
+            json!({"connection": "github", "subject_sub": "auth0|alice",
+                   "grants_unlinked": [{"server": "other", "from": "active", "unattended": false}],
+                   "linked_account_record_removed": true}),
+        );
+        unlink.target_kind = String::new();
+        unlink.outcome = "partial".into();
+        let mut other = entry(
+            1,
+            "connection-grant",
+            json!({"connections": [{"connection": "github", "scopes": []}], "approved_by": "auth0|alice"}),
+        );
+        other.target_name = "other".into();
+        let (both, accounts) = derive(vec![other, entries[0].clone(), linked.clone()], None);
+        assert_eq!((both.len(), accounts.len()), (2, 1));
+        let mut later = vec![entries[0].clone(), linked, unlink];
+        later[0].target_name = "other".into();
+        let (unlinked, accounts) = derive(later, None);
+        assert_eq!(unlinked[0].status, "unlinked");
+        assert_eq!(unlinked[0].history[1].seq, 10);
+        assert!(accounts.is_empty());
         let (grants, _) = derive(entries.clone(), None);
         assert_eq!(grants.len(), 1);
         let g = &grants[0];
