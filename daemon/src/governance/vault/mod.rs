@@ -492,8 +492,7 @@ impl TokenBroker {
                 "subject": subject.kind(),
                 "subject_sub": key.sub,
             });
-            // The grant's health this exchange decided (the Auth-IBOM's history
-            // reads it; a held grant keeps its status, as in the store).
+            // The health this exchange decided (read by the Auth-IBOM's history).
             if let (Some(map), Some((s, _))) = (details.as_object_mut(), &status) {
                 map.insert("grant_status".into(), serde_json::json!(s.as_str()));
             }
