@@ -15,6 +15,8 @@
 //!   1M audit entries and 100k targets ([`scale::run`]);
 //! - `gate`: the OpenClaw gate's decision latency on its socket against a
 //!   bare round trip of the same transport ([`gate::run`]);
+//! - `exporters`: mutation throughput with no, one and three audit sinks on,
+//!   and the sinks' delivery lag under that load ([`exporters::run`]);
 //! - `scan-eval CORPUS`: the built-in scanner (and `skill-scanner` when
 //!   installed) against a labelled corpus.
 
@@ -26,6 +28,7 @@ macro_rules! say {
 mod breakdown;
 mod control;
 mod echo;
+mod exporters;
 mod gate;
 mod hostile;
 mod load;
@@ -132,6 +135,12 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         warmup: usize,
     },
+    /// Audit exporters: SetEnforcement throughput at 1 and 64 clients with no
+    /// sink, one (syslog to a real rsyslogd) and three (file + syslog +
+    /// signed webhook to a local receiver) on, the ratio to none, and each
+    /// network sink's delivery lag (reply -> receiver) p50/p99 under that
+    /// load. Needs rsyslogd (Debian's rsyslog). One JSON document on stdout.
+    Exporters(exporters::ExportersArgs),
     /// Evaluates the scanner against a labelled corpus (labels.csv): recall,
     /// false positives and time, side by side with Cisco's skill-scanner when
     /// it is on PATH (or at $DEFENSECLAW_CISCO_SKILL_SCANNER).
@@ -152,6 +161,7 @@ fn main() -> ExitCode {
         Some(Command::Hostile(args)) => hostile::run(&args),
         Some(Command::Scale(args)) => scale::run(&args),
         Some(Command::Gate { samples, warmup }) => gate::run(samples, warmup),
+        Some(Command::Exporters(args)) => exporters::run(&args),
         Some(Command::ScanEval { corpus }) => {
             scan_eval::run(&corpus).and_then(|v| report::print_json(&v))
         }

@@ -345,7 +345,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// SHA-256 of the daemon's canonical encoding, rebuilt from an exported object.
 fn canonical_hash(v: &Value) -> Option<String> {

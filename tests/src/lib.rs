@@ -3,6 +3,7 @@
 //! protocol peers the integration tests run against and an OTLP/HTTP receiver.
 
 pub mod daemon;
+pub mod faulty;
 pub mod idp;
 pub mod impostor;
 pub mod openclaw;

@@ -13,9 +13,12 @@ use tempfile::TempDir;
 /// Where Debian's `rsyslog` package puts the daemon.
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
 
-/// One received message: the structured data and the MSG parsed as JSON.
+/// One received message: when rsyslog took it, the structured data and the
+/// MSG parsed as JSON.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// rsyslog's reception time (`timegenerated`, RFC 3339 with microseconds).
+    pub received_at: String,
     /// The SD-ELEMENTs as rsyslog printed them.
     pub structured_data: String,
     /// The MSG.
@@ -86,7 +89,7 @@ impl Rsyslog {
         let conf = format!(
             r#"global(workDirectory="{work}" maxMessageSize="128k"{global_tls})
 module(load="imtcp"{module_tls})
-template(name="sdmsg" type="string" string="%structured-data% %msg%\n")
+template(name="sdmsg" type="string" string="%timegenerated:::date-rfc3339% %structured-data% %msg%\n")
 ruleset(name="export") {{
   action(type="omfile" file="{out}" template="sdmsg" flushOnTXEnd="on" asyncWriting="off")
 }}
@@ -161,10 +164,14 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="export")
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|line| {
+                let (received_at, line) = line
+                    .split_once(' ')
+                    .with_context(|| format!("no reception time: {line}"))?;
                 let start = line
                     .find("] {")
                     .with_context(|| format!("no structured data before the MSG: {line}"))?;
                 Ok(Received {
+                    received_at: received_at.to_owned(),
                     structured_data: line[..=start].to_owned(),
                     msg: serde_json::from_str(line[start + 2..].trim())
                         .with_context(|| format!("MSG is not JSON: {line}"))?,

@@ -25,3 +25,4 @@ mod loopback;
 mod my_account;
 
 pub use flow::{ConnectOptions, ConnectedAccount, DaemonRecord, Linked, connect, link_account};
+pub(crate) use loopback::html_escape;

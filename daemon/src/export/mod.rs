@@ -36,10 +36,11 @@ pub enum Sink {
 /// How a delivery went.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Delivered {
-    /// Accepted.
+    /// The receiver acknowledged it (the file is synced, a 2xx answer).
     Ok,
-    /// Accepted on a new connection: what went over the previous one may be lost.
-    OkReconnected,
+    /// Written to a connection without acknowledgement (syslog over TCP):
+    /// delivered only once [`Sink::confirm`] succeeds.
+    Written,
 }
 
 impl Sink {
@@ -89,16 +90,18 @@ impl Sink {
         }
     }
 
-    /// True once after a connection that carried earlier deliveries was lost
-    /// (the runner then replays its last delivery).
-    pub fn check_lost(&mut self) -> bool {
+    /// Confirms every [`Delivered::Written`] delivery since the last
+    /// confirmation; on error none of them counts as delivered.
+    pub async fn confirm(&mut self) -> Result<(), String> {
         match self {
-            Self::File(_) | Self::Webhook(_) | Self::Otlp(_) => false,
-            Self::Syslog(s) => s.check_lost(),
+            Self::File(_) | Self::Webhook(_) | Self::Otlp(_) => Ok(()),
+            Self::Syslog(s) => s.confirm().await,
         }
     }
 
-    /// Delivers `records` in order; `Ok` only once the receiver has them.
+    /// Delivers `records` in order: `Ok(Delivered::Ok)` once the receiver
+    /// has them, `Ok(Delivered::Written)` when that is known only after
+    /// [`Self::confirm`].
     pub async fn deliver(&mut self, records: &[Value]) -> Result<Delivered, String> {
         match self {
             Self::File(file) => {
@@ -111,10 +114,7 @@ impl Sink {
             }
             Self::Webhook(w) => w.send(records).await.map(|()| Delivered::Ok),
             Self::Otlp(o) => o.send(records).await.map(|()| Delivered::Ok),
-            Self::Syslog(s) => Ok(match s.send(records).await? {
-                syslog::Sent::Same => Delivered::Ok,
-                syslog::Sent::Reconnected => Delivered::OkReconnected,
-            }),
+            Self::Syslog(s) => s.send(records).await.map(|()| Delivered::Written),
         }
     }
 }

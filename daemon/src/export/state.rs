@@ -37,7 +37,8 @@ pub struct SinkStatus {
     pub kind: String,
     /// Health.
     pub state: SinkHealth,
-    /// Last delivered seq (persisted).
+    /// Last seq the receiver accepted (written to the store at most once a
+    /// second, see `governance::exporting::PERSIST_EVERY`).
     pub cursor: u64,
     /// Consecutive failed attempts.
     pub failures: u32,

@@ -2,9 +2,19 @@
 //! (RFC 6587). Structured data carries `seq`, `hash` and `host_id`; the MSG
 //! is the exported JSON object.
 //!
-//! Plain TCP syslog has no acknowledgement, so a batch written into the
-//! socket of a receiver that dies may be lost; the runner replays the last
-//! batch on every new connection (receivers deduplicate by `(host_id, seq)`).
+//! Plain TCP syslog has no acknowledgement: a write that succeeded only put
+//! the bytes into socket buffers, and a receiver that stalls, or reads part of
+//! them and resets the connection, has not taken them. So [`SyslogSink::send`]
+//! only writes; what was written counts as delivered once
+//! [`SyslogSink::confirm`] has closed the connection in order: our end of
+//! stream after the data, then the receiver's end of stream back with no
+//! reset, which a receiver such as rsyslog sends only after reading
+//! everything before ours. Until then the runner keeps its cursor; after any
+//! failure it resends from the cursor (receivers deduplicate by
+//! `(host_id, seq)`). What this cannot see is a receiver that read the bytes
+//! into its own memory and lost them there (RELP's application-level
+//! acknowledgement would); nor a peer that closed on its own while our data
+//! was still in flight and whose end of stream arrives before its reset.
 
 use std::time::Duration;
 
@@ -32,18 +42,8 @@ pub struct SyslogSink {
     facility: u8,
     timeout: Duration,
     hostname: String,
+    /// Open connection; what was written to it is not confirmed yet.
     conn: Option<Box<dyn Stream>>,
-    /// A connection that carried data was lost since the last check.
-    lost: bool,
-}
-
-/// What a delivery did to the connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Sent {
-    /// Written on the connection already open.
-    Same,
-    /// Written on a new connection (the previous one, if any, was lost).
-    Reconnected,
 }
 
 impl SyslogSink {
@@ -68,19 +68,32 @@ impl SyslogSink {
             timeout,
             hostname,
             conn: None,
-            lost: false,
         }
     }
 
-    /// Sends `records` (entry objects or head records) as one write.
-    pub async fn send(&mut self, records: &[Value]) -> Result<Sent, String> {
+    /// Writes `records` (entry objects or head records) as one write; they
+    /// are delivered only once [`Self::confirm`] succeeds. Fails, without
+    /// writing, when the open connection was closed by the receiver: what was
+    /// written to it since the last confirmation may be lost.
+    pub async fn send(&mut self, records: &[Value]) -> Result<(), String> {
         let mut buf = Vec::new();
         for r in records {
             let msg = self.message(r);
             buf.extend_from_slice(format!("{} ", msg.len()).as_bytes());
             buf.extend_from_slice(msg.as_bytes());
         }
-        let reconnected = self.ensure_connected().await?;
+        if let Some(conn) = self.conn.as_mut()
+            && !alive(conn)
+        {
+            self.conn = None;
+            return Err(format!(
+                "{}:{} closed the connection; resending what it did not confirm",
+                self.host, self.port
+            ));
+        }
+        if self.conn.is_none() {
+            self.conn = Some(self.connect().await?);
+        }
         let Some(conn) = self.conn.as_mut() else {
             return Err("not connected".into());
         };
@@ -89,40 +102,64 @@ impl SyslogSink {
             conn.flush().await
         };
         match tokio::time::timeout(self.timeout, write).await {
-            Ok(Ok(())) => Ok(if reconnected {
-                Sent::Reconnected
-            } else {
-                Sent::Same
-            }),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 self.conn = None;
-                self.lost = true;
                 Err(format!("writing to {}:{}: {e}", self.host, self.port))
             }
             Err(_) => {
                 self.conn = None;
-                self.lost = true;
                 Err(format!("writing to {}:{} timed out", self.host, self.port))
             }
         }
     }
 
-    /// True once after the connection that carried earlier batches was found
-    /// closed or failed: what was written to it may not have been read.
-    pub fn check_lost(&mut self) -> bool {
-        if !self.alive() {
-            self.conn = None;
-            self.lost = true;
+    /// Confirms everything written since the connection opened by closing it
+    /// in order: our end of stream (TLS close_notify first), then waiting for
+    /// the receiver's. A reset, a receiver that had already closed, or no
+    /// answer within the timeout is an error: nothing is confirmed.
+    pub async fn confirm(&mut self) -> Result<(), String> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        if !alive(&mut conn) {
+            return Err(format!(
+                "{}:{} closed the connection before confirming what it was sent",
+                self.host, self.port
+            ));
         }
-        std::mem::take(&mut self.lost)
+        let close = async {
+            conn.shutdown().await?;
+            let mut buf = [0u8; 512];
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    // Receivers send nothing on this protocol; ignored.
+                    Ok(_) => {}
+                    // A TLS receiver's TCP end of stream without close_notify:
+                    // still its answer to ours (a reset is an error instead).
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, close).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "{}:{} did not confirm what it was sent: {e}",
+                self.host, self.port
+            )),
+            Err(_) => Err(format!(
+                "{}:{} did not read what it was sent within {}s",
+                self.host,
+                self.port,
+                self.timeout.as_secs()
+            )),
+        }
     }
 
-    /// Opens a connection unless the current one is still up; true when a new one was opened.
-    async fn ensure_connected(&mut self) -> Result<bool, String> {
-        if self.conn.is_some() && self.alive() {
-            return Ok(false);
-        }
-        self.conn = None;
+    /// Opens a new connection (`&mut`: the sink is `Send`, not `Sync`).
+    async fn connect(&mut self) -> Result<Box<dyn Stream>, String> {
         let (host, port) = (self.host.clone(), self.port);
         let tls = self.tls.clone();
         let connect = async move {
@@ -141,26 +178,9 @@ impl SyslogSink {
                 .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
             Ok(Box::new(stream))
         };
-        let conn = tokio::time::timeout(self.timeout, connect)
+        tokio::time::timeout(self.timeout, connect)
             .await
-            .map_err(|_| format!("connecting to {}:{} timed out", self.host, self.port))??;
-        self.conn = Some(conn);
-        Ok(true)
-    }
-
-    /// Whether the open connection is still up: the receiver sends nothing
-    /// on this protocol, so readable EOF, data or an error means it is gone.
-    /// (TLS records such as session tickets are consumed by the TLS layer.)
-    fn alive(&mut self) -> bool {
-        let Some(conn) = self.conn.as_mut() else {
-            return false;
-        };
-        let mut probe = [0u8; 256];
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let read = conn.read(&mut probe);
-        let mut read = std::pin::pin!(read);
-        matches!(read.as_mut().poll(&mut cx), std::task::Poll::Pending)
+            .map_err(|_| format!("connecting to {}:{} timed out", self.host, self.port))?
     }
 
     /// One RFC 5424 message.
@@ -202,6 +222,18 @@ impl SyslogSink {
             sd_escape(host_id),
         )
     }
+}
+
+/// Whether an open connection is still up: the receiver sends nothing on
+/// this protocol, so readable EOF, data or an error means it is gone. (TLS
+/// records such as session tickets are consumed by the TLS layer.)
+fn alive(conn: &mut Box<dyn Stream>) -> bool {
+    let mut probe = [0u8; 256];
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let read = conn.read(&mut probe);
+    let mut read = std::pin::pin!(read);
+    matches!(read.as_mut().poll(&mut cx), std::task::Poll::Pending)
 }
 
 /// Escapes `"`, `\` and `]` in an SD-PARAM value (RFC 5424 §6.3.3).

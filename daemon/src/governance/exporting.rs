@@ -1,8 +1,13 @@
 //! Delivering the audit log to each `[export.<name>]` sink: one task per sink
 //! reads entries after its cursor through the store's readers, sends them in
 //! batches, and advances the cursor in the store only once the receiver
-//! accepted the batch. Woken by audit appends; retries with capped
-//! exponential backoff; never holds anything the control plane waits on.
+//! accepted the batch. A transport without acknowledgement (syslog over TCP)
+//! only writes; its writes are confirmed together once the sink is idle for a
+//! flush interval, or every [`CONFIRM_EVERY`] / [`CONFIRM_ENTRIES`] under
+//! load, and the cursor moves then. After any failure delivery resumes from
+//! the cursor. The cursor is written to the store at most once a second
+//! ([`PERSIST_EVERY`]); after a crash delivery resumes from the stored one. Woken by audit appends; retries with capped exponential
+//! backoff; never holds anything the control plane waits on.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -16,6 +21,26 @@ use crate::export::signing::HeadSigner;
 use crate::export::{Delivered, Exporters, SinkHealth, SinkSettings, state::FAILING_AFTER};
 use crate::secrets::SecretSources;
 use crate::store::{AdvanceExportCursor, Store};
+
+/// Under steady load, unacknowledged writes are confirmed at least this often…
+pub const CONFIRM_EVERY: Duration = Duration::from_secs(1);
+/// …and at least every this many entries (so a failure resends a bounded tail).
+pub const CONFIRM_ENTRIES: usize = 2000;
+
+/// The stored cursor is written at most this often while it moves (and when
+/// the sink has been idle this long), so a crash resends at most about this
+/// much.
+pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes sent but not yet confirmed (see [`crate::export::Delivered::Written`]).
+struct Unconfirmed {
+    /// Last entry seq written.
+    last_seq: u64,
+    /// Entries written.
+    entries: usize,
+    /// When the first of them was written.
+    since: Instant,
+}
 
 /// Starts one task per sink. Fails (before anything is spawned) when a sink
 /// cannot be built (a webhook without its secret) or the store cannot be read.
@@ -63,6 +88,7 @@ pub async fn start(
             host_id: host_id.clone(),
             signer: signer.clone(),
             cursor,
+            persisted: (cursor, Instant::now()),
         });
     }
     for runner in tasks {
@@ -83,8 +109,10 @@ struct Runner {
     host_id: String,
     /// Signs head records.
     signer: std::sync::Arc<HeadSigner>,
-    /// Last seq the receiver accepted (persisted).
+    /// Last seq the receiver accepted.
     cursor: u64,
+    /// The cursor as last written to the store, and when.
+    persisted: (u64, Instant),
 }
 
 impl Runner {
@@ -95,21 +123,16 @@ impl Runner {
         let head_every = Duration::from_secs(self.settings.head_every_secs);
         let max_backoff = Duration::from_secs(self.settings.max_backoff_secs);
         let mut backoff = flush;
-        // Where the next read starts; behind `cursor` only while replaying.
+        // Where the next read starts: ahead of `cursor` while writes await
+        // confirmation, back to it after a failure.
         let mut send_pos = self.cursor;
-        // Where the last accepted batch started, for a replay after a lost connection.
-        let mut last_batch_after: Option<u64> = None;
+        let mut unconfirmed: Option<Unconfirmed> = None;
         let mut last_head: Option<Instant> = None;
         // The newest seq:hash sent without a head record after it.
         let mut unheaded: Option<(u64, String)> = None;
         loop {
             if cancel.is_cancelled() {
                 return;
-            }
-            if self.sink.check_lost()
-                && let Some(after) = last_batch_after.take()
-            {
-                send_pos = send_pos.min(after);
             }
             let page = match self
                 .store
@@ -135,17 +158,70 @@ impl Runner {
                         () = cancel.cancelled() => return,
                         r = self.sink.deliver(&head) => r,
                     };
-                    if sent.is_ok() {
-                        last_head = Some(Instant::now());
-                        unheaded = None;
-                        continue;
+                    match sent {
+                        Ok(delivered) => {
+                            last_head = Some(Instant::now());
+                            unheaded = None;
+                            if delivered == Delivered::Written {
+                                unconfirmed.get_or_insert_with(|| Unconfirmed {
+                                    last_seq: send_pos,
+                                    entries: 0,
+                                    since: Instant::now(),
+                                });
+                            }
+                            continue;
+                        }
+                        // A syslog connection found closed: resend from the cursor.
+                        Err(e) if unconfirmed.is_some() => {
+                            self.failed(&e);
+                            send_pos = self.cursor;
+                            unconfirmed = None;
+                            if sleep_or_cancel(&cancel, backoff).await {
+                                return;
+                            }
+                            backoff = (backoff * 2).min(max_backoff);
+                            continue;
+                        }
+                        Err(_) => {}
                     }
                 }
-                let wait = if unheaded.is_some() {
+                if let Some(u) = &unconfirmed {
+                    // Writes await confirmation: once nothing more comes for a
+                    // flush interval, confirm them (more appends keep writing).
+                    let upto = u.last_seq;
+                    let woke = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        r = wake.recv() => if matches!(r, Err(RecvError::Closed)) { return } else { true },
+                        () = tokio::time::sleep(flush) => false,
+                    };
+                    if !woke {
+                        unconfirmed = None;
+                        if let Err(e) = self.confirm(upto).await {
+                            self.failed(&e);
+                            send_pos = self.cursor;
+                            if sleep_or_cancel(&cancel, backoff).await {
+                                return;
+                            }
+                            backoff = (backoff * 2).min(max_backoff);
+                        }
+                    }
+                    continue;
+                }
+                let mut wait = if unheaded.is_some() {
                     last_head.map_or(flush, |t| head_every.saturating_sub(t.elapsed()).max(flush))
                 } else {
                     head_every
                 };
+                if self.cursor > self.persisted.0 {
+                    // Idle with the stored cursor behind: write it once due.
+                    if self.persisted.1.elapsed() >= PERSIST_EVERY {
+                        if let Err(e) = self.persist_cursor(true).await {
+                            self.failed(&e);
+                        }
+                    } else {
+                        wait = wait.min(PERSIST_EVERY.saturating_sub(self.persisted.1.elapsed()));
+                    }
+                }
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     r = wake.recv() => if matches!(r, Err(RecvError::Closed)) { return },
@@ -163,33 +239,40 @@ impl Runner {
                 records.push(self.head(last_seq, &last_hash));
             }
             let outcome = if records.is_empty() {
-                Ok(Delivered::Ok)
+                // Nothing to send; but while earlier writes await confirmation
+                // the cursor may not pass them.
+                Ok(if unconfirmed.is_some() {
+                    Delivered::Written
+                } else {
+                    Delivered::Ok
+                })
             } else {
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     r = self.sink.deliver(&records) => r,
                 }
             };
-            match outcome {
-                Ok(_) => {
-                    if last_seq > self.cursor {
-                        if let Err(e) = self
-                            .store
-                            .write(AdvanceExportCursor {
-                                name: self.name.clone(),
-                                seq: last_seq,
-                            })
-                            .await
-                        {
-                            self.failed(&format!("recording the cursor: {e}"));
-                            if sleep_or_cancel(&cancel, backoff).await {
-                                return;
-                            }
-                            continue;
-                        }
-                        self.cursor = last_seq;
+            let advanced = match outcome {
+                Ok(Delivered::Ok) => self.confirm(last_seq).await,
+                Ok(Delivered::Written) => {
+                    let u = unconfirmed.get_or_insert_with(|| Unconfirmed {
+                        last_seq,
+                        entries: 0,
+                        since: Instant::now(),
+                    });
+                    u.last_seq = last_seq;
+                    u.entries += page.len();
+                    if u.entries >= CONFIRM_ENTRIES || u.since.elapsed() >= CONFIRM_EVERY {
+                        unconfirmed = None;
+                        self.confirm(last_seq).await
+                    } else {
+                        Ok(())
                     }
-                    last_batch_after = Some(send_pos);
+                }
+                Err(e) => Err(e),
+            };
+            match advanced {
+                Ok(()) => {
                     send_pos = last_seq;
                     if head_due {
                         last_head = Some(Instant::now());
@@ -198,17 +281,12 @@ impl Runner {
                         unheaded = Some((last_seq, last_hash));
                     }
                     backoff = flush;
-                    let (cursor, now) = (self.cursor, self.store.clock().ts());
-                    self.report_lag();
-                    self.exporters.update(self.slot, |s| {
-                        s.state = SinkHealth::Ok;
-                        s.cursor = cursor;
-                        s.failures = 0;
-                        s.last_success_at = Some(now);
-                    });
                 }
                 Err(e) => {
                     self.failed(&e);
+                    // Nothing after the cursor is known to have arrived.
+                    send_pos = self.cursor;
+                    unconfirmed = None;
                     if sleep_or_cancel(&cancel, backoff).await {
                         return;
                     }
@@ -216,6 +294,44 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Confirms what the sink was sent up to `upto` (a no-op for
+    /// acknowledged transports), then records the cursor and the sink's
+    /// health. On error the cursor stays where it was.
+    async fn confirm(&mut self, upto: u64) -> Result<(), String> {
+        self.sink.confirm().await?;
+        self.cursor = self.cursor.max(upto);
+        self.persist_cursor(false).await?;
+        let (cursor, now) = (self.cursor, self.store.clock().ts());
+        self.report_lag();
+        self.exporters.update(self.slot, |s| {
+            s.state = SinkHealth::Ok;
+            s.cursor = cursor;
+            s.failures = 0;
+            s.last_success_at = Some(now);
+        });
+        Ok(())
+    }
+
+    /// Writes the cursor to the store when it moved and [`PERSIST_EVERY`]
+    /// has passed since the last write (or `now`): one small commit a second
+    /// at most, instead of one per batch competing with mutations for the
+    /// store's writer. A restart resends what was accepted after it.
+    async fn persist_cursor(&mut self, now: bool) -> Result<(), String> {
+        if self.cursor <= self.persisted.0 || !(now || self.persisted.1.elapsed() >= PERSIST_EVERY)
+        {
+            return Ok(());
+        }
+        self.store
+            .write(AdvanceExportCursor {
+                name: self.name.clone(),
+                seq: self.cursor,
+            })
+            .await
+            .map_err(|e| format!("recording the cursor: {e}"))?;
+        self.persisted = (self.cursor, Instant::now());
+        Ok(())
     }
 
     fn head(&self, seq: u64, hash: &str) -> serde_json::Value {

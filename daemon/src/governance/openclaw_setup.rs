@@ -36,6 +36,19 @@ fn changed_paths(changes: &[GateChange]) -> Vec<String> {
         .collect()
 }
 
+/// Folds one attempt's plan into what the run has changed so far: a retry
+/// after a conflict plans from a gateway that may already hold part of the
+/// earlier attempt's writes, so each setting keeps the value found first and
+/// takes the value wanted last (the run reports and audits all it changed).
+fn fold_attempt(run: &mut Vec<GateChange>, attempt: Vec<GateChange>) {
+    for c in attempt {
+        match run.iter_mut().find(|r| r.path == c.path) {
+            Some(r) => *r = GateChange::new(c.path, r.before.clone(), c.after),
+            None => run.push(c),
+        }
+    }
+}
+
 fn gate_error(e: GateError) -> Error {
     match e {
         GateError::NotConnected => Error::Unavailable(
@@ -60,6 +73,7 @@ impl Governance {
         let spec = self.gate_spec.clone();
         // (audit seq, changed paths) of the record written for this run.
         let mut recorded: Option<(u64, Vec<String>)> = None;
+        let mut run = Vec::new();
         let mut attempt = 0;
         loop {
             let (docs, changes) = self
@@ -67,6 +81,7 @@ impl Governance {
                 .gate_plan(&spec, None)
                 .await
                 .map_err(gate_error)?;
+            fold_attempt(&mut run, changes.clone());
             if dry_run {
                 return Ok(SetupOutcome {
                     changes,
@@ -76,14 +91,14 @@ impl Governance {
             }
             // The values found are durable before the gateway is touched (once
             // per run, again only if a retry found other settings to change).
-            let paths = changed_paths(&changes);
+            let paths = changed_paths(&run);
             let audit_seq = match &recorded {
                 Some((seq, p)) if *p == paths => *seq,
                 _ => {
                     self.store
                         .write(RecordGateSetup {
                             spec: spec.clone(),
-                            changes: changes.clone(),
+                            changes: run.clone(),
                             actor: actor.clone(),
                         })
                         .await?
@@ -101,7 +116,7 @@ impl Governance {
             self.openclaw.rewire_mcp();
             let view = applied.map_err(gate_error)?;
             return Ok(SetupOutcome {
-                changes,
+                changes: run,
                 plugin: Some(view.plugin),
                 audit_seq,
             });
@@ -132,13 +147,15 @@ impl Governance {
             serde_json::Value::Null
         };
         let kept = self.openclaw.gate_spec();
+        let mut run = Vec::new();
         let mut attempt = 0;
-        let (changes, view) = loop {
+        let view = loop {
             let (docs, changes) = self
                 .openclaw
                 .gate_plan(&row.spec, Some(&row.originals))
                 .await
                 .map_err(gate_error)?;
+            fold_attempt(&mut run, changes.clone());
             if dry_run {
                 return Ok(SetupOutcome {
                     changes,
@@ -149,7 +166,7 @@ impl Governance {
             // Reconciliation must not put back what undo takes out.
             self.openclaw.set_gate_spec(None);
             match self.openclaw.gate_apply(&docs, &changes, false).await {
-                Ok(v) => break (changes, v),
+                Ok(v) => break v,
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => attempt += 1,
                 Err(e) => {
                     self.openclaw.set_gate_spec(kept);
@@ -160,13 +177,13 @@ impl Governance {
         let audit_seq = self
             .store
             .write(RecordGateUndo {
-                changes: changes.clone(),
+                changes: run.clone(),
                 approval,
                 actor,
             })
             .await?;
         Ok(SetupOutcome {
-            changes,
+            changes: run,
             plugin: Some(view.plugin),
             audit_seq,
         })
@@ -250,5 +267,52 @@ pub fn gate_spec(
         socket_path: gate_socket.display().to_string(),
         on_daemon_unreachable: settings.on_daemon_unreachable.as_str().into(),
         decision_timeout_ms: settings.decision_timeout_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_retry_keeps_the_value_found_first_and_the_value_wanted_last() {
+        let mut run = Vec::new();
+        fold_attempt(
+            &mut run,
+            vec![
+                GateChange::new("a".into(), json!(1), json!(2)),
+                GateChange::new("b".into(), json!("x"), json!("y")),
+            ],
+        );
+        // The first attempt wrote `a` before a conflict; the retry finds it set.
+        fold_attempt(
+            &mut run,
+            vec![
+                GateChange::new("a".into(), json!(2), json!(2)),
+                GateChange::new("b".into(), json!("x"), json!("y")),
+                GateChange::new("c".into(), json!(null), json!(true)),
+            ],
+        );
+        let view: Vec<_> = run
+            .iter()
+            .map(|c| {
+                (
+                    c.path.as_str(),
+                    c.before.clone(),
+                    c.after.clone(),
+                    c.changed,
+                )
+            })
+            .collect();
+        assert_eq!(
+            view,
+            vec![
+                ("a", json!(1), json!(2), true),
+                ("b", json!("x"), json!("y"), true),
+                ("c", json!(null), json!(true), true),
+            ]
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Audit export: every entry reaches a real rsyslog (and the file sink) at
 //! least once and in order, across a receiver that starts late, dies mid-run,
-//! never comes back, and a daemon killed with SIGKILL mid-export.
+//! never comes back, and a daemon killed with SIGKILL mid-export; and, against
+//! scripted syslog and webhook receivers, one that stalls or crawls and one
+//! that resets the connection in the middle of a batch.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -12,6 +14,7 @@ use serde_json::Value;
 use tonic::transport::Channel;
 
 use defenseclaw_testkit::daemon::{DaemonProcess, TestDaemon};
+use defenseclaw_testkit::faulty::{Faulty, Mode};
 use defenseclaw_testkit::requests::{set, skill};
 use defenseclaw_testkit::rsyslog::Rsyslog;
 use defenseclaw_testkit::wait_for;
@@ -447,4 +450,172 @@ async fn webhook_posts_signed_entries_and_retries_after_5xx() {
         err.contains("DEFENSECLAW_EXPORT_HOOK_TOKEN") && err.contains("export-hook-token"),
         "{err}"
     );
+}
+
+/// The receivers the scripted fault tests run against.
+#[derive(Debug, Clone, Copy)]
+enum FaultKind {
+    Syslog,
+    Webhook,
+}
+
+impl FaultKind {
+    async fn receiver(self, mode: Mode) -> Faulty {
+        match self {
+            Self::Syslog => Faulty::syslog(mode).await.unwrap(),
+            Self::Webhook => Faulty::webhook(mode).await.unwrap(),
+        }
+    }
+
+    /// Sink `siem` delivering to `rx`, batches of 7, each delivery given `timeout_secs`.
+    fn env(self, rx: &Faulty, timeout_secs: u64) -> Vec<(&'static str, String)> {
+        let mut env = syslog_env(rx.url());
+        env.retain(|(k, _)| *k != "DEFENSECLAW_EXPORT__SIEM__TIMEOUT_SECS");
+        env.push((
+            "DEFENSECLAW_EXPORT__SIEM__TIMEOUT_SECS",
+            timeout_secs.to_string(),
+        ));
+        if let Self::Webhook = self {
+            env[0].1 = "webhook".into();
+            env.push(("DEFENSECLAW_EXPORT_SIEM_TOKEN", "fault-secret".into()));
+        }
+        env
+    }
+}
+
+/// The sink's status and, read after it, the highest seq the receiver had
+/// accepted: the cursor (a delivery the receiver accepted) can never be past it.
+async fn cursor_within_accepted(c: &mut ControlClient<Channel>, rx: &Faulty) -> pb::ExporterStatus {
+    let e = status(c).await.exporters[0].clone();
+    let accepted = rx.max_accepted_seq();
+    assert!(
+        e.cursor <= accepted,
+        "the cursor ({}) is past what the receiver accepted ({accepted})",
+        e.cursor
+    );
+    e
+}
+
+async fn wait_received(rx: &Faulty, head: u64) -> Vec<Value> {
+    wait_for("the receiver to hold every entry", DELIVERY, || async {
+        let got = rx.received();
+        covers(&got, head).then_some(got)
+    })
+    .await
+    .unwrap()
+}
+
+async fn wait_caught_up(c: &ControlClient<Channel>, head: u64) {
+    let e = wait_for("the sink to catch up", DELIVERY, || {
+        let mut c = c.clone();
+        async move {
+            let e = status(&mut c).await.exporters.first()?.clone();
+            (e.state == "ok" && e.cursor >= head).then_some(e)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(e.cursor, head);
+}
+
+/// A receiver that takes nothing, then crawls, then keeps up: every mutation
+/// completes while it takes nothing, nothing counts as delivered that it did
+/// not take, and once it keeps up every entry arrives, first arrivals in order.
+async fn slow_receiver(kind: FaultKind) {
+    let rx = kind.receiver(Mode::Stalled).await;
+    let env = kind.env(&rx, 2);
+    let d = TestDaemon::start_with(&as_refs(&env)).await.unwrap();
+    let mut c = d.client().await.unwrap();
+
+    block_many(&mut c, "stalled", 60).await;
+    let s = status(&mut c).await;
+    let head = s.audit_head.unwrap().seq;
+    assert!(head >= 60);
+    assert!(
+        rx.received().is_empty(),
+        "the stalled receiver took nothing"
+    );
+    let e = cursor_within_accepted(&mut c, &rx).await;
+    assert_eq!((e.cursor, e.lag), (0, head));
+
+    rx.set_mode(Mode::Slow(Duration::from_millis(5)));
+    block_many(&mut c, "slow", 20).await;
+    wait_for("the slow receiver to take some", DELIVERY, || async {
+        (rx.received().len() >= 5).then_some(())
+    })
+    .await
+    .unwrap();
+    cursor_within_accepted(&mut c, &rx).await;
+
+    rx.set_mode(Mode::Normal);
+    block_many(&mut c, "fast", 5).await;
+    let head = status(&mut c).await.audit_head.unwrap().seq;
+    let got = wait_received(&rx, head).await;
+    assert_complete_in_order(&got, &stored_hashes(&mut c).await);
+    wait_caught_up(&c, head).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_syslog_receiver_holds_no_mutation_and_gets_everything_in_order() {
+    slow_receiver(FaultKind::Syslog).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_webhook_holds_no_mutation_and_gets_everything_in_order() {
+    slow_receiver(FaultKind::Webhook).await;
+}
+
+/// A receiver that takes part of a batch and resets the connection: the
+/// cursor does not pass what it took, mutations go on while it refuses, and
+/// once it is back every entry arrives at least once, first arrivals in order.
+async fn receiver_dropping_mid_batch(kind: FaultKind) {
+    // Held until the backlog is queued, so the drop lands inside a batch of 7.
+    let rx = kind.receiver(Mode::Stalled).await;
+    let env = kind.env(&rx, 30);
+    let d = TestDaemon::start_with(&as_refs(&env)).await.unwrap();
+    let mut c = d.client().await.unwrap();
+    block_many(&mut c, "queued", 30).await;
+
+    rx.set_mode(Mode::DropAfter(3));
+    wait_for("the receiver to drop the connection", DELIVERY, || async {
+        (rx.drops() >= 1).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(rx.mode(), Mode::Refuse);
+    // Three records (entries, and the first batch's head record) taken.
+    let taken = rx.received();
+    assert_eq!(taken.len(), 3, "{taken:?}");
+
+    // It refuses every connection now: the sink says so, the control plane
+    // goes on, and the cursor stays within the three records taken.
+    block_many(&mut c, "refused", 5).await;
+    wait_for("the sink to report the failure", DELIVERY, || {
+        let mut c = c.clone();
+        async move {
+            let e = status(&mut c).await.exporters.first()?.clone();
+            (e.state != "ok" && !e.last_error.is_empty()).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let e = cursor_within_accepted(&mut c, &rx).await;
+    assert!(e.lag > 0);
+
+    rx.set_mode(Mode::Normal);
+    block_many(&mut c, "back", 4).await;
+    let head = status(&mut c).await.audit_head.unwrap().seq;
+    let got = wait_received(&rx, head).await;
+    assert_complete_in_order(&got, &stored_hashes(&mut c).await);
+    wait_caught_up(&c, head).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syslog_receiver_resetting_mid_batch_loses_nothing() {
+    receiver_dropping_mid_batch(FaultKind::Syslog).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_dropping_mid_batch_loses_nothing() {
+    receiver_dropping_mid_batch(FaultKind::Webhook).await;
 }

@@ -492,6 +492,10 @@ impl TokenBroker {
                 "subject": subject.kind(),
                 "subject_sub": key.sub,
             });
+            // The health this exchange decided (read by the Auth-IBOM's history).
+            if let (Some(map), Some((s, _))) = (details.as_object_mut(), &status) {
+                map.insert("grant_status".into(), serde_json::json!(s.as_str()));
+            }
             if let (Some(map), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra)
             {
                 map.extend(extra);
