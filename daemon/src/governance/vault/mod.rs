@@ -8,7 +8,11 @@
 //! and hands the token over. Tokens live in memory only, shared by concurrent
 //! callers and cached until shortly before they expire.
 
+mod resume;
+mod revocation;
 pub mod seal;
+
+pub use revocation::ProviderRevocation;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -255,14 +259,11 @@ impl TokenBroker {
         let grant = match grant {
             None => return Err(self.escalate(caller, server, connection).await),
             Some(g) if g.status == GrantStatus::Suspended => {
-                return Err(Error::FailedPrecondition(format!(
-                    "{server}'s grant for {connection} is suspended ({}); it is not served until an operator resumes it: `defenseclawctl connections resume {server} {connection}`",
-                    g.status_reason
-                )));
+                self.resume_or_refuse(caller, g).await?
             }
             Some(g) if g.status == GrantStatus::Unlinked => {
                 return Err(Error::FailedPrecondition(format!(
-                    "{server}'s grant for {connection} is unlinked ({}); it is not served until re-approved: `defenseclawctl mcp allow {server} --connection {connection}`",
+                    "{server}'s grant for {connection} is unlinked ({}); link the account again with `defenseclawctl connections connect {connection}`, then re-approve the grant: `defenseclawctl mcp allow {server} --connection {connection}`",
                     g.status_reason
                 )));
             }
