@@ -187,6 +187,12 @@ pub fn main_entry() -> ExitCode {
         {
             return connect::connect(&socket, args, output).await;
         }
+        if let cli::Command::Connections {
+            action: cli::ConnectionsCommand::Unlink(args),
+        } = cli.command
+        {
+            return connect::unlink(&socket, args, output).await;
+        }
         // Offline scans and rule commands need no daemon.
         let command = match cli.command {
             cli::Command::Skill {

@@ -17,11 +17,16 @@
 //! [`flow`] runs the steps and prints the outcome, [`my_account`] is the My Account API
 //! client (steps 2 and 4), [`loopback`] the redirect listener (step 3).
 //!
+//! `connections unlink` ([`unlink`]) takes the same token path, deletes the account through
+//! the My Account API and tells the daemon (`UnlinkConnectedAccount`).
+//!
 //! [`Auth::token_for_audience`]: crate::auth::Auth::token_for_audience
 //! [`Secret`]: crate::auth::Secret
 
 mod flow;
 mod loopback;
 mod my_account;
+mod unlink;
 
 pub use flow::{ConnectOptions, ConnectedAccount, DaemonRecord, Linked, connect, link_account};
+pub use unlink::unlink;
