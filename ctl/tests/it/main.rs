@@ -13,4 +13,5 @@ mod openclaw_setup;
 mod quarantine;
 mod scanning;
 mod stepup;
+mod unlink;
 mod vault;
