@@ -778,7 +778,15 @@ async fn a_new_operator_allows_links_and_starts_a_server() {
             &["mcp", "allow", "github-mcp", "--connection", "github"],
         )
         .await;
-    assert_eq!(allowed.code, 0, "{}{}", allowed.stdout, allowed.stderr);
+    // Allowed, but not linked yet: without a terminal it names the command to run.
+    assert_eq!(allowed.code, 4, "{}{}", allowed.stdout, allowed.stderr);
+    assert!(
+        allowed
+            .stderr
+            .contains("`defenseclawctl connections connect github`"),
+        "{}",
+        allowed.stderr
+    );
 
     let mut run = home.connect(&d.socket, &["github"]);
     let line = run.connect_line().await;

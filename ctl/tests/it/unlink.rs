@@ -1,4 +1,5 @@
-//! `connections unlink` and a suspended grant's exit code, end to end: the real CLI binary,
+//! Consent at `mcp allow --connection` without a terminal, `connections unlink` and a
+//! suspended grant's exit code, end to end: the real CLI binary,
 //! a real daemon and the local identity provider (My Account API, Token Vault).
 
 use defenseclaw_testkit::daemon::TestDaemon;
@@ -21,10 +22,32 @@ async fn unlink_deletes_the_account_at_the_provider_and_cuts_every_grant_using_i
     let allowed = home
         .ctl(
             &d.socket,
-            &["mcp", "allow", "github-mcp", "--connection", "github"],
+            &[
+                "mcp",
+                "allow",
+                "github-mcp",
+                "--connection",
+                "github",
+                "--scopes",
+                "repo",
+            ],
         )
         .await;
-    assert_eq!(allowed.code, 0, "{}{}", allowed.stdout, allowed.stderr);
+    // Consent where the operator approves: allowed (the grant is recorded), but nothing is
+    // linked yet, and without a terminal the command says exactly what to run.
+    assert_eq!(allowed.code, 4, "{}{}", allowed.stdout, allowed.stderr);
+    assert!(
+        allowed
+            .stderr
+            .contains("no github account is linked to you at the identity provider; link it with `defenseclawctl connections connect github --scopes \"repo\"`"),
+        "{}",
+        allowed.stderr
+    );
+    let listed = home
+        .ctl(&d.socket, &["-o", "json", "connections", "list"])
+        .await;
+    let v: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(v["grants"][0]["status"], "active", "{v}");
     let mut run = home.connect(&d.socket, &["github"]);
     let line = run.connect_line().await;
     let http = browser();
@@ -34,6 +57,14 @@ async fn unlink_deletes_the_account_at_the_provider_and_cuts_every_grant_using_i
     let done = run.finish().await;
     assert_eq!(done.code, 0, "{}{}", done.stdout, done.stderr);
     let account = linked(&idp, OPERATOR).await.pop().expect("linked");
+    // Linked now: the same allow passes the check.
+    let again = home
+        .ctl(
+            &d.socket,
+            &["mcp", "allow", "github-mcp", "--connection", "github"],
+        )
+        .await;
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
     let started = home
         .ctl(&d.socket, &["mcp", "exec", "github-mcp", "--", "true"])
         .await;
