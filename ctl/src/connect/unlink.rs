@@ -92,7 +92,14 @@ pub async fn unlink(socket: &Path, args: UnlinkArgs, output: Output) -> Result<(
             provider_error: at_provider
                 .failure
                 .as_ref()
-                .map(|f| f.message.chars().take(1000).collect())
+                // Within the daemon's bound (2000 bytes), without control characters.
+                .map(|f| {
+                    f.message
+                        .chars()
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .take(500)
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
         .await

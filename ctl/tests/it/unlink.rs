@@ -3,7 +3,7 @@
 //! a real daemon and the local identity provider (My Account API, Token Vault).
 
 use defenseclaw_testkit::daemon::TestDaemon;
-use defenseclaw_testkit::idp::IdpOptions;
+use defenseclaw_testkit::idp::{FailureMode, IdpOptions};
 use serde_json::Value;
 
 use crate::connect::{Home, OPERATOR, browser, consent, get, idp, linked};
@@ -101,7 +101,43 @@ async fn unlink_deletes_the_account_at_the_provider_and_cuts_every_grant_using_i
         .await;
     assert_eq!(resumed.code, 0, "{}{}", resumed.stdout, resumed.stderr);
 
-    // Unlink: gone at the provider, the grant marked unlinked, the daemon's record removed.
+    // The provider fails the DELETE: the grant is cut here all the same, the command fails
+    // with the provider's exit code, and the audit entry says what failed where.
+    idp.set_failures(&FailureMode {
+        error_status: Some(503),
+        error_count: Some(-1),
+        error_paths: Some(vec![format!(
+            "/me/v1/connected-accounts/accounts/{}",
+            account.id
+        )]),
+        ..FailureMode::default()
+    })
+    .await
+    .unwrap();
+    let failed = home
+        .ctl(
+            &d.socket,
+            &["-o", "json", "connections", "unlink", "github"],
+        )
+        .await;
+    idp.reset_failures().await.unwrap();
+    assert_eq!(failed.code, 23, "{}{}", failed.stdout, failed.stderr);
+    let result = failed.last_json();
+    assert_eq!(result["at_provider"]["outcome"], "failed", "{result}");
+    assert_eq!(
+        result["grants_unlinked"][0]["server"], "github-mcp",
+        "{result}"
+    );
+    assert!(
+        failed
+            .stderr
+            .contains("not deleted at the identity provider"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(linked(&idp, OPERATOR).await.len(), 1, "still linked there");
+
+    // Unlink: gone at the provider; the grant stays unlinked, the daemon's record is gone.
     let unlinked = home
         .ctl(
             &d.socket,
@@ -113,11 +149,7 @@ async fn unlink_deletes_the_account_at_the_provider_and_cuts_every_grant_using_i
     let result = unlinked.last_json();
     assert_eq!(result["at_provider"]["outcome"], "deleted", "{result}");
     assert_eq!(result["account_id"], account.id.as_str(), "{result}");
-    assert_eq!(result["record_removed"], true, "{result}");
-    let cut = result["grants_unlinked"].as_array().unwrap();
-    assert_eq!(cut.len(), 1, "{result}");
-    assert_eq!(cut[0]["server"], "github-mcp", "{result}");
-    assert_eq!(cut[0]["status"], "unlinked", "{result}");
+    assert_eq!(result["grants_unlinked"], serde_json::json!([]), "{result}");
     assert!(
         linked(&idp, OPERATOR).await.is_empty(),
         "deleted at the provider"
@@ -149,14 +181,30 @@ async fn unlink_deletes_the_account_at_the_provider_and_cuts_every_grant_using_i
         .map(|l| serde_json::from_str(l).unwrap())
         .filter(|e: &Value| e["action"] == "connection-unlink")
         .collect();
-    assert_eq!(entries.len(), 1, "{}", audit.stdout);
-    let e = &entries[0];
-    assert_eq!(e["actor"]["id"], OPERATOR, "{e}");
-    assert_eq!(e["outcome"], "success", "{e}");
-    let details = &e["details"];
-    assert_eq!(details["at_provider"]["outcome"], "deleted", "{e}");
-    assert_eq!(details["account_id"], account.id.as_str(), "{e}");
-    assert_eq!(details["grants_unlinked"][0]["server"], "github-mcp", "{e}");
+    assert_eq!(entries.len(), 2, "{}", audit.stdout);
+    let (first, second) = (&entries[0], &entries[1]);
+    for e in [first, second] {
+        assert_eq!(e["actor"]["id"], OPERATOR, "{e}");
+        assert_eq!(e["details"]["account_id"], account.id.as_str(), "{e}");
+    }
+    assert_eq!(first["outcome"], "partial", "{first}");
+    assert_eq!(
+        first["details"]["at_provider"]["outcome"], "failed",
+        "{first}"
+    );
+    assert_eq!(
+        first["details"]["grants_unlinked"][0]["server"], "github-mcp",
+        "{first}"
+    );
+    assert_eq!(
+        first["details"]["linked_account_record_removed"], true,
+        "{first}"
+    );
+    assert_eq!(second["outcome"], "success", "{second}");
+    assert_eq!(
+        second["details"]["at_provider"]["outcome"], "deleted",
+        "{second}"
+    );
 
     // Again: nothing is left at the provider, and it says so.
     let again = home
