@@ -259,6 +259,8 @@ impl TokenBroker {
         let grant = match grant {
             None => return Err(self.escalate(caller, server, connection).await),
             Some(g) if g.status == GrantStatus::Suspended => {
+                // Only a caller who could get its token may have its approver asked.
+                self.subject_for(caller, bearer, &g).await?;
                 self.resume_or_refuse(caller, g).await?
             }
             Some(g) if g.status == GrantStatus::Unlinked => {

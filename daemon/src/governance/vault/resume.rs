@@ -43,7 +43,15 @@ impl TokenBroker {
         }
         let approver = match approver_sub(&grant.approved_by) {
             Some(sub) => sub.to_owned(),
-            None => self.stepups.approver_for(caller)?,
+            None => self
+                .stepups
+                .approver_for(caller)
+                .map_err(|e| Error::GrantHeld {
+                    reason: HeldReason::ResumeFailed,
+                    message: format!(
+                        "{server}'s grant for {connection} is suspended and nobody can be asked to resume it ({e}); an operator can: {by_hand}"
+                    ),
+                })?,
         };
         // Subscribed before the request opens, so its end cannot be missed.
         let mut events = self.stepups.subscribe();
