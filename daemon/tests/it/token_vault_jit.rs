@@ -89,6 +89,15 @@ async fn an_idle_grant_is_served_again_only_when_its_approver_says_so() {
     // Idle past the limit (time has to pass; nothing is measured).
     tokio::time::sleep(Duration::from_millis(2100)).await;
 
+    // Attack: a caller who could not get the token anyway (no operator token, no stored
+    // credential) cannot make the daemon push a prompt to the approver's phone.
+    let nobody = c
+        .get_connection_token(want(SERVER, "github"))
+        .await
+        .unwrap_err();
+    assert_ne!(held(&nobody), Some("resume-denied"), "{nobody:?}");
+    assert!(idp.pending_ciba().await.unwrap().is_empty(), "nobody asked");
+
     // Approve: the call that found it idle waits for the approver, then is served.
     let call = ask(&c, &token);
     let prompt = resume_prompt(&idp).await;
