@@ -26,6 +26,8 @@ pub enum OutputFormat {
     Json,
     /// SARIF 2.1.0 (scan commands only), for code-scanning tools.
     Sarif,
+    /// CSV, one row per grant (`connections export` only).
+    Csv,
 }
 
 impl OutputFormat {
@@ -36,6 +38,8 @@ impl OutputFormat {
             Self::Wide => (Output::Table, true),
             Self::Json => (Output::Json, false),
             Self::Sarif => (Output::Sarif, false),
+            // Only `connections export` accepts it (checked before it runs).
+            Self::Csv => (Output::Json, false),
         }
     }
 }
@@ -185,6 +189,10 @@ pub enum ConnectionsCommand {
         /// Only this MCP server.
         #[arg(long, value_name = "NAME")]
         server: Option<String>,
+        /// Only the grants that use your own credential or linked accounts
+        /// (needs a login, no operator role).
+        #[arg(long, conflicts_with = "server")]
+        mine: bool,
     },
     /// Revoke SERVER's grant for CONNECTION and drop its stored credential (audited).
     Revoke {
@@ -198,8 +206,12 @@ pub enum ConnectionsCommand {
         /// Also revoke the grant's stored refresh token at the identity provider
         /// (unattended grants) before dropping it; the grant is revoked here even
         /// when the provider fails (exit 1, saying so).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "mine")]
         at_provider: bool,
+        /// Revoke one of your own grants (as `list --mine` shows them), audited
+        /// as you; needs a login, no operator role.
+        #[arg(long)]
+        mine: bool,
     },
     /// Delete your linked account for CONNECTION at the identity provider (My
     /// Account API) and mark every grant using it unlinked (audited).
@@ -209,6 +221,35 @@ pub enum ConnectionsCommand {
     Suspend(GrantArgs),
     /// Serve a suspended grant again (audited).
     Resume(GrantArgs),
+    /// The Auth-IBOM: every grant ever made with its status history, each event
+    /// naming its audit entry (`auth-ibom/v1`, `-o json` or `-o csv`), or
+    /// `--verify FILE` to check such a document against the audit log.
+    #[command(after_help = crate::examples::CONNECTIONS_EXPORT)]
+    Export(ExportArgs),
+    /// A local web page (127.0.0.1) listing your grants, with a Revoke button each.
+    #[command(after_help = crate::examples::CONNECTIONS_UI)]
+    Ui(UiArgs),
+}
+
+/// Arguments of `connections export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Only grants changed since TIME (RFC 3339) or not ended before it, each
+    /// with its whole history.
+    #[arg(long, value_name = "TIME", conflicts_with = "verify")]
+    pub since: Option<String>,
+    /// Check a JSON document written by `connections export` against the
+    /// daemon's audit log and its head (exit 8 naming what differs).
+    #[arg(long, value_name = "FILE")]
+    pub verify: Option<std::path::PathBuf>,
+}
+
+/// Arguments of `connections ui`.
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Do not try to open a browser (print the URL only).
+    #[arg(long)]
+    pub no_browser: bool,
 }
 
 /// A grant and why it changes (`connections suspend|resume`).

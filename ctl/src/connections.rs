@@ -18,12 +18,34 @@ pub async fn command(
     action: ConnectionsCommand,
     output: Output,
 ) -> Result<(), Failure> {
+    // The end user's own grants, the inventory and the page (crate::ibom,
+    // crate::connections_ui).
+    let action = match action {
+        ConnectionsCommand::List { mine: true, .. } => {
+            return crate::ibom::list_mine(client, output).await;
+        }
+        ConnectionsCommand::Revoke {
+            server,
+            connection,
+            reason,
+            mine: true,
+            ..
+        } => return crate::ibom::revoke_mine(client, server, connection, reason, output).await,
+        ConnectionsCommand::Export(_) | ConnectionsCommand::Ui(_) => {
+            return Err(Failure::new(
+                FAILURE,
+                "connections export and ui run before a daemon client exists",
+            ));
+        }
+        other => other,
+    };
     match action {
         ConnectionsCommand::Connect(_) => Err(Failure::new(
             FAILURE,
             "connections connect runs without a daemon client",
         )),
-        ConnectionsCommand::List { server } => {
+        ConnectionsCommand::Export(_) | ConnectionsCommand::Ui(_) => Ok(()),
+        ConnectionsCommand::List { server, .. } => {
             let reply = client
                 .list_connections(pb::ListConnectionsRequest {
                     server: server.unwrap_or_default(),
@@ -106,12 +128,13 @@ pub async fn command(
             connection,
             reason,
             at_provider: true,
+            ..
         } => revoke_at_provider(client, server, connection, reason, output).await,
         ConnectionsCommand::Revoke {
             server,
             connection,
             reason,
-            at_provider: false,
+            ..
         } => {
             let reply = client
                 .revoke_connection(pb::RevokeConnectionRequest {

@@ -121,3 +121,16 @@ OpenClaw monitoring is turned on only when a gateway answers on 127.0.0.1:18789.
 Examples:
   defenseclawctl init && defenseclawd &
   sudo defenseclawctl init --force      # rewrite /etc/defenseclaw/defenseclawd.toml";
+
+/// `connections export`.
+pub const CONNECTIONS_EXPORT: &str = "\
+Examples:
+  defenseclawctl connections export > ibom.json                 # auth-ibom/v1, docs/schema/auth-ibom-v1.json
+  defenseclawctl connections export --since 2026-07-01T00:00:00Z -o csv > q3.csv
+  defenseclawctl connections export --verify ibom.json          # exit 8 naming what differs from the audit log";
+
+/// `connections ui`.
+pub const CONNECTIONS_UI: &str = "\
+Examples:
+  defenseclawctl auth login && defenseclawctl connections ui    # opens http://127.0.0.1:<port>/?token=…
+  defenseclawctl connections ui --no-browser                    # print the one-time link only";

@@ -201,7 +201,7 @@ pub fn verify_lines(mut reader: impl BufRead) -> Result<ExportReport, String> {
     Ok(report)
 }
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// SHA-256 of the daemon's canonical encoding, rebuilt from an exported object.
 fn canonical_hash(v: &Value) -> Option<String> {

@@ -7,10 +7,12 @@ pub mod client;
 pub mod commands;
 pub mod connect;
 pub mod connections;
+pub mod connections_ui;
 pub mod doctor;
 pub mod examples;
 pub mod exit;
 pub mod export_verify;
+pub mod ibom;
 pub mod init;
 pub mod meta;
 pub mod quarantine;
@@ -178,6 +180,7 @@ pub fn main_entry() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let socket = client::resolve_socket(cli.socket);
+        let csv = cli.output == cli::OutputFormat::Csv;
         let (output, wide) = cli.output.resolve();
         render::set_wide(wide);
         match &cli.command {
@@ -245,6 +248,24 @@ pub fn main_entry() -> ExitCode {
                 "-o sarif is only for scan commands",
             ));
         }
+        let export = matches!(
+            &command,
+            cli::Command::Connections {
+                action: cli::ConnectionsCommand::Export(_)
+            }
+        );
+        if csv && !export {
+            return Err(Failure::new(
+                exit::USAGE,
+                "-o csv is only for connections export",
+            ));
+        }
+        if let cli::Command::Connections {
+            action: cli::ConnectionsCommand::Ui(args),
+        } = command
+        {
+            return connections_ui::serve(&socket, args).await;
+        }
         let bearer = client::Bearer::new(
             auth::bearer_token_if_configured()
                 .await?
@@ -253,6 +274,12 @@ pub fn main_entry() -> ExitCode {
         )?;
         let consent = allowed_connections(&command);
         let mut client = client::connect_with(&socket, bearer).await?;
+        if let cli::Command::Connections {
+            action: cli::ConnectionsCommand::Export(args),
+        } = command
+        {
+            return ibom::export(&mut client, args, csv, output).await;
+        }
         commands::run(&mut client, command, output, cli.no_wait).await?;
         match consent {
             Some(allowed) => connect::ensure_linked(&socket, &allowed, output).await,

@@ -292,7 +292,7 @@ if(f){window.location.replace('/callback?'+f);}\
 else{document.getElementById('m').textContent='No connect code arrived; return to the terminal.';}\
 })();</script></body></html>";
 
-pub(super) fn html_escape(s: &str) -> String {
+pub(crate) fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -34,4 +34,5 @@ mod unlink;
 
 pub use consent::{AllowedConnections, ensure_linked};
 pub use flow::{ConnectOptions, ConnectedAccount, DaemonRecord, Linked, connect, link_account};
+pub(crate) use loopback::html_escape;
 pub use unlink::unlink;

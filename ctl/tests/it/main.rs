@@ -5,10 +5,13 @@ mod cli;
 
 mod attacks_local;
 mod auth;
+mod browser;
 mod commands;
 mod connect;
 mod export;
+mod ibom;
 mod identity;
+mod mine;
 mod openclaw_setup;
 mod quarantine;
 mod scanning;

@@ -9,6 +9,7 @@ pub mod enforcer;
 pub mod exporting;
 pub mod findings;
 pub mod gate_calls;
+pub mod ibom;
 pub mod openclaw_host;
 pub mod openclaw_setup;
 pub mod protection;

@@ -29,6 +29,11 @@ pub enum Need {
     /// A provider token for an MCP server: an operator token, or (unattended,
     /// no token) a local peer the access policy lets mutate.
     Credential,
+    /// Acting on one's own grants only (`connections list|revoke --mine`): a
+    /// verified login token and no role (oidc); any local peer (local mode,
+    /// where the peer's `uid:<n>` is who they are). The adapter limits the
+    /// call to the caller's own grants.
+    Own,
 }
 
 /// A refused call: the error for the caller and the entry for the audit log.
@@ -186,7 +191,9 @@ impl Authenticator {
         let caller = Caller::of(request);
         let local = self.names.local_actor(&caller);
         let Some(oidc) = &self.oidc else {
-            if need == Need::Read || self.policy.may_mutate(&caller, &self.names) {
+            if matches!(need, Need::Read | Need::Own)
+                || self.policy.may_mutate(&caller, &self.names)
+            {
                 return Ok(local);
             }
             let reason = format!(
@@ -222,7 +229,13 @@ impl Authenticator {
         let (mut token, bearer) = match token {
             Ok(ok) => ok,
             Err(rejection) => {
-                let reason = if rejection.reason == crate::oidc::RejectReason::Missing {
+                let reason = if rejection.reason == crate::oidc::RejectReason::Missing
+                    && need == Need::Own
+                {
+                    format!(
+                        "{rpc} needs you to log in: run `defenseclawctl auth login` (or set DEFENSECLAW_TOKEN)"
+                    )
+                } else if rejection.reason == crate::oidc::RejectReason::Missing {
                     format!(
                         "{rpc} needs an operator token: run `defenseclawctl auth login` (or set DEFENSECLAW_TOKEN)"
                     )
@@ -240,7 +253,7 @@ impl Authenticator {
             }
         };
         let required = match need {
-            Need::Read => None,
+            Need::Read | Need::Own => None,
             Need::Operate | Need::Credential => Some(Role::Operator),
             Need::Admin => Some(Role::Admin),
         };

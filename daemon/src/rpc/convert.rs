@@ -577,3 +577,20 @@ pub fn pb_diagnostic(check: crate::doctor::Check) -> pb::DiagnosticCheck {
         fix: check.fix,
     }
 }
+
+/// The `auth-ibom/v1` document as the JSON the reply carries, refused when it
+/// would not fit in a reply of `max_bytes`.
+pub fn pb_ibom(
+    doc: &defenseclaw_common::ibom::Document,
+    max_bytes: usize,
+) -> crate::error::Result<pb::ExportConnectionsReply> {
+    let document_json = serde_json::to_string(doc)
+        .map_err(|e| crate::error::Error::Internal(format!("encoding the inventory: {e}")))?;
+    if document_json.len() > max_bytes {
+        return Err(crate::error::Error::ResourceExhausted(format!(
+            "the inventory is {} bytes, more than one reply carries ({max_bytes}); export a shorter period with --since",
+            document_json.len()
+        )));
+    }
+    Ok(pb::ExportConnectionsReply { document_json })
+}

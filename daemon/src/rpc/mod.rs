@@ -10,6 +10,7 @@ pub mod authn;
 mod connections;
 pub mod convert;
 mod findings;
+mod ibom;
 mod openclaw;
 mod quarantine;
 mod service;
@@ -27,6 +28,7 @@ mod adapters {
     pub(super) use super::audit::*;
     pub(super) use super::connections::*;
     pub(super) use super::findings::*;
+    pub(super) use super::ibom::*;
     pub(super) use super::openclaw::*;
     pub(super) use super::quarantine::*;
     pub(super) use super::status::*;

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::Target;
 
 /// Columns of an audit entry, in the order [`entry_row`] reads them.
-const ENTRY_COLUMNS: &str = "seq, ts, action, target_kind, target_name, severity, outcome, reason, details, actor, actor_id, prev_hash, hash";
+pub(super) const ENTRY_COLUMNS: &str = "seq, ts, action, target_kind, target_name, severity, outcome, reason, details, actor, actor_id, prev_hash, hash";
 
 /// Audit query filters.
 #[derive(Debug, Clone, Default)]
@@ -192,7 +192,7 @@ fn read_page(c: &Connection, after: u64, limit: u32) -> Result<Vec<Entry>> {
         .map_err(Error::store("reading audit entries"))
 }
 
-fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+pub(super) fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
         seq: r.get::<_, i64>(0)?.max(0) as u64,
         ts: r.get(1)?,

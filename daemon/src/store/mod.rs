@@ -23,6 +23,7 @@ pub mod export_cursors;
 pub mod findings;
 pub mod grant_status;
 mod handle;
+pub mod ibom;
 pub mod openclaw_setup;
 pub mod profile;
 pub mod quarantine;

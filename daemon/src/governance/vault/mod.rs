@@ -35,7 +35,7 @@ use crate::oidc::{ProviderToken, RefreshToken};
 use crate::state::{StateCache, Verdict};
 use crate::store::connections::{ConnectionDecl, GrantRow, GrantStatus};
 use crate::store::stepup::{StepUpAction, StepUpPayload};
-use crate::store::{ConnectionUsed, Store, SuspendIdle};
+use crate::store::{ConnectionUsed, Store};
 use seal::{Sealer, subject_context};
 
 /// Most scopes one connection declaration may ask for.
@@ -318,40 +318,6 @@ impl TokenBroker {
         Ok(issued)
     }
 
-    /// Suspends `grant` (audited by the daemon as its own actor, cached
-    /// tokens dropped) when it has not been used for `idle_suspend_secs`;
-    /// returns the grant as it stands afterwards.
-    async fn suspend_if_idle(&self, grant: GrantRow) -> Result<GrantRow> {
-        let idle = self.settings.idle_suspend_secs;
-        if idle == 0 {
-            return Ok(grant);
-        }
-        let limit = time::Duration::seconds(i64::try_from(idle).unwrap_or(i64::MAX));
-        let Some(cutoff) = self.store.clock().now().checked_sub(limit) else {
-            return Ok(grant);
-        };
-        let changed = self
-            .store
-            .write(SuspendIdle {
-                only: Some((grant.server.clone(), grant.connection.clone())),
-                cutoff: crate::clock::format_ts(cutoff),
-                idle_secs: idle,
-                actor: Actor {
-                    id: "system:token-vault".into(),
-                    name: "token-vault".into(),
-                    ..Actor::system()
-                },
-            })
-            .await?;
-        match changed.into_iter().next() {
-            Some(c) => {
-                self.forget(&grant.server, Some(&grant.connection));
-                Ok(*c.grant)
-            }
-            None => Ok(grant),
-        }
-    }
-
     /// Audits a token handed out without an exchange of its own (coalesced
     /// per peer uid, server, connection and credential), before the caller gets it.
     async fn audit_handout(&self, caller: &Actor, key: &Key, issued: &Issued) -> Result<()> {
@@ -495,6 +461,10 @@ impl TokenBroker {
                 "subject": subject.kind(),
                 "subject_sub": key.sub,
             });
+            // The health this exchange decided (read by the Auth-IBOM's history).
+            if let (Some(map), Some((s, _))) = (details.as_object_mut(), &status) {
+                map.insert("grant_status".into(), serde_json::json!(s.as_str()));
+            }
             if let (Some(map), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra)
             {
                 map.extend(extra);

@@ -1,4 +1,5 @@
-//! A suspended grant at its next use: with step-up on, its approver is asked
+//! Idle suspension, and a suspended grant at its next use: a grant unused for
+//! `idle_suspend_secs` is suspended when next asked for; with step-up on, its approver is asked
 //! over CIBA ("DC-… resume mcp SERVER CONNECTION") while the call waits; an
 //! approval resumes it (audited as the approver) and the call is served, a
 //! denial or no answer keeps it suspended and the call is refused, each with
@@ -13,9 +14,9 @@ use super::TokenBroker;
 use crate::error::{Error, HeldReason, Result};
 use crate::governance::stepup::StepUpEvent;
 use crate::model::{Actor, Target, TargetKind};
-use crate::store::StepUpStatus;
 use crate::store::connections::{ConnectionDecl, GrantRow, GrantStatus};
 use crate::store::stepup::{StepUpAction, StepUpPayload, StepUpRow};
+use crate::store::{StepUpStatus, SuspendIdle};
 
 /// How often the store is re-read while waiting, in case an event was missed.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -23,6 +24,40 @@ const RECHECK: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_secs(60);
 
 impl TokenBroker {
+    /// Suspends `grant` (audited by the daemon as its own actor, cached
+    /// tokens dropped) when it has not been used for `idle_suspend_secs`;
+    /// returns the grant as it stands afterwards.
+    pub(super) async fn suspend_if_idle(&self, grant: GrantRow) -> Result<GrantRow> {
+        let idle = self.settings.idle_suspend_secs;
+        if idle == 0 {
+            return Ok(grant);
+        }
+        let limit = time::Duration::seconds(i64::try_from(idle).unwrap_or(i64::MAX));
+        let Some(cutoff) = self.store.clock().now().checked_sub(limit) else {
+            return Ok(grant);
+        };
+        let changed = self
+            .store
+            .write(SuspendIdle {
+                only: Some((grant.server.clone(), grant.connection.clone())),
+                cutoff: crate::clock::format_ts(cutoff),
+                idle_secs: idle,
+                actor: Actor {
+                    id: "system:token-vault".into(),
+                    name: "token-vault".into(),
+                    ..Actor::system()
+                },
+            })
+            .await?;
+        match changed.into_iter().next() {
+            Some(c) => {
+                self.forget(&grant.server, Some(&grant.connection));
+                Ok(*c.grant)
+            }
+            None => Ok(grant),
+        }
+    }
+
     /// `grant` is suspended: ask its approver to resume it (step-up on) and
     /// return it resumed, or refuse with why it stays suspended.
     pub(super) async fn resume_or_refuse(
