@@ -203,11 +203,19 @@ pub enum ConnectionsCommand {
         /// Why (recorded in the audit log).
         #[arg(long, default_value = "")]
         reason: String,
+        /// Also revoke the grant's stored refresh token at the identity provider
+        /// (unattended grants) before dropping it; the grant is revoked here even
+        /// when the provider fails (exit 1, saying so).
+        #[arg(long, conflicts_with = "mine")]
+        at_provider: bool,
         /// Revoke one of your own grants (as `list --mine` shows them), audited
         /// as you; needs a login, no operator role.
         #[arg(long)]
         mine: bool,
     },
+    /// Delete your linked account for CONNECTION at the identity provider (My
+    /// Account API) and mark every grant using it unlinked (audited).
+    Unlink(UnlinkArgs),
     /// Stop serving SERVER's grant for CONNECTION until it is resumed; its cached
     /// tokens are dropped at once (audited).
     Suspend(GrantArgs),
@@ -254,6 +262,19 @@ pub struct GrantArgs {
     /// Why (recorded in the audit log).
     #[arg(long, default_value = "")]
     pub reason: String,
+}
+
+/// Arguments of `connections unlink`.
+#[derive(Debug, Args)]
+pub struct UnlinkArgs {
+    /// The Auth0 connection name (e.g. github).
+    pub connection: String,
+    /// The connected account's id (`cac_…`), when you linked several on CONNECTION.
+    #[arg(long, value_name = "ID")]
+    pub account: Option<String>,
+    /// Do not try to open a browser (for a device-flow login, if one is needed).
+    #[arg(long)]
+    pub no_browser: bool,
 }
 
 /// Arguments of `connections connect`.

@@ -29,6 +29,7 @@ pub async fn command(
             connection,
             reason,
             mine: true,
+            ..
         } => return crate::ibom::revoke_mine(client, server, connection, reason, output).await,
         ConnectionsCommand::Export(_) | ConnectionsCommand::Ui(_) => {
             return Err(Failure::new(
@@ -118,6 +119,17 @@ pub async fn command(
                 }
             }
         }
+        ConnectionsCommand::Unlink(_) => Err(Failure::new(
+            FAILURE,
+            "connections unlink runs without a daemon client",
+        )),
+        ConnectionsCommand::Revoke {
+            server,
+            connection,
+            reason,
+            at_provider: true,
+            ..
+        } => revoke_at_provider(client, server, connection, reason, output).await,
         ConnectionsCommand::Revoke {
             server,
             connection,
@@ -129,6 +141,7 @@ pub async fn command(
                     server,
                     connection,
                     reason,
+                    at_provider: false,
                 })
                 .await?
                 .into_inner();
@@ -157,6 +170,85 @@ pub async fn command(
             print_grant_change(reply.grant.as_ref(), reply.audit_seq, "resumed", "", output)
         }
     }
+}
+
+/// `connections revoke SERVER CONNECTION --at-provider`: the stored refresh
+/// token is revoked at the identity provider, then the grant here. The grant
+/// is revoked here even when the provider fails; that exits 1, saying so.
+async fn revoke_at_provider(
+    client: &mut Client,
+    server: String,
+    connection: String,
+    reason: String,
+    output: Output,
+) -> Result<(), Failure> {
+    let reply = client
+        .revoke_connection(pb::RevokeConnectionRequest {
+            server,
+            connection,
+            reason,
+            at_provider: true,
+        })
+        .await?
+        .into_inner();
+    let provider = reply.at_provider.unwrap_or_default();
+    let there = match provider.outcome.as_str() {
+        "revoked" => format!(
+            "{}'s refresh token was revoked at the identity provider{}",
+            provider.subject_sub,
+            if provider.shared_with.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (it also served {}, which will need re-approval)",
+                    provider.shared_with.join(", ")
+                )
+            }
+        ),
+        "nothing_stored" => {
+            "no refresh token is stored for it (it uses the caller's token): nothing to revoke at the identity provider".to_owned()
+        }
+        _ => format!(
+            "NOT revoked at the identity provider: {}",
+            provider.error
+        ),
+    };
+    match output {
+        Output::Json | Output::Sarif => {
+            let mut v = reply.grant.as_ref().map(grant).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut v {
+                map.insert("audit_seq".into(), json!(reply.audit_seq));
+                map.insert(
+                    "at_provider".into(),
+                    json!({
+                        "outcome": provider.outcome,
+                        "endpoint": provider.endpoint,
+                        "subject_sub": provider.subject_sub,
+                        "error": provider.error,
+                        "shared_with": provider.shared_with,
+                    }),
+                );
+            }
+            print_json(&v)?;
+        }
+        Output::Table => print_grant_change(
+            reply.grant.as_ref(),
+            reply.audit_seq,
+            "revoked",
+            &format!("its stored credential was dropped; {there}"),
+            output,
+        )?,
+    }
+    if provider.outcome == "failed" {
+        return Err(Failure::new(
+            FAILURE,
+            format!(
+                "the grant is revoked here (audit #{}), but its refresh token was not revoked at the identity provider: {}",
+                reply.audit_seq, provider.error
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn status_request(args: crate::cli::GrantArgs) -> pb::ConnectionStatusRequest {
@@ -295,6 +387,7 @@ pub async fn exec(client: &mut Client, args: ExecArgs) -> Result<(), Failure> {
             .iter()
             .map(|g| (default_env_var(&g.connection), g.connection.clone()))
             .collect();
+        note_suspended(&reply.grants);
     }
     if wanted.is_empty() {
         // No credentials involved: still only start an allowed server.
@@ -344,6 +437,20 @@ pub async fn exec(client: &mut Client, args: ExecArgs) -> Result<(), Failure> {
         126
     };
     Err(Failure::new(code, format!("cannot run {program}: {err}")))
+}
+
+/// Says on stderr that a suspended grant's token request may wait for its
+/// approver (the daemon asks over CIBA when step-up is on).
+fn note_suspended(grants: &[pb::ConnectionGrant]) {
+    for g in grants.iter().filter(|g| g.status == "suspended") {
+        eprintln!(
+            "{}",
+            render::escape_text(&format!(
+                "{}'s grant for {} is suspended: its approver is asked to resume it (with step-up on); waiting…",
+                g.server, g.connection
+            ))
+        );
+    }
 }
 
 /// A failed token request, saying which server and connection, with the

@@ -357,6 +357,7 @@ async fn revoke(ui: &Ui, server: &str, connection: &str) -> Reply {
                 server: server.to_owned(),
                 connection: connection.to_owned(),
                 reason: "revoked from connections ui".into(),
+                at_provider: false,
             })
             .await
             .map_err(|s| Failure::from_status(&s).message),

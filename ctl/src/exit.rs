@@ -30,6 +30,9 @@ pub const STEPUP_CANCELLED: u8 = 13;
 pub const INSTALL_BLOCKED: u8 = 14;
 /// `doctor`: at least one check failed.
 pub const DOCTOR_FAILED: u8 = 15;
+/// A connection grant is suspended and nobody could be asked: an operator
+/// resumes it (`connections resume SERVER CONNECTION`).
+pub const GRANT_SUSPENDED: u8 = 16;
 /// The daemon could not be reached (sysexits EX_UNAVAILABLE).
 pub const UNREACHABLE: u8 = 69;
 /// The daemon refused: permission denied (sysexits EX_NOPERM).
@@ -54,6 +57,7 @@ Exit codes:
   13  step-up: cancelled
   14  skill install: the skill is blocked (by admission, or it already was)
   15  doctor: at least one check failed
+  16  connection grant suspended: an operator resumes it (connections resume SERVER CONNECTION)
   20  auth login: denied at the identity provider
   21  auth login: the code expired before approval
   22  auth login: the device code was rejected (invalid_grant)
@@ -104,12 +108,31 @@ impl Failure {
             Code::Unavailable => UNREACHABLE,
             _ => FAILURE,
         };
+        let code = held_code(status).unwrap_or(code);
         Self::new(code, status.message().to_owned())
     }
 
     /// As a process exit code.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.code)
+    }
+}
+
+/// The daemon's metadata naming why a connection grant was not served.
+const HELD_METADATA: &str = "defenseclaw-held";
+
+/// The exit code of a refused token request whose grant is held: suspended
+/// (step-up off), or its approver denied, did not answer, or could not be asked.
+fn held_code(status: &tonic::Status) -> Option<u8> {
+    if status.code() != tonic::Code::FailedPrecondition {
+        return None;
+    }
+    match status.metadata().get(HELD_METADATA)?.to_str().ok()? {
+        "grant-suspended" => Some(GRANT_SUSPENDED),
+        "resume-denied" => Some(STEPUP_DENIED),
+        "resume-timed-out" => Some(STEPUP_TIMED_OUT),
+        "resume-error" => Some(STEPUP_ERROR),
+        _ => None,
     }
 }
 

@@ -577,6 +577,7 @@ pub async fn revoke_mine(
             server,
             connection,
             reason,
+            at_provider: false,
         })
         .await?
         .into_inner();

@@ -151,6 +151,20 @@ fn local_mode_needs_no_login(json: bool) -> Result<(), Failure> {
     }
 }
 
+/// What `mcp allow NAME --connection C…` allows, for the consent check that follows it.
+fn allowed_connections(command: &cli::Command) -> Option<connect::AllowedConnections> {
+    match command {
+        cli::Command::Mcp {
+            action: cli::McpCommand::Allow(a),
+        } if !a.connections.is_empty() => Some(connect::AllowedConnections {
+            server: a.decide.name.clone(),
+            connections: a.connections.clone(),
+            scopes: a.scopes.clone().unwrap_or_default(),
+        }),
+        _ => None,
+    }
+}
+
 /// Parses the command line, runs the command, returns the exit code.
 pub fn main_entry() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -189,6 +203,12 @@ pub fn main_entry() -> ExitCode {
         } = cli.command
         {
             return connect::connect(&socket, args, output).await;
+        }
+        if let cli::Command::Connections {
+            action: cli::ConnectionsCommand::Unlink(args),
+        } = cli.command
+        {
+            return connect::unlink(&socket, args, output).await;
         }
         // Offline scans and rule commands need no daemon.
         let command = match cli.command {
@@ -253,6 +273,7 @@ pub fn main_entry() -> ExitCode {
                 .as_ref()
                 .map(|t| t.expose_secret()),
         )?;
+        let consent = allowed_connections(&command);
         let mut client = client::connect_with(&socket, bearer).await?;
         if let cli::Command::Connections {
             action: cli::ConnectionsCommand::Export(args),
@@ -260,7 +281,11 @@ pub fn main_entry() -> ExitCode {
         {
             return ibom::export(&mut client, args, csv, output).await;
         }
-        commands::run(&mut client, command, output, cli.no_wait).await
+        commands::run(&mut client, command, output, cli.no_wait).await?;
+        match consent {
+            Some(allowed) => connect::ensure_linked(&socket, &allowed, output).await,
+            None => Ok(()),
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,6 +43,44 @@ pub enum Error {
     /// A bug or an impossible state. Details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A connection grant is not served: suspended, or a human did not let it
+    /// resume. `FAILED_PRECONDITION`, with `reason` in the [`HELD_METADATA`]
+    /// metadata so callers (the CLI's exit codes) tell the cases apart.
+    #[error("{message}")]
+    GrantHeld {
+        /// Why it is held.
+        reason: HeldReason,
+        /// What to do about it.
+        message: String,
+    },
+}
+
+/// The metadata key carrying a [`HeldReason`] on a `FAILED_PRECONDITION` status.
+pub const HELD_METADATA: &str = "defenseclaw-held";
+
+/// Why a connection grant was not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldReason {
+    /// Suspended, and nobody can be asked (step-up off): an operator resumes it.
+    Suspended,
+    /// Its approver denied resuming it.
+    ResumeDenied,
+    /// Its approver did not answer before the deadline.
+    ResumeTimedOut,
+    /// Asking the approver failed (the identity provider, a cap, a cancel).
+    ResumeFailed,
+}
+
+impl HeldReason {
+    /// The metadata value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Suspended => "grant-suspended",
+            Self::ResumeDenied => "resume-denied",
+            Self::ResumeTimedOut => "resume-timed-out",
+            Self::ResumeFailed => "resume-error",
+        }
+    }
 }
 
 impl Error {
@@ -129,6 +167,14 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Status::unauthenticated(bounded(err.to_string())),
             Error::Unavailable(msg) => Status::unavailable(bounded(msg)),
             Error::ResourceExhausted(msg) => Status::resource_exhausted(bounded(msg)),
+            Error::GrantHeld { reason, message } => {
+                let mut metadata = tonic::metadata::MetadataMap::new();
+                metadata.insert(
+                    HELD_METADATA,
+                    tonic::metadata::MetadataValue::from_static(reason.as_str()),
+                );
+                Status::with_metadata(Code::FailedPrecondition, bounded(message), metadata)
+            }
             Error::Store { .. } | Error::Internal(_) => {
                 // The detail stays in the daemon's log; the caller gets an id to quote.
                 let id = error_id();

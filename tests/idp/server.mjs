@@ -1301,8 +1301,12 @@ async function applyMrrt(req, body) {
   const defined = typeof resource === 'string' ? resourceScopes(resource) : null;
   if (!defined || typeof body.refresh_token !== 'string') return null;
   const rt = await provider.RefreshToken.find(body.refresh_token, { ignoreExpiration: true });
-  if (!rt || rt.isExpired || rt.clientId !== requestClientId(req, body) || rt.resourceIndicators.has(resource)) {
-    return null; // oidc-provider answers (invalid_grant, or the native refresh)
+  if (!rt || rt.isExpired || rt.clientId !== requestClientId(req, body)) {
+    return null; // oidc-provider answers (invalid_grant)
+  }
+  const already = rt.resourceIndicators.has(resource);
+  if (already && (body.scope === undefined || splitScope(body.scope).every((s) => splitScope(rt.scope).includes(s)))) {
+    return null; // the native refresh: nothing new asked of this API
   }
   if (!cfg.mrrt) {
     if (cfg.mrrt_off_error) {
@@ -1327,7 +1331,9 @@ async function applyMrrt(req, body) {
   const held = new Set(splitScope(rt.scope));
   for (const s of granted) held.add(s);
   rt.scope = [...held].join(' ');
-  rt.resource = [...(rt.resource === undefined ? [] : [].concat(rt.resource)), resource];
+  // Like Auth0's refresh token policy: any scope the API defines may be added later
+  // (`connections unlink` asks for delete after `connect` asked for create).
+  if (!already) rt.resource = [...(rt.resource === undefined ? [] : [].concat(rt.resource)), resource];
   await rt.save();
   if (body.scope !== undefined) {
     body.scope = requested.filter((s) => held.has(s)).join(' ');

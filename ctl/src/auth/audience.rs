@@ -134,6 +134,17 @@ impl Auth {
         self.device_for_audience(&issuer, req, &scope, cancel).await
     }
 
+    /// An access token for `req.audience` from the session's refresh token (MRRT) only:
+    /// `Ok(None)` when there is none or the provider refuses; never a device-flow login.
+    pub async fn token_from_session(
+        &self,
+        req: &AudienceRequest,
+    ) -> Result<Option<AudienceToken>, AuthError> {
+        let issuer = normalize_issuer(&req.issuer)?;
+        let scope = req.scopes.join(" ");
+        Ok(self.refresh_for_audience(&issuer, req, &scope).await?.ok())
+    }
+
     /// `Ok(Err(miss))`: fall back to the device flow; `Err`: stop.
     async fn refresh_for_audience(
         &self,

@@ -272,13 +272,13 @@ where
 
 /// Refuses a connection name the daemon would refuse, before any browser opens:
 /// the shared alphabet ([`defenseclaw_common::names::connection_name`]).
-fn check_connection_name(name: &str) -> Result<(), Failure> {
+pub(super) fn check_connection_name(name: &str) -> Result<(), Failure> {
     defenseclaw_common::names::connection_name("the connection name", name)
         .map_err(|e| Failure::new(exit::USAGE, e.to_string()))
 }
 
 /// Issuer and CLI client id from the daemon's `[auth]` settings (`auth login` does the same).
-async fn issuer_from_daemon(socket: &Path) -> Result<(String, String), Failure> {
+pub(super) async fn issuer_from_daemon(socket: &Path) -> Result<(String, String), Failure> {
     let mut c = client::connect(socket).await.map_err(|f| {
         Failure::new(
             f.code,

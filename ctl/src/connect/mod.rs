@@ -17,12 +17,22 @@
 //! [`flow`] runs the steps and prints the outcome, [`my_account`] is the My Account API
 //! client (steps 2 and 4), [`loopback`] the redirect listener (step 3).
 //!
+//! After `mcp allow NAME --connection C`, [`consent`] checks the operator's account is linked
+//! for `C` and runs this flow on a terminal (or names the command without one).
+//!
+//! `connections unlink` ([`unlink`]) takes the same token path, deletes the account through
+//! the My Account API and tells the daemon (`UnlinkConnectedAccount`).
+//!
 //! [`Auth::token_for_audience`]: crate::auth::Auth::token_for_audience
 //! [`Secret`]: crate::auth::Secret
 
+mod consent;
 mod flow;
 mod loopback;
 mod my_account;
+mod unlink;
 
+pub use consent::{AllowedConnections, ensure_linked};
 pub use flow::{ConnectOptions, ConnectedAccount, DaemonRecord, Linked, connect, link_account};
 pub(crate) use loopback::html_escape;
+pub use unlink::unlink;

@@ -76,7 +76,7 @@ impl Problem {
     }
 }
 
-/// The My Account API for one token: every call is a POST under `base`.
+/// The My Account API for one token: every call goes under `base`.
 pub(super) struct MyAccount<'a> {
     pub(super) http: &'a reqwest::Client,
     /// `<issuer>me/v1/connected-accounts/`, the prefix of every call.
@@ -95,11 +95,38 @@ impl MyAccount<'_> {
         scrub: &[&str],
     ) -> Result<T, Failure> {
         let url = format!("{}{path}", self.base);
-        let resp = self
-            .http
-            .post(&url)
+        let request = self.http.post(&url).json(body);
+        self.send(request, path, connection, scrub).await
+    }
+
+    /// GETs `path` (with its query) and decodes the 2xx answer.
+    pub(super) async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        connection: &str,
+    ) -> Result<T, Failure> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.get(&url), path, connection, &[]).await
+    }
+
+    /// DELETEs `path`; a 2xx answer (204) is success, its body ignored.
+    pub(super) async fn delete(&self, path: &str, connection: &str) -> Result<(), Failure> {
+        let url = format!("{}{path}", self.base);
+        self.send::<serde::de::IgnoredAny>(self.http.delete(&url), path, connection, &[])
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends with the token; errors become clear messages without secrets.
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &str,
+        connection: &str,
+        scrub: &[&str],
+    ) -> Result<T, Failure> {
+        let resp = request
             .bearer_auth(self.token.expose_secret())
-            .json(body)
             .send()
             .await
             .map_err(|e| {
@@ -112,7 +139,9 @@ impl MyAccount<'_> {
         let mut secrets: Vec<&str> = scrub.to_vec();
         secrets.push(self.token.expose_secret());
         if (200..300).contains(&status) {
-            return serde_json::from_slice::<T>(&bytes).map_err(|e| {
+            // A 204 has no body: it decodes as `null`.
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice::<T>(bytes).map_err(|e| {
                 AuthError::Provider(redact(
                     &format!("the My Account API {path} answer is invalid: {e}"),
                     &secrets,

@@ -17,12 +17,12 @@ use defenseclaw_testkit::daemon::TestDaemon;
 
 use crate::cli::Bounded;
 
-const OPERATOR: &str = "auth0|operator1";
+pub(crate) const OPERATOR: &str = "auth0|operator1";
 const OTHER: &str = "auth0|operator2";
 /// Upper bound for readiness waits (never a timing assertion).
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
-async fn idp(opts: IdpOptions) -> IdentityProvider {
+pub(crate) async fn idp(opts: IdpOptions) -> IdentityProvider {
     match IdentityProvider::start(opts).await {
         Ok(idp) => idp,
         Err(e) => panic!("starting the test identity provider (needs node and npm): {e:#}"),
@@ -43,12 +43,12 @@ async fn daemon(idp: &IdentityProvider, mode: &str) -> TestDaemon {
     .unwrap()
 }
 
-struct Home {
+pub(crate) struct Home {
     dir: tempfile::TempDir,
 }
 
 impl Home {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
         }
@@ -63,7 +63,7 @@ impl Home {
     }
 
     /// `auth login` as `sub` with the operator's scopes.
-    async fn login(&self, idp: &IdentityProvider, sub: &str) {
+    pub(crate) async fn login(&self, idp: &IdentityProvider, sub: &str) {
         self.login_with(idp, sub, &["read:status", "skills:write"])
             .await;
     }
@@ -92,7 +92,7 @@ impl Home {
     }
 
     /// Runs `defenseclawctl ARGS…` to the end with this HOME.
-    async fn ctl(&self, socket: &Path, args: &[&str]) -> Finished {
+    pub(crate) async fn ctl(&self, socket: &Path, args: &[&str]) -> Finished {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"))
             .arg("--socket")
             .arg(socket)
@@ -114,7 +114,7 @@ impl Home {
     }
 
     /// Starts `defenseclawctl -o json connections connect ARGS… --no-browser`.
-    fn connect(&self, socket: &Path, args: &[&str]) -> Running {
+    pub(crate) fn connect(&self, socket: &Path, args: &[&str]) -> Running {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_defenseclawctl"))
             .arg("--socket")
             .arg(socket)
@@ -148,21 +148,21 @@ impl Home {
     }
 }
 
-struct Running {
+pub(crate) struct Running {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
     seen: Vec<String>,
     stderr: tokio::task::JoinHandle<String>,
 }
 
-struct Finished {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Finished {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Finished {
-    fn last_json(&self) -> Value {
+    pub(crate) fn last_json(&self) -> Value {
         let line = self.stdout.lines().last().unwrap_or_default();
         serde_json::from_str(line).unwrap_or_else(|e| {
             panic!("last line not JSON ({e}): {}\n{}", self.stdout, self.stderr)
@@ -190,14 +190,14 @@ impl Running {
     }
 
     /// The connect line (`connect_url`, `redirect_uri`, `connection`, `expires_in`).
-    async fn connect_line(&mut self) -> Value {
+    pub(crate) async fn connect_line(&mut self) -> Value {
         let line = self.next_json().await;
         assert!(line.get("connect_url").is_some(), "{line}");
         line
     }
 
     /// Waits for the exit; everything printed.
-    async fn finish(mut self) -> Finished {
+    pub(crate) async fn finish(mut self) -> Finished {
         let status = tokio::time::timeout(WAIT, self.child.wait())
             .await
             .expect("the CLI did not exit in time")
@@ -215,7 +215,7 @@ impl Running {
     }
 }
 
-fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -225,7 +225,7 @@ fn browser() -> reqwest::Client {
 }
 
 /// The user consents at the provider: GET the connect URL, which redirects to the CLI.
-async fn consent(http: &reqwest::Client, connect_url: &str) -> url::Url {
+pub(crate) async fn consent(http: &reqwest::Client, connect_url: &str) -> url::Url {
     let resp = http.get(connect_url).send().await.unwrap();
     assert_eq!(
         resp.status().as_u16(),
@@ -237,7 +237,7 @@ async fn consent(http: &reqwest::Client, connect_url: &str) -> url::Url {
     url::Url::parse(&location).unwrap()
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
+pub(crate) async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
     let resp = http.get(url).send().await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
@@ -266,7 +266,7 @@ fn assert_no_secrets(run: &Finished, known: &[&str]) {
     }
 }
 
-async fn linked(idp: &IdentityProvider, sub: &str) -> Vec<LinkedAccount> {
+pub(crate) async fn linked(idp: &IdentityProvider, sub: &str) -> Vec<LinkedAccount> {
     idp.linked_accounts()
         .await
         .unwrap()
@@ -778,7 +778,15 @@ async fn a_new_operator_allows_links_and_starts_a_server() {
             &["mcp", "allow", "github-mcp", "--connection", "github"],
         )
         .await;
-    assert_eq!(allowed.code, 0, "{}{}", allowed.stdout, allowed.stderr);
+    // Allowed, but not linked yet: without a terminal it names the command to run.
+    assert_eq!(allowed.code, 4, "{}{}", allowed.stdout, allowed.stderr);
+    assert!(
+        allowed
+            .stderr
+            .contains("`defenseclawctl connections connect github`"),
+        "{}",
+        allowed.stderr
+    );
 
     let mut run = home.connect(&d.socket, &["github"]);
     let line = run.connect_line().await;

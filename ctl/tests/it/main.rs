@@ -16,4 +16,5 @@ mod openclaw_setup;
 mod quarantine;
 mod scanning;
 mod stepup;
+mod unlink;
 mod vault;

@@ -45,6 +45,7 @@ impl Governance {
                 connection,
                 reason,
                 actor,
+                at_provider: None,
             })
             .await?;
         // OpenClaw starts the server with its own command again.

@@ -19,6 +19,7 @@ pub mod scan_pool;
 pub mod scanning;
 pub mod skill_coverage;
 pub mod skill_dirs;
+pub mod source_revocation;
 pub mod stepup;
 pub mod tool_ask;
 pub mod tool_gate;

@@ -22,8 +22,9 @@ use crate::state::StateCache;
 use crate::store::connections::{ConnectionDecl, SealedSubject};
 use crate::store::stepup::{CapRefusal, PendingCaps, StepUpAction, StepUpPayload, StepUpRow};
 use crate::store::{
-    Audit, DismissFinding, GrantConnections, SetEnforcement, StepUpClose, StepUpCommit, StepUpOpen,
-    StepUpOpened, StepUpSent, StepUpStatus, Store,
+    Audit, ChangeGrantStatus, DismissFinding, GrantConnections, ResumeApproved, SetEnforcement,
+    StatusChange, StepUpClose, StepUpCommit, StepUpOpen, StepUpOpened, StepUpSent, StepUpStatus,
+    Store,
 };
 
 /// Auth0 accepts 5 CIBA requests per minute per user.
@@ -142,22 +143,34 @@ impl StepUps {
         payload: StepUpPayload,
     ) -> Result<StepUpRow> {
         let approver = self.approver_for(&requester)?;
+        self.request_to(
+            approver, requester, target, action, reason, finding_id, payload,
+        )
+        .await
+    }
+
+    /// [`Self::request`] put to `approver` (a `sub`) rather than the one the
+    /// `[stepup] approver` rule picks.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request_to(
+        self: &Arc<Self>,
+        approver: String,
+        requester: Actor,
+        target: Target,
+        action: StepUpAction,
+        reason: String,
+        finding_id: Option<u64>,
+        payload: StepUpPayload,
+    ) -> Result<StepUpRow> {
         let id = new_request_code();
         // The phone says what is at stake: "DC-4F2A91C30B7E55D1 grant mcp github-mcp github".
-        let what = match payload.connections.as_slice() {
-            [] => target.name.clone(),
-            decls => format!(
-                "{} {}",
-                target.name,
-                decls
-                    .iter()
-                    .map(|d| d.connection.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
-        };
+        let mut message = binding_message(&id, action.as_str(), target.kind.as_str(), &target.name);
+        for d in &payload.connections {
+            message.push(' ');
+            message.push_str(&binding_message("", "", "", &d.connection));
+        }
         let row = StepUpRow {
-            binding_message: binding_message(&id, action.as_str(), target.kind.as_str(), &what),
+            binding_message: message.chars().take(64).collect(),
             id,
             target: target.clone(),
             action,
@@ -251,7 +264,8 @@ impl StepUps {
         Error::ResourceExhausted(message)
     }
 
-    fn approver_for(&self, requester: &Actor) -> Result<String> {
+    /// Who the `[stepup] approver` rule asks about `requester`'s change.
+    pub fn approver_for(&self, requester: &Actor) -> Result<String> {
         let wants_requester = self.settings.approver.iter().any(|a| a == "requester");
         if wants_requester && requester.auth_method == "oidc" {
             return Ok(requester.id.clone());
@@ -622,67 +636,69 @@ impl StepUps {
                 "approver": approver.clone(),
             }),
         };
-        let commit: Option<StepUpCommit> =
-            match (status, row.action) {
-                (StepUpStatus::Approved, StepUpAction::Block) => Some(StepUpCommit::Enforce(
-                    enforce(EnforcementAction::Block, row.reason.clone()),
-                )),
-                (StepUpStatus::Approved, StepUpAction::Allow)
-                    if !row.payload.connections.is_empty() =>
-                {
-                    Some(StepUpCommit::EnforceAndGrant(
-                        enforce(EnforcementAction::Allow, row.reason.clone()),
-                        Box::new(grant(row.payload.connections.clone())),
-                    ))
-                }
-                (StepUpStatus::Approved, StepUpAction::Allow) => Some(StepUpCommit::Enforce(
+        let commit: Option<StepUpCommit> = match (status, row.action) {
+            (StepUpStatus::Approved, StepUpAction::Block) => Some(StepUpCommit::Enforce(enforce(
+                EnforcementAction::Block,
+                row.reason.clone(),
+            ))),
+            (StepUpStatus::Approved, StepUpAction::Allow)
+                if !row.payload.connections.is_empty() =>
+            {
+                Some(StepUpCommit::EnforceAndGrant(
                     enforce(EnforcementAction::Allow, row.reason.clone()),
-                )),
-                (StepUpStatus::Approved, StepUpAction::Grant) => {
-                    Some(StepUpCommit::Grant(grant(row.payload.connections.clone())))
-                }
-                (StepUpStatus::Approved, StepUpAction::Unblock) => Some(StepUpCommit::Enforce(
-                    enforce(EnforcementAction::Unblock, row.reason.clone()),
-                )),
-                (StepUpStatus::Approved, StepUpAction::Dismiss) => row.finding_id.map(|id| {
-                    StepUpCommit::Dismiss(DismissFinding {
-                        id,
-                        reason: row.reason.clone(),
-                        actor: row.requester.clone(),
-                    })
-                }),
-                // The approver overrode the daemon's own proposal: the target is allowed.
-                (StepUpStatus::Denied, StepUpAction::Block) if proposed => {
-                    Some(StepUpCommit::Enforce(enforce(
-                        EnforcementAction::Allow,
-                        format!(
-                            "override: {} denied the proposed block ({})",
-                            row.approver_sub, row.id
-                        ),
-                    )))
-                }
-                (StepUpStatus::Cancelled, StepUpAction::Block) if fail_closed => {
-                    Some(StepUpCommit::Enforce(enforce(
-                        EnforcementAction::Block,
-                        format!(
-                            "{} (request {} cancelled; a pending block ends blocked)",
-                            row.reason, row.id
-                        ),
-                    )))
-                }
-                (StepUpStatus::TimedOut | StepUpStatus::Error, StepUpAction::Block)
-                    if policy == Some(Unconfirmed::KeepBlocked) =>
-                {
-                    Some(StepUpCommit::Enforce(enforce(
-                        EnforcementAction::Block,
-                        format!(
-                            "{} without confirmation ({status}); policy keeps it blocked",
-                            row.reason
-                        ),
-                    )))
-                }
-                _ => None,
-            };
+                    Box::new(grant(row.payload.connections.clone())),
+                ))
+            }
+            (StepUpStatus::Approved, StepUpAction::Allow) => Some(StepUpCommit::Enforce(enforce(
+                EnforcementAction::Allow,
+                row.reason.clone(),
+            ))),
+            (StepUpStatus::Approved, StepUpAction::Grant) => {
+                Some(StepUpCommit::Grant(grant(row.payload.connections.clone())))
+            }
+            (StepUpStatus::Approved, StepUpAction::Unblock) => Some(StepUpCommit::Enforce(
+                enforce(EnforcementAction::Unblock, row.reason.clone()),
+            )),
+            (StepUpStatus::Approved, StepUpAction::Resume) => resume_commit(row, approver.as_ref()),
+            (StepUpStatus::Approved, StepUpAction::Dismiss) => row.finding_id.map(|id| {
+                StepUpCommit::Dismiss(DismissFinding {
+                    id,
+                    reason: row.reason.clone(),
+                    actor: row.requester.clone(),
+                })
+            }),
+            // The approver overrode the daemon's own proposal: the target is allowed.
+            (StepUpStatus::Denied, StepUpAction::Block) if proposed => {
+                Some(StepUpCommit::Enforce(enforce(
+                    EnforcementAction::Allow,
+                    format!(
+                        "override: {} denied the proposed block ({})",
+                        row.approver_sub, row.id
+                    ),
+                )))
+            }
+            (StepUpStatus::Cancelled, StepUpAction::Block) if fail_closed => {
+                Some(StepUpCommit::Enforce(enforce(
+                    EnforcementAction::Block,
+                    format!(
+                        "{} (request {} cancelled; a pending block ends blocked)",
+                        row.reason, row.id
+                    ),
+                )))
+            }
+            (StepUpStatus::TimedOut | StepUpStatus::Error, StepUpAction::Block)
+                if policy == Some(Unconfirmed::KeepBlocked) =>
+            {
+                Some(StepUpCommit::Enforce(enforce(
+                    EnforcementAction::Block,
+                    format!(
+                        "{} without confirmation ({status}); policy keeps it blocked",
+                        row.reason
+                    ),
+                )))
+            }
+            _ => None,
+        };
         let closed = self
             .store
             .write(StepUpClose {
@@ -722,7 +738,42 @@ impl StepUps {
 }
 
 /// Whether a pending request of this kind holds its target (fail closed).
-/// A scope escalation does not: the server keeps what it already has.
+/// A scope escalation or a grant's resumption does not: the server keeps what
+/// it already has.
 fn holds(action: StepUpAction) -> bool {
-    action != StepUpAction::Grant
+    !matches!(action, StepUpAction::Grant | StepUpAction::Resume)
+}
+
+/// An approved resumption: the grant resumes, audited as the approving human.
+fn resume_commit(row: &StepUpRow, approver: Option<&serde_json::Value>) -> Option<StepUpCommit> {
+    let connection = row.payload.connections.first()?.connection.clone();
+    let claim = |name: &str| {
+        approver
+            .and_then(|a| a.get(name))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let human = Actor {
+        id: row.approver_sub.clone(),
+        name: claim("name").unwrap_or_else(|| row.approver_sub.clone()),
+        auth_method: "oidc".into(),
+        uid: None,
+        gid: None,
+        pid: None,
+        email: claim("email"),
+        ..Actor::default()
+    };
+    Some(StepUpCommit::Resume(ResumeApproved(ChangeGrantStatus {
+        server: row.target.name.clone(),
+        connection,
+        change: StatusChange::Resume,
+        reason: format!("resumed by its approver over CIBA (request {})", row.id),
+        actor: human,
+        details: serde_json::json!({
+            "stepup": row.id,
+            "human_confirmed": true,
+            "binding_message": row.binding_message,
+            "requester": {"id": row.requester.id, "name": row.requester.name},
+        }),
+    })))
 }

@@ -271,6 +271,86 @@ impl TokenVaultClient {
     }
 }
 
+/// Why a revocation at the provider failed. Never carries the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevokeError {
+    /// The discovery document names no `revocation_endpoint`.
+    #[error("the identity provider has no revocation endpoint")]
+    NoEndpoint,
+    /// Network trouble, a timeout or a 5xx.
+    #[error("the identity provider is unavailable ({0})")]
+    Unavailable(String),
+    /// The provider refused (an OAuth error answer).
+    #[error("the identity provider refused the revocation: {error} ({description})")]
+    Refused {
+        /// OAuth error code.
+        error: String,
+        /// The provider's description.
+        description: String,
+    },
+}
+
+impl TokenVaultClient {
+    /// The revocation endpoint, from the discovery document.
+    pub async fn revocation_endpoint(&self) -> Result<String, RevokeError> {
+        let discovery = self
+            .provider
+            .discovery()
+            .await
+            .map_err(|e| RevokeError::Unavailable(e.to_string()))?;
+        discovery
+            .revocation_endpoint
+            .clone()
+            .ok_or(RevokeError::NoEndpoint)
+    }
+
+    /// Revokes a refresh token issued to the daemon's client (RFC 7009) at
+    /// `endpoint`. A 2xx answer means it is revoked (or was already invalid).
+    pub async fn revoke_refresh_token(
+        &self,
+        endpoint: &str,
+        token: &RefreshToken,
+    ) -> Result<(), RevokeError> {
+        let what = "token revocation";
+        let resp = self
+            .provider
+            .http()
+            .post(endpoint)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(self.timeout)
+            .form(&[
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.client_secret.expose()),
+                ("token", token.expose()),
+                ("token_type_hint", "refresh_token"),
+            ])
+            .send()
+            .await
+            .map_err(|e| RevokeError::Unavailable(transport(what, &e).to_string()))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body = read_limited(resp, MAX_RESPONSE_BYTES, what)
+            .await
+            .unwrap_or_default();
+        let error: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        if status >= 500 || status == 429 {
+            return Err(RevokeError::Unavailable(format!("HTTP {status}")));
+        }
+        Err(RevokeError::Refused {
+            error: error
+                .error
+                .unwrap_or_else(|| format!("HTTP {status}"))
+                .chars()
+                .take(64)
+                .collect(),
+            description: super::ciba::clean_description(error.error_description)
+                .unwrap_or_default(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

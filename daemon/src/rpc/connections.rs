@@ -1,11 +1,12 @@
 //! Adapters for Token Vault connections: handing out a provider token,
-//! listing grants and linked accounts, revoking, recording a linked account.
+//! listing grants and linked accounts, revoking (here and at the provider),
+//! recording and unlinking a linked account.
 
 use defenseclaw_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::authn::{Need, authorization};
-use super::convert::{pb_account, pb_grant};
+use super::convert::{pb_account, pb_grant, pb_provider_revocation};
 use super::service::ControlService;
 use crate::model::{MAX_REASON_BYTES, validate_text};
 use crate::names;
@@ -74,6 +75,9 @@ pub(super) async fn revoke_connection(
         .await?;
     let req = request.into_inner();
     check_grant_change(&req.server, &req.connection, &req.reason)?;
+    if req.at_provider {
+        return revoke_at_provider(svc, actor, req).await;
+    }
     let (grant, audit_seq) = svc
         .gov
         .revoke_connection(actor, req.server, req.connection, req.reason)
@@ -81,6 +85,64 @@ pub(super) async fn revoke_connection(
     Ok(Response::new(pb::RevokeConnectionReply {
         grant: Some(pb_grant(&grant)),
         audit_seq,
+        at_provider: None,
+    }))
+}
+
+/// `connections revoke --at-provider`.
+async fn revoke_at_provider(
+    svc: &ControlService,
+    actor: crate::model::Actor,
+    req: pb::RevokeConnectionRequest,
+) -> Result<Response<pb::RevokeConnectionReply>, Status> {
+    let (grant, provider, audit_seq) = svc
+        .gov
+        .revoke_connection_at_provider(actor, req.server, req.connection, req.reason)
+        .await?;
+    Ok(Response::new(pb::RevokeConnectionReply {
+        grant: Some(pb_grant(&grant)),
+        audit_seq,
+        at_provider: Some(pb_provider_revocation(&provider)),
+    }))
+}
+
+/// `connections unlink`: the CLI deleted (or tried to delete) the caller's
+/// account at the provider; grants using it become `unlinked`.
+pub(super) async fn unlink_connected_account(
+    svc: &ControlService,
+    request: Request<pb::UnlinkConnectedAccountRequest>,
+) -> Result<Response<pb::UnlinkConnectedAccountReply>, Status> {
+    let actor = svc
+        .authorize(&request, "UnlinkConnectedAccount", Need::Operate)
+        .await?;
+    let req = request.into_inner();
+    names::connection_name("connection", &req.connection)?;
+    if !req.account_id.is_empty() {
+        names::account_id("account_id", &req.account_id)?;
+    }
+    if !matches!(
+        req.provider_outcome.as_str(),
+        "deleted" | "not_found" | "failed"
+    ) {
+        return Err(crate::error::Error::invalid(
+            "provider_outcome",
+            "must be deleted, not_found or failed",
+        )
+        .into());
+    }
+    validate_text("provider_error", &req.provider_error, MAX_REASON_BYTES)?;
+    let mut at_provider = serde_json::json!({"outcome": req.provider_outcome});
+    if !req.provider_error.is_empty() {
+        at_provider["error"] = serde_json::json!(req.provider_error);
+    }
+    let unlinked = svc
+        .gov
+        .unlink_connected_account(actor, req.connection, req.account_id, at_provider)
+        .await?;
+    Ok(Response::new(pb::UnlinkConnectedAccountReply {
+        grants: unlinked.grants.iter().map(pb_grant).collect(),
+        record_removed: unlinked.record_removed,
+        audit_seq: unlinked.entry.seq,
     }))
 }
 

@@ -525,6 +525,19 @@ pub fn pb_account(a: &LinkedAccountRow) -> pb::LinkedAccount {
     }
 }
 
+/// What happened at the identity provider for `connections revoke --at-provider`.
+pub fn pb_provider_revocation(
+    p: &crate::governance::vault::ProviderRevocation,
+) -> pb::ProviderRevocation {
+    pb::ProviderRevocation {
+        outcome: p.outcome.to_owned(),
+        endpoint: p.endpoint.clone().unwrap_or_default(),
+        subject_sub: p.subject_sub.clone().unwrap_or_default(),
+        error: p.error.clone().unwrap_or_default(),
+        shared_with: p.shared_with.clone(),
+    }
+}
+
 /// A quarantine record on the wire.
 pub fn pb_quarantine_record(r: &crate::store::quarantine::QuarantineRow) -> pb::QuarantineRecord {
     pb::QuarantineRecord {

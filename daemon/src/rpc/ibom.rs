@@ -54,6 +54,13 @@ pub(super) async fn revoke_my_connection(
     names::server_name("server", &req.server)?;
     names::connection_name("connection", &req.connection)?;
     validate_text("reason", &req.reason, MAX_REASON_BYTES)?;
+    if req.at_provider {
+        return Err(crate::error::Error::invalid(
+            "at_provider",
+            "revoking at the identity provider is an operator's `connections revoke --at-provider`",
+        )
+        .into());
+    }
     let (grant, audit_seq) = svc
         .gov
         .revoke_my_connection(actor, req.server, req.connection, req.reason)
@@ -61,5 +68,6 @@ pub(super) async fn revoke_my_connection(
     Ok(Response::new(pb::RevokeConnectionReply {
         grant: Some(pb_grant(&grant)),
         audit_seq,
+        at_provider: None,
     }))
 }

@@ -547,6 +547,9 @@ pub struct RevokeConnection {
     pub reason: String,
     /// Who revoked it.
     pub actor: Actor,
+    /// What happened at the identity provider (`--at-provider`), for the
+    /// audit entry: a failure there makes the entry's outcome `partial`.
+    pub at_provider: Option<serde_json::Value>,
 }
 
 /// What a [`RevokeConnection`] did.
@@ -567,6 +570,7 @@ impl Operation for RevokeConnection {
             connection,
             reason,
             actor,
+            at_provider,
         } = self;
         let now = tx.now();
         let conn = tx.conn();
@@ -577,16 +581,23 @@ impl Operation for RevokeConnection {
         }
         let grant = get(conn, &server, &connection)?
             .ok_or_else(|| Error::Internal(format!("grant {server}/{connection} vanished")))?;
+        let failed_there = at_provider
+            .as_ref()
+            .is_some_and(|p| p["outcome"] == "failed");
+        let mut details = serde_json::json!({
+            "connection": connection,
+            "subject_credential_dropped": true,
+        });
+        if let Some(p) = at_provider {
+            details["at_provider"] = p;
+        }
         let entry = tx.append(&NewEntry {
             action: "connection-revoke".into(),
             target: Some(server_target(&server)),
             severity: None,
-            outcome: "success".into(),
+            outcome: if failed_there { "partial" } else { "success" }.into(),
             reason,
-            details: serde_json::json!({
-                "connection": connection,
-                "subject_credential_dropped": true,
-            }),
+            details,
             actor,
         })?;
         Ok(Revoked {

@@ -1,6 +1,7 @@
 //! A grant's status changed by decision rather than by an exchange: suspended
-//! or resumed by an operator, suspended by the daemon after it idled, each
-//! change with its audit entry (`connection-suspend`, `connection-resume`).
+//! or resumed by an operator, suspended by the daemon after it idled, resumed
+//! by its approver over CIBA, each change with its audit entry
+//! (`connection-suspend`, `connection-resume`).
 
 use std::sync::Arc;
 
@@ -151,6 +152,28 @@ impl Operation for ChangeGrantStatus {
             grant: Box::new(grant),
             entry,
         })
+    }
+}
+
+/// A suspended grant resumed because its approver said yes over CIBA: as a
+/// [`ChangeGrantStatus`] resume, except that a grant no longer suspended
+/// (revoked, unlinked or resumed by hand meanwhile) is left as it is, so the
+/// step-up still closes.
+#[derive(Debug, Clone)]
+pub struct ResumeApproved(pub ChangeGrantStatus);
+
+impl Operation for ResumeApproved {
+    type Effect = Option<StatusChanged>;
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<Option<StatusChanged>> {
+        let op = ChangeGrantStatus {
+            change: StatusChange::Resume,
+            ..self.0
+        };
+        match get(tx.conn(), &op.server, &op.connection)? {
+            Some(g) if g.status == GrantStatus::Suspended => op.apply(tx).map(Some),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -367,6 +390,7 @@ mod tests {
                 connection: "github".into(),
                 reason: "gone".into(),
                 actor: Actor::system(),
+                at_provider: None,
             })
             .await
             .unwrap();

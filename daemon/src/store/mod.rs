@@ -31,6 +31,7 @@ mod readers;
 pub mod scan_reports;
 mod schema;
 pub mod stepup;
+pub mod unlink;
 mod writer;
 
 use std::path::Path;
@@ -47,7 +48,9 @@ pub use connections::{
 pub use enforcement::{Enforced, RegisterTargets, SetEnforcement, TargetRow};
 pub use export_cursors::AdvanceExportCursor;
 pub use findings::{DismissFinding, Dismissed, FindingRow};
-pub use grant_status::{ChangeGrantStatus, StatusChange, StatusChanged, SuspendIdle};
+pub use grant_status::{
+    ChangeGrantStatus, ResumeApproved, StatusChange, StatusChanged, SuspendIdle,
+};
 pub use handle::Store;
 pub use openclaw_setup::{GateSetupRow, RecordGateSetup, RecordGateUndo};
 pub use scan_reports::{NewFinding, ReportOrigin, ReportStored, ScanReport};
@@ -56,6 +59,7 @@ pub use stepup::{
     Committed, StepUpClose, StepUpClosed, StepUpCommit, StepUpOpen, StepUpOpened, StepUpSent,
     StepUpStatus,
 };
+pub use unlink::{UnlinkAccount, Unlinked};
 pub use writer::{Operation, Tx, WriterContext};
 
 use crate::audit::{Entry, Head};

@@ -12,6 +12,7 @@ use super::audit_log::merge_details;
 use super::connections::{ConnectionDecl, GrantConnections, Granted};
 use super::enforcement::{Enforced, SetEnforcement};
 use super::findings::{DismissFinding, Dismissed};
+use super::grant_status::{ResumeApproved, StatusChanged};
 use super::handle::Store;
 use super::writer::{Operation, Tx};
 use crate::audit::{Entry, NewEntry};
@@ -32,6 +33,8 @@ pub enum StepUpAction {
     Dismiss,
     /// Let an MCP server use a connection it did not declare (scope escalation).
     Grant,
+    /// Serve a suspended connection grant again (asked at its next use).
+    Resume,
 }
 
 impl StepUpAction {
@@ -43,6 +46,7 @@ impl StepUpAction {
             Self::Unblock => "unblock",
             Self::Dismiss => "dismiss",
             Self::Grant => "grant",
+            Self::Resume => "resume",
         }
     }
 
@@ -53,6 +57,7 @@ impl StepUpAction {
             "unblock" => Self::Unblock,
             "dismiss" => Self::Dismiss,
             "grant" => Self::Grant,
+            "resume" => Self::Resume,
             _ => return None,
         })
     }
@@ -553,6 +558,8 @@ pub enum StepUpCommit {
     Grant(GrantConnections),
     /// A dismissal.
     Dismiss(DismissFinding),
+    /// A suspended grant resumed by its approver.
+    Resume(ResumeApproved),
 }
 
 /// What a [`StepUpCommit`] did.
@@ -566,6 +573,8 @@ pub enum Committed {
     Granted(Granted),
     /// The finding dismissed.
     Dismissed(Dismissed),
+    /// The grant resumed (`None`: it was no longer suspended; nothing changed).
+    Resumed(Option<StatusChanged>),
 }
 
 impl Committed {
@@ -573,7 +582,7 @@ impl Committed {
     pub fn enforced(&self) -> Option<&Enforced> {
         match self {
             Self::Enforced(e) | Self::EnforcedAndGranted(e, _) => Some(e),
-            Self::Granted(_) | Self::Dismissed(_) => None,
+            Self::Granted(_) | Self::Dismissed(_) | Self::Resumed(_) => None,
         }
     }
 }
@@ -590,6 +599,7 @@ impl Operation for StepUpCommit {
             }
             Self::Grant(op) => Committed::Granted(op.apply(tx)?),
             Self::Dismiss(op) => Committed::Dismissed(op.apply(tx)?),
+            Self::Resume(op) => Committed::Resumed(op.apply(tx)?),
         })
     }
 }

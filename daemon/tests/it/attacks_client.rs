@@ -423,6 +423,7 @@ async fn names_outside_the_alphabet_are_refused_for_every_kind() {
                 server: bad.into(),
                 connection: "github".into(),
                 reason: "r".into(),
+                at_provider: false,
             })
             .await
             .err(),
@@ -439,6 +440,7 @@ async fn names_outside_the_alphabet_are_refused_for_every_kind() {
                 server: "fine".into(),
                 connection: bad.into(),
                 reason: "r".into(),
+                at_provider: false,
             })
             .await
             .err(),

@@ -27,3 +27,4 @@ mod quarantine;
 mod scanning;
 mod stepup;
 mod token_vault;
+mod token_vault_jit;

@@ -651,6 +651,7 @@ async fn revocation_block_and_provider_failures() {
                 server: SERVER.into(),
                 connection: "github".into(),
                 reason: "rotating".into(),
+                at_provider: false,
             },
             &token,
         ))
@@ -667,6 +668,7 @@ async fn revocation_block_and_provider_failures() {
                 server: SERVER.into(),
                 connection: "slack".into(),
                 reason: String::new(),
+                at_provider: false,
             },
             &token,
         ))

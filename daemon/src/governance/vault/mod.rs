@@ -8,7 +8,11 @@
 //! and hands the token over. Tokens live in memory only, shared by concurrent
 //! callers and cached until shortly before they expire.
 
+mod resume;
+mod revocation;
 pub mod seal;
+
+pub use revocation::ProviderRevocation;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +35,7 @@ use crate::oidc::{ProviderToken, RefreshToken};
 use crate::state::{StateCache, Verdict};
 use crate::store::connections::{ConnectionDecl, GrantRow, GrantStatus};
 use crate::store::stepup::{StepUpAction, StepUpPayload};
-use crate::store::{ConnectionUsed, Store, SuspendIdle};
+use crate::store::{ConnectionUsed, Store};
 use seal::{Sealer, subject_context};
 
 /// Most scopes one connection declaration may ask for.
@@ -255,14 +259,13 @@ impl TokenBroker {
         let grant = match grant {
             None => return Err(self.escalate(caller, server, connection).await),
             Some(g) if g.status == GrantStatus::Suspended => {
-                return Err(Error::FailedPrecondition(format!(
-                    "{server}'s grant for {connection} is suspended ({}); it is not served until an operator resumes it: `defenseclawctl connections resume {server} {connection}`",
-                    g.status_reason
-                )));
+                // Only a caller who could get its token may have its approver asked.
+                self.subject_for(caller, bearer, &g).await?;
+                self.resume_or_refuse(caller, g).await?
             }
             Some(g) if g.status == GrantStatus::Unlinked => {
                 return Err(Error::FailedPrecondition(format!(
-                    "{server}'s grant for {connection} is unlinked ({}); it is not served until re-approved: `defenseclawctl mcp allow {server} --connection {connection}`",
+                    "{server}'s grant for {connection} is unlinked ({}); link the account again with `defenseclawctl connections connect {connection}`, then re-approve the grant: `defenseclawctl mcp allow {server} --connection {connection}`",
                     g.status_reason
                 )));
             }
@@ -313,40 +316,6 @@ impl TokenBroker {
             self.record_use(&key);
         }
         Ok(issued)
-    }
-
-    /// Suspends `grant` (audited by the daemon as its own actor, cached
-    /// tokens dropped) when it has not been used for `idle_suspend_secs`;
-    /// returns the grant as it stands afterwards.
-    async fn suspend_if_idle(&self, grant: GrantRow) -> Result<GrantRow> {
-        let idle = self.settings.idle_suspend_secs;
-        if idle == 0 {
-            return Ok(grant);
-        }
-        let limit = time::Duration::seconds(i64::try_from(idle).unwrap_or(i64::MAX));
-        let Some(cutoff) = self.store.clock().now().checked_sub(limit) else {
-            return Ok(grant);
-        };
-        let changed = self
-            .store
-            .write(SuspendIdle {
-                only: Some((grant.server.clone(), grant.connection.clone())),
-                cutoff: crate::clock::format_ts(cutoff),
-                idle_secs: idle,
-                actor: Actor {
-                    id: "system:token-vault".into(),
-                    name: "token-vault".into(),
-                    ..Actor::system()
-                },
-            })
-            .await?;
-        match changed.into_iter().next() {
-            Some(c) => {
-                self.forget(&grant.server, Some(&grant.connection));
-                Ok(*c.grant)
-            }
-            None => Ok(grant),
-        }
     }
 
     /// Audits a token handed out without an exchange of its own (coalesced
