@@ -18,23 +18,16 @@ pub async fn command(
     action: ConnectionsCommand,
     output: Output,
 ) -> Result<(), Failure> {
-    // The end user's own grants, the inventory and the page (crate::ibom,
-    // crate::connections_ui).
+    // The end user's own grants, the inventory and the page are routed by
+    // `lib.rs` to `crate::ibom` and `crate::connections_ui`.
     let action = match action {
-        ConnectionsCommand::List { mine: true, .. } => {
-            return crate::ibom::list_mine(client, output).await;
-        }
-        ConnectionsCommand::Revoke {
-            server,
-            connection,
-            reason,
-            mine: true,
-            ..
-        } => return crate::ibom::revoke_mine(client, server, connection, reason, output).await,
-        ConnectionsCommand::Export(_) | ConnectionsCommand::Ui(_) => {
+        ConnectionsCommand::List { mine: true, .. }
+        | ConnectionsCommand::Revoke { mine: true, .. }
+        | ConnectionsCommand::Export(_)
+        | ConnectionsCommand::Ui(_) => {
             return Err(Failure::new(
                 FAILURE,
-                "connections export and ui run before a daemon client exists",
+                "connections list|revoke --mine, export and ui are routed before this",
             ));
         }
         other => other,
@@ -191,43 +184,14 @@ async fn revoke_at_provider(
         })
         .await?
         .into_inner();
-    let provider = reply.at_provider.unwrap_or_default();
-    let there = match provider.outcome.as_str() {
-        "revoked" => format!(
-            "{}'s refresh token was revoked at the identity provider{}",
-            provider.subject_sub,
-            if provider.shared_with.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " (it also served {}, which will need re-approval)",
-                    provider.shared_with.join(", ")
-                )
-            }
-        ),
-        "nothing_stored" => {
-            "no refresh token is stored for it (it uses the caller's token): nothing to revoke at the identity provider".to_owned()
-        }
-        _ => format!(
-            "NOT revoked at the identity provider: {}",
-            provider.error
-        ),
-    };
+    let provider = reply.at_provider.clone().unwrap_or_default();
+    let there = at_provider_text(&provider);
     match output {
         Output::Json | Output::Sarif => {
             let mut v = reply.grant.as_ref().map(grant).unwrap_or(Value::Null);
             if let Value::Object(map) = &mut v {
                 map.insert("audit_seq".into(), json!(reply.audit_seq));
-                map.insert(
-                    "at_provider".into(),
-                    json!({
-                        "outcome": provider.outcome,
-                        "endpoint": provider.endpoint,
-                        "subject_sub": provider.subject_sub,
-                        "error": provider.error,
-                        "shared_with": provider.shared_with,
-                    }),
-                );
+                map.insert("at_provider".into(), at_provider_json(&provider));
             }
             print_json(&v)?;
         }
@@ -462,4 +426,40 @@ fn token_failure(server: &str, connection: &str, status: &tonic::Status) -> Fail
     }
     failure.message = format!("no {connection} token for {server}: {}", failure.message);
     failure
+}
+
+/// What happened at the identity provider, as `-o json` shows it.
+pub(crate) fn at_provider_json(provider: &pb::ProviderRevocation) -> Value {
+    json!({
+        "outcome": provider.outcome,
+        "endpoint": provider.endpoint,
+        "subject_sub": provider.subject_sub,
+        "error": provider.error,
+        "shared_with": provider.shared_with,
+    })
+}
+
+/// What happened at the identity provider, in a sentence.
+pub(crate) fn at_provider_text(provider: &pb::ProviderRevocation) -> String {
+    match provider.outcome.as_str() {
+        "revoked" => format!(
+            "{}'s refresh token was revoked at the identity provider{}",
+            provider.subject_sub,
+            if provider.shared_with.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (it also served {}, which will need re-approval)",
+                    provider.shared_with.join(", ")
+                )
+            }
+        ),
+        "nothing_stored" => {
+            "no refresh token is stored for it (it uses the caller's token): nothing to revoke at the identity provider".to_owned()
+        }
+        _ => format!(
+            "NOT revoked at the identity provider: {}",
+            provider.error
+        ),
+    }
 }

@@ -364,10 +364,19 @@ async fn revoke(ui: &Ui, server: &str, connection: &str) -> Reply {
         Err(f) => Err(f.message),
     };
     let notice = match result {
-        Ok(reply) => format!(
-            "Revoked {server}'s grant for {connection} (audit #{}).",
-            reply.into_inner().audit_seq
-        ),
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            // Whether the refresh token of theirs the daemon held was cut at the provider too.
+            let there = reply
+                .at_provider
+                .as_ref()
+                .map(|p| format!(" {}.", crate::connections::at_provider_text(p)))
+                .unwrap_or_default();
+            format!(
+                "Revoked {server}'s grant for {connection} (audit #{}).{there}",
+                reply.audit_seq
+            )
+        }
         Err(e) => format!("Could not revoke {server}'s grant for {connection}: {e}"),
     };
     *ui.notice.lock().unwrap_or_else(PoisonError::into_inner) = Some(notice);

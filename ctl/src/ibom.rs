@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 
 use crate::cli::{ExportArgs, Output};
 use crate::client::Client;
+use crate::connections::{at_provider_json, at_provider_text};
 use crate::exit::{AUDIT_BROKEN, FAILURE, Failure, USAGE};
 use crate::render::{self, print_json, print_text, s};
 
@@ -588,16 +589,35 @@ pub async fn revoke_mine(
         .unwrap_or(Value::Null);
     if let Value::Object(map) = &mut v {
         map.insert("audit_seq".into(), json!(reply.audit_seq));
+        if let Some(p) = &reply.at_provider {
+            map.insert("at_provider".into(), at_provider_json(p));
+        }
     }
+    // A refresh token of theirs the daemon held is revoked at the provider too.
+    let there = reply
+        .at_provider
+        .as_ref()
+        .map(|p| format!("; {}", at_provider_text(p)))
+        .unwrap_or_default();
     match output {
-        Output::Json | Output::Sarif => print_json(&v),
+        Output::Json | Output::Sarif => print_json(&v)?,
         Output::Table => print_text(&format!(
-            "revoked {}'s grant for {} (audit #{}); status {}",
+            "revoked {}'s grant for {} (audit #{}); status {}{there}",
             s(&v["server"]),
             s(&v["connection"]),
             reply.audit_seq,
             s(&v["status"])
+        ))?,
+    }
+    match reply.at_provider {
+        Some(p) if p.outcome == "failed" => Err(Failure::new(
+            FAILURE,
+            format!(
+                "the grant is revoked here (audit #{}), but your refresh token was not revoked at the identity provider: {}",
+                reply.audit_seq, p.error
+            ),
         )),
+        _ => Ok(()),
     }
 }
 

@@ -275,11 +275,27 @@ pub fn main_entry() -> ExitCode {
         )?;
         let consent = allowed_connections(&command);
         let mut client = client::connect_with(&socket, bearer).await?;
-        if let cli::Command::Connections {
-            action: cli::ConnectionsCommand::Export(args),
-        } = command
-        {
-            return ibom::export(&mut client, args, csv, output).await;
+        // The inventory and the end user's own grants (`ibom.rs`).
+        match command {
+            cli::Command::Connections {
+                action: cli::ConnectionsCommand::Export(args),
+            } => return ibom::export(&mut client, args, csv, output).await,
+            cli::Command::Connections {
+                action: cli::ConnectionsCommand::List { mine: true, .. },
+            } => return ibom::list_mine(&mut client, output).await,
+            cli::Command::Connections {
+                action:
+                    cli::ConnectionsCommand::Revoke {
+                        server,
+                        connection,
+                        reason,
+                        mine: true,
+                        ..
+                    },
+            } => {
+                return ibom::revoke_mine(&mut client, server, connection, reason, output).await;
+            }
+            _ => {}
         }
         commands::run(&mut client, command, output, cli.no_wait).await?;
         match consent {

@@ -195,6 +195,26 @@ impl TestDaemon {
         self.dir.path().join("home/defenseclaw.db")
     }
 
+    /// The refresh token sealed in `server`'s grant for `connection`, opened
+    /// with the Token Vault `key` the daemon was started with.
+    pub fn stored_refresh_token(
+        &self,
+        server: &str,
+        connection: &str,
+        key: &[u8; 32],
+    ) -> Result<String> {
+        use defenseclawd::governance::vault::seal::{KeySource, Sealer, subject_context};
+        let db = rusqlite::Connection::open(self.db_path())?;
+        let (sub, sealed): (String, Vec<u8>) = db.query_row(
+            "SELECT subject_sub, subject_sealed FROM connection_grants WHERE server = ?1 AND connection = ?2",
+            [server, connection],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let sealer = Sealer::from_key(key, KeySource::File("test".into()))?;
+        let opened = sealer.open(&sealed, &subject_context(server, &sub))?;
+        Ok(String::from_utf8(opened)?)
+    }
+
     /// Stops the daemon and waits for the store to close; keeps the directory.
     pub async fn stop(&mut self) -> Result<()> {
         if let Some(h) = self.handle.take() {

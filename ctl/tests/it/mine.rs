@@ -220,7 +220,12 @@ async fn an_end_user_sees_and_revokes_only_their_own_grants() {
     assert_eq!(anon.code, 5, "{}", anon.stderr);
     assert!(anon.stderr.contains("log in"), "{}", anon.stderr);
 
-    // Her own: revoked at once, audited as her.
+    // Her own: revoked at once, audited as her, and the refresh token of hers
+    // the daemon held is revoked at the provider too.
+    let hers = d
+        .stored_refresh_token("alice-mcp", "github", &[7u8; 32])
+        .unwrap();
+    assert!(w.idp.honours_refresh_token(&hers).await.unwrap());
     let done = ctl(
         d,
         Some(&alice),
@@ -238,6 +243,11 @@ async fn an_end_user_sees_and_revokes_only_their_own_grants() {
     .ok()
     .json();
     assert_eq!(done["status"], "revoked");
+    assert_eq!(done["at_provider"]["outcome"], "revoked", "{done:#}");
+    assert!(
+        !w.idp.honours_refresh_token(&hers).await.unwrap(),
+        "still live at the provider"
+    );
     let op = token(&w.idp, OPERATOR, "openid skills:write").await;
     let audit = ctl(
         d,

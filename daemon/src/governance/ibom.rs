@@ -6,6 +6,7 @@
 use defenseclaw_common::ibom::{self, ChainEntry, Document, EventActor, Grant};
 
 use super::Governance;
+use super::vault::revocation::ProviderRevocation;
 use crate::audit::Entry;
 use crate::error::{Error, Result};
 use crate::model::Actor;
@@ -104,14 +105,16 @@ impl Governance {
         Ok((mine, mine_accounts))
     }
 
-    /// Revokes one of the caller's own grants, audited as the caller.
+    /// Revokes one of the caller's own grants, audited as the caller; a
+    /// refresh token of theirs the daemon holds for it is revoked at the
+    /// identity provider first.
     pub async fn revoke_my_connection(
         &self,
         actor: Actor,
         server: String,
         connection: String,
         reason: String,
-    ) -> Result<(GrantRow, u64)> {
+    ) -> Result<(GrantRow, Option<ProviderRevocation>, u64)> {
         let (mine, _) = self.my_connections(&actor).await?;
         if !mine
             .iter()
@@ -124,7 +127,24 @@ impl Governance {
         } else {
             reason
         };
-        self.revoke_connection(actor, server, connection, reason)
-            .await
+        // Cut at the source too when the daemon holds this person's own
+        // refresh token for it (an unattended grant they approved): it is
+        // theirs to revoke, and revoking only here would leave it live at
+        // the provider.
+        let holds_theirs = mine.iter().any(|g| {
+            g.server == server
+                && g.connection == connection
+                && g.subject.as_ref().is_some_and(|s| s.sub == actor.id)
+        });
+        if holds_theirs {
+            let (grant, provider, seq) = self
+                .revoke_connection_at_provider(actor, server, connection, reason)
+                .await?;
+            return Ok((grant, Some(provider), seq));
+        }
+        let (grant, seq) = self
+            .revoke_connection(actor, server, connection, reason)
+            .await?;
+        Ok((grant, None, seq))
     }
 }

@@ -4,7 +4,7 @@
 //! CLI; here every grant using it is marked `unlinked` and its tokens dropped).
 
 use super::Governance;
-use super::vault::ProviderRevocation;
+use super::vault::revocation::ProviderRevocation;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::store::connections::GrantRow;

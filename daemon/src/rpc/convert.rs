@@ -527,7 +527,7 @@ pub fn pb_account(a: &LinkedAccountRow) -> pb::LinkedAccount {
 
 /// What happened at the identity provider for `connections revoke --at-provider`.
 pub fn pb_provider_revocation(
-    p: &crate::governance::vault::ProviderRevocation,
+    p: &crate::governance::vault::revocation::ProviderRevocation,
 ) -> pb::ProviderRevocation {
     pb::ProviderRevocation {
         outcome: p.outcome.to_owned(),

@@ -5,7 +5,7 @@ use defenseclaw_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::authn::Need;
-use super::convert::{pb_account, pb_grant, pb_ibom};
+use super::convert::{pb_account, pb_grant, pb_ibom, pb_provider_revocation};
 use super::service::ControlService;
 use crate::model::{MAX_REASON_BYTES, validate_text};
 use crate::names;
@@ -61,13 +61,13 @@ pub(super) async fn revoke_my_connection(
         )
         .into());
     }
-    let (grant, audit_seq) = svc
+    let (grant, provider, audit_seq) = svc
         .gov
         .revoke_my_connection(actor, req.server, req.connection, req.reason)
         .await?;
     Ok(Response::new(pb::RevokeConnectionReply {
         grant: Some(pb_grant(&grant)),
         audit_seq,
-        at_provider: None,
+        at_provider: provider.as_ref().map(pb_provider_revocation),
     }))
 }

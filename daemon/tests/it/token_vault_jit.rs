@@ -224,41 +224,6 @@ async fn without_step_up_a_suspended_grant_names_the_resume_command() {
 }
 
 /// Refreshes `refresh_token` as the daemon's client: whether the provider still honours it.
-async fn provider_honours(idp: &IdentityProvider, refresh_token: &str) -> bool {
-    let resp = reqwest::Client::new()
-        .post(idp.url("oauth/token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-            ("client_id", idp.daemon_client_id()),
-            ("client_secret", idp.daemon_client_secret()),
-        ])
-        .send()
-        .await
-        .unwrap();
-    resp.status().is_success()
-}
-
-/// The sealed refresh token of `server`'s github grant, opened with the test key.
-fn stored_refresh_token(db: &std::path::Path, server: &str) -> String {
-    use defenseclawd::governance::vault::seal::{KeySource, Sealer, subject_context};
-    let db = rusqlite::Connection::open(db).unwrap();
-    let (sub, sealed): (String, Vec<u8>) = db
-        .query_row(
-            "SELECT subject_sub, subject_sealed FROM connection_grants WHERE server = ?1",
-            [server],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    let sealer = Sealer::from_key(&[7u8; 32], KeySource::File("test".into())).unwrap();
-    String::from_utf8(
-        sealer
-            .open(&sealed, &subject_context(server, &sub))
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn revoke_at_provider_kills_the_refresh_token_there_and_a_provider_failure_still_revokes_here()
  {
@@ -319,9 +284,11 @@ async fn revoke_at_provider_kills_the_refresh_token_there_and_a_provider_failure
             .await
             .unwrap();
     }
-    let first = stored_refresh_token(&d.db_path(), SERVER);
-    let second = stored_refresh_token(&d.db_path(), OTHER);
-    assert!(provider_honours(&idp, &first).await);
+    let first = d
+        .stored_refresh_token(SERVER, "github", &[7u8; 32])
+        .unwrap();
+    let second = d.stored_refresh_token(OTHER, "github", &[7u8; 32]).unwrap();
+    assert!(idp.honours_refresh_token(&first).await.unwrap());
     let revoke = |server: &str| pb::RevokeConnectionRequest {
         server: server.into(),
         connection: "github".into(),
@@ -348,7 +315,10 @@ async fn revoke_at_provider_kills_the_refresh_token_there_and_a_provider_failure
     assert_eq!(there.outcome, "failed", "{there:?}");
     assert!(!there.error.is_empty(), "{there:?}");
     assert_eq!(reply.grant.unwrap().status, "revoked");
-    assert!(provider_honours(&idp, &first).await, "not revoked there");
+    assert!(
+        idp.honours_refresh_token(&first).await.unwrap(),
+        "not revoked there"
+    );
     let refused = c
         .get_connection_token(want(SERVER, "github"))
         .await
@@ -365,7 +335,10 @@ async fn revoke_at_provider_kills_the_refresh_token_there_and_a_provider_failure
     assert_eq!(there.outcome, "revoked", "{there:?}");
     assert_eq!(there.subject_sub, OPERATOR);
     assert!(there.endpoint.ends_with("/oauth/revoke"), "{there:?}");
-    assert!(!provider_honours(&idp, &second).await, "revoked there");
+    assert!(
+        !idp.honours_refresh_token(&second).await.unwrap(),
+        "revoked there"
+    );
 
     let entries = audit(&mut c).await;
     let revokes: Vec<&pb::AuditEntry> = entries

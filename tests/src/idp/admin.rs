@@ -334,6 +334,25 @@ impl IdentityProvider {
             .await?;
         Ok(serde_json::from_value(tokens)?)
     }
+
+    /// Whether the provider still honours `refresh_token` (issued to the daemon
+    /// client): one refresh grant, answered 2xx or not.
+    pub async fn honours_refresh_token(&self, refresh_token: &str) -> Result<bool> {
+        let url = self.url("oauth/token");
+        let resp = self
+            .http
+            .post(&url)
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+                ("client_id", self.daemon_client_id()),
+                ("client_secret", self.daemon_client_secret()),
+            ])
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        Ok(resp.status().is_success())
+    }
 }
 
 fn account_of(answer: Value) -> Result<LinkedAccount> {

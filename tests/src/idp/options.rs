@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{
+use super::protocol::{
     DEFAULT_AUDIENCE, DEFAULT_CLI_CLIENT_ID, DEFAULT_CONNECTIONS, DEFAULT_DAEMON_CLIENT_ID,
     DEFAULT_DAEMON_CLIENT_SECRET,
 };

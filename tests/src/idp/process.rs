@@ -13,7 +13,36 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
-use super::{IdentityProvider, IdpOptions, Running};
+use tokio::process::{Child, ChildStdin};
+
+use super::options::{IdpOptions, IdpUser};
+
+struct Running {
+    child: Child,
+    // Kept open: the provider exits when it closes (IDP_EXIT_ON_STDIN_CLOSE=1).
+    _stdin: Option<ChildStdin>,
+}
+
+/// A running test identity provider; killed on drop.
+pub struct IdentityProvider {
+    pub(super) opts: IdpOptions,
+    pub(super) issuer: String,
+    pub(super) port: u16,
+    pub(super) kid: String,
+    running: Option<Running>,
+    pub(super) stderr: Arc<Mutex<String>>,
+    pub(super) http: reqwest::Client,
+    pub(super) created_users: Vec<IdpUser>,
+}
+
+impl std::fmt::Debug for IdentityProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityProvider")
+            .field("issuer", &self.issuer)
+            .field("running", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, Deserialize)]
 struct ReadyLine {

@@ -9,10 +9,8 @@
 //! callers and cached until shortly before they expire.
 
 mod resume;
-mod revocation;
+pub mod revocation;
 pub mod seal;
-
-pub use revocation::ProviderRevocation;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
