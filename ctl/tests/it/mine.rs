@@ -215,6 +215,28 @@ async fn an_end_user_sees_and_revokes_only_their_own_grants() {
         other.stderr.replace("ops-mcp", "X"),
         none.stderr.replace("nope-mcp", "X")
     );
+    // ... but the attempt is in the audit log for the operators, as her.
+    let op = token(&w.idp, OPERATOR, "openid skills:write").await;
+    let audit = ctl(
+        d,
+        Some(&op),
+        &["-o", "json", "audit", "list", "--limit", "20"],
+    )
+    .await
+    .ok()
+    .json();
+    let probed = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["action"] == "permission-denied"
+                && e["target"]["name"] == "ops-mcp"
+                && e["details"]["rpc"] == "RevokeMyConnection"
+        })
+        .unwrap_or_else(|| panic!("no audited refusal: {audit:#}"));
+    assert_eq!(probed["actor"]["id"], ALICE, "{probed:#}");
+    assert_eq!(probed["outcome"], "refused", "{probed:#}");
     // Without a login at all: refused, naming the login.
     let anon = ctl(d, None, &["connections", "list", "--mine"]).await;
     assert_eq!(anon.code, 5, "{}", anon.stderr);

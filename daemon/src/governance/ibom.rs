@@ -7,9 +7,9 @@ use defenseclaw_common::ibom::{self, ChainEntry, Document, EventActor, Grant};
 
 use super::Governance;
 use super::vault::revocation::ProviderRevocation;
-use crate::audit::Entry;
+use crate::audit::{Entry, NewEntry};
 use crate::error::{Error, Result};
-use crate::model::Actor;
+use crate::model::{Actor, Target, TargetKind};
 use crate::store::connections::{GrantRow, LinkedAccountRow};
 use crate::store::ibom::IbomSnapshot;
 
@@ -120,6 +120,35 @@ impl Governance {
             .iter()
             .any(|g| g.server == server && g.connection == connection)
         {
+            // The caller is told only "no such grant"; operators see the
+            // attempt (someone probing other people's grants), coalesced.
+            let uid = crate::audit_coalesce::peer_uid(actor.uid);
+            let key = crate::audit_coalesce::key(&[
+                "refusal",
+                &uid,
+                &actor.id,
+                "permission-denied",
+                "RevokeMyConnection",
+                &server,
+            ]);
+            let entry = NewEntry {
+                action: "permission-denied".into(),
+                target: Some(Target {
+                    kind: TargetKind::Mcp,
+                    name: server.clone(),
+                }),
+                severity: None,
+                outcome: "refused".into(),
+                reason: format!(
+                    "revoke --mine: {server}'s grant for {connection} is not the caller's, or does not exist"
+                ),
+                details: serde_json::json!({
+                    "rpc": "RevokeMyConnection",
+                    "connection": connection,
+                }),
+                actor,
+            };
+            self.audit_refusal(key, entry).await;
             return Err(no_grant(&server, &connection));
         }
         let reason = if reason.is_empty() {
