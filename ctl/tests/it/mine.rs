@@ -60,6 +60,19 @@ struct World {
 }
 
 impl World {
+    /// The last 20 audit entries, read by an operator.
+    async fn recent_audit(&self) -> Value {
+        let op = token(&self.idp, OPERATOR, "openid skills:write").await;
+        ctl(
+            &self.d,
+            Some(&op),
+            &["-o", "json", "audit", "list", "--limit", "20"],
+        )
+        .await
+        .ok()
+        .json()
+    }
+
     async fn start() -> World {
         use std::os::unix::fs::PermissionsExt;
         let idp = IdentityProvider::start(IdpOptions::default())
@@ -216,15 +229,7 @@ async fn an_end_user_sees_and_revokes_only_their_own_grants() {
         none.stderr.replace("nope-mcp", "X")
     );
     // ... but the attempt is in the audit log for the operators, as her.
-    let op = token(&w.idp, OPERATOR, "openid skills:write").await;
-    let audit = ctl(
-        d,
-        Some(&op),
-        &["-o", "json", "audit", "list", "--limit", "20"],
-    )
-    .await
-    .ok()
-    .json();
+    let audit = w.recent_audit().await;
     let probed = audit
         .as_array()
         .unwrap()
@@ -270,15 +275,7 @@ async fn an_end_user_sees_and_revokes_only_their_own_grants() {
         !w.idp.honours_refresh_token(&hers).await.unwrap(),
         "still live at the provider"
     );
-    let op = token(&w.idp, OPERATOR, "openid skills:write").await;
-    let audit = ctl(
-        d,
-        Some(&op),
-        &["-o", "json", "audit", "list", "--limit", "20"],
-    )
-    .await
-    .ok()
-    .json();
+    let audit = w.recent_audit().await;
     let entry = audit
         .as_array()
         .unwrap()
@@ -288,6 +285,7 @@ async fn an_end_user_sees_and_revokes_only_their_own_grants() {
     assert_eq!(entry["action"], "connection-revoke");
     assert_eq!(entry["actor"]["id"], ALICE);
     assert_eq!(entry["actor"]["auth_method"], "oidc");
+    let op = token(&w.idp, OPERATOR, "openid skills:write").await;
     let all = ctl(d, Some(&op), &["-o", "json", "connections", "list"])
         .await
         .ok()
