@@ -25,6 +25,32 @@ async fn verify(file: &std::path::Path) -> crate::cli::Run {
     .await
 }
 
+/// A daemon with a file sink `local` writing to `<dir>/audit.jsonl`, plus `extra` settings.
+async fn file_sink_daemon(
+    dir: &std::path::Path,
+    extra: &[(&'static str, &str)],
+) -> (TestDaemon, std::path::PathBuf) {
+    let path = dir.join("audit.jsonl");
+    let url = format!("file://{}", path.display());
+    let mut env = vec![
+        ("DEFENSECLAW_EXPORT__LOCAL__KIND", "file"),
+        ("DEFENSECLAW_EXPORT__LOCAL__URL", url.as_str()),
+        ("DEFENSECLAW_EXPORT__LOCAL__FLUSH_INTERVAL_MS", "20"),
+    ];
+    env.extend_from_slice(extra);
+    let d = TestDaemon::start_with(&env).await.unwrap();
+    (d, path)
+}
+
+/// Every record the file sink has written so far.
+fn exported(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn write_lines(path: &std::path::Path, records: &[Value]) {
     let text: String = records.iter().map(|r| format!("{r}\n")).collect();
     std::fs::write(path, text).unwrap();
@@ -33,15 +59,7 @@ fn write_lines(path: &std::path::Path, records: &[Value]) {
 #[tokio::test]
 async fn verify_from_export_names_an_edited_and_a_dropped_record() {
     let out = tempfile::tempdir().unwrap();
-    let path = out.path().join("audit.jsonl");
-    let url = format!("file://{}", path.display());
-    let d = TestDaemon::start_with(&[
-        ("DEFENSECLAW_EXPORT__LOCAL__KIND", "file"),
-        ("DEFENSECLAW_EXPORT__LOCAL__URL", url.as_str()),
-        ("DEFENSECLAW_EXPORT__LOCAL__FLUSH_INTERVAL_MS", "20"),
-    ])
-    .await
-    .unwrap();
+    let (d, path) = file_sink_daemon(out.path(), &[]).await;
     for i in 0..6 {
         d.ctl(&["skill", "block", &format!("s{i}"), "--reason", "exported"])
             .await
@@ -54,11 +72,7 @@ async fn verify_from_export_names_an_edited_and_a_dropped_record() {
         "the export to hold every entry",
         Duration::from_secs(60),
         || async {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let records: Vec<Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+            let records = exported(&path);
             records
                 .iter()
                 .any(|r| r.get("type").is_none() && r["seq"] == head)
@@ -152,16 +166,11 @@ async fn verify_pinned(file: &std::path::Path, key: &str) -> crate::cli::Run {
 #[tokio::test]
 async fn signed_head_records_verify_against_the_pinned_key_and_a_forged_one_is_named_by_line() {
     let out = tempfile::tempdir().unwrap();
-    let path = out.path().join("audit.jsonl");
-    let url = format!("file://{}", path.display());
-    let d = TestDaemon::start_with(&[
-        ("DEFENSECLAW_EXPORT__LOCAL__KIND", "file"),
-        ("DEFENSECLAW_EXPORT__LOCAL__URL", url.as_str()),
-        ("DEFENSECLAW_EXPORT__LOCAL__FLUSH_INTERVAL_MS", "20"),
-        ("DEFENSECLAW_EXPORT__LOCAL__HEAD_EVERY_SECS", "1"),
-    ])
-    .await
-    .unwrap();
+    let (d, path) = file_sink_daemon(
+        out.path(),
+        &[("DEFENSECLAW_EXPORT__LOCAL__HEAD_EVERY_SECS", "1")],
+    )
+    .await;
     for i in 0..4 {
         d.ctl(&["skill", "block", &format!("k{i}"), "--reason", "signed"])
             .await
@@ -185,11 +194,7 @@ async fn signed_head_records_verify_against_the_pinned_key_and_a_forged_one_is_n
         "a head record after every entry",
         Duration::from_secs(60),
         || async {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let records: Vec<Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+            let records = exported(&path);
             let headed = records
                 .iter()
                 .any(|r| r.get("type").is_some() && r["seq"].as_u64() >= Some(head));

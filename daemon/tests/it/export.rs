@@ -20,7 +20,7 @@ use defenseclaw_testkit::rsyslog::Rsyslog;
 use defenseclaw_testkit::wait_for;
 
 /// Bound on waiting for deliveries (readiness, never a speed assertion).
-const DELIVERY: Duration = Duration::from_secs(60);
+pub(crate) const DELIVERY: Duration = Duration::from_secs(60);
 
 fn syslog_env(url: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -33,11 +33,11 @@ fn syslog_env(url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn as_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+pub(crate) fn as_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-async fn block_many(c: &mut ControlClient<Channel>, prefix: &str, n: usize) {
+pub(crate) async fn block_many(c: &mut ControlClient<Channel>, prefix: &str, n: usize) {
     for i in 0..n {
         c.set_enforcement(set(skill(&format!("{prefix}{i}")), Block, "exported"))
             .await
@@ -45,7 +45,7 @@ async fn block_many(c: &mut ControlClient<Channel>, prefix: &str, n: usize) {
     }
 }
 
-async fn status(c: &mut ControlClient<Channel>) -> pb::StatusReply {
+pub(crate) async fn status(c: &mut ControlClient<Channel>) -> pb::StatusReply {
     c.get_status(pb::GetStatusRequest {})
         .await
         .unwrap()

@@ -5,21 +5,17 @@
 //! a wrong token is refused and reported without the token.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use defenseclaw_proto::v1 as pb;
 use defenseclaw_proto::v1::control_client::ControlClient;
-use pb::EnforcementAction::Block;
 use serde_json::Value;
 use tonic::transport::Channel;
 
 use defenseclaw_testkit::daemon::TestDaemon;
 use defenseclaw_testkit::otlp::{OtlpReceiver, Record};
-use defenseclaw_testkit::requests::{set, skill};
 use defenseclaw_testkit::wait_for;
 
-/// Bound on waiting for deliveries (readiness, never a speed assertion).
-const DELIVERY: Duration = Duration::from_secs(60);
+use super::export::{DELIVERY, as_refs, block_many, status};
 
 fn otlp_env(url: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -30,25 +26,6 @@ fn otlp_env(url: &str) -> Vec<(&'static str, String)> {
         ("DEFENSECLAW_EXPORT__OTEL__MAX_BACKOFF_SECS", "1".into()),
         ("DEFENSECLAW_EXPORT__OTEL__TIMEOUT_SECS", "5".into()),
     ]
-}
-
-fn as_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-async fn block_many(c: &mut ControlClient<Channel>, prefix: &str, n: usize) {
-    for i in 0..n {
-        c.set_enforcement(set(skill(&format!("{prefix}{i}")), Block, "exported"))
-            .await
-            .unwrap();
-    }
-}
-
-async fn status(c: &mut ControlClient<Channel>) -> pb::StatusReply {
-    c.get_status(pb::GetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 async fn stored(c: &mut ControlClient<Channel>) -> BTreeMap<u64, pb::AuditEntry> {
